@@ -1,0 +1,1 @@
+"""Datasets: embedded phantom cohorts, real-dataset readers, preprocessing, cache, control signals, splits."""

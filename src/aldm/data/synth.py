@@ -1,0 +1,183 @@
+"""``aldm data synth``: embedded phantom cohorts written in the real downloads' layouts.
+
+``OUT/UPENN-GBM/`` (source domain) and ``OUT/UCSF-PDGM/`` (target domain) look like the TCIA
+downloads: same folder and file names, CSV names, columns and value spellings, int16 NIfTI
+(UCSF with ``scl_slope``), 240x240x155 at 1 mm with an LPS affine. Each subject's random
+stream is spawned from the cohort seed, so output is identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from ..io.atomic import atomic_write_text
+from ..io.nifti import save_nifti
+from . import layouts
+from .phantom import MODALITIES, synthesize_subject
+from .phenotype import SOURCE, TARGET, Phenotype, sample_phenotype
+from .template import NATIVE_AFFINE
+
+
+def _subject_streams(seed: int, n_source: int, n_target: int) -> list:
+    """(domain, index, phenotype seed, anatomy seed) for every subject, independent of workers."""
+    root = np.random.SeedSequence(seed)
+    src, tgt = root.spawn(2)
+    jobs = []
+    for domain, seq, n in ((SOURCE, src, n_source), (TARGET, tgt, n_target)):
+        for index, child in enumerate(seq.spawn(n)):
+            pheno_seed, anatomy_seed = child.generate_state(2)
+            jobs.append((domain, index, int(pheno_seed), int(anatomy_seed)))
+    return jobs
+
+
+def _ucsf_numbers(n: int, seed: int) -> list[int]:
+    """Non-contiguous 4-digit study numbers starting at 4, like the real UCSF-PDGM IDs."""
+    rng = np.random.default_rng([seed, 7])
+    gaps = rng.choice([1, 1, 1, 2, 3], size=n)
+    return [int(v) for v in 3 + np.cumsum(gaps)]
+
+
+def _automated_from_manual(seg: np.ndarray) -> np.ndarray:
+    """A slightly different 'automated approximate' segmentation: oedema grown by one voxel."""
+    out = seg.copy()
+    nz = np.argwhere(seg > 0)
+    if len(nz) == 0:
+        return out
+    lo, hi = np.maximum(nz.min(0) - 2, 0), nz.max(0) + 3
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    grown = ndimage.binary_dilation(seg[box] > 0) & (seg[box] == 0)
+    out[box][grown] = 2
+    return out
+
+
+def _clinical_row(domain: str, subject_id: str, pheno: Phenotype, rng: np.random.Generator) -> dict:
+    """One metadata row with the real value spellings (DESIGN.md)."""
+    alive = rng.random() < (0.25 if pheno.grade == 4 else 0.7)
+    survival = int(rng.integers(60, 900) if pheno.grade == 4 else rng.integers(400, 3000))
+    if domain == SOURCE:
+        return {
+            "ID": subject_id,
+            "Gender": "M" if rng.random() < 0.6 else "F",
+            "Age_at_scan_years": round(float(rng.normal(63, 11)), 2),
+            "Survival_from_surgery_days_UPDATED": "Not Available" if rng.random() < 0.1 else survival,
+            "Survival_Status": "Alive" if alive else "Deceased",
+            "Survival_Censor": 0 if alive else 1,
+            "IDH1": str(rng.choice(["Wildtype", "NOS", "NEC"], p=[0.75, 0.22, 0.03])),
+            "MGMT": str(rng.choice(["Methylated", "Unmethylated", "Indeterminate", "Not Available"],
+                                   p=[0.3, 0.35, 0.05, 0.3])),
+            "KPS": "Not Available" if rng.random() < 0.4 else int(rng.choice([60, 70, 80, 90, 100])),
+            "GTR_over90percent": str(rng.choice(["Y", "N", "Not Available"], p=[0.45, 0.3, 0.25])),
+        }
+    if pheno.idh_mutant:
+        idh = str(rng.choice(["IDH1 p.R132H", "mutated (NOS)", "IDH1 p.R132C", "IDH2 p.R172K"],
+                             p=[0.75, 0.15, 0.05, 0.05]))
+        codel = "co-deletion" if pheno.codeleted else "intact"
+        if pheno.codeleted:
+            diagnosis = "Oligodendroglioma, IDH-mutant, 1p/19q-codeleted"
+        else:
+            diagnosis = "Astrocytoma, IDH-mutant"
+    else:
+        idh = "wildtype"
+        codel = str(rng.choice(["intact", ""], p=[0.6, 0.4]))
+        diagnosis = "Glioblastoma, IDH-wildtype" if pheno.grade == 4 else "Astrocytoma, IDH-wildtype"
+    mgmt = str(rng.choice(["positive", "negative", "indeterminate"], p=[0.5, 0.42, 0.08]))
+    number = int(subject_id.rsplit("-", 1)[1])
+    return {
+        "ID": subject_id,
+        "Sex": "M" if rng.random() < 0.6 else "F",
+        "Age at MRI": int(rng.normal(57 if pheno.grade == 4 else 42, 12)),
+        "WHO CNS Grade": pheno.grade,
+        "Final pathologic diagnosis (WHO 2021)": diagnosis,
+        "MGMT status": mgmt,
+        "MGMT index": int(rng.integers(0, 17)) if mgmt == "positive" else "",
+        "1p/19q": codel,
+        "IDH": idh,
+        "1-dead 0-alive": 0 if alive else 1,
+        "OS": survival,
+        "EOR": str(rng.choice(["GTR", "STR", "biopsy"], p=[0.45, 0.4, 0.15])),
+        "Biopsy prior to imaging": "No" if rng.random() < 0.9 else "Yes",
+        "BraTS21 ID": f"BraTS2021_{number + 100:05d}" if rng.random() < 0.8 else "",
+        "BraTS21 Segmentation Cohort": "Training" if rng.random() < 0.8 else "",
+        "BraTS21 MGMT Cohort": "Training" if rng.random() < 0.6 else "",
+    }
+
+
+def _write_subject(job: tuple) -> dict:
+    """Synthesise and write one subject; returns its metadata row (run in worker processes)."""
+    domain, root, subject_id, pheno_seed, anatomy_seed, manual = job
+    rng = np.random.default_rng(pheno_seed)
+    pheno = sample_phenotype(domain, rng)
+    subject = synthesize_subject(pheno, anatomy_seed)
+    if domain == SOURCE:
+        for modality in MODALITIES:
+            img = np.round(subject.images[modality]).astype(np.int16)
+            save_nifti(layouts.upenn_image(root, subject_id, modality), img, NATIVE_AFFINE, np.int16)
+        if manual:
+            save_nifti(layouts.upenn_manual_segm(root, subject_id), subject.segmentation, NATIVE_AFFINE, np.uint8)
+        automated = _automated_from_manual(subject.segmentation)
+        save_nifti(layouts.upenn_automated_segm(root, subject_id), automated, NATIVE_AFFINE, np.uint8)
+    else:
+        study = layouts.ucsf_study(int(subject_id.rsplit("-", 1)[1]))
+        for modality in MODALITIES:
+            save_nifti(layouts.ucsf_file(root, study, modality), subject.images[modality], NATIVE_AFFINE, np.int16)
+        save_nifti(layouts.ucsf_file(root, study, "tumor_segmentation"), subject.segmentation, NATIVE_AFFINE,
+                   np.uint8)
+        save_nifti(layouts.ucsf_file(root, study, "brain_segmentation"), subject.tissue, NATIVE_AFFINE, np.uint8)
+    return _clinical_row(domain, subject_id, pheno, rng)
+
+
+def _csv_text(columns: tuple, rows: list) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers: int = 1,
+                  progress: bool = True) -> dict:
+    """Write both phantom cohorts under ``out``; returns {'source': root, 'target': root}.
+
+    Existing subjects are overwritten (atomically); the CSVs are written last.
+    """
+    upenn_root = os.path.join(out, layouts.UPENN_ROOT)
+    ucsf_root = os.path.join(out, layouts.UCSF_ROOT)
+    ucsf_numbers = _ucsf_numbers(n_target, seed)
+    manual_rng = np.random.default_rng([seed, 11])
+    jobs = []
+    for domain, index, pheno_seed, anatomy_seed in _subject_streams(seed, n_source, n_target):
+        if domain == SOURCE:
+            # ~1 in 4 UPENN scans has a manual segmentation; the first always does.
+            manual = index == 0 or bool(manual_rng.random() < 0.25)
+            jobs.append((domain, upenn_root, layouts.upenn_id(index + 1), pheno_seed, anatomy_seed, manual))
+        else:
+            jobs.append((domain, ucsf_root, layouts.ucsf_csv_id(ucsf_numbers[index]), pheno_seed, anatomy_seed,
+                         False))
+    bar = tqdm(total=len(jobs), desc="phantom subjects", unit="subj", disable=not progress)
+    rows = []
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for row in pool.map(_write_subject, jobs):
+                rows.append(row)
+                bar.update()
+    else:
+        for job in jobs:
+            rows.append(_write_subject(job))
+            bar.update()
+    bar.close()
+    source_rows = [r for r, j in zip(rows, jobs) if j[0] == SOURCE]
+    target_rows = [r for r, j in zip(rows, jobs) if j[0] == TARGET]
+    if n_source:
+        atomic_write_text(os.path.join(upenn_root, layouts.UPENN_CLINICAL_CSV),
+                          _csv_text(layouts.UPENN_CLINICAL_COLUMNS, source_rows))
+    if n_target:
+        atomic_write_text(os.path.join(ucsf_root, layouts.UCSF_METADATA_CSV),
+                          _csv_text(layouts.UCSF_METADATA_COLUMNS, target_rows))
+    return {"source": upenn_root, "target": ucsf_root}

@@ -1,0 +1,1 @@
+"""File input/output shared by every command: NIfTI, atomic writes, checksums."""
