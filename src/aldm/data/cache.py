@@ -18,7 +18,6 @@ import io
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, sha256_file
+from ..io.workers import parallel_map
 from .cohorts import SubjectRecord, discover
 from .preprocess import PrepConfig, load_and_verify, preprocess
 
@@ -173,13 +173,8 @@ def prepare_dataset(dataset: str, root: str, cache: str, config: PrepConfig | No
         write_manifest(cache, list(rows.values()))  # after every subject: an interrupted run loses nothing
 
     try:
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(_prepare_one, todo):
-                    finish(result)
-        else:
-            for job in todo:
-                finish(_prepare_one(job))
+        for result in parallel_map(_prepare_one, todo, workers):
+            finish(result)
     finally:
         bar.close()
     return summary

@@ -138,7 +138,10 @@ def _transforms(config: PrepConfig) -> Compose:
     if config.mode == "resize":
         steps += [
             Spacingd(keys=keys, pixdim=(1.0, 1.0, 1.0), mode=modes_resample),
-            Resized(keys=keys, spatial_size=cube, mode=("trilinear", "nearest", "nearest"), anti_aliasing=False),
+            # 'nearest-exact' samples voxel centres like the affine does; plain 'nearest' shifts
+            # labels by up to half a voxel (measured: ~2 mm at 64^3).
+            Resized(keys=keys, spatial_size=cube, mode=("trilinear", "nearest-exact", "nearest-exact"),
+                    anti_aliasing=False),
         ]
     elif config.mode == "crop-pad":
         steps += [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from ..io.atomic import atomic_write_text
 from ..io.nifti import save_nifti
+from ..io.workers import parallel_map
 from . import layouts
 from .phantom import MODALITIES, synthesize_subject
 from .phenotype import SOURCE, TARGET, Phenotype, sample_phenotype
@@ -162,15 +162,9 @@ def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers
                          False))
     bar = tqdm(total=len(jobs), desc="phantom subjects", unit="subj", disable=not progress)
     rows = []
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for row in pool.map(_write_subject, jobs):
-                rows.append(row)
-                bar.update()
-    else:
-        for job in jobs:
-            rows.append(_write_subject(job))
-            bar.update()
+    for row in parallel_map(_write_subject, jobs, workers):
+        rows.append(row)
+        bar.update()
     bar.close()
     source_rows = [r for r, j in zip(rows, jobs) if j[0] == SOURCE]
     target_rows = [r for r, j in zip(rows, jobs) if j[0] == TARGET]

@@ -1,0 +1,43 @@
+"""Shared fixtures: one small phantom cohort per test session, prepared at a tiny size."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory):
+    """3 UPENN-GBM-like + 5 UCSF-PDGM-like subjects in the real layouts (seed 0)."""
+    from aldm.data.synth import synth_cohorts
+
+    root = tmp_path_factory.mktemp("phantom")
+    synth_cohorts(str(root), n_source=3, n_target=5, seed=0, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(phantom_root, tmp_path_factory):
+    """Both phantom cohorts prepared into one cache at 32^3 (resize mode)."""
+    from aldm.data.cache import prepare_dataset
+    from aldm.data.preprocess import PrepConfig
+
+    cache = tmp_path_factory.mktemp("cache")
+    config = PrepConfig(size=32)
+    prepare_dataset("upenn-gbm", str(phantom_root / "UPENN-GBM"), str(cache), config, workers=2, progress=False)
+    prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), config, workers=2, progress=False)
+    return cache
+
+
+def write_volume(path, array, affine=None, dtype=np.float32):
+    """Write a small NIfTI for bad-input tests."""
+    import nibabel as nib
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.eye(4) if affine is None else affine)
+    nib.save(img, str(path))

@@ -1,0 +1,51 @@
+"""The command line: sub-commands listed, one-line errors with non-zero exit, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from aldm.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "aldm.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_commands():
+    out = _run("--help")
+    assert out.returncode == 0 and "data" in out.stdout
+    out = _run("data", "--help")
+    for cmd in ("synth", "prepare", "verify", "split"):
+        assert cmd in out.stdout
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    out = _run("data", "prepare", "upenn-gbm", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nowhere" in lines[0] and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "synth", "x", "--n-source", "-3"],
+    ["data", "split", "c", "--k", "0"],
+    ["data", "prepare", "adni", "x", "--out", "y"],
+])
+def test_bad_values_rejected(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_split_and_verify_commands(prepared_cache, tmp_path, capsys):
+    out = tmp_path / "split.json"
+    assert main(["data", "split", str(prepared_cache), "--domain", "target", "--k", "2", "--n-test", "2",
+                 "--folds", "2", "--repeats", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["data", "split", str(prepared_cache), "--k", "7", "--n-test", "2"]) == 2
+    assert "exceed the 8 patients" in capsys.readouterr().err
+    assert main(["data", "verify", str(prepared_cache)]) == 0
