@@ -1,0 +1,166 @@
+"""Typed configs and the named profiles ``paper``, ``small`` and ``tiny``; saved with every run.
+
+``paper`` follows §3 of the paper and the widths of its reference code (DESIGN.md): 112^3 volumes,
+a VAE 3 -> 64 -> 128 -> 256 (+ refinement at 28^3) -> 8 latent channels, a U-Net 96/192/384 at
+28/14/7 with one residual block per level and GroupNorm(8), time embedding 256, T = 1000 linear
+betas 1e-4 -> 2e-2, CFG dropout 0.1, lambda_ctrl = 1.0, KL warm-up over rho = 0.35 of training.
+``small`` (64^3) fits the CPU demo; ``tiny`` (32^3) is for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .errors import AldmError
+
+
+@dataclass
+class VAEConfig:
+    in_channels: int = 3
+    latent_channels: int = 8  # zC
+    channels: tuple = (64, 128, 256)  # at S, S/2, S/4
+    refine_blocks: int = 1  # residual refinement blocks at the latent resolution
+    logvar_clamp: tuple = (-20.0, 10.0)
+    kl_weight: float = 1e-4  # lambda_KL (Eq. 3.2), reached after the warm-up of Eq. 3.3
+    kl_warmup_fraction: float = 0.35  # rho (Eq. 3.3)
+    rec_weight: float = 1.0  # lambda_rec
+    grad_weight: float = 1.0  # weight of the 3D gradient-consistency loss (Eq. 3.4)
+
+
+@dataclass
+class UNetConfig:
+    channels: tuple = (96, 192, 384)  # at latent resolutions 28, 14, 7
+    res_blocks: int = 1
+    groups: int = 8
+    time_dim: int = 256  # sinusoidal embedding size d (Eq. 3.6)
+    stats_dim: int = 8  # global mask statistics for FiLM (aldm.data.control.STATISTICS)
+    control_channels: tuple = (64, 128, 256)  # ControlNet widths at 28, 14, 7
+    control_in: int = 3  # [mask, edge, soft distance]
+    lambda_ctrl: float = 1.0
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    cond_dropout: float = 0.1  # p_drop: all conditioning dropped together (§3.2.4)
+    tumour_weight: float = 2.0  # w(m) = 1 + tumour_weight * dilated latent mask (Eq. 3.9)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch_size: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    mixed_precision: bool = True  # bf16 autocast on GPU; fp32 on CPU (measured faster there)
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Profile:
+    name: str
+    image_size: int
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train_vae: TrainConfig = field(default_factory=TrainConfig)
+    train_ldm: TrainConfig = field(default_factory=TrainConfig)
+    train_fewshot: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 4
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
+        def build(kind, values):
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise AldmError(f"unknown {kind.__name__} field(s): {sorted(unknown)}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        return cls(
+            name=data["name"], image_size=int(data["image_size"]),
+            vae=build(VAEConfig, data.get("vae", {})), unet=build(UNetConfig, data.get("unet", {})),
+            diffusion=build(DiffusionConfig, data.get("diffusion", {})),
+            train_vae=build(TrainConfig, data.get("train_vae", {})),
+            train_ldm=build(TrainConfig, data.get("train_ldm", {})),
+            train_fewshot=build(TrainConfig, data.get("train_fewshot", {})),
+        )
+
+    def save(self, path: str) -> None:
+        from .io.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> Profile:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return cls.from_dict(json.load(fh))
+        except FileNotFoundError:
+            raise AldmError(f"{path}: config not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise AldmError(f"{path}: not a valid aldm config ({exc})") from exc
+
+
+def paper() -> Profile:
+    return Profile(
+        name="paper", image_size=112,
+        train_vae=TrainConfig(steps=60000, lr=1e-4, warmup_steps=500),
+        train_ldm=TrainConfig(steps=100000, lr=1e-4, warmup_steps=1000),
+        train_fewshot=TrainConfig(steps=5000, lr=5e-5, warmup_steps=100, checkpoint_every=500),
+    )
+
+
+def small() -> Profile:
+    return Profile(
+        name="small", image_size=64,
+        vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8),
+        unet=UNetConfig(channels=(32, 64, 128), control_channels=(16, 32, 64), time_dim=128),
+        train_vae=TrainConfig(steps=300, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=100, ema_decay=0.99),
+        train_ldm=TrainConfig(steps=400, batch_size=4, lr=1e-3, warmup_steps=20, checkpoint_every=100,
+                              ema_decay=0.99),
+        train_fewshot=TrainConfig(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50,
+                                  ema_decay=0.99),
+    )
+
+
+def tiny() -> Profile:
+    return Profile(
+        name="tiny", image_size=32,
+        vae=VAEConfig(channels=(8, 16, 16), refine_blocks=1, latent_channels=4),
+        unet=UNetConfig(channels=(16, 32, 32), control_channels=(8, 16, 16), time_dim=32, groups=4),
+        diffusion=DiffusionConfig(timesteps=100),
+        train_vae=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, ema_decay=0.9,
+                              log_every=1),
+        train_ldm=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, ema_decay=0.9,
+                              log_every=1),
+        train_fewshot=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2,
+                                  ema_decay=0.9, log_every=1),
+    )
+
+
+PROFILES = {"paper": paper, "small": small, "tiny": tiny}
+
+
+def get_profile(name: str) -> Profile:
+    if name in PROFILES:
+        return PROFILES[name]()
+    if name.endswith(".json"):
+        return Profile.load(name)
+    raise AldmError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} or a JSON config file")

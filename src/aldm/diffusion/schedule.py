@@ -1,0 +1,44 @@
+"""The forward process of §3.2.1 and the training objective of §3.2.3-3.2.4.
+
+The linear beta schedule comes from MONAI's ``DDPMScheduler`` (``linear_beta``, 1e-4 -> 2e-2,
+T = 1000 in the paper profile); everything else is written as the paper's equations.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.schedulers import DDPMScheduler
+
+from ..config import DiffusionConfig
+
+
+class NoiseSchedule:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s) for t = 0..T-1 (index t is the paper's step t+1)."""
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config
+        monai = DDPMScheduler(num_train_timesteps=config.timesteps, schedule="linear_beta",
+                              beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+        self.betas = monai.betas.double()
+        self.alphas_cumprod = monai.alphas_cumprod.double()
+        self.timesteps = config.timesteps
+
+    def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar_t broadcast to ``like``'s shape (B, 1, 1, 1, 1), in its dtype/device."""
+        a = self.alphas_cumprod.to(like.device)[t.long().to(like.device)]
+        return a.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Eq. 3.5: z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps."""
+        a = self.alpha_bar(t, z0)
+        return a.sqrt() * z0 + (1.0 - a).sqrt() * noise
+
+
+def tumour_weighted_mse(eps: torch.Tensor, eps_hat: torch.Tensor, weight_mask: torch.Tensor,
+                        tumour_weight: float) -> torch.Tensor:
+    """Eq. 3.9: E[w(m) ||eps - eps_theta||^2] with w = 1 + tumour_weight * (dilated latent tumour mask).
+
+    ``weight_mask`` (B, 1, s, s, s) from :func:`aldm.data.control.latent_tumour_weight_mask`.
+    """
+    w = 1.0 + tumour_weight * weight_mask
+    return torch.mean(w * (eps - eps_hat).square())

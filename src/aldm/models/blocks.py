@@ -1,0 +1,110 @@
+"""Building blocks shared by the denoiser and its ControlNet (paper §3.2.2-3.2.3).
+
+Tensors are (B, C, D, H, W); ``temb`` is (B, time_dim); ``stats`` is (B, stats_dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Eq. 3.6: gamma(t) = [cos(w_k t), sin(w_k t)]_{k=1..d/2}, w_k = 10000^(-(k-1)/(d/2)).
+
+    ``t`` (B,) integer or float timesteps -> (B, dim).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class TimeEmbedding(nn.Module):
+    """gamma(t) -> MLP -> (B, out_dim), projected per block into feature-wise biases."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.dim))
+
+
+class FiLM(nn.Module):
+    """Eq. 3.7: h' = h * (1 + 0.1 gamma) + 0.1 beta, (gamma, beta) predicted from global mask statistics.
+
+    The last layer starts at zero, so FiLM starts as the identity.
+    """
+
+    def __init__(self, stats_dim: int, channels: int, hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(stats_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, h: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.mlp(stats).chunk(2, dim=1)
+        shape = (h.shape[0], h.shape[1], 1, 1, 1)
+        return h * (1.0 + 0.1 * gamma.view(shape)) + 0.1 * beta.view(shape)
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm residual block: GN-SiLU-conv, + time bias, GN, FiLM, SiLU-conv, + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, time_dim: int, stats_dim: int | None, groups: int = 8):
+        super().__init__()
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        self.time_bias = nn.Linear(time_dim, out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        self.film = FiLM(stats_dim, out_ch) if stats_dim else None
+        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_bias(temb)[:, :, None, None, None]
+        h = self.norm2(h)
+        if self.film is not None:
+            h = self.film(h, stats)
+        h = self.conv2(F.silu(h))
+        return h + self.skip(x)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3x3 convolution, halves D, H, W."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels_in, channels_out, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Trilinear x2 (to an explicit size, so odd sizes like 7 -> 14 and 14 -> 28 work) + 3x3x3 conv."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels_in, channels_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size=None) -> torch.Tensor:
+        size = size or tuple(2 * s for s in x.shape[2:])
+        return self.conv(F.interpolate(x, size=size, mode="trilinear", align_corners=False))
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero all parameters (ControlNet's zero convolutions)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

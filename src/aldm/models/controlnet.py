@@ -1,0 +1,47 @@
+"""The ControlNet of §3.2.3 (Zhang et al. 2023) on the mask-derived control maps.
+
+Input: the noisy latent z_t (B, zC, s, s, s), the timestep, and the control maps
+c = [mask, edge, soft distance] at latent resolution (B, 3, s, s, s) from
+:func:`aldm.data.control.control_maps`. The hint goes through a small stem ending in a zero
+convolution and is added to the latent stem; a light encoder at s, s/2, s/4 (e.g. 28/14/7)
+produces one residual per level through zero-initialised 1x1 convolutions, so at initialisation
+the U-Net is unchanged. The U-Net scales the residuals by lambda_ctrl.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import UNetConfig
+from .blocks import Downsample, ResBlock, TimeEmbedding, zero_module
+
+
+class ControlNet3D(nn.Module):
+    def __init__(self, config: UNetConfig, latent_channels: int):
+        super().__init__()
+        c = config.control_channels
+        self.time = TimeEmbedding(config.time_dim, config.time_dim)
+        self.latent_stem = nn.Conv3d(latent_channels, c[0], 3, padding=1)
+        self.hint_stem = nn.Sequential(
+            nn.Conv3d(config.control_in, c[0], 3, padding=1), nn.SiLU(),
+            zero_module(nn.Conv3d(c[0], c[0], 3, padding=1)),
+        )
+        self.blocks = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        for level, ch in enumerate(c):
+            ch_in = c[level - 1] if level else c[0]
+            self.downs.append(Downsample(ch_in, ch_in) if level else nn.Identity())
+            self.blocks.append(ResBlock(ch_in, ch, config.time_dim, None, config.groups))
+        self.outputs = nn.ModuleList(zero_module(nn.Conv3d(ch, out, 1)) for ch, out in zip(c, config.channels))
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor) -> list[torch.Tensor]:
+        """Residuals [(B, C_l, s_l, s_l, s_l) for each U-Net level l]."""
+        temb = F.silu(self.time(t))
+        h = self.latent_stem(z_t) + self.hint_stem(control)
+        residuals = []
+        for down, block, out in zip(self.downs, self.blocks, self.outputs):
+            h = block(down(h), temb)
+            residuals.append(out(h))
+        return residuals

@@ -1,0 +1,88 @@
+"""The conditional denoiser eps_theta(z_t, t, c) of §3.2.2-3.2.3: a 3D U-Net at s, s/2, s/4 (28/14/7).
+
+Residual GroupNorm blocks at every level; the sinusoidal time embedding (Eq. 3.6) -> MLP ->
+feature-wise bias in every block; FiLM from global mask statistics (Eq. 3.7) in every block;
+ControlNet residuals added, scaled by lambda_ctrl, to the skip features at each level and to the
+bottleneck. No attention (as the paper and its reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import UNetConfig
+from .blocks import Downsample, ResBlock, TimeEmbedding, Upsample, group_norm
+from .controlnet import ControlNet3D
+
+
+class UNet3D(nn.Module):
+    def __init__(self, config: UNetConfig, latent_channels: int):
+        super().__init__()
+        self.config = config
+        c, g, td, sd = config.channels, config.groups, config.time_dim, config.stats_dim
+        self.time = TimeEmbedding(td, td)
+        self.stem = nn.Conv3d(latent_channels, c[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        ch = c[0]
+        for level, width in enumerate(c):
+            self.downs.append(Downsample(ch, ch) if level else nn.Identity())
+            blocks = []
+            for _ in range(config.res_blocks):
+                blocks.append(ResBlock(ch, width, td, sd, g))
+                ch = width
+            self.down_blocks.append(nn.ModuleList(blocks))
+        self.mid = nn.ModuleList([ResBlock(ch, ch, td, sd, g)])
+        self.up_blocks = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        for level in reversed(range(len(c))):
+            width = c[level]
+            blocks = [ResBlock(ch + width, width, td, sd, g)]
+            blocks += [ResBlock(width, width, td, sd, g) for _ in range(config.res_blocks - 1)]
+            self.up_blocks.append(nn.ModuleList(blocks))
+            ch = width
+            self.ups.append(Upsample(width, c[level - 1]) if level else nn.Identity())
+            if level:
+                ch = c[level - 1]
+        self.out = nn.Sequential(group_norm(c[0], g), nn.SiLU(), nn.Conv3d(c[0], latent_channels, 3, padding=1))
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, stats: torch.Tensor,
+                control_residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """z_t (B, zC, s, s, s), t (B,), stats (B, stats_dim) -> predicted noise (B, zC, s, s, s)."""
+        temb = F.silu(self.time(t))
+        h = self.stem(z_t)
+        skips = []
+        for level, (down, blocks) in enumerate(zip(self.downs, self.down_blocks)):
+            h = down(h)
+            for block in blocks:
+                h = block(h, temb, stats)
+            if control_residuals is not None:
+                h = h + self.config.lambda_ctrl * control_residuals[level]
+            skips.append(h)
+        for block in self.mid:
+            h = block(h, temb, stats)
+        for blocks, up in zip(self.up_blocks, self.ups):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in blocks:
+                h = block(h, temb, stats)
+            if not isinstance(up, nn.Identity):
+                h = up(h, size=skips[-1].shape[2:])
+        return self.out(h)
+
+
+class ConditionalDenoiser(nn.Module):
+    """U-Net + ControlNet as one module: eps_theta(z_t, t, c) with c = (control maps, mask statistics).
+
+    The null condition of classifier-free guidance is all-zero control maps and statistics
+    (which is also what an empty mask gives).
+    """
+
+    def __init__(self, config: UNetConfig, latent_channels: int):
+        super().__init__()
+        self.unet = UNet3D(config, latent_channels)
+        self.controlnet = ControlNet3D(config, latent_channels)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, t, stats, self.controlnet(z_t, t, control))

@@ -1,0 +1,109 @@
+"""The 3D VAE of §3.1: x (B, 3, S, S, S) in [-1, 1] <-> z (B, zC, S/4, S/4, S/4).
+
+Encoder: 3x3x3 convolutions with instance norm and SiLU; two strided convolutions (S -> S/2 -> S/4);
+residual refinement blocks at the latent resolution; 1x1 heads for mu and log-variance (clamped),
+the diagonal Gaussian posterior of Eq. 3.1. Decoder: mirror image with trilinear upsampling +
+convolution twice (no transposed convolutions) and a final tanh. Losses: Eq. 3.2-3.4.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import VAEConfig
+
+
+def _conv_in_act(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1),
+                         nn.InstanceNorm3d(c_out, affine=True), nn.SiLU())
+
+
+class RefineBlock(nn.Module):
+    """Residual conv-IN-SiLU-conv-IN block at the latent resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(channels, channels, 3, padding=1), nn.InstanceNorm3d(channels, affine=True), nn.SiLU(),
+            nn.Conv3d(channels, channels, 3, padding=1), nn.InstanceNorm3d(channels, affine=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x + self.body(x))
+
+
+class VAE3D(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        c0, c1, c2 = config.channels
+        self.encoder = nn.Sequential(
+            _conv_in_act(config.in_channels, c0),
+            _conv_in_act(c0, c1, stride=2),
+            _conv_in_act(c1, c2, stride=2),
+            *[RefineBlock(c2) for _ in range(config.refine_blocks)],
+        )
+        self.mu = nn.Conv3d(c2, config.latent_channels, 1)
+        self.logvar = nn.Conv3d(c2, config.latent_channels, 1)
+        self.decoder_in = nn.Sequential(_conv_in_act(config.latent_channels, c2),
+                                        *[RefineBlock(c2) for _ in range(config.refine_blocks)])
+        self.up1 = _conv_in_act(c2, c1)
+        self.up2 = _conv_in_act(c1, c0)
+        self.out = nn.Conv3d(c0, config.in_channels, 3, padding=1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3.1: (mu, log sigma^2), each (B, zC, S/4, S/4, S/4); log-variance clamped."""
+        h = self.encoder(x)
+        lo, hi = self.config.logvar_clamp
+        return self.mu(h), self.logvar(h).clamp(lo, hi)
+
+    @staticmethod
+    def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterisation z = mu + sigma * eps."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, zC, s, s, s) -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1] (tanh)."""
+        h = self.decoder_in(z)
+        h = self.up1(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
+        h = self.up2(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
+        return torch.tanh(self.out(h))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        mu, logvar = self.encode(x)
+        return self.decode(self.sample(mu, logvar, generator)), mu, logvar
+
+
+def kl_weight(step: int, total_steps: int, weight: float, warmup_fraction: float) -> float:
+    """Eq. 3.3: lambda_KL(t) = lambda_KL * t / (rho T) for t <= rho T, then lambda_KL."""
+    ramp = warmup_fraction * total_steps
+    if ramp <= 0 or step > ramp:
+        return weight
+    return weight * step / ramp
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)), averaged over latent elements (Eq. 3.2)."""
+    return 0.5 * torch.mean(mu.square() + logvar.exp() - 1.0 - logvar)
+
+
+def gradient_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 3.4: sum over axes a in {x, y, z} of mean |grad_a x_hat - grad_a x| (forward differences)."""
+    total = x.new_zeros(())
+    for dim in (2, 3, 4):
+        total = total + torch.mean(torch.abs(torch.diff(x_hat, dim=dim) - torch.diff(x, dim=dim)))
+    return total
+
+
+def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, config: VAEConfig,
+             step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
+    """Eq. 3.2 + 3.4 with the KL warm-up of Eq. 3.3; returns (loss, parts for logging)."""
+    rec = torch.mean(torch.abs(x - x_hat))
+    kl = kl_divergence(mu, logvar)
+    grad = gradient_loss(x_hat, x)
+    beta = kl_weight(step, total_steps, config.kl_weight, config.kl_warmup_fraction)
+    loss = config.rec_weight * rec + beta * kl + config.grad_weight * grad
+    return loss, {"rec": rec.detach(), "kl": kl.detach(), "grad": grad.detach(), "kl_weight": beta}

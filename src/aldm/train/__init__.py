@@ -1,0 +1,1 @@
+"""One trainer for every model (AdamW, warm-up, clipping, EMA, accumulation, AMP, checkpoints, DDP)."""

@@ -1,0 +1,341 @@
+"""The four training stages of ALDM (§3.1-3.2), each writing a self-describing run directory.
+
+1. ``train_vae``: the 3D VAE on the source cache (Eq. 3.1-3.4);
+2. latent statistics: per-channel mean/std of source latents, computed when stage 3 starts and
+   stored with the model;
+3. ``train_ldm``: the conditional latent denoiser (U-Net + FiLM + ControlNet, CFG dropout,
+   tumour-weighted loss) on source latents, VAE frozen;
+4. ``train_ldm(init=...)``: few-shot adaptation of the whole denoiser on K target subjects of a
+   saved patient-level split (zero-shot = use stage 3 directly).
+
+A run directory holds ``run.json`` (stage, profile, seed, data cache and manifest hash, code
+version, parent runs), ``config.json`` (the resolved profile), ``checkpoint.pt`` (+ previous),
+``metrics.csv`` and, when done, ``weights.pt`` (EMA weights). LDM runs also hold ``vae.pt`` and
+the latent statistics, so a finished LDM run is all that generation needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..config import Profile, TrainConfig
+from ..data.cache import load_cached, read_manifest
+from ..data.control import control_maps, latent_tumour_weight_mask, mask_statistics
+from ..data.splits import few_shot_split, load_split, save_split
+from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from ..errors import AldmError
+from ..io.atomic import atomic_path, atomic_write_text, sha256_file
+from ..models.unet import ConditionalDenoiser
+from ..models.vae import VAE3D, vae_loss
+from .distributed import DistInfo, barrier
+from .trainer import Trainer, load_checkpoint, step_generator
+
+WEIGHTS = "weights.pt"
+RUN_INFO = "run.json"
+CONFIG = "config.json"
+VAE_WEIGHTS = "vae.pt"
+
+
+# ------------------------------------------------------------------------------------------------ run dirs
+def _code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"aldm {__version__}" + (f" ({sha})" if sha else "")
+
+
+def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, dist_info: DistInfo) -> None:
+    """Create the run directory; refuse to overwrite a finished or foreign run unless resuming it."""
+    exists = os.path.exists(os.path.join(run_dir, RUN_INFO))
+    if exists and not resume:
+        raise AldmError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    if exists and resume:
+        old = read_run_info(run_dir)
+        if old.get("stage") != info["stage"]:
+            raise AldmError(f"{run_dir}: holds a {old.get('stage')} run, not {info['stage']}")
+        return
+    if dist_info.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        profile.save(os.path.join(run_dir, CONFIG))
+        atomic_write_text(os.path.join(run_dir, RUN_INFO), json.dumps(info, indent=2) + "\n")
+    barrier(dist_info)
+
+
+def read_run_info(run_dir: str) -> dict:
+    path = os.path.join(run_dir, RUN_INFO)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise AldmError(f"{run_dir}: not an aldm run (no {RUN_INFO})") from None
+    except json.JSONDecodeError as exc:
+        raise AldmError(f"{path}: damaged run description ({exc.msg})") from exc
+
+
+def load_run_profile(run_dir: str) -> Profile:
+    return Profile.load(os.path.join(run_dir, CONFIG))
+
+
+def load_weights(run_dir: str) -> dict:
+    path = os.path.join(run_dir, WEIGHTS)
+    if not os.path.exists(path):
+        raise AldmError(f"{run_dir}: training has not finished (no {WEIGHTS}); resume it with --resume")
+    return load_checkpoint(path)
+
+
+def _save_weights(run_dir: str, weights: dict) -> None:
+    with atomic_path(os.path.join(run_dir, WEIGHTS)) as tmp:
+        torch.save(weights, tmp)
+
+
+def _base_info(stage: str, profile: Profile, cache: str, seed: int) -> dict:
+    manifest = os.path.join(cache, "manifest.csv")
+    return {
+        "stage": stage, "profile": profile.name, "seed": seed, "data": os.path.abspath(cache),
+        "data_manifest_sha256": sha256_file(manifest), "code_version": _code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _rows(cache: str, domain: str | None, subjects: list | None = None) -> list[dict]:
+    rows = read_manifest(cache)
+    if not rows:
+        raise AldmError(f"{cache}: no manifest.csv; run aldm data prepare first")
+    if domain:
+        rows = [r for r in rows if r["domain"] == domain]
+    if subjects is not None:
+        keep = set(subjects)
+        rows = [r for r in rows if r["subject"] in keep]
+    if not rows:
+        raise AldmError(f"{cache}: no {domain or ''} subjects to train on")
+    return rows
+
+
+def _check_size(cache: str, rows: list[dict], profile: Profile) -> None:
+    size = load_cached(cache, rows[0])["image"].shape[-1]
+    if size != profile.image_size:
+        raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
+                        f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
+
+
+# ------------------------------------------------------------------------------------------------ stage 1
+class VAETask(nn.Module):
+    """L_VAE (Eq. 3.2 + 3.4, KL warm-up Eq. 3.3) of a batch {'image', 'eps'}."""
+
+    def __init__(self, vae: VAE3D):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, batch: dict, step: int, total_steps: int):
+        device = next(self.parameters()).device
+        x = batch["image"].to(device, non_blocking=True)
+        mu, logvar = self.vae.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * batch["eps"].to(device, dtype=mu.dtype)
+        x_hat = self.vae.decode(z)
+        return vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step, total_steps)
+
+
+def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
+              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
+              domain: str = "source") -> dict:
+    """Stage 1: the VAE on the ``domain`` subjects of ``cache``."""
+    dist_info = dist_info or DistInfo()
+    cfg = _override(profile.train_vae, steps, seed)
+    profile.train_vae = cfg
+    rows = _rows(cache, domain)
+    _check_size(cache, rows, profile)
+    _prepare_run_dir(run_dir, {**_base_info("vae", profile, cache, cfg.seed), "domain": domain,
+                               "subjects": len(rows)}, profile, resume, dist_info)
+    images = torch.stack([torch.from_numpy(load_cached(cache, r)["image"]).half() for r in rows])
+    latent_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
+
+    def sampler(step: int, rank: int) -> dict:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        return {"image": images[idx].float(), "eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
+
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(VAETask(VAE3D(profile.vae)), sampler, cfg, run_dir, dist_info, progress=progress, name="vae")
+    if resume:
+        trainer.resume()
+    last = trainer.run()
+    if dist_info.is_main:
+        _save_weights(run_dir, {"vae": trainer.ema.shadow.vae.state_dict()})
+    barrier(dist_info)
+    return last
+
+
+def load_vae(run_dir: str, device="cpu") -> VAE3D:
+    """The frozen VAE of a stage-1 run (EMA weights) or of an LDM run (its copy)."""
+    profile = load_run_profile(run_dir)
+    vae = VAE3D(profile.vae)
+    own = os.path.join(run_dir, VAE_WEIGHTS)
+    state = load_checkpoint(own)["vae"] if os.path.exists(own) else load_weights(run_dir)["vae"]
+    vae.load_state_dict(state)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+@torch.no_grad()
+def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, device) -> dict:
+    """Posterior (mu, logvar), control maps, FiLM statistics and latent weight masks of each subject.
+
+    Returns tensors stacked over subjects: mu/logvar (N, zC, s, s, s), control (N, 3, s, s, s),
+    stats (N, 8), weight (N, 1, s, s, s). Control signals come from :mod:`aldm.data.control`,
+    the same functions sampling uses.
+    """
+    out = {"mu": [], "logvar": [], "control": [], "stats": [], "weight": []}
+    for row in rows:
+        data = load_cached(cache, row)
+        x = torch.from_numpy(data["image"])[None].to(device)
+        mu, logvar = vae.encode(x)
+        mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
+        out["mu"].append(mu.float().cpu())
+        out["logvar"].append(logvar.float().cpu())
+        out["control"].append(control_maps(mask, latent_size))
+        out["stats"].append(mask_statistics(mask))
+        out["weight"].append(latent_tumour_weight_mask(mask, latent_size))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def latent_statistics(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: per-channel mean and std of source latents mu (N, zC, s, s, s) -> (zC,), (zC,)."""
+    mean = mu.mean(dim=(0, 2, 3, 4))
+    std = mu.std(dim=(0, 2, 3, 4)).clamp(min=1e-6)
+    return mean, std
+
+
+# ------------------------------------------------------------------------------------------------ stage 3/4
+class LDMTask(nn.Module):
+    """Eq. 3.5 + 3.9 with CFG dropout of all conditioning together (p_drop, §3.2.4)."""
+
+    def __init__(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, tumour_weight: float,
+                 latent_mean: torch.Tensor, latent_std: torch.Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.tumour_weight = tumour_weight
+        self.register_buffer("latent_mean", latent_mean.view(1, -1, 1, 1, 1).clone())
+        self.register_buffer("latent_std", latent_std.view(1, -1, 1, 1, 1).clone())
+
+    def forward(self, batch: dict, step: int, total_steps: int):
+        dev = self.latent_mean.device
+        b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        z = b["mu"] + torch.exp(0.5 * b["logvar"]) * b["eps_posterior"]
+        z0 = (z - self.latent_mean) / self.latent_std
+        z_t = self.schedule.q_sample(z0, b["t"], b["eps"])
+        keep = b["keep"].view(-1, 1)
+        control = b["control"] * keep.view(-1, 1, 1, 1, 1)
+        stats = b["stats"] * keep
+        eps_hat = self.denoiser(z_t, b["t"], control, stats)
+        loss = tumour_weighted_mse(b["eps"], eps_hat.float(), b["weight"], self.tumour_weight)
+        return loss, {"dropped": 1.0 - keep.mean()}
+
+
+def _override(cfg: TrainConfig, steps: int | None, seed: int | None) -> TrainConfig:
+    from dataclasses import replace
+
+    if steps is not None and steps < 1:
+        raise AldmError(f"--steps must be at least 1, got {steps}")
+    changes = {key: value for key, value in (("steps", steps), ("seed", seed)) if value is not None}
+    return replace(cfg, **changes)
+
+
+def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run: str | None = None,
+              init_run: str | None = None, k: int | None = None, n_test: int | None = None,
+              split_path: str | None = None, steps: int | None = None, seed: int | None = None,
+              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True) -> dict:
+    """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
+    target subjects of a saved split)."""
+    dist_info = dist_info or DistInfo()
+    fewshot = init_run is not None
+    if fewshot == (vae_run is not None):
+        raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
+    if fewshot:
+        profile = profile or load_run_profile(init_run)
+        parent = load_weights(init_run)
+        vae_source = init_run
+        cfg = _override(profile.train_fewshot, steps, seed)
+        profile.train_fewshot = cfg
+    else:
+        if profile is None:
+            profile = load_run_profile(vae_run)
+        load_weights(vae_run)  # fails clearly if the VAE run has not finished
+        vae_source = vae_run
+        cfg = _override(profile.train_ldm, steps, seed)
+        profile.train_ldm = cfg
+    device = dist_info.device
+    vae = load_vae(vae_source, device)
+    domain = "target" if fewshot else "source"
+    rows = _rows(cache, domain)
+    _check_size(cache, rows, profile)
+
+    info = {**_base_info("fewshot" if fewshot else "ldm", profile, cache, cfg.seed), "domain": domain,
+            "vae_run": os.path.abspath(vae_source)}
+    split = None
+    if fewshot:
+        info["init_run"] = os.path.abspath(init_run)
+        existing = os.path.join(run_dir, "split.json")
+        if resume and os.path.exists(existing):
+            split = load_split(existing)
+        elif split_path:
+            split = load_split(split_path)
+        else:
+            if k is None:
+                raise AldmError("few-shot training needs --k (paper: 10 or 16) or --split")
+            patients = len({r["patient"] for r in rows})
+            split = few_shot_split(rows, k, n_test if n_test is not None else min(64, patients - k), seed=cfg.seed)
+        info["k"] = len(split["k_shot"])
+        rows = _rows(cache, domain, split["k_shot"])
+        if len(rows) != len(split["k_shot"]):
+            raise AldmError(f"{cache}: the split names subjects that are not in this cache")
+    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
+    if fewshot and dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
+        save_split(os.path.join(run_dir, "split.json"), split)
+
+    encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
+    if fewshot:
+        mean, std = parent["latent_mean"], parent["latent_std"]
+    else:
+        mean, std = latent_statistics(encoded["mu"])
+    schedule = NoiseSchedule(profile.diffusion)
+    denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
+    if fewshot:
+        denoiser.load_state_dict(parent["denoiser"])
+    task = LDMTask(denoiser, schedule, profile.diffusion.tumour_weight, mean, std)
+    n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
+
+    def sampler(step: int, rank: int) -> dict:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        batch = {key: encoded[key][idx] for key in ("mu", "logvar", "control", "stats", "weight")}
+        batch["eps_posterior"] = torch.randn(batch["mu"].shape, generator=g)
+        batch["eps"] = torch.randn(batch["mu"].shape, generator=g)
+        batch["t"] = torch.randint(T, (cfg.batch_size,), generator=g)
+        batch["keep"] = (torch.rand(cfg.batch_size, generator=g) >= p_drop).float()
+        return batch
+
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
+                      name="fewshot" if fewshot else "ldm")
+    if resume:
+        trainer.resume()
+    last = trainer.run()
+    if dist_info.is_main:
+        with atomic_path(os.path.join(run_dir, VAE_WEIGHTS)) as tmp:
+            torch.save({"vae": vae.state_dict()}, tmp)
+        ema = trainer.ema.shadow
+        _save_weights(run_dir, {"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(),
+                                "latent_std": std.cpu()})
+    barrier(dist_info)
+    return last

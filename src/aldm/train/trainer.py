@@ -1,0 +1,237 @@
+"""One trainer for every model in aldm.
+
+A *task* is an ``nn.Module`` whose ``forward(batch, step, total_steps)`` returns
+``(loss, logs)``; a *sampler* is a callable ``(step, rank) -> batch`` that draws the step's
+batch from a ``torch.Generator`` seeded by (seed, step, rank). Because every random choice of a
+step (data, noise, timesteps, dropout) is a pure function of the step number, ``--resume``
+continues exactly as an uninterrupted run would.
+
+Features: AdamW, linear warm-up, gradient clipping, gradient accumulation, EMA of the weights,
+bf16 autocast on GPU, non-finite losses skipped with a warning, atomic checkpoints (model,
+optimiser, EMA, scheduler, RNG, step; the previous one kept as fallback), CSV log (+ TensorBoard
+when installed), a progress bar with loss and speed, and DDP under ``torchrun`` (NCCL on GPU,
+gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..config import TrainConfig
+from ..errors import AldmError
+from ..io.atomic import atomic_path
+from .distributed import DistInfo
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint-prev.pt"
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point parameters and buffers."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(module).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for s, p in zip(self.shadow.state_dict().values(), module.state_dict().values()):
+            if s.dtype.is_floating_point:
+                s.lerp_(p.detach(), 1.0 - self.decay)
+            else:
+                s.copy_(p)
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """The random stream of one training step (a pure function of its arguments)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 8191 + rank * 131 + stream) % (2**63 - 1))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint safely (``weights_only``: never unpickles arbitrary objects)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupted or foreign file
+        raise AldmError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
+
+
+class Trainer:
+    """Runs ``config.steps`` optimisation steps of ``task`` and writes into ``run_dir``."""
+
+    def __init__(self, task: nn.Module, sampler: Callable, config: TrainConfig, run_dir: str,
+                 dist_info: DistInfo | None = None, device: torch.device | None = None, progress: bool = True,
+                 name: str = "train"):
+        self.config = config
+        self.run_dir = run_dir
+        self.dist = dist_info or DistInfo()
+        self.device = device or self.dist.device
+        self.task = task.to(self.device)
+        self.sampler = sampler
+        self.progress = progress and self.dist.is_main
+        self.name = name
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        warm = max(1, config.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.ema = EMA(self.task, config.ema_decay)
+        self.model = self.task
+        if self.dist.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = 0
+        self.skipped = 0
+        self.autocast = config.mixed_precision and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step, "skipped": self.skipped,
+            "model": self.task.state_dict(), "ema": self.ema.shadow.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        path = os.path.join(self.run_dir, CHECKPOINT)
+        if os.path.exists(path):
+            os.replace(path, os.path.join(self.run_dir, PREVIOUS))
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
+
+    def resume(self) -> bool:
+        """Load the newest readable checkpoint of ``run_dir``; falls back to the previous one."""
+        errors = []
+        for name in (CHECKPOINT, PREVIOUS):
+            path = os.path.join(self.run_dir, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                state = load_checkpoint(path)
+                self.task.load_state_dict(state["model"])
+                self.ema.shadow.load_state_dict(state["ema"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng_torch"])
+                self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+            except (AldmError, KeyError, RuntimeError) as exc:
+                errors.append(str(exc).splitlines()[0])
+                print(f"aldm: warning: {path}: cannot resume from it ({errors[-1]}); trying an older one",
+                      file=sys.stderr)
+                continue
+            return True
+        if errors:
+            raise AldmError(f"{self.run_dir}: no usable checkpoint ({'; '.join(errors)})")
+        return False
+
+    # ------------------------------------------------------------------------------------ training
+    def _log_writer(self):
+        path = os.path.join(self.run_dir, "metrics.csv")
+        new = not os.path.exists(path)
+        fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in run()
+        return fh, new
+
+    def run(self) -> dict:
+        cfg = self.config
+        fh, new = self._log_writer() if self.dist.is_main else (None, False)
+        writer = None
+        tb = _tensorboard(self.run_dir) if self.dist.is_main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step", disable=not self.progress)
+        last = {}
+        t0 = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                total, logs, finite = 0.0, {}, True
+                for micro in range(cfg.grad_accum):
+                    batch = self.sampler(self.step * cfg.grad_accum + micro, self.dist.rank)
+                    sync = micro == cfg.grad_accum - 1 or self.dist.world_size == 1
+                    ctx = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else _null()
+                    with ctx, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        loss, logs = self.model(batch, self.step, cfg.steps)
+                    loss = loss / cfg.grad_accum
+                    finite = finite and bool(torch.isfinite(loss.detach()))
+                    loss.backward()
+                    total += float(loss.detach())
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.task.parameters(), cfg.grad_clip)
+                finite = _all_ranks_finite(finite and bool(torch.isfinite(grad_norm)), self.device, self.dist)
+                if finite:
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.ema.update(self.task)
+                else:
+                    self.skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    tqdm.write(f"aldm: warning: step {self.step}: non-finite loss or gradient; step skipped",
+                               file=sys.stderr)
+                    if self.skipped > max(10, cfg.steps // 10):
+                        raise AldmError(f"{self.run_dir}: {self.skipped} non-finite steps; lower the learning rate "
+                                        "or check the data (aldm data verify)")
+                self.step += 1
+                elapsed = time.perf_counter() - start
+                last = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm), "sec_per_step": elapsed,
+                        **{k: float(v) for k, v in logs.items()}}
+                if fh is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    if writer is None:
+                        writer = csv.DictWriter(fh, fieldnames=list(last))
+                        if new:
+                            writer.writeheader()
+                    writer.writerow({k: last.get(k, "") for k in writer.fieldnames})
+                    fh.flush()
+                    if tb is not None:
+                        for k, v in last.items():
+                            if k != "step":
+                                tb.add_scalar(f"{self.name}/{k}", v, self.step)
+                bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}")
+                bar.update()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if fh is not None:
+                fh.close()
+            if tb is not None:
+                tb.close()
+        last["wall_s"] = time.perf_counter() - t0
+        last["skipped_steps"] = self.skipped
+        return last
+
+
+def _all_ranks_finite(finite: bool, device, info: DistInfo) -> bool:
+    """Every rank skips a step together if any rank saw a non-finite value."""
+    if info.world_size == 1:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=device)
+    dist.all_reduce(flag)
+    return float(flag) == 0.0
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _tensorboard(run_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
