@@ -99,6 +99,63 @@ def _cmd_data_split(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _cmd_train(args) -> int:
+    from .config import get_profile
+    from .train.distributed import init_distributed, shutdown
+    from .train.stages import load_run_profile, train_ldm, train_vae
+
+    info = init_distributed()
+    try:
+        if args.stage == "vae":
+            profile = get_profile(args.profile or "small")
+            last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
+                             dist_info=info, progress=not args.quiet)
+        else:
+            parent = args.init or args.vae
+            profile = get_profile(args.profile) if args.profile else (load_run_profile(parent) if parent else None)
+            last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
+                             n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
+                             resume=args.resume, dist_info=info, progress=not args.quiet)
+    finally:
+        shutdown(info)
+    if info.is_main:
+        print(f"{args.stage}: {last['step']} steps, final loss {last['loss']:.4f}, "
+              f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped")
+        print(f"run: {os.path.abspath(args.out)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .generate import generate
+    from .train.distributed import init_distributed, shutdown
+
+    info = init_distributed()
+    try:
+        start = time.perf_counter()
+        rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects,
+                        guidance_scale=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                        batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet)
+        elapsed = time.perf_counter() - start
+    finally:
+        shutdown(info)
+    if info.is_main:
+        print(f"{len(rows)} samples in {os.path.abspath(args.out)} ({elapsed:.1f} s for this run)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
@@ -157,6 +214,45 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--repeats", type=_positive_int, default=3)
     split.add_argument("--out", default=None, help="JSON path (default CACHE/splits/k<K>_seed<S>.json)")
     split.set_defaults(func=_cmd_data_split)
+
+    train = commands.add_parser("train", help="train the VAE (stage 1) or the latent diffusion model (stages 3, 4)")
+    train_commands = train.add_subparsers(dest="stage", metavar="STAGE")
+    train_commands.required = True
+    for stage, text in (("vae", "stage 1: the 3D VAE on the source cache"),
+                        ("ldm", "stage 3 (--vae): source pre-training; stage 4 (--init --k): few-shot adaptation")):
+        sub = train_commands.add_parser(stage, help=text)
+        sub.add_argument("--data", required=True, help="prepared cache (source subjects; target for --init)")
+        sub.add_argument("--out", required=True, help="run directory")
+        sub.add_argument("--profile", default=None,
+                         help="paper, small, tiny or a JSON config (default: small, or the parent run's)")
+        sub.add_argument("--steps", type=_positive_int, default=None, help="override the profile's length")
+        sub.add_argument("--seed", type=int, default=None)
+        sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+        sub.add_argument("--quiet", action="store_true")
+        if stage == "ldm":
+            sub.add_argument("--vae", default=None, help="finished VAE run (stage 3)")
+            sub.add_argument("--init", default=None, help="finished source LDM run to adapt (stage 4)")
+            sub.add_argument("--k", type=_positive_int, default=None, help="few-shot target subjects (10, 16)")
+            sub.add_argument("--n-test", type=_non_negative_int, default=None,
+                             help="held-out target test subjects (default: min(64, rest))")
+            sub.add_argument("--split", default=None, help="a saved split JSON instead of --k")
+        sub.set_defaults(func=_cmd_train)
+
+    gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")
+    gen.add_argument("--model", required=True, help="finished LDM or few-shot run")
+    gen.add_argument("--masks", default=None,
+                     help="cache:PATH, folder:PATH or relocated:PATH (default: the model's held-out subjects)")
+    gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")
+    gen.add_argument("--n", type=_positive_int, default=8, help="number of samples")
+    gen.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale s")
+    gen.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (DDPM: all T)")
+    gen.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    gen.add_argument("--batch-size", type=_positive_int, default=4)
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--quiet", action="store_true")
+    gen.set_defaults(func=_cmd_generate)
     return parser
 
 

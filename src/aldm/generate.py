@@ -1,0 +1,258 @@
+"""``aldm generate``: synthetic cohorts from masks, written as NIfTI in model space and on the native grid.
+
+Mask sources (``--masks``):
+
+* ``cache:PATH`` (or a path holding ``manifest.csv``): masks of a prepared cache. For the model's
+  own target cache the held-out test subjects of its split are used by default (never the K
+  few-shot subjects); ``--subjects`` picks others.
+* ``folder:PATH``: NIfTI masks (``*.nii.gz``, any label > 0 is tumour). Masks already at the model's
+  S^3 are used as they are; others are reoriented to RAS and resized to S^3 (nearest-exact).
+* ``relocated:PATH``: each cache mask moved into another subject's brain (paper Appendix A), so
+  tumours appear in new places; the native grid is the host subject's.
+
+Sample ``i`` uses mask ``i mod M`` and seed ``seed + i``; its files go to
+``OUT/sample-IIII_<mask subject>/`` (written in a temporary folder, then renamed, so an
+interrupted run leaves no half-written sample and a re-run continues where it stopped). Under
+``torchrun`` the samples are split across ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.cache import load_cached, read_manifest
+from .data.geometry import to_native, unscale_intensities
+from .data.splits import load_split
+from .errors import AldmError
+from .io.atomic import atomic_write_text
+from .io.nifti import save_nifti
+from .pipeline import ALDMPipeline
+from .train.distributed import DistInfo, barrier
+
+MODALITY_FILES = ("t1", "t2", "flair")
+DONE = "sample.json"
+
+
+@dataclass
+class MaskItem:
+    """A tumour mask in model space (1, S, S, S) uint8, where it came from and its native geometry."""
+
+    name: str
+    mask: np.ndarray
+    model_affine: np.ndarray
+    native_shape: tuple | None = None
+    native_affine: np.ndarray | None = None
+    intensity_ranges: list | None = None
+    source: str = ""
+
+
+def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) -> MaskItem:
+    data = load_cached(cache, row)
+    return MaskItem(
+        name=name or row["subject"], mask=data["mask"] if mask is None else mask,
+        model_affine=np.asarray(json.loads(row["model_affine"])),
+        native_shape=tuple(json.loads(row["native_shape"])), native_affine=np.asarray(json.loads(row["native_affine"])),
+        intensity_ranges=json.loads(row["intensity_ranges"]), source=f"cache:{row['subject']}",
+    )
+
+
+def masks_from_cache(cache: str, subjects: list | None = None, model_info: dict | None = None,
+                     model_dir: str | None = None) -> list[MaskItem]:
+    rows = read_manifest(cache)
+    if not rows:
+        raise AldmError(f"{cache}: no manifest.csv; not a prepared cache")
+    split_path = os.path.join(model_dir, "split.json") if model_dir else None
+    own = model_info and os.path.abspath(cache) == model_info.get("data")
+    if subjects is None and own and split_path and os.path.exists(split_path):
+        subjects = load_split(split_path)["test"]  # held out: never the few-shot subjects
+        if not subjects:
+            raise AldmError(f"{split_path}: the split has no held-out test subjects; pass --subjects")
+    if subjects is not None:
+        by_name = {r["subject"]: r for r in rows}
+        missing = [s for s in subjects if s not in by_name]
+        if missing:
+            raise AldmError(f"{cache}: unknown subject(s) {', '.join(missing[:5])}")
+        rows = [by_name[s] for s in subjects]
+    return [_item_from_row(cache, r) for r in rows]
+
+
+def masks_from_folder(folder: str, size: int) -> list[MaskItem]:
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Resize
+
+    if not os.path.isdir(folder):
+        raise AldmError(f"{folder}: mask folder not found")
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".nii.gz", ".nii")))
+    if not files:
+        raise AldmError(f"{folder}: no .nii.gz masks")
+    items = []
+    for name in files:
+        path = os.path.join(folder, name)
+        try:
+            img = nib.load(path)
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:
+            raise AldmError(f"{path}: unreadable NIfTI mask ({type(exc).__name__})") from exc
+        if data.ndim != 3 or not np.isfinite(data).all():
+            raise AldmError(f"{path}: a mask must be a finite 3D volume, got shape {data.shape}")
+        mask = (data > 0).astype(np.float32)
+        if not mask.any():
+            raise AldmError(f"{path}: empty mask")
+        if mask.shape == (size,) * 3:
+            model, affine = mask, img.affine
+        else:
+            t = MetaTensor(torch.from_numpy(mask)[None], affine=torch.as_tensor(img.affine, dtype=torch.float64))
+            t = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
+            t = Resize((size,) * 3, mode="nearest-exact")(t)
+            model, affine = t.numpy()[0], np.asarray(t.affine)
+        items.append(MaskItem(name=name.split(".")[0], mask=(model[None] > 0.5).astype(np.uint8),
+                              model_affine=np.asarray(affine, dtype=np.float64), native_shape=tuple(data.shape),
+                              native_affine=np.asarray(img.affine), source=f"folder:{path}"))
+    return items
+
+
+def relocate_mask(mask: np.ndarray, brain: np.ndarray, rng: np.random.Generator, tries: int = 200) -> np.ndarray:
+    """Translate ``mask`` (S, S, S) so that it lies inside ``brain`` (S, S, S) at a random place.
+
+    Draws candidate centres among brain voxels and keeps the first placement with >= 99 % of the
+    tumour inside the brain (else the best one seen).
+    """
+    idx = np.argwhere(mask > 0)
+    if len(idx) == 0:
+        raise AldmError("cannot relocate an empty mask")
+    centre = np.round(idx.mean(0)).astype(int)
+    candidates = np.argwhere(brain > 0)
+    best, best_inside = None, -1.0
+    for _ in range(tries):
+        shift = candidates[rng.integers(len(candidates))] - centre
+        moved = idx + shift
+        ok = np.all((moved >= 0) & (moved < np.array(mask.shape)), axis=1)
+        if not ok.all():
+            continue
+        inside = float(brain[tuple(moved.T)].mean())
+        if inside > best_inside:
+            best, best_inside = moved, inside
+        if inside >= 0.99:
+            break
+    if best is None:
+        raise AldmError("the tumour does not fit anywhere inside the host brain")
+    out = np.zeros_like(mask)
+    out[tuple(best.T)] = 1
+    return out
+
+
+def relocated_masks(cache: str, subjects: list | None, seed: int) -> list[MaskItem]:
+    """Each subject's mask moved into the next subject's brain (a cyclic pairing), host geometry."""
+    rows = read_manifest(cache)
+    if subjects is not None:
+        rows = [r for r in rows if r["subject"] in set(subjects)]
+    if len(rows) < 2:
+        raise AldmError(f"{cache}: relocation needs at least two subjects")
+    rng = np.random.default_rng(seed)
+    items = []
+    for i, row in enumerate(rows):
+        host = rows[(i + 1) % len(rows)]
+        host_data = load_cached(cache, host)
+        moved = relocate_mask(load_cached(cache, row)["mask"][0], host_data["brain"][0], rng)
+        item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", mask=moved[None])
+        item.source = f"relocated:{row['subject']}->{host['subject']}"
+        items.append(item)
+    return items
+
+
+def resolve_masks(spec: str | None, pipe: ALDMPipeline, model_dir: str, subjects: list | None,
+                  seed: int) -> list[MaskItem]:
+    """Mask items for a ``--masks`` value (see the module docstring)."""
+    if spec is None:
+        spec = "cache:" + pipe.info["data"]
+    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("cache", "folder", "relocated") else ("", "", spec)
+    if not kind:
+        kind = "cache" if os.path.exists(os.path.join(spec, "manifest.csv")) else "folder"
+    if kind == "cache":
+        return masks_from_cache(path, subjects, pipe.info, model_dir)
+    if kind == "relocated":
+        return relocated_masks(path, subjects, seed)
+    return masks_from_folder(path, pipe.profile.image_size)
+
+
+def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, meta: dict) -> None:
+    """All files of one sample, into a temp folder renamed at the end (no half-written samples)."""
+    final = os.path.join(out_dir, name)
+    tmp = os.path.join(out_dir, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "model"))
+    for c, mod in enumerate(MODALITY_FILES):
+        save_nifti(os.path.join(tmp, "model", f"{mod}.nii.gz"), image[c], item.model_affine)
+    save_nifti(os.path.join(tmp, "model", "mask.nii.gz"), item.mask[0], item.model_affine, np.uint8)
+    if item.native_shape is not None:
+        os.makedirs(os.path.join(tmp, "native"))
+        native = to_native(image, item.model_affine, item.native_shape, item.native_affine, order=1, fill=-1.0)
+        background = native[0] <= -0.999
+        if item.intensity_ranges:
+            native = unscale_intensities(native, item.intensity_ranges)
+            native[:, background] = 0.0  # skull-stripped convention of the downloads
+        for c, mod in enumerate(MODALITY_FILES):
+            save_nifti(os.path.join(tmp, "native", f"{mod}.nii.gz"), native[c], item.native_affine)
+        mask = to_native(item.mask[0].astype(np.float32), item.model_affine, item.native_shape, item.native_affine,
+                         order=0)
+        save_nifti(os.path.join(tmp, "native", "mask.nii.gz"), mask.astype(np.uint8), item.native_affine, np.uint8)
+    atomic_write_text(os.path.join(tmp, DONE), json.dumps(meta, indent=2) + "\n")
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
+             guidance_scale: float = 3.0, steps: int = 50, sampler: str = "ddim", seed: int = 0,
+             batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True) -> list[dict]:
+    """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included)."""
+    dist_info = dist_info or DistInfo()
+    if n < 1:
+        raise AldmError(f"--n must be at least 1, got {n}")
+    pipe = ALDMPipeline.from_pretrained(model_dir, device=device or dist_info.device)
+    items = resolve_masks(masks, pipe, model_dir, subjects, seed)
+    os.makedirs(out_dir, exist_ok=True)
+    names = [f"sample-{i:04d}_{items[i % len(items)].name}" for i in range(n)]
+    todo = [i for i in range(n) if i % dist_info.world_size == dist_info.rank
+            and not os.path.exists(os.path.join(out_dir, names[i], DONE))]
+    bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not (progress and dist_info.is_main))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        mask = np.stack([items[i % len(items)].mask for i in chunk]).astype(np.float32)
+        out = pipe(mask, guidance_scale=guidance_scale, num_inference_steps=steps, sampler=sampler,
+                   generator=[seed + i for i in chunk])
+        for j, i in enumerate(chunk):
+            item = items[i % len(items)]
+            meta = {"sample": names[i], "index": i, "mask_subject": item.name, "mask_source": item.source,
+                    "seed": seed + i, "guidance_scale": guidance_scale, "steps": steps, "sampler": sampler,
+                    "model": os.path.abspath(model_dir), "model_hash": pipe.model_hash,
+                    "stage": pipe.info.get("stage")}
+            _write_sample(out_dir, names[i], out["image"][j].numpy(), item, meta)
+        bar.update(len(chunk))
+    bar.close()
+    barrier(dist_info)
+    rows = []
+    for name in names:
+        path = os.path.join(out_dir, name, DONE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                rows.append(json.load(fh))
+    if dist_info.is_main:
+        buf = io.StringIO()
+        fields = ["sample", "index", "mask_subject", "mask_source", "seed", "guidance_scale", "steps", "sampler",
+                  "model", "model_hash", "stage"]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(os.path.join(out_dir, "manifest.csv"), buf.getvalue())
+    return rows
