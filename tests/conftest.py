@@ -41,3 +41,17 @@ def write_volume(path, array, affine=None, dtype=np.float32):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.eye(4) if affine is None else affine)
     nib.save(img, str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(prepared_cache, tmp_path_factory):
+    """The four stages in the tiny profile on the 32^3 phantom cache: {'vae', 'ldm', 'fewshot'} run dirs."""
+    from aldm.config import tiny
+    from aldm.train.stages import train_ldm, train_vae
+
+    runs = tmp_path_factory.mktemp("runs")
+    cache = str(prepared_cache)
+    train_vae(cache, str(runs / "vae"), tiny(), progress=False)
+    train_ldm(cache, str(runs / "ldm"), vae_run=str(runs / "vae"), progress=False)
+    train_ldm(cache, str(runs / "fewshot"), init_run=str(runs / "ldm"), k=2, n_test=2, progress=False)
+    return {name: str(runs / name) for name in ("vae", "ldm", "fewshot")}

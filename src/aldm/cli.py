@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=_positive_int, default=8, help="number of samples")
     gen.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale s")
     gen.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (DDPM: all T)")
-    gen.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    gen.add_argument("--sampler", choices=("ddim", "dpmpp2m", "ddpm"), default="ddim",
+                     help="ddim, dpmpp2m (DPM-Solver++ 2M, best per step) or ddpm (ancestral, all T steps)")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--batch-size", type=_positive_int, default=4)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

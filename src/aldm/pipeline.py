@@ -21,7 +21,7 @@ import torch
 from .config import Profile
 from .data.control import control_maps, mask_statistics
 from .diffusion.guidance import guided_noise
-from .diffusion.samplers import SAMPLERS, initial_noise, sample_ddim, sample_ddpm
+from .diffusion.samplers import SAMPLERS, initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .diffusion.schedule import NoiseSchedule
 from .errors import AldmError
 from .models.unet import ConditionalDenoiser
@@ -92,7 +92,8 @@ class ALDMPipeline:
         else:
             if not 1 <= num_inference_steps <= self.schedule.timesteps:
                 raise AldmError(f"steps must be between 1 and {self.schedule.timesteps}, got {num_inference_steps}")
-            z0 = sample_ddim(eps_fn, self.schedule, z_T, num_inference_steps, progress=progress)
+            solver = sample_dpmpp_2m if sampler == "dpmpp2m" else sample_ddim
+            z0 = solver(eps_fn, self.schedule, z_T, num_inference_steps, progress=progress)
         latent = z0 * self.latent_std + self.latent_mean
         image = self.vae.decode(latent).float().clamp(-1, 1)
         return {"image": image.cpu(), "latent": latent.cpu()}

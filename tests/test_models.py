@@ -1,0 +1,108 @@
+"""The networks of §3: shapes, Eq. 3.2-3.4 and 3.6-3.7, ControlNet zero-init."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aldm.config import paper, tiny
+from aldm.models.blocks import FiLM, sinusoidal_embedding
+from aldm.models.unet import ConditionalDenoiser
+from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, vae_loss
+
+
+@torch.no_grad()
+def test_paper_vae_maps_112_to_8x28():
+    vae = VAE3D(paper().vae).eval()
+    mu, logvar = vae.encode(torch.randn(1, 3, 112, 112, 112))
+    assert mu.shape == logvar.shape == (1, 8, 28, 28, 28)
+    x_hat = vae.decode(mu)
+    assert x_hat.shape == (1, 3, 112, 112, 112)
+    assert x_hat.abs().max() <= 1.0  # tanh
+
+
+def test_logvar_is_clamped():
+    vae = VAE3D(tiny().vae)
+    torch.nn.init.constant_(vae.logvar.bias, 100.0)
+    _, logvar = vae.encode(torch.randn(1, 3, 32, 32, 32))
+    assert logvar.max() <= tiny().vae.logvar_clamp[1]
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.0), (35, 0.5), (70, 1.0), (71, 1.0), (200, 1.0)])
+def test_kl_warmup_eq_3_3(step, expected):
+    # T = 200, rho = 0.35 -> ramp over 70 steps to lambda_KL = 1
+    assert kl_weight(step, 200, 1.0, 0.35) == pytest.approx(expected)
+
+
+def test_kl_matches_torch_distributions():
+    mu, logvar = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4, 3, 3, 3)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    assert kl_divergence(mu, logvar) == pytest.approx(float(torch.distributions.kl_divergence(q, p).mean()), rel=1e-5)
+
+
+def test_gradient_loss_eq_3_4_known_volume():
+    d = torch.arange(8, dtype=torch.float32)
+    ramp = (0.25 * d).view(1, 1, 8, 1, 1).expand(1, 1, 8, 8, 8)  # slope 0.25 along D only
+    assert gradient_loss(torch.zeros_like(ramp), ramp) == pytest.approx(0.25)
+    both = ramp + ramp.permute(0, 1, 3, 2, 4)  # + slope 0.25 along H
+    assert gradient_loss(torch.zeros_like(both), both) == pytest.approx(0.5)
+    assert gradient_loss(both, both) == 0
+
+
+def test_vae_loss_combines_terms():
+    cfg = tiny().vae
+    x = torch.zeros(1, 3, 8, 8, 8)
+    x_hat = torch.full_like(x, 0.5)
+    mu, logvar = torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2)
+    loss, parts = vae_loss(x, x_hat, mu, logvar, cfg, step=10, total_steps=10)
+    assert parts["rec"] == pytest.approx(0.5) and parts["kl"] == 0 and parts["grad"] == 0
+    assert loss == pytest.approx(cfg.rec_weight * 0.5)
+
+
+def test_sinusoidal_embedding_eq_3_6():
+    t = torch.tensor([0, 5])
+    emb = sinusoidal_embedding(t, 8)
+    freqs = [10000 ** (-k / 4) for k in range(4)]
+    expected = [math.cos(5 * f) for f in freqs] + [math.sin(5 * f) for f in freqs]
+    assert torch.allclose(emb[1], torch.tensor(expected), atol=1e-5)
+    assert torch.allclose(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+def test_film_eq_3_7_identity_at_zero_and_known_modulation():
+    film = FiLM(stats_dim=8, channels=2)
+    h = torch.randn(3, 2, 4, 4, 4)
+    assert torch.equal(film(h, torch.randn(3, 8)), h)  # zero-initialised: identity
+    with torch.no_grad():
+        film.mlp[-1].bias.copy_(torch.tensor([1.0, 1.0, 2.0, 2.0]))  # gamma = 1, beta = 2
+    assert torch.allclose(film(h, torch.randn(3, 8)), h * 1.1 + 0.2, atol=1e-6)
+
+
+def test_controlnet_zero_init_leaves_unet_unchanged():
+    cfg = tiny().unet
+    model = ConditionalDenoiser(cfg, 4)
+    z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])
+    stats, control = torch.randn(2, 8), torch.rand(2, 3, 8, 8, 8)
+    with torch.no_grad():
+        full = model(z, t, control, stats)
+        bare = model.unet(z, t, stats, None)
+    assert torch.equal(full, bare)
+    residuals = model.controlnet(z, t, control)
+    assert [r.shape[1] for r in residuals] == list(cfg.channels)
+    assert all(torch.count_nonzero(r) == 0 for r in residuals)
+    # ...but the ControlNet path gets gradients (its zero convolutions are trainable)
+    model(z, t, control, stats).square().mean().backward()
+    assert model.controlnet.outputs[0].weight.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_paper_unet_shapes_28_14_7():
+    cfg = paper().unet
+    model = ConditionalDenoiser(cfg, 8).eval()
+    out = model(torch.randn(1, 8, 28, 28, 28), torch.tensor([500]), torch.rand(1, 3, 28, 28, 28), torch.rand(1, 8))
+    assert out.shape == (1, 8, 28, 28, 28)
+    sizes = [r.shape[2] for r in model.controlnet(torch.randn(1, 8, 28, 28, 28), torch.tensor([1]),
+                                                   torch.rand(1, 3, 28, 28, 28))]
+    assert sizes == [28, 14, 7]
