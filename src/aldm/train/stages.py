@@ -98,10 +98,11 @@ def _save_weights(run_dir: str, weights: dict) -> None:
         torch.save(weights, tmp)
 
 
-def _base_info(stage: str, profile: Profile, cache: str, seed: int) -> dict:
+def _base_info(stage: str, profile: Profile, cache: str, seed: int, dist_info: DistInfo) -> dict:
     manifest = os.path.join(cache, "manifest.csv")
     return {
-        "stage": stage, "profile": profile.name, "seed": seed, "data": os.path.abspath(cache),
+        "stage": stage, "profile": profile.name, "seed": seed, "world_size": dist_info.world_size,
+        "data": os.path.abspath(cache),
         "data_manifest_sha256": sha256_file(manifest), "code_version": _code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -154,7 +155,7 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     profile.train_vae = cfg
     rows = _rows(cache, domain)
     _check_size(cache, rows, profile)
-    _prepare_run_dir(run_dir, {**_base_info("vae", profile, cache, cfg.seed), "domain": domain,
+    _prepare_run_dir(run_dir, {**_base_info("vae", profile, cache, cfg.seed, dist_info), "domain": domain,
                                "subjects": len(rows)}, profile, resume, dist_info)
     images = torch.stack([torch.from_numpy(load_cached(cache, r)["image"]).half() for r in rows])
     latent_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
@@ -280,7 +281,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     rows = _rows(cache, domain)
     _check_size(cache, rows, profile)
 
-    info = {**_base_info("fewshot" if fewshot else "ldm", profile, cache, cfg.seed), "domain": domain,
+    info = {**_base_info("fewshot" if fewshot else "ldm", profile, cache, cfg.seed, dist_info), "domain": domain,
             "vae_run": os.path.abspath(vae_source)}
     split = None
     if fewshot:
