@@ -295,6 +295,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
             if k is None:
                 raise AldmError("few-shot training needs --k (paper: 10 or 16) or --split")
             patients = len({r["patient"] for r in rows})
+            if k > patients:
+                raise AldmError(f"{cache}: --k {k} exceeds the {patients} target patients available")
             split = few_shot_split(rows, k, n_test if n_test is not None else min(64, patients - k), seed=cfg.seed)
         info["k"] = len(split["k_shot"])
         rows = _rows(cache, domain, split["k_shot"])
