@@ -55,3 +55,20 @@ def tiny_runs(prepared_cache, tmp_path_factory):
     train_ldm(cache, str(runs / "ldm"), vae_run=str(runs / "vae"), progress=False)
     train_ldm(cache, str(runs / "fewshot"), init_run=str(runs / "ldm"), k=2, n_test=2, progress=False)
     return {name: str(runs / name) for name in ("vae", "ldm", "fewshot")}
+
+
+@pytest.fixture(scope="session")
+def baseline_runs(prepared_cache, tmp_path_factory):
+    """Each baseline trained (source, then few-shot K = 2) in the tiny profile: {kind: few-shot run dir}."""
+    from aldm.config import tiny
+    from aldm.train.baselines import BASELINES, train_baseline
+
+    runs = tmp_path_factory.mktemp("baselines")
+    out = {}
+    for kind in BASELINES:
+        train_baseline(kind, str(prepared_cache), str(runs / kind), tiny(), progress=False)
+        train_baseline(kind, str(prepared_cache), str(runs / f"{kind}_k2"), init_run=str(runs / kind), k=2,
+                       n_test=2, progress=False)
+        out[kind] = str(runs / f"{kind}_k2")
+        out[f"{kind}_source"] = str(runs / kind)
+    return out

@@ -119,7 +119,15 @@ def _cmd_train(args) -> int:
 
     info = init_distributed()
     try:
-        if args.stage == "vae":
+        if args.stage == "baseline":
+            from .train.baselines import train_baseline
+
+            profile = get_profile(args.profile) if args.profile else (load_run_profile(args.init) if args.init
+                                                                       else get_profile("small"))
+            last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
+                                  n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
+                                  resume=args.resume, dist_info=info, progress=not args.quiet)
+        elif args.stage == "vae":
             profile = get_profile(args.profile or "small")
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
                              dist_info=info, progress=not args.quiet)
@@ -219,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands = train.add_subparsers(dest="stage", metavar="STAGE")
     train_commands.required = True
     for stage, text in (("vae", "stage 1: the 3D VAE on the source cache"),
-                        ("ldm", "stage 3 (--vae): source pre-training; stage 4 (--init --k): few-shot adaptation")):
+                        ("ldm", "stage 3 (--vae): source pre-training; stage 4 (--init --k): few-shot adaptation"),
+                        ("baseline", "CGAN / 3M-CGAN / VAE-GAN: source training, or few-shot with --init --k")):
         sub = train_commands.add_parser(stage, help=text)
+        if stage == "baseline":
+            sub.add_argument("model", choices=("cgan", "cgan3m", "vaegan"))
         sub.add_argument("--data", required=True, help="prepared cache (source subjects; target for --init)")
         sub.add_argument("--out", required=True, help="run directory")
         sub.add_argument("--profile", default=None,
@@ -231,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true")
         if stage == "ldm":
             sub.add_argument("--vae", default=None, help="finished VAE run (stage 3)")
-            sub.add_argument("--init", default=None, help="finished source LDM run to adapt (stage 4)")
+        if stage in ("ldm", "baseline"):
+            sub.add_argument("--init", default=None, help="finished source run to adapt (few-shot stage)")
             sub.add_argument("--k", type=_positive_int, default=None, help="few-shot target subjects (10, 16)")
             sub.add_argument("--n-test", type=_non_negative_int, default=None,
                              help="held-out target test subjects (default: min(64, rest))")
@@ -239,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=_cmd_train)
 
     gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")
-    gen.add_argument("--model", required=True, help="finished LDM or few-shot run")
+    gen.add_argument("--model", required=True, help="finished LDM, few-shot or baseline run")
     gen.add_argument("--masks", default=None,
                      help="cache:PATH, folder:PATH or relocated:PATH (default: the model's held-out subjects)")
     gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")

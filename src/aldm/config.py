@@ -51,6 +51,23 @@ class DiffusionConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The comparison models of §4.2: CGAN, 3M-CGAN and VAE-GAN (one config for the three)."""
+
+    gen_channels: tuple = (32, 64, 128)  # generator U-Net widths at S, S/2, S/4
+    gen_res_blocks: int = 2  # residual blocks at S/4
+    noise_channels: int = 8  # z ~ N(0, I) of (noise_channels, S/4, S/4, S/4), injected at S/4
+    disc_channels: tuple = (32, 64, 128)  # patch discriminator widths (spectral norm, hinge loss)
+    adv_weight: float = 1.0
+    l1_weight: float = 0.0  # CGAN: purely adversarial (Mirza & Osindero)
+    tumour_consistency: float = 10.0  # 3M-CGAN: L1 to the paired real volume in the dilated tumour
+    vaegan_rec: float = 1.0
+    vaegan_kl: float = 1e-3
+    diffaugment: bool = True  # translation + intensity augmentation of D's inputs in the few-shot stage
+    adam_betas: tuple = (0.5, 0.999)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20000
     batch_size: int = 1
@@ -76,6 +93,9 @@ class Profile:
     train_vae: TrainConfig = field(default_factory=TrainConfig)
     train_ldm: TrainConfig = field(default_factory=TrainConfig)
     train_fewshot: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    train_baseline: TrainConfig = field(default_factory=TrainConfig)
+    train_baseline_fewshot: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def latent_size(self) -> int:
@@ -100,6 +120,9 @@ class Profile:
             train_vae=build(TrainConfig, data.get("train_vae", {})),
             train_ldm=build(TrainConfig, data.get("train_ldm", {})),
             train_fewshot=build(TrainConfig, data.get("train_fewshot", {})),
+            baseline=build(BaselineConfig, data.get("baseline", {})),
+            train_baseline=build(TrainConfig, data.get("train_baseline", {})),
+            train_baseline_fewshot=build(TrainConfig, data.get("train_baseline_fewshot", {})),
         )
 
     def save(self, path: str) -> None:
@@ -124,6 +147,8 @@ def paper() -> Profile:
         train_vae=TrainConfig(steps=60000, lr=1e-4, warmup_steps=500),
         train_ldm=TrainConfig(steps=100000, lr=1e-4, warmup_steps=1000),
         train_fewshot=TrainConfig(steps=5000, lr=5e-5, warmup_steps=100, checkpoint_every=500),
+        train_baseline=TrainConfig(steps=40000, lr=2e-4, warmup_steps=0, ema_decay=0.999),
+        train_baseline_fewshot=TrainConfig(steps=3000, lr=1e-4, warmup_steps=0, checkpoint_every=500),
     )
 
 
@@ -137,6 +162,11 @@ def small() -> Profile:
                               ema_decay=0.99),
         train_fewshot=TrainConfig(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50,
                                   ema_decay=0.99),
+        baseline=BaselineConfig(gen_channels=(16, 32, 64), gen_res_blocks=1, disc_channels=(16, 32, 64)),
+        train_baseline=TrainConfig(steps=200, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=100,
+                                   ema_decay=0.99),
+        train_baseline_fewshot=TrainConfig(steps=60, batch_size=2, lr=1e-4, warmup_steps=0, checkpoint_every=30,
+                                           ema_decay=0.99),
     )
 
 
@@ -152,6 +182,12 @@ def tiny() -> Profile:
                               log_every=1),
         train_fewshot=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2,
                                   ema_decay=0.9, log_every=1),
+        baseline=BaselineConfig(gen_channels=(8, 16, 16), gen_res_blocks=1, noise_channels=2,
+                                disc_channels=(8, 16, 16)),
+        train_baseline=TrainConfig(steps=4, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=2,
+                                   ema_decay=0.9, log_every=1),
+        train_baseline_fewshot=TrainConfig(steps=4, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=2,
+                                           ema_decay=0.9, log_every=1),
     )
 
 

@@ -36,7 +36,7 @@ from .data.splits import load_split
 from .errors import AldmError
 from .io.atomic import atomic_write_text
 from .io.nifti import save_nifti
-from .pipeline import ALDMPipeline
+from .pipeline import ALDMPipeline, load_pipeline
 from .train.distributed import DistInfo, barrier
 
 MODALITY_FILES = ("t1", "t2", "flair")
@@ -219,7 +219,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     dist_info = dist_info or DistInfo()
     if n < 1:
         raise AldmError(f"--n must be at least 1, got {n}")
-    pipe = ALDMPipeline.from_pretrained(model_dir, device=device or dist_info.device)
+    pipe = load_pipeline(model_dir, device=device or dist_info.device)
     items = resolve_masks(masks, pipe, model_dir, subjects, seed)
     os.makedirs(out_dir, exist_ok=True)
     names = [f"sample-{i:04d}_{items[i % len(items)].name}" for i in range(n)]

@@ -45,15 +45,15 @@ class ALDMPipeline:
     def from_pretrained(cls, run_dir: str, device: str | torch.device | None = None) -> ALDMPipeline:
         info = read_run_info(run_dir)
         if info.get("stage") not in ("ldm", "fewshot"):
-            raise AldmError(f"{run_dir}: a {info.get('stage')} run cannot generate; give an LDM or few-shot run")
+            raise AldmError(f"{run_dir}: a {info.get('stage')} run cannot generate; give an LDM, few-shot or "
+                            "baseline run")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         profile = load_run_profile(run_dir)
         weights = load_weights(run_dir)
         denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
         denoiser.load_state_dict(weights["denoiser"])
-        digest = hashlib.sha256(open(os.path.join(run_dir, WEIGHTS), "rb").read()).hexdigest()[:16]
         return cls(profile, load_vae(run_dir, device), denoiser, weights["latent_mean"], weights["latent_std"],
-                   device, info, digest)
+                   device, info, _weights_hash(run_dir))
 
     @torch.inference_mode()
     def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
@@ -68,12 +68,7 @@ class ALDMPipeline:
             raise AldmError(f"guidance scale must be a finite number, got {guidance_scale}")
         if sampler not in SAMPLERS:
             raise AldmError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        m = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
-        if m.ndim == 4:
-            m = m[:, None]
-        size = self.profile.image_size
-        if m.ndim != 5 or tuple(m.shape[1:]) != (1, size, size, size):
-            raise AldmError(f"masks must be (B, 1, {size}, {size}, {size}) for this model, got {tuple(m.shape)}")
+        m = _check_masks(masks, self.profile.image_size)
         generators = _generators(generator, m.shape[0])
         s = self.profile.latent_size
         control = control_maps(m, s).to(self.device)
@@ -97,6 +92,69 @@ class ALDMPipeline:
         latent = z0 * self.latent_std + self.latent_mean
         image = self.vae.decode(latent).float().clamp(-1, 1)
         return {"image": image.cpu(), "latent": latent.cpu()}
+
+
+class BaselinePipeline:
+    """The same call as :class:`ALDMPipeline` for a CGAN / 3M-CGAN / VAE-GAN run: one generator pass
+    per batch from per-sample noise (z ~ N(0, I): prior samples, never reconstructions). Guidance,
+    steps and sampler do not apply to these models and are recorded as given."""
+
+    def __init__(self, profile: Profile, generator, domain: float, device="cpu", info: dict | None = None,
+                 model_hash: str = ""):
+        self.profile = profile
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.domain = domain
+        self.info = info or {}
+        self.model_hash = model_hash
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str, device=None) -> BaselinePipeline:
+        from .train.baselines import BaselineGenerator
+
+        info = read_run_info(run_dir)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        profile = load_run_profile(run_dir)
+        generator = BaselineGenerator(info["model"], profile)
+        generator.load_state_dict(load_weights(run_dir)["generator"])
+        return cls(profile, generator, 1.0 if info.get("fewshot") else 0.0, device, info,
+                   _weights_hash(run_dir))
+
+    @torch.inference_mode()
+    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
+                 generator=None, progress: bool = False) -> dict:
+        m = _check_masks(masks, self.profile.image_size)
+        generators = _generators(generator, m.shape[0])
+        noise = initial_noise((m.shape[0], *self.generator.noise_shape), generators, self.device)
+        control = control_maps(m).to(self.device)
+        domain = torch.full((m.shape[0],), self.domain, device=self.device)
+        image = self.generator(control, domain, noise).float().clamp(-1, 1)
+        return {"image": image.cpu()}
+
+
+def load_pipeline(run_dir: str, device=None):
+    """The generation pipeline of any finished run that can generate (ALDM or a baseline)."""
+    stage = read_run_info(run_dir).get("stage")
+    if stage == "baseline":
+        return BaselinePipeline.from_pretrained(run_dir, device)
+    return ALDMPipeline.from_pretrained(run_dir, device)
+
+
+def _weights_hash(run_dir: str) -> str:
+    digest = hashlib.sha256()
+    with open(os.path.join(run_dir, WEIGHTS), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _check_masks(masks, size: int) -> torch.Tensor:
+    m = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+    if m.ndim == 4:
+        m = m[:, None]
+    if m.ndim != 5 or tuple(m.shape[1:]) != (1, size, size, size):
+        raise AldmError(f"masks must be (B, 1, {size}, {size}, {size}) for this model, got {tuple(m.shape)}")
+    return m
 
 
 def _generators(generator, n: int) -> list[torch.Generator]:

@@ -35,7 +35,9 @@ class RefineBlock(nn.Module):
 
 
 class VAE3D(nn.Module):
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig, cond_channels: int = 0):
+        """``cond_channels`` > 0 makes the decoder conditional: decode(z, cond) concatenates a
+        (B, cond_channels, s, s, s) condition to z (the VAE-GAN baseline); ALDM's VAE uses 0."""
         super().__init__()
         self.config = config
         c0, c1, c2 = config.channels
@@ -47,7 +49,7 @@ class VAE3D(nn.Module):
         )
         self.mu = nn.Conv3d(c2, config.latent_channels, 1)
         self.logvar = nn.Conv3d(c2, config.latent_channels, 1)
-        self.decoder_in = nn.Sequential(_conv_in_act(config.latent_channels, c2),
+        self.decoder_in = nn.Sequential(_conv_in_act(config.latent_channels + cond_channels, c2),
                                         *[RefineBlock(c2) for _ in range(config.refine_blocks)])
         self.up1 = _conv_in_act(c2, c1)
         self.up2 = _conv_in_act(c1, c0)
@@ -65,9 +67,9 @@ class VAE3D(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, zC, s, s, s) -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1] (tanh)."""
-        h = self.decoder_in(z)
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, zC, s, s, s) [+ cond (B, cond_channels, s, s, s)] -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1]."""
+        h = self.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
         h = self.up1(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
         h = self.up2(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
         return torch.tanh(self.out(h))

@@ -129,6 +129,33 @@ def _check_size(cache: str, rows: list[dict], profile: Profile) -> None:
                         f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
 
 
+def select_fewshot(cache: str, rows: list[dict], run_dir: str, resume: bool, split_path: str | None,
+                   k: int | None, n_test: int | None, seed: int) -> tuple[dict, list[dict]]:
+    """The few-shot split of a stage-4 run (its own when resuming, a given file, or a new one drawn
+    from ``rows``) and the rows of its K subjects."""
+    existing = os.path.join(run_dir, "split.json")
+    if resume and os.path.exists(existing):
+        split = load_split(existing)
+    elif split_path:
+        split = load_split(split_path)
+    else:
+        if k is None:
+            raise AldmError("few-shot training needs --k (paper: 10 or 16) or --split")
+        patients = len({r["patient"] for r in rows})
+        if k > patients:
+            raise AldmError(f"{cache}: --k {k} exceeds the {patients} target patients available")
+        split = few_shot_split(rows, k, n_test if n_test is not None else min(64, patients - k), seed=seed)
+    shots = _rows(cache, rows[0]["domain"], split["k_shot"])
+    if len(shots) != len(split["k_shot"]):
+        raise AldmError(f"{cache}: the split names subjects that are not in this cache")
+    return split, shots
+
+
+def save_run_split(run_dir: str, split: dict, dist_info: DistInfo) -> None:
+    if dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
+        save_split(os.path.join(run_dir, "split.json"), split)
+
+
 # ------------------------------------------------------------------------------------------------ stage 1
 class VAETask(nn.Module):
     """L_VAE (Eq. 3.2 + 3.4, KL warm-up Eq. 3.3) of a batch {'image', 'eps'}."""
@@ -286,25 +313,11 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     split = None
     if fewshot:
         info["init_run"] = os.path.abspath(init_run)
-        existing = os.path.join(run_dir, "split.json")
-        if resume and os.path.exists(existing):
-            split = load_split(existing)
-        elif split_path:
-            split = load_split(split_path)
-        else:
-            if k is None:
-                raise AldmError("few-shot training needs --k (paper: 10 or 16) or --split")
-            patients = len({r["patient"] for r in rows})
-            if k > patients:
-                raise AldmError(f"{cache}: --k {k} exceeds the {patients} target patients available")
-            split = few_shot_split(rows, k, n_test if n_test is not None else min(64, patients - k), seed=cfg.seed)
+        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, cfg.seed)
         info["k"] = len(split["k_shot"])
-        rows = _rows(cache, domain, split["k_shot"])
-        if len(rows) != len(split["k_shot"]):
-            raise AldmError(f"{cache}: the split names subjects that are not in this cache")
     _prepare_run_dir(run_dir, info, profile, resume, dist_info)
-    if fewshot and dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
-        save_split(os.path.join(run_dir, "split.json"), split)
+    if fewshot:
+        save_run_split(run_dir, split, dist_info)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
     if fewshot:

@@ -1,7 +1,10 @@
 """One trainer for every model in aldm.
 
 A *task* is an ``nn.Module`` whose ``forward(batch, step, total_steps)`` returns
-``(loss, logs)``; a *sampler* is a callable ``(step, rank) -> batch`` that draws the step's
+``(loss, logs)``. A task with several optimisers (a GAN: discriminator, then generator) declares
+``phases`` (e.g. ``("d", "g")``) and ``parameter_groups() -> {phase: [params]}``; each step then
+runs ``forward(batch, step, total_steps, phase)`` + backward + clip + optimiser step per phase, in
+order. A *sampler* is a callable ``(step, rank) -> batch`` that draws the step's
 batch from a ``torch.Generator`` seeded by (seed, step, rank). Because every random choice of a
 step (data, noise, timesteps, dropout) is a pure function of the step number, ``--resume``
 continues exactly as an uninterrupted run would.
@@ -81,15 +84,24 @@ class Trainer:
         self.sampler = sampler
         self.progress = progress and self.dist.is_main
         self.name = name
-        params = [p for p in self.task.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.phases = tuple(getattr(task, "phases", (None,)))
+        groups = task.parameter_groups() if self.phases != (None,) else {None: list(self.task.parameters())}
         warm = max(1, config.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.params, self.optimizers, self.schedulers = {}, {}, {}
+        for phase in self.phases:
+            params = [p for p in groups[phase] if p.requires_grad]
+            betas = getattr(task, "adam_betas", (0.9, 0.999))
+            self.params[phase] = params
+            self.optimizers[phase] = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                                       betas=betas)
+            self.schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[phase], lambda s: min(1.0, (s + 1) / warm))
         self.ema = EMA(self.task, config.ema_decay)
         self.model = self.task
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=len(self.phases) > 1)
         self.step = 0
         self.skipped = 0
         self.autocast = config.mixed_precision and self.device.type == "cuda"
@@ -99,7 +111,8 @@ class Trainer:
         return {
             "step": self.step, "skipped": self.skipped,
             "model": self.task.state_dict(), "ema": self.ema.shadow.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": [self.optimizers[p].state_dict() for p in self.phases],
+            "scheduler": [self.schedulers[p].state_dict() for p in self.phases],
             "rng_torch": torch.get_rng_state(),
         }
 
@@ -123,8 +136,9 @@ class Trainer:
                 state = load_checkpoint(path)
                 self.task.load_state_dict(state["model"])
                 self.ema.shadow.load_state_dict(state["ema"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
+                for phase, opt, sched in zip(self.phases, state["optimizer"], state["scheduler"]):
+                    self.optimizers[phase].load_state_dict(opt)
+                    self.schedulers[phase].load_state_dict(sched)
                 torch.set_rng_state(state["rng_torch"])
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
             except (AldmError, KeyError, RuntimeError) as exc:
@@ -155,27 +169,18 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
-                self.optimizer.zero_grad(set_to_none=True)
-                total, logs, finite = 0.0, {}, True
-                for micro in range(cfg.grad_accum):
-                    batch = self.sampler(self.step * cfg.grad_accum + micro, self.dist.rank)
-                    sync = micro == cfg.grad_accum - 1 or self.dist.world_size == 1
-                    ctx = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else _null()
-                    with ctx, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                        loss, logs = self.model(batch, self.step, cfg.steps)
-                    loss = loss / cfg.grad_accum
-                    finite = finite and bool(torch.isfinite(loss.detach()))
-                    loss.backward()
-                    total += float(loss.detach())
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.task.parameters(), cfg.grad_clip)
-                finite = _all_ranks_finite(finite and bool(torch.isfinite(grad_norm)), self.device, self.dist)
-                if finite:
-                    self.optimizer.step()
-                    self.scheduler.step()
+                batches = [self.sampler(self.step * cfg.grad_accum + m, self.dist.rank) for m in range(cfg.grad_accum)]
+                total, logs, grad_norm, all_finite = 0.0, {}, 0.0, True
+                for phase in self.phases:
+                    loss, phase_logs, norm, finite = self._phase_step(phase, batches)
+                    total += loss
+                    logs.update(phase_logs)
+                    grad_norm = max(grad_norm, norm)
+                    all_finite = all_finite and finite
+                if all_finite:
                     self.ema.update(self.task)
                 else:
                     self.skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
                     tqdm.write(f"aldm: warning: step {self.step}: non-finite loss or gradient; step skipped",
                                file=sys.stderr)
                     if self.skipped > max(10, cfg.steps // 10):
@@ -183,8 +188,8 @@ class Trainer:
                                         "or check the data (aldm data verify)")
                 self.step += 1
                 elapsed = time.perf_counter() - start
-                last = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm), "sec_per_step": elapsed,
+                last = {"step": self.step, "loss": total, "lr": self.schedulers[self.phases[0]].get_last_lr()[0],
+                        "grad_norm": grad_norm, "sec_per_step": elapsed,
                         **{k: float(v) for k, v in logs.items()}}
                 if fh is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     if writer is None:
@@ -210,6 +215,31 @@ class Trainer:
         last["wall_s"] = time.perf_counter() - t0
         last["skipped_steps"] = self.skipped
         return last
+
+
+    def _phase_step(self, phase, batches: list) -> tuple[float, dict, float, bool]:
+        """Forward + backward over the micro-batches, clip, and step one optimiser (skipped if non-finite)."""
+        cfg = self.config
+        optimizer = self.optimizers[phase]
+        optimizer.zero_grad(set_to_none=True)
+        total, logs, finite = 0.0, {}, True
+        args = () if phase is None else (phase,)
+        for micro, batch in enumerate(batches):
+            sync = micro == len(batches) - 1 or self.dist.world_size == 1
+            ctx = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else _null()
+            with ctx, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss, logs = self.model(batch, self.step, cfg.steps, *args)
+            loss = loss / len(batches)
+            finite = finite and bool(torch.isfinite(loss.detach()))
+            loss.backward()
+            total += float(loss.detach())
+        norm = torch.nn.utils.clip_grad_norm_(self.params[phase], cfg.grad_clip)
+        finite = _all_ranks_finite(finite and bool(torch.isfinite(norm)), self.device, self.dist)
+        if finite:
+            optimizer.step()
+            self.schedulers[phase].step()
+        optimizer.zero_grad(set_to_none=True)
+        return total, logs, float(norm), finite
 
 
 def _all_ranks_finite(finite: bool, device, info: DistInfo) -> bool:

@@ -1,0 +1,98 @@
+"""Generator and discriminators of the GAN baselines (tensors (B, C, D, H, W), images in [-1, 1]).
+
+Generator G(c, d, z): a 3D U-Net whose input is the image-resolution control maps
+c = [mask, edge, soft distance] (the same :func:`aldm.data.control.control_maps` as ALDM) and a
+domain flag d (0 source, 1 target); noise z (noise_channels, S/4, S/4, S/4) enters at the
+bottleneck; skip connections keep the tumour where the mask puts it.
+
+Discriminator D(x, m): a 3D PatchGAN with spectral normalisation on (volume channels, mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ...config import BaselineConfig
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1), nn.InstanceNorm3d(c_out, affine=True),
+                         nn.LeakyReLU(0.2))
+
+
+class _Res(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(_block(ch, ch), nn.Conv3d(ch, ch, 3, padding=1), nn.InstanceNorm3d(ch, affine=True))
+
+    def forward(self, x):
+        return F.leaky_relu(x + self.body(x), 0.2)
+
+
+class Generator3D(nn.Module):
+    def __init__(self, config: BaselineConfig, out_channels: int = 3, control_channels: int = 3):
+        super().__init__()
+        c0, c1, c2 = config.gen_channels
+        self.noise_channels = config.noise_channels
+        self.enc0 = _block(control_channels + 1, c0)
+        self.enc1 = _block(c0, c1, stride=2)
+        self.enc2 = _block(c1, c2, stride=2)
+        self.mid = nn.Sequential(_block(c2 + config.noise_channels, c2),
+                                 *[_Res(c2) for _ in range(config.gen_res_blocks)])
+        self.dec1 = _block(c2 + c1, c1)
+        self.dec0 = _block(c1 + c0, c0)
+        self.out = nn.Conv3d(c0, out_channels, 3, padding=1)
+
+    def forward(self, control: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """control (B, 3, S, S, S), domain (B,), noise (B, noise_channels, S/4, S/4, S/4) -> (B, 3, S, S, S)."""
+        flag = domain.view(-1, 1, 1, 1, 1).to(control.dtype).expand(-1, 1, *control.shape[2:])
+        e0 = self.enc0(torch.cat([control, flag], 1))
+        e1 = self.enc1(e0)
+        h = self.mid(torch.cat([self.enc2(e1), noise.to(e1.dtype)], 1))
+        h = self.dec1(torch.cat([F.interpolate(h, size=e1.shape[2:], mode="trilinear", align_corners=False), e1], 1))
+        h = self.dec0(torch.cat([F.interpolate(h, size=e0.shape[2:], mode="trilinear", align_corners=False), e0], 1))
+        return torch.tanh(self.out(h))
+
+
+class PatchDiscriminator3D(nn.Module):
+    """Spectral-normalised 3D PatchGAN on concat(volume channels, mask): (B, in, S^3) -> (B, 1, S/8^3)."""
+
+    def __init__(self, in_channels: int, channels: tuple):
+        super().__init__()
+        layers, c_prev = [], in_channels + 1
+        for ch in channels:
+            layers += [spectral_norm(nn.Conv3d(c_prev, ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            c_prev = ch
+        layers.append(spectral_norm(nn.Conv3d(c_prev, 1, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, mask.to(x.dtype)], 1))
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+def diff_augment(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffAugment-style (Zhao et al. 2020) differentiable augmentation of D's inputs, the same random
+    parameters for real and fake: a random translation (up to S/8, volume and mask together) and a
+    random brightness / contrast per sample. Returns (x_aug, mask_aug)."""
+    b, s = x.shape[0], x.shape[2]
+    shift = torch.randint(-(s // 8), s // 8 + 1, (b, 3), generator=generator)
+    scale = 1.0 + 0.2 * (torch.rand(b, generator=generator) - 0.5)
+    offset = 0.2 * (torch.rand(b, generator=generator) - 0.5)
+    xs, ms = [], []
+    for i in range(b):
+        dims = (1, 2, 3)
+        sh = tuple(int(v) for v in shift[i])
+        xs.append(torch.roll(x[i], sh, dims) * scale[i].to(x.device) + offset[i].to(x.device))
+        ms.append(torch.roll(mask[i], sh, dims))
+    return torch.stack(xs), torch.stack(ms)

@@ -1,0 +1,238 @@
+"""Training of the baselines (CGAN, 3M-CGAN, VAE-GAN) with the one trainer and the one data path.
+
+Like ALDM: source training on the source cache, then few-shot adaptation on the K target subjects
+of a saved patient-level split (``init_run`` + ``k``), run directories of the same form. The
+trainer alternates a discriminator phase and a generator phase per step (hinge loss, spectral
+norm, EMA of the generator, DiffAugment in the few-shot stage).
+
+* ``cgan``: G(c, domain, z) and one conditional D(x, m) on all three modalities.
+* ``cgan3m``: the same G, three discriminators (T1, T2, FLAIR), each on its modality and the mask,
+  plus a tumour-consistency term: L1 between G's volume and the paired real one inside the dilated
+  tumour.
+* ``vaegan``: a VAE whose decoder is conditioned on the latent-resolution control maps and the
+  domain, trained with L1 + KL + a conditional adversarial loss on reconstructions and on prior
+  samples. Its samples come from the prior z ~ N(0, I) given a mask — never reconstructions of
+  real subjects.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Profile, small
+from ..data.cache import load_cached
+from ..data.control import control_maps
+from ..errors import AldmError
+from ..models.baselines.networks import (
+    Generator3D,
+    PatchDiscriminator3D,
+    diff_augment,
+    hinge_d_loss,
+    hinge_g_loss,
+)
+from ..models.vae import VAE3D, kl_divergence
+from .distributed import DistInfo, barrier
+from .stages import (
+    _base_info,
+    _check_size,
+    _override,
+    _prepare_run_dir,
+    _rows,
+    _save_weights,
+    load_run_profile,
+    load_weights,
+    read_run_info,
+    save_run_split,
+    select_fewshot,
+)
+from .trainer import Trainer, step_generator
+
+BASELINES = ("cgan", "cgan3m", "vaegan")
+
+
+class BaselineGenerator(nn.Module):
+    """The sampling side of every baseline: masks (B, 1, S, S, S) + domain + per-sample noise -> volumes."""
+
+    def __init__(self, kind: str, profile: Profile):
+        super().__init__()
+        self.kind = kind
+        self.size = profile.image_size
+        cfg = profile.baseline
+        if kind == "vaegan":
+            self.net = VAE3D(profile.vae, cond_channels=4)
+            self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
+        else:
+            self.net = Generator3D(cfg)
+            self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
+
+    def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """VAE-GAN decoder condition: control maps pooled to latent resolution + the domain flag."""
+        c = F.adaptive_avg_pool3d(control_full, self.noise_shape[1:])
+        flag = domain.view(-1, 1, 1, 1, 1).to(c.dtype).expand(-1, 1, *c.shape[2:])
+        return torch.cat([c, flag], 1)
+
+    def forward(self, control_full: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.kind == "vaegan":
+            return self.net.decode(noise, self.condition(control_full, domain))
+        return self.net(control_full, domain, noise)
+
+
+class GANTask(nn.Module):
+    """Discriminator phase ``"d"`` then generator phase ``"g"`` of one baseline."""
+
+    phases = ("d", "g")
+
+    def __init__(self, kind: str, profile: Profile, augment: bool):
+        super().__init__()
+        cfg = profile.baseline
+        self.kind, self.cfg, self.augment = kind, cfg, augment
+        self.adam_betas = tuple(cfg.adam_betas)
+        self.generator = BaselineGenerator(kind, profile)
+        if kind == "cgan3m":
+            self.discriminators = nn.ModuleList(PatchDiscriminator3D(1, cfg.disc_channels) for _ in range(3))
+        else:
+            self.discriminators = nn.ModuleList([PatchDiscriminator3D(3, cfg.disc_channels)])
+        self.vae_cfg = profile.vae
+
+    def parameter_groups(self) -> dict:
+        return {"d": list(self.discriminators.parameters()), "g": list(self.generator.parameters())}
+
+    def _d_logits(self, x: torch.Tensor, mask: torch.Tensor, aug_seed: int | None) -> list[torch.Tensor]:
+        if aug_seed is not None:
+            x, mask = diff_augment(x, mask, torch.Generator().manual_seed(aug_seed))
+        if self.kind == "cgan3m":
+            return [d(x[:, i:i + 1], mask) for i, d in enumerate(self.discriminators)]
+        return [self.discriminators[0](x, mask)]
+
+    def _fake(self, b: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """Generated volumes; for the VAE-GAN also the reconstruction and its loss terms."""
+        if self.kind != "vaegan":
+            return self.generator(b["control"], b["domain"], b["noise"]), {}, None
+        vae = self.generator.net
+        mu, logvar = vae.encode(b["image"])
+        z = mu + torch.exp(0.5 * logvar) * b["eps_posterior"]
+        cond = self.generator.condition(b["control"], b["domain"])
+        recon = vae.decode(z, cond)
+        prior = vae.decode(b["noise"], cond)
+        terms = {"rec": torch.mean(torch.abs(recon - b["image"])), "kl": kl_divergence(mu, logvar)}
+        return prior, terms, recon
+
+    def forward(self, batch: dict, step: int, total_steps: int, phase: str):
+        dev = next(self.parameters()).device
+        b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        seed = int(b["aug_seed"][0]) if self.augment else None
+        mask = b["mask"]
+        if phase == "d":
+            with torch.no_grad():
+                fake, _, recon = self._fake(b)
+            real_logits = self._d_logits(b["image"], mask, seed)
+            loss = sum(hinge_d_loss(r, f) for r, f in zip(real_logits, self._d_logits(fake, mask, seed)))
+            if recon is not None:
+                loss = loss + sum(F.relu(1.0 + f).mean() for f in self._d_logits(recon, mask, seed))
+            return loss, {"d_loss": loss.detach()}
+        for p in self.discriminators.parameters():
+            p.requires_grad_(False)
+        try:
+            fake, terms, recon = self._fake(b)
+            adv = sum(hinge_g_loss(f) for f in self._d_logits(fake, mask, seed))
+            if recon is not None:
+                adv = adv + sum(hinge_g_loss(f) for f in self._d_logits(recon, mask, seed))
+            loss = self.cfg.adv_weight * adv
+            logs = {"g_adv": adv.detach()}
+            if self.kind == "vaegan":
+                loss = loss + self.cfg.vaegan_rec * terms["rec"] + self.cfg.vaegan_kl * terms["kl"]
+                logs.update({k: v.detach() for k, v in terms.items()})
+            if self.cfg.l1_weight:
+                loss = loss + self.cfg.l1_weight * torch.mean(torch.abs(fake - b["image"]))
+            if self.kind == "cgan3m":
+                region = F.max_pool3d(mask, 5, stride=1, padding=2)
+                consistency = (torch.abs(fake - b["image"]) * region).sum() / (3 * region.sum()).clamp(min=1.0)
+                loss = loss + self.cfg.tumour_consistency * consistency
+                logs["tumour_l1"] = consistency.detach()
+        finally:
+            for p in self.discriminators.parameters():
+                p.requires_grad_(True)
+        return loss, logs
+
+
+def _load_images(cache: str, rows: list[dict]) -> dict:
+    images, masks, controls = [], [], []
+    for row in rows:
+        data = load_cached(cache, row)
+        mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
+        images.append(torch.from_numpy(data["image"]).half())
+        masks.append(mask[0].half())
+        controls.append(control_maps(mask)[0].half())
+    return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
+
+
+def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
+                   k: int | None = None, n_test: int | None = None, split_path: str | None = None,
+                   steps: int | None = None, seed: int | None = None, resume: bool = False,
+                   dist_info: DistInfo | None = None, progress: bool = True) -> dict:
+    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a baseline."""
+    if kind not in BASELINES:
+        raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+    dist_info = dist_info or DistInfo()
+    fewshot = init_run is not None
+    parent = None
+    if fewshot:
+        if read_run_info(init_run).get("model") != kind:
+            raise AldmError(f"{init_run}: not a finished {kind} run")
+        parent = load_weights(init_run)
+        profile = profile or load_run_profile(init_run)
+    profile = profile or small()
+    cfg = _override(profile.train_baseline_fewshot if fewshot else profile.train_baseline, steps, seed)
+    if fewshot:
+        profile.train_baseline_fewshot = cfg
+    else:
+        profile.train_baseline = cfg
+    domain = "target" if fewshot else "source"
+    rows = _rows(cache, domain)
+    _check_size(cache, rows, profile)
+    info = {**_base_info("baseline", profile, cache, cfg.seed, dist_info), "model": kind, "domain": domain,
+            "fewshot": fewshot}
+    split = None
+    if fewshot:
+        info["init_run"] = os.path.abspath(init_run)
+        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, cfg.seed)
+        info["k"] = len(split["k_shot"])
+    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
+    if fewshot:
+        save_run_split(run_dir, split, dist_info)
+
+    data = _load_images(cache, rows)
+    task = GANTask(kind, profile, augment=fewshot and profile.baseline.diffaugment)
+    if parent is not None:
+        task.load_state_dict(parent["task"])
+    n, flag = len(rows), 1.0 if fewshot else 0.0
+    noise_shape = task.generator.noise_shape
+    latent_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
+
+    def sampler(step: int, rank: int) -> dict:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        batch = {key: data[key][idx].float() for key in ("image", "mask", "control")}
+        batch["domain"] = torch.full((cfg.batch_size,), flag)
+        batch["noise"] = torch.randn((cfg.batch_size, *noise_shape), generator=g)
+        batch["eps_posterior"] = torch.randn((cfg.batch_size, *latent_shape), generator=g)
+        batch["aug_seed"] = torch.randint(2**31 - 1, (1,), generator=g)
+        return batch
+
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
+                      name=f"{kind}{'-fewshot' if fewshot else ''}")
+    if resume:
+        trainer.resume()
+    last = trainer.run()
+    if dist_info.is_main:
+        # raw weights of G and D to start a few-shot stage from; EMA weights of G to sample with
+        _save_weights(run_dir, {"task": trainer.task.state_dict(),
+                                "generator": trainer.ema.shadow.generator.state_dict()})
+    barrier(dist_info)
+    return last
