@@ -164,6 +164,18 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    import json
+
+    from .eval.evaluate import evaluate
+
+    result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device)
+    shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    print(json.dumps(shown, indent=2))
+    print(f"metrics: {os.path.abspath(os.path.join(args.out, 'metrics.json'))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
@@ -266,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True)
     gen.add_argument("--quiet", action="store_true")
     gen.set_defaults(func=_cmd_generate)
+
+    ev = commands.add_parser("evaluate", help="SSIM, FID, diversity and memorisation of a synthetic set")
+    ev.add_argument("--real", required=True, help="prepared cache holding the mask subjects' real volumes")
+    ev.add_argument("--synthetic", required=True, help="an aldm generate output folder")
+    ev.add_argument("--out", required=True, help="folder for metrics.json and per_patient.csv")
+    ev.add_argument("--inception", default=None, help="FID Inception weights file (pt_inception-2015-12-05)")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 
