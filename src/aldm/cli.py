@@ -176,6 +176,24 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_experiment(args) -> int:
+    from .experiment import ExperimentConfig, run_table1
+
+    report = run_table1(ExperimentConfig.load(args.config), progress=not args.quiet)
+    print(f"report: {os.path.abspath(report)}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    start = time.perf_counter()
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    print(f"report: {os.path.abspath(report)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
@@ -286,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception", default=None, help="FID Inception weights file (pt_inception-2015-12-05)")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_evaluate)
+
+    exp = commands.add_parser("experiment", help="the paper's Table 1 and Figures 2-5, resumable")
+    exp_commands = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    exp_commands.required = True
+    t1 = exp_commands.add_parser("table1", help="ALDM (K, s) and the baselines through the whole protocol")
+    t1.add_argument("--config", required=True, help="experiment JSON (see docs/evaluation.md)")
+    t1.add_argument("--quiet", action="store_true")
+    t1.set_defaults(func=_cmd_experiment)
+
+    demo = commands.add_parser("demo", help="phantom data -> training -> generation -> evaluation -> report")
+    demo.add_argument("--out", default="aldm-demo", help="output folder (default ./aldm-demo)")
+    demo.add_argument("--quick", action="store_true", help="tiny profile smoke run (a few minutes)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=_positive_int, default=2)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

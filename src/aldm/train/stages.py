@@ -55,7 +55,10 @@ def _code_version() -> str:
 
 
 def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, dist_info: DistInfo) -> None:
-    """Create the run directory; refuse to overwrite a finished or foreign run unless resuming it."""
+    """Create the run directory; refuse to overwrite a finished or foreign run unless resuming it.
+
+    Every rank looks before rank 0 writes (first barrier), so all ranks take the same decision."""
+    barrier(dist_info)
     exists = os.path.exists(os.path.join(run_dir, RUN_INFO))
     if exists and not resume:
         raise AldmError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
@@ -63,6 +66,7 @@ def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, d
         old = read_run_info(run_dir)
         if old.get("stage") != info["stage"]:
             raise AldmError(f"{run_dir}: holds a {old.get('stage')} run, not {info['stage']}")
+        barrier(dist_info)
         return
     if dist_info.is_main:
         os.makedirs(run_dir, exist_ok=True)

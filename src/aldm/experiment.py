@@ -1,0 +1,289 @@
+"""``aldm experiment table1``: the paper's whole comparison (§4, Table 1, Figures 2-5) in one command.
+
+Steps, each resumable (a finished stage or cell is never recomputed):
+
+1. one patient-level split of the target cache: held-out test patients + K = max(K) few-shot
+   patients; smaller K are stratified subsets of the same shots, so every cell is tested on the
+   same held-out patients; 3 x 5-fold CV folds over the non-few-shot patients;
+2. ALDM: VAE -> source LDM -> few-shot LDM per K; baselines: source -> few-shot at K = max(K)
+   with the same split; ALDM few-shot training in chunks, with a fixed-seed sample after each
+   chunk (Figure 4);
+3. per cell (model, K, s): generate one volume per held-out test patient from its own mask;
+4. per cell: fidelity (:func:`aldm.eval.evaluate.evaluate`) and the downstream classifier — TRTS
+   (the paper) on classifiers trained once per fold on real data, and augmentation (K real +
+   synthetic vs K real alone), both over the CV folds;
+5. Table 1 (Markdown + CSV), Figures 2-5 (PNG) and an HTML report (:mod:`aldm.eval.report`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .config import get_profile
+from .data.cache import load_cached, read_manifest
+from .data.splits import few_shot_split, repeated_kfold, save_split
+from .errors import AldmError
+from .eval.classifier import ClassifierConfig, binary_metrics, predict, train_classifier, volume_slices
+from .eval.evaluate import evaluate, load_synthetic
+from .generate import generate
+from .io.atomic import atomic_write_text
+from .train.baselines import train_baseline
+from .train.stages import WEIGHTS, train_ldm, train_vae
+
+BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
+
+
+@dataclass
+class ExperimentConfig:
+    source_cache: str
+    target_cache: str
+    out: str
+    profile: str = "small"
+    k: list = field(default_factory=lambda: [10, 16])
+    guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
+    baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
+    n_test: int = 64
+    seed: int = 0
+    sampler: str = "dpmpp2m"
+    sampler_steps: int = 20
+    folds: int = 5
+    repeats: int = 3
+    classifier_task: str = "tumour-slice"
+    classifier_epochs: int = 6
+    classifier_width: int = 16
+    inception: str | None = None
+    figure4_snapshots: int = 3
+    steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
+
+    @classmethod
+    def load(cls, path: str) -> ExperimentConfig:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return cls(**data)
+        except FileNotFoundError:
+            raise AldmError(f"{path}: experiment config not found") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
+
+
+def cells(cfg: ExperimentConfig) -> list[dict]:
+    """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
+    the largest s (as the paper's ablations)."""
+    k_max, s_max = max(cfg.k), max(cfg.guidance)
+    rows = [{"name": f"{BASELINE_NAMES[b]}", "model": b, "k": k_max, "s": None} for b in cfg.baselines]
+    rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
+             for k in sorted(cfg.k) if k != k_max]
+    rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
+    for row in rows:
+        row["id"] = row["name"].lower().replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_") \
+            .replace("=", "").replace(".", "p")
+    return rows
+
+
+def _done(run: str) -> bool:
+    return os.path.exists(os.path.join(run, WEIGHTS))
+
+
+def _resume(run: str) -> bool:
+    return os.path.exists(os.path.join(run, "run.json"))
+
+
+def _log(text: str) -> None:
+    print(f"[table1 {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def make_splits(cfg: ExperimentConfig) -> dict:
+    """{k: split} with a shared test set and nested few-shot subjects; CV folds over non-shot patients."""
+    path = os.path.join(cfg.out, "splits.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return {int(k): v for k, v in json.load(fh).items()}
+    rows = [r for r in read_manifest(cfg.target_cache) if r["domain"] == "target"]
+    if not rows:
+        raise AldmError(f"{cfg.target_cache}: no target-domain subjects")
+    k_max = max(cfg.k)
+    patients = len({r["patient"] for r in rows})
+    n_test = min(cfg.n_test, patients - k_max)
+    if n_test < cfg.folds:
+        raise AldmError(f"{cfg.target_cache}: {patients} target patients leave {n_test} for testing after K={k_max}; "
+                        f"need at least {cfg.folds}")
+    base = few_shot_split(rows, k_max, n_test, seed=cfg.seed)
+    non_shot = [r for r in rows if r["subject"] not in set(base["k_shot"])]
+    base["cv"] = repeated_kfold(non_shot, n_splits=cfg.folds, n_repeats=cfg.repeats, seed=cfg.seed)
+    splits = {k_max: base}
+    shot_rows = [r for r in rows if r["subject"] in set(base["k_shot"])]
+    for k in cfg.k:
+        if k != k_max:
+            sub = few_shot_split(shot_rows, k, 0, seed=cfg.seed)
+            splits[k] = {**base, "k_shot": sub["k_shot"], "k": k,
+                         "pool": sorted(set(base["pool"]) | (set(base["k_shot"]) - set(sub["k_shot"])))}
+    os.makedirs(cfg.out, exist_ok=True)
+    save_split(path, {str(k): v for k, v in splits.items()})
+    for k, split in splits.items():
+        save_split(os.path.join(cfg.out, f"split_k{k}.json"), split)
+    return splits
+
+
+def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dict:
+    """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
+    runs_dir = os.path.join(cfg.out, "runs")
+    profile = get_profile(cfg.profile)
+    steps = cfg.steps or {}
+    runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
+    if not _done(runs["vae"]):
+        _log("stage 1: VAE")
+        train_vae(cfg.source_cache, runs["vae"], copy.deepcopy(profile), steps=steps.get("vae"), seed=cfg.seed,
+                  resume=_resume(runs["vae"]), progress=progress)
+    if not _done(runs["ldm"]):
+        _log("stages 2-3: source LDM")
+        train_ldm(cfg.source_cache, runs["ldm"], copy.deepcopy(profile), vae_run=runs["vae"],
+                  steps=steps.get("ldm"), seed=cfg.seed, resume=_resume(runs["ldm"]), progress=progress)
+    total = steps.get("fewshot") or profile.train_fewshot.steps
+    for k in sorted(cfg.k):
+        run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
+        split_path = os.path.join(cfg.out, f"split_k{k}.json")
+        if _done(run) and os.path.exists(os.path.join(cfg.out, "figure4", f"k{k}_step{total}")):
+            continue
+        _log(f"stage 4: few-shot LDM, K={k}")
+        chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) else 1
+        for i in range(1, chunks + 1):
+            target = max(1, round(total * i / chunks))
+            snap = os.path.join(cfg.out, "figure4", f"k{k}_step{target}")
+            if os.path.exists(snap):
+                continue
+            # LDM losses do not depend on the total length, so chunked training equals one run
+            train_ldm(cfg.target_cache, run, copy.deepcopy(profile), init_run=runs["ldm"], split_path=split_path,
+                      steps=target, seed=cfg.seed, resume=_resume(run), progress=progress)
+            if k == max(cfg.k):
+                generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
+                         guidance_scale=max(cfg.guidance), steps=cfg.sampler_steps, sampler=cfg.sampler,
+                         seed=cfg.seed, progress=False)
+            if os.path.exists(os.path.join(run, WEIGHTS)) and i < chunks:
+                os.remove(os.path.join(run, WEIGHTS))  # not finished yet: the next chunk continues
+    k_max = max(cfg.k)
+    for b in cfg.baselines:
+        src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
+        runs[b] = few
+        if not _done(src):
+            _log(f"baseline {b}: source training")
+            train_baseline(b, cfg.source_cache, src, copy.deepcopy(profile), steps=steps.get("baseline"),
+                           seed=cfg.seed, resume=_resume(src), progress=progress)
+        if not _done(few):
+            _log(f"baseline {b}: few-shot K={k_max}")
+            train_baseline(b, cfg.target_cache, few, copy.deepcopy(profile), init_run=src,
+                           split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
+                           steps=steps.get("baseline_fewshot"), seed=cfg.seed, resume=_resume(few), progress=progress)
+    return runs
+
+
+def _real_items(cache: str, subjects: list) -> list[dict]:
+    rows = {r["subject"]: r for r in read_manifest(cache)}
+    items = []
+    for s in subjects:
+        data = load_cached(cache, rows[s])
+        items.append({"subject": s, "image": data["image"], "mask": data["mask"], "idh": rows[s]["idh"] or None,
+                      "grade": rows[s]["grade"] or None})
+    return items
+
+
+def _classifier_scores(cfg: ExperimentConfig, split: dict, real: dict, synthetic: list[dict],
+                       fold_models: dict) -> dict:
+    """TRTS over the CV folds (classifiers trained once per fold on real data, cached in ``fold_models``) and
+    augmentation (K real + synthetic vs K real alone, tested on real held-out patients)."""
+    ccfg = ClassifierConfig(task=cfg.classifier_task, epochs=cfg.classifier_epochs, width=cfg.classifier_width,
+                            seed=cfg.seed)
+    trts, aug = [], []
+    shots = split["k_shot"]
+
+    def stack(items):
+        pairs = [volume_slices(i["image"], i["mask"], ccfg.task, i.get("idh"), i.get("grade")) for i in items]
+        pairs = [p for p in pairs if len(p[1])]
+        if not pairs:
+            return np.zeros((0, 3, 1, 1), np.float32), np.zeros(0, np.int64)
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    for fold in split["cv"]:
+        key = (fold["repeat"], fold["fold"])
+        test = set(fold["test"])
+        if key not in fold_models:
+            x, y = stack([real[s] for s in fold["train"] + shots if s in real])
+            fold_models[key] = train_classifier(x, y, ccfg) if len(np.unique(y)) == 2 else None
+        model = fold_models[key]
+        xs, ys = stack([s for s in synthetic if s["subject"] in test])
+        if model is not None and len(ys) and len(np.unique(ys)) == 2:
+            trts.append(binary_metrics(ys, predict(model, xs)))
+        xr, yr = stack([real[s] for s in fold["test"] if s in real])
+        if len(np.unique(yr)) == 2:
+            xa, ya = stack([real[s] for s in shots] + [s for s in synthetic if s["subject"] not in test])
+            if len(np.unique(ya)) == 2:
+                aug.append(binary_metrics(yr, predict(train_classifier(xa, ya, ccfg), xr)))
+
+    def summary(values):
+        out = {"folds": len(values)}
+        for key in ("bacc", "f1", "auc"):
+            v = [m[key] for m in values if m[key] is not None]
+            out[f"{key}_mean"] = float(np.mean(v)) if v else None
+            out[f"{key}_std"] = float(np.std(v)) if v else None
+        return out
+
+    return {"trts": summary(trts), "augment": summary(aug)}
+
+
+def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
+    """Run (or resume) the whole experiment; returns the path of the HTML report."""
+    from .eval.report import write_report
+
+    os.makedirs(cfg.out, exist_ok=True)
+    atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(asdict(cfg), indent=2) + "\n")
+    splits = make_splits(cfg)
+    runs = train_all(cfg, splits, progress)
+    k_max = max(cfg.k)
+    test = splits[k_max]["test"]
+    cv_subjects = {s for f in splits[k_max]["cv"] for s in f["train"] + f["test"]}
+    all_subjects = sorted(cv_subjects | set(splits[k_max]["k_shot"]))
+    real = {i["subject"]: i for i in _real_items(cfg.target_cache, all_subjects)}
+    fold_models: dict = {}
+    reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
+    results = []
+    for cell in cells(cfg):
+        path = os.path.join(cfg.out, "cells", f"{cell['id']}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                results.append(json.load(fh))
+            continue
+        _log(f"cell {cell['name']}: generate + evaluate")
+        run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
+        samples_dir = os.path.join(cfg.out, "samples", cell["id"])
+        generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
+                 guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
+                 sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress)
+        fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
+                            inception=cfg.inception, log=_log)
+        rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
+        synthetic = [{"subject": s["mask_subject"], "image": s["image"],
+                      "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
+                      "idh": rows[s["mask_subject"]]["idh"] or None, "grade": rows[s["mask_subject"]]["grade"] or None}
+                     for s in load_synthetic(samples_dir)]
+        split = splits[cell["k"]]
+        classifier = _classifier_scores(cfg, split, real, synthetic, fold_models)
+        result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        results.append(result)
+    if not os.path.exists(reference_path):
+        # the reference rows: classifiers on real data (TRTR) and on the K real subjects alone
+        split = splits[k_max]
+        ref = _classifier_scores(cfg, {**split}, real, [real[s] for s in test], fold_models)
+        shots_only = _classifier_scores(cfg, {**split}, real, [], {})
+        atomic_write_text(reference_path, json.dumps({"trtr": ref["trts"], "few_shot_only": shots_only["augment"]},
+                                                     indent=2) + "\n")
+    with open(reference_path, encoding="utf-8") as fh:
+        reference = json.load(fh)
+    return write_report(cfg, results, reference, splits)
