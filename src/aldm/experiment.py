@@ -150,7 +150,7 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     for k in sorted(cfg.k):
         run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
         split_path = os.path.join(cfg.out, f"split_k{k}.json")
-        if _done(run) and os.path.exists(os.path.join(cfg.out, "figure4", f"k{k}_step{total}")):
+        if _done(run) and (k != max(cfg.k) or os.path.exists(os.path.join(cfg.out, "figure4", f"k{k}_step{total}"))):
             continue
         _log(f"stage 4: few-shot LDM, K={k}")
         chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) else 1
