@@ -130,3 +130,24 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     assert main(["evaluate", "--real", str(prepared_cache), "--synthetic", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "no manifest.csv" in capsys.readouterr().err
+
+
+def test_frd_orders_distributions():
+    from aldm.eval.frd import frd_scores
+
+    rng = np.random.default_rng(5)
+
+    def vol(shift, noise):
+        v = np.full((3, 24, 24, 24), -1.0, np.float32)
+        v[:, 4:20, 4:20, 4:20] = np.clip(shift + rng.normal(0, noise, size=(3, 16, 16, 16)), -1, 1)
+        return v
+
+    brain = np.zeros((24, 24, 24), np.uint8)
+    brain[4:20, 4:20, 4:20] = 1
+    real = [vol(0.0, 0.2) for _ in range(6)]
+    near = [vol(0.0, 0.2) for _ in range(6)]
+    far = [vol(0.5, 0.05) for _ in range(6)]
+    masks = [brain] * 6
+    close = frd_scores(real, near, masks, masks, modalities=("flair",))["frd_flair"]
+    distant = frd_scores(real, far, masks, masks, modalities=("flair",))["frd_flair"]
+    assert 0 <= close < distant

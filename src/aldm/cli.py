@@ -169,7 +169,9 @@ def _cmd_evaluate(args) -> int:
 
     from .eval.evaluate import evaluate
 
-    result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device)
+    modalities = () if args.frd == "none" else tuple(args.frd.split(","))
+    result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device,
+                      frd_modalities=modalities)
     shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {os.path.abspath(os.path.join(args.out, 'metrics.json'))}")
@@ -303,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for metrics.json and per_patient.csv")
     ev.add_argument("--inception", default=None, help="FID Inception weights file (pt_inception-2015-12-05)")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--frd", default="t1,t2,flair", help="modalities for FRD (comma-separated) or none")
     ev.set_defaults(func=_cmd_evaluate)
 
     exp = commands.add_parser("experiment", help="the paper's Table 1 and Figures 2-5, resumable")

@@ -59,6 +59,7 @@ class ExperimentConfig:
     classifier_epochs: int = 6
     classifier_width: int = 16
     inception: str | None = None
+    frd_modalities: list = field(default_factory=lambda: ["t1", "t2", "flair"])
     figure4_snapshots: int = 3
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
 
@@ -266,7 +267,7 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
                  guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
                  sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress)
         fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
-                            inception=cfg.inception, log=_log)
+                            inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities))
         rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
         synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                       "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],

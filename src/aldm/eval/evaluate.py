@@ -3,8 +3,9 @@
 Pairs every synthetic sample with the real volume of its mask's subject (the paper's patient-wise
 protocol), refuses to score samples whose mask comes from the model's few-shot training subjects
 (they are not held out), and writes ``metrics.json`` and ``per_patient.csv``:
-SSIM (2D per slice, the paper; 3D), FID (patient mean, the paper; pooled, the reference code) when
-the Inception weights are available, MS-SSIM diversity of synthetic vs real volumes, and
+SSIM (2D per slice, the paper; 3D), FRD per modality inside the brain (radiomics, no downloaded
+weights), FID (patient mean, the paper; pooled, the reference code) when the Inception weights
+are available, MS-SSIM diversity of synthetic vs real volumes, and
 memorisation (nearest neighbours among the K training volumes vs held-out real volumes).
 """
 
@@ -46,7 +47,7 @@ def load_synthetic(folder: str) -> list[dict]:
 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None) -> dict:
+             device: str = "cpu", log=None, frd_modalities=("t1", "t2", "flair")) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr))
     samples = load_synthetic(synthetic_dir)
     rows = {r["subject"]: r for r in read_manifest(real_cache)}
@@ -86,6 +87,18 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         training = [load_cached(real_cache, rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
+
+    if frd_modalities:
+        from .frd import frd_scores
+
+        try:
+            brains = {p: load_cached(real_cache, rows[p])["brain"][0] for p in real}
+            result.update(frd_scores(real_vols, synth_vols, [brains[p] for p in real],
+                                     [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
+                                     modalities=tuple(frd_modalities)))
+        except AldmError as exc:
+            result["frd_unavailable"] = str(exc)
+            log(f"aldm: FRD skipped: {exc}")
 
     try:
         from .fid import fid_scores, slice_features

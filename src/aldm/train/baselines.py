@@ -17,8 +17,6 @@ norm, EMA of the generator, DiffAugment in the few-shot stage).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -37,19 +35,7 @@ from ..models.baselines.networks import (
 )
 from ..models.vae import VAE3D, kl_divergence
 from .distributed import DistInfo, barrier
-from .stages import (
-    _base_info,
-    _check_size,
-    _override,
-    _prepare_run_dir,
-    _rows,
-    _save_weights,
-    load_run_profile,
-    load_weights,
-    read_run_info,
-    save_run_split,
-    select_fewshot,
-)
+from .stages import _override, _save_weights, load_run_profile, load_weights, open_run, read_run_info
 from .trainer import Trainer, step_generator
 
 BASELINES = ("cgan", "cgan3m", "vaegan")
@@ -193,18 +179,8 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
     else:
         profile.train_baseline = cfg
     domain = "target" if fewshot else "source"
-    rows = _rows(cache, domain)
-    _check_size(cache, rows, profile)
-    info = {**_base_info("baseline", profile, cache, cfg.seed, dist_info), "model": kind, "domain": domain,
-            "fewshot": fewshot}
-    split = None
-    if fewshot:
-        info["init_run"] = os.path.abspath(init_run)
-        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, cfg.seed)
-        info["k"] = len(split["k_shot"])
-    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
-    if fewshot:
-        save_run_split(run_dir, split, dist_info)
+    rows = open_run(run_dir, "baseline", profile, cache, cfg.seed, domain, dist_info, resume,
+                    {"model": kind, "fewshot": fewshot}, init_run, split_path, k, n_test)
 
     data = _load_images(cache, rows)
     task = GANTask(kind, profile, augment=fewshot and profile.baseline.diffaugment)

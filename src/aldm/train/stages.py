@@ -155,9 +155,23 @@ def select_fewshot(cache: str, rows: list[dict], run_dir: str, resume: bool, spl
     return split, shots
 
 
-def save_run_split(run_dir: str, split: dict, dist_info: DistInfo) -> None:
-    if dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
+def open_run(run_dir: str, stage: str, profile: Profile, cache: str, seed: int, domain: str, dist_info: DistInfo,
+             resume: bool, extra: dict, init_run: str | None = None, split_path: str | None = None,
+             k: int | None = None, n_test: int | None = None) -> list[dict]:
+    """Check the data, create (or re-open) a run directory and return the rows to train on: the
+    ``domain`` subjects of ``cache``, or, with ``init_run``, the K few-shot subjects of the run's split."""
+    rows = _rows(cache, domain)
+    _check_size(cache, rows, profile)
+    info = {**_base_info(stage, profile, cache, seed, dist_info), "domain": domain, **extra}
+    split = None
+    if init_run is not None:
+        info["init_run"] = os.path.abspath(init_run)
+        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, seed)
+        info["k"] = len(split["k_shot"])
+    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
+    if split is not None and dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
         save_split(os.path.join(run_dir, "split.json"), split)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ stage 1
@@ -309,19 +323,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     device = dist_info.device
     vae = load_vae(vae_source, device)
     domain = "target" if fewshot else "source"
-    rows = _rows(cache, domain)
-    _check_size(cache, rows, profile)
-
-    info = {**_base_info("fewshot" if fewshot else "ldm", profile, cache, cfg.seed, dist_info), "domain": domain,
-            "vae_run": os.path.abspath(vae_source)}
-    split = None
-    if fewshot:
-        info["init_run"] = os.path.abspath(init_run)
-        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, cfg.seed)
-        info["k"] = len(split["k_shot"])
-    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
-    if fewshot:
-        save_run_split(run_dir, split, dist_info)
+    rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, cfg.seed, domain, dist_info, resume,
+                    {"vae_run": os.path.abspath(vae_source)}, init_run, split_path, k, n_test)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
     if fewshot:
