@@ -60,6 +60,7 @@ class ExperimentConfig:
     classifier_width: int = 16
     inception: str | None = None
     frd_modalities: list = field(default_factory=lambda: ["t1", "t2", "flair"])
+    diversity_pairs: int = 100
     figure4_snapshots: int = 3
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
 
@@ -166,7 +167,7 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
             if k == max(cfg.k):
                 generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
                          guidance_scale=max(cfg.guidance), steps=cfg.sampler_steps, sampler=cfg.sampler,
-                         seed=cfg.seed, progress=False)
+                         seed=cfg.seed, progress=False, native=False)
             if os.path.exists(os.path.join(run, WEIGHTS)) and i < chunks:
                 os.remove(os.path.join(run, WEIGHTS))  # not finished yet: the next chunk continues
     k_max = max(cfg.k)
@@ -265,9 +266,10 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
         samples_dir = os.path.join(cfg.out, "samples", cell["id"])
         generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
                  guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
-                 sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress)
+                 sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False)
         fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
-                            inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities))
+                            inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
+                            diversity_pairs=cfg.diversity_pairs)
         rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
         synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                       "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],

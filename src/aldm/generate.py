@@ -185,7 +185,7 @@ def resolve_masks(spec: str | None, pipe: ALDMPipeline, model_dir: str, subjects
     return masks_from_folder(path, pipe.profile.image_size)
 
 
-def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, meta: dict) -> None:
+def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, meta: dict, native: bool = True) -> None:
     """All files of one sample, into a temp folder renamed at the end (no half-written samples)."""
     final = os.path.join(out_dir, name)
     tmp = os.path.join(out_dir, f".tmp-{name}")
@@ -194,7 +194,7 @@ def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, me
     for c, mod in enumerate(MODALITY_FILES):
         save_nifti(os.path.join(tmp, "model", f"{mod}.nii.gz"), image[c], item.model_affine)
     save_nifti(os.path.join(tmp, "model", "mask.nii.gz"), item.mask[0], item.model_affine, np.uint8)
-    if item.native_shape is not None:
+    if native and item.native_shape is not None:
         os.makedirs(os.path.join(tmp, "native"))
         native = to_native(image, item.model_affine, item.native_shape, item.native_affine, order=1, fill=-1.0)
         background = native[0] <= -0.999
@@ -214,8 +214,11 @@ def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, me
 
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              guidance_scale: float = 3.0, steps: int = 50, sampler: str = "ddim", seed: int = 0,
-             batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True) -> list[dict]:
-    """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included)."""
+             batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True,
+             native: bool = True) -> list[dict]:
+    """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included).
+
+    ``native=False`` writes model-space files only (what evaluation needs; much faster)."""
     dist_info = dist_info or DistInfo()
     if n < 1:
         raise AldmError(f"--n must be at least 1, got {n}")
@@ -237,7 +240,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
                     "seed": seed + i, "guidance_scale": guidance_scale, "steps": steps, "sampler": sampler,
                     "model": os.path.abspath(model_dir), "model_hash": pipe.model_hash,
                     "stage": pipe.info.get("stage")}
-            _write_sample(out_dir, names[i], out["image"][j].numpy(), item, meta)
+            _write_sample(out_dir, names[i], out["image"][j].numpy(), item, meta, native)
         bar.update(len(chunk))
     bar.close()
     barrier(dist_info)

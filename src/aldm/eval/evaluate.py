@@ -47,7 +47,7 @@ def load_synthetic(folder: str) -> list[dict]:
 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None, frd_modalities=("t1", "t2", "flair")) -> dict:
+             device: str = "cpu", log=None, frd_modalities=("t1", "t2", "flair"), diversity_pairs: int = 100) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr))
     samples = load_synthetic(synthetic_dir)
     rows = {r["subject"]: r for r in read_manifest(real_cache)}
@@ -81,8 +81,8 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     synth_vols = [s["image"] for s in samples]
     real_vols = list(real.values())
     if len(synth_vols) >= 2 and len(real_vols) >= 2:
-        result["ms_ssim_diversity_synthetic"] = ms_ssim_diversity(synth_vols)
-        result["ms_ssim_diversity_real"] = ms_ssim_diversity(real_vols)
+        result["ms_ssim_diversity_synthetic"] = ms_ssim_diversity(synth_vols, max_pairs=diversity_pairs)
+        result["ms_ssim_diversity_real"] = ms_ssim_diversity(real_vols, max_pairs=diversity_pairs)
     if split and split["k_shot"] and all(k in rows for k in split["k_shot"]):
         training = [load_cached(real_cache, rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
