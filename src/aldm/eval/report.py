@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from ..data.cache import load_cached  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
-COLUMNS = ["model", "K", "s", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
+COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
            "MS-SSIM real", "near-copy %", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC",
            "Aug AUC std", "n test"]
 
@@ -37,7 +37,8 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
         mem = f.get("memorisation") or {}
         rows.append({
             "model": r["name"], "K": r["k"], "s": "" if r["s"] is None else r["s"],
-            "FID (patient mean)": f.get("fid_patient_mean"), "FID (pooled)": f.get("fid_pooled"),
+            "FRD": f.get("frd_mean"), "FID (patient mean)": f.get("fid_patient_mean"),
+            "FID (pooled)": f.get("fid_pooled"),
             "SSIM 2D": f["ssim_2d_patient_mean"], "SSIM 3D": f["ssim_3d_patient_mean"],
             "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
             "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
@@ -71,14 +72,18 @@ def figure2(rows: list[dict], path: str) -> None:
     """Multi-metric comparison; FID normalised (1 - FID / max FID) as in the paper's Figure 2."""
     models = [r for r in rows if r["K"] != ""]
     metrics = ["SSIM 2D", "TRTS BAcc", "TRTS F1", "TRTS AUC"]
-    fids = [r.get("FID (patient mean)") for r in models]
-    if all(f is not None for f in fids) and fids:
-        metrics = ["FID*"] + metrics
+    distances = {}
+    for name in ("FID (patient mean)", "FRD"):
+        values = [r.get(name) for r in models]
+        if values and all(v is not None for v in values):
+            distances[name.split(" ")[0] + "*"] = values
+    metrics = list(distances) + metrics
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(models)), 4))
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
-        if m == "FID*":
-            vals = [1 - f / max(fids) if max(fids) > 0 else 0 for f in fids]
+        if m in distances:
+            top = max(distances[m])
+            vals = [1 - v / top if top > 0 else 0 for v in distances[m]]
         else:
             vals = [r.get(m) or 0.0 for r in models]
         ax.bar(np.arange(len(models)) + j * width, vals, width, label=m)
@@ -86,7 +91,7 @@ def figure2(rows: list[dict], path: str) -> None:
     ax.set_xticklabels([r["model"] for r in models], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    ax.set_title("Figure 2: multi-metric comparison (*FID normalised)")
+    ax.set_title("Figure 2: multi-metric comparison (*distances normalised: 1 - d / max d)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -201,6 +206,7 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
         f"<p>Target cache <code>{html.escape(cfg.target_cache)}</code>; profile <b>{html.escape(cfg.profile)}</b>; "
         f"{len(splits[k_max]['test'])} held-out test patients (never the few-shot subjects); classifier task "
         f"<b>{html.escape(cfg.classifier_task)}</b> over {cfg.repeats}x{cfg.folds}-fold patient-grouped CV. "
+        "FRD: Fréchet radiomics distance inside the brain (mean over the modalities evaluated). "
         "FID (patient mean) is the paper's definition, FID (pooled) the reference code's. TRTS: classifier "
         "trained on real target data, tested on synthetic volumes from held-out patients' own masks; Aug: "
         "trained on the K real subjects + synthetic volumes, tested on real held-out patients (the reference "
