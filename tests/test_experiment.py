@@ -40,7 +40,7 @@ def test_protocol_holds_out_the_few_shot_subjects(quick_demo):
     k_max = max(splits, key=int)
     test, shots = set(splits[k_max]["test"]), set(splits[k_max]["k_shot"])
     assert test and shots and not test & shots
-    for k, split in splits.items():
+    for split in splits.values():
         assert set(split["k_shot"]) <= shots and not set(split["k_shot"]) & test
         for fold in split["cv"]:
             assert not set(fold["train"]) & set(fold["test"]) and not set(fold["test"]) & shots

@@ -116,3 +116,11 @@ def test_two_process_ddp_on_gloo(prepared_cache, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "3"]
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "ddp")["vae"].values())
+
+
+def test_initial_weights_depend_on_the_seed_only(prepared_cache, tiny_runs, tmp_path):
+    torch.manual_seed(123)  # whatever the global random state before the call...
+    train_ldm(str(prepared_cache), str(tmp_path / "a"), vae_run=tiny_runs["vae"], steps=1, progress=False)
+    torch.manual_seed(456)
+    train_ldm(str(prepared_cache), str(tmp_path / "b"), vae_run=tiny_runs["vae"], steps=1, progress=False)
+    assert _equal_state(_weights(tmp_path / "a"), _weights(tmp_path / "b"))  # ...same seed, same model

@@ -183,6 +183,7 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
                     {"model": kind, "fewshot": fewshot}, init_run, split_path, k, n_test)
 
     data = _load_images(cache, rows)
+    torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only
     task = GANTask(kind, profile, augment=fewshot and profile.baseline.diffaugment)
     if parent is not None:
         task.load_state_dict(parent["task"])

@@ -332,6 +332,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     else:
         mean, std = latent_statistics(encoded["mu"])
     schedule = NoiseSchedule(profile.diffusion)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
     if fewshot:
         denoiser.load_state_dict(parent["denoiser"])
