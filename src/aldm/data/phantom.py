@@ -89,6 +89,7 @@ WORK_SHAPE = tuple(s.stop - s.start for s in WORK_BOX)
 WORK_ORIGIN = np.array([s.start for s in WORK_BOX], dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=1)
 def _native_world_grid() -> torch.Tensor:
     """World (mm) coordinates of every voxel of :data:`WORK_BOX`, shape (3, *WORK_SHAPE)."""
     axes = [torch.arange(s.start, s.stop, dtype=torch.float32) for s in WORK_BOX]
@@ -217,7 +218,9 @@ def _compose(phenotype: Phenotype, maps: dict, seg: np.ndarray, box: tuple, rng:
             tumour = tumour + comps["nonenhancing"] * 0.12
         sub = img[box]
         img[box] = sub * (1.0 - np.clip(tumour_total, 0, 1)) + tumour * texture
-        img = np.clip(img, 0.0, None) ** scanner.gamma[modality]
+        img = np.clip(img, 0.0, None)
+        if scanner.gamma[modality] != 1.0:
+            img = img ** scanner.gamma[modality]
         img *= bias
         if scanner.slice_blur[modality] > 0:
             img = ndimage.gaussian_filter1d(img, scanner.slice_blur[modality], axis=2)
