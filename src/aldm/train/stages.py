@@ -57,16 +57,15 @@ def _code_version() -> str:
 def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, dist_info: DistInfo) -> None:
     """Create the run directory; refuse to overwrite a finished or foreign run unless resuming it.
 
-    Every rank looks before rank 0 writes (first barrier), so all ranks take the same decision."""
-    barrier(dist_info)
+    Every rank looks before rank 0 writes (the barrier after the look), so all ranks decide alike."""
     exists = os.path.exists(os.path.join(run_dir, RUN_INFO))
+    barrier(dist_info)
     if exists and not resume:
         raise AldmError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     if exists and resume:
         old = read_run_info(run_dir)
         if old.get("stage") != info["stage"]:
             raise AldmError(f"{run_dir}: holds a {old.get('stage')} run, not {info['stage']}")
-        barrier(dist_info)
         return
     if dist_info.is_main:
         os.makedirs(run_dir, exist_ok=True)
