@@ -72,14 +72,10 @@ def _pick_centre_mni(phenotype: Phenotype, rng: np.random.Generator) -> np.ndarr
     return candidates[rng.integers(len(candidates))]
 
 
-_DEPTH_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=1)
 def _brain_depth_mm() -> np.ndarray:
     """Distance (mm) of every template voxel from the brain surface (cached)."""
-    if "depth" not in _DEPTH_CACHE:
-        _DEPTH_CACHE["depth"] = ndimage.distance_transform_edt(load_template().brain > 0.5).astype(np.float32)
-    return _DEPTH_CACHE["depth"]
+    return ndimage.distance_transform_edt(load_template().brain > 0.5).astype(np.float32)
 
 
 # The part of the native grid a phantom brain can reach (its bounding box plus a margin): all the
