@@ -30,7 +30,7 @@ from .config import get_profile
 from .data.cache import load_cached, read_manifest
 from .data.splits import few_shot_split, repeated_kfold, save_split
 from .errors import AldmError
-from .eval.classifier import ClassifierConfig, binary_metrics, predict, train_classifier, volume_slices
+from .eval.classifier import ClassifierConfig, binary_metrics, predict, stack_slices, train_classifier
 from .eval.evaluate import evaluate, load_synthetic
 from .generate import generate
 from .io.atomic import atomic_write_text
@@ -206,11 +206,7 @@ def _classifier_scores(cfg: ExperimentConfig, split: dict, real: dict, synthetic
     shots = split["k_shot"]
 
     def stack(items):
-        pairs = [volume_slices(i["image"], i["mask"], ccfg.task, i.get("idh"), i.get("grade")) for i in items]
-        pairs = [p for p in pairs if len(p[1])]
-        if not pairs:
-            return np.zeros((0, 3, 1, 1), np.float32), np.zeros(0, np.int64)
-        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        return stack_slices(items, ccfg.task)
 
     for fold in split["cv"]:
         key = (fold["repeat"], fold["fold"])
@@ -253,6 +249,7 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     all_subjects = sorted(cv_subjects | set(splits[k_max]["k_shot"]))
     real = {i["subject"]: i for i in _real_items(cfg.target_cache, all_subjects)}
     fold_models: dict = {}
+    rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
     reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
     results = []
     for cell in cells(cfg):
@@ -270,7 +267,6 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
         fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
                             inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
                             diversity_pairs=cfg.diversity_pairs)
-        rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
         synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                       "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
                       "idh": rows[s["mask_subject"]]["idh"] or None, "grade": rows[s["mask_subject"]]["grade"] or None}

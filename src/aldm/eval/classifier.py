@@ -131,10 +131,11 @@ def predict(model: AlexNet2D, x: np.ndarray, batch_size: int = 128) -> np.ndarra
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def _stack(items: list, subjects: list, task: str) -> tuple[np.ndarray, np.ndarray]:
+def stack_slices(items: list, task: str, subjects=None) -> tuple[np.ndarray, np.ndarray]:
+    """Slices and labels of all ``items`` (or those whose subject is in ``subjects``) for ``task``."""
     xs, ys = [], []
     for item in items:
-        if item["subject"] in subjects:
+        if subjects is None or item["subject"] in subjects:
             x, y = volume_slices(item["image"], item["mask"], task, item.get("idh"), item.get("grade"))
             xs.append(x)
             ys.append(y)
@@ -158,20 +159,20 @@ def cross_validate(real: list[dict], synthetic: list[dict], folds: list[dict], p
         if train & test:
             raise ValueError(f"fold {fold.get('repeat')}/{fold.get('fold')}: train and test subjects overlap")
         if protocol == "trtr":
-            x, y = _stack(real, train, config.task)
-            xt, yt = _stack(real, test, config.task)
+            x, y = stack_slices(real, config.task, train)
+            xt, yt = stack_slices(real, config.task, test)
         elif protocol == "trts":
-            x, y = _stack(real, train, config.task)
-            xt, yt = _stack(synthetic, test, config.task)
+            x, y = stack_slices(real, config.task, train)
+            xt, yt = stack_slices(synthetic, config.task, test)
         elif protocol in ("augment", "few-shot-only"):
             shots = set(few_shot or [])
             if shots & test:
                 raise ValueError("few-shot subjects inside a test fold")
-            x, y = _stack(real, shots, config.task)
+            x, y = stack_slices(real, config.task, shots)
             if protocol == "augment":
-                xs, ys = _stack(synthetic, all_synth - test, config.task)
+                xs, ys = stack_slices(synthetic, config.task, all_synth - test)
                 x, y = np.concatenate([x, xs]), np.concatenate([y, ys])
-            xt, yt = _stack(real, test, config.task)
+            xt, yt = stack_slices(real, config.task, test)
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
         if len(np.unique(y)) < 2 or len(yt) == 0:

@@ -66,7 +66,8 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     paired = [s for s in samples if s["mask_subject"] in rows]
     if not paired:
         raise AldmError(f"{synthetic_dir}: no sample's mask subject is in {real_cache}; nothing to pair")
-    real = {s["mask_subject"]: load_cached(real_cache, rows[s["mask_subject"]])["image"] for s in paired}
+    cached = {s["mask_subject"]: load_cached(real_cache, rows[s["mask_subject"]]) for s in paired}
+    real = {p: data["image"] for p, data in cached.items()}
 
     per_patient: dict = {}
     for s in paired:
@@ -92,7 +93,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         from .frd import frd_scores
 
         try:
-            brains = {p: load_cached(real_cache, rows[p])["brain"][0] for p in real}
+            brains = {p: data["brain"][0] for p, data in cached.items()}
             result.update(frd_scores(real_vols, synth_vols, [brains[p] for p in real],
                                      [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
                                      modalities=tuple(frd_modalities)))
