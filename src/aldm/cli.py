@@ -100,6 +100,13 @@ def _cmd_data_split(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ train
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {value}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     import math
 
@@ -183,6 +190,20 @@ def _cmd_experiment(args) -> int:
 
     report = run_table1(ExperimentConfig.load(args.config), progress=not args.quiet)
     print(f"report: {os.path.abspath(report)}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import uvicorn
+
+    from .serve.app import create_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"aldm: serving on {args.host}: anyone who can reach this address can generate and download",
+              file=sys.stderr)
+    app = create_app(args.model, out=args.out, data=args.data, max_pending=args.max_queue, device=args.device)
+    print(f"aldm: http://{args.host}:{args.port}/  (jobs and samples in {os.path.abspath(args.out)})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -315,6 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     t1.add_argument("--config", required=True, help="experiment JSON (see docs/evaluation.md)")
     t1.add_argument("--quiet", action="store_true")
     t1.set_defaults(func=_cmd_experiment)
+
+    serve = commands.add_parser("serve", help="the web UI: on-demand generation with a 3-plane viewer")
+    serve.add_argument("--model", action="append", required=True,
+                       help="a finished LDM, few-shot or baseline run (repeat for several, e.g. GBM and PDGM)")
+    serve.add_argument("--data", action="append", default=None,
+                       help="prepared cache for masks and real volumes (default: each run's own; one for all "
+                            "or one per --model)")
+    serve.add_argument("--out", default="aldm-serve", help="jobs and samples, kept across restarts")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--max-queue", type=_positive_int, default=4, help="jobs queued or running at most")
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("demo", help="phantom data -> training -> generation -> evaluation -> report")
     demo.add_argument("--out", default="aldm-demo", help="output folder (default ./aldm-demo)")

@@ -9,6 +9,9 @@ Mask sources (``--masks``):
   S^3 are used as they are; others are reoriented to RAS and resized to S^3 (nearest-exact).
 * ``relocated:PATH``: each cache mask moved into another subject's brain (paper Appendix A), so
   tumours appear in new places; the native grid is the host subject's.
+* ``appendix:PATH``: the paper's Appendix A scheme, as the web UI uses it: samples 0..G-1
+  (G = min(16, M) subjects, chosen as for ``cache:``) reuse those subjects' ground-truth masks;
+  sample i >= G applies mask i mod G inside another of the G subjects' brains.
 
 Sample ``i`` uses mask ``i mod M`` and seed ``seed + i``; its files go to
 ``OUT/sample-IIII_<mask subject>/`` (written in a temporary folder, then renamed, so an
@@ -54,6 +57,11 @@ class MaskItem:
     native_affine: np.ndarray | None = None
     intensity_ranges: list | None = None
     source: str = ""
+    context_subject: str = ""  # the cache subject whose anatomy and native grid the sample gets
+    cache: str = ""
+
+
+APPENDIX_GROUND_TRUTH = 16  # paper Appendix A: the first 16 samples reuse the target subjects' masks
 
 
 def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) -> MaskItem:
@@ -63,11 +71,22 @@ def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) ->
         model_affine=np.asarray(json.loads(row["model_affine"])),
         native_shape=tuple(json.loads(row["native_shape"])), native_affine=np.asarray(json.loads(row["native_affine"])),
         intensity_ranges=json.loads(row["intensity_ranges"]), source=f"cache:{row['subject']}",
+        context_subject=row["subject"], cache=os.path.abspath(cache),
     )
 
 
-def masks_from_cache(cache: str, subjects: list | None = None, model_info: dict | None = None,
-                     model_dir: str | None = None) -> list[MaskItem]:
+def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator) -> MaskItem:
+    """``row``'s mask moved into ``host``'s brain; the item takes the host's geometry."""
+    moved = relocate_mask(load_cached(cache, row)["mask"][0], load_cached(cache, host)["brain"][0], rng)
+    item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", mask=moved[None])
+    item.source = f"relocated:{row['subject']}->{host['subject']}"
+    return item
+
+
+def cache_rows(cache: str, subjects: list | None = None, model_info: dict | None = None,
+               model_dir: str | None = None) -> list[dict]:
+    """Manifest rows of the mask subjects: ``subjects``, else the model's held-out test subjects when
+    ``cache`` is the model's own data and its split exists (never the few-shot subjects), else all."""
     rows = read_manifest(cache)
     if not rows:
         raise AldmError(f"{cache}: no manifest.csv; not a prepared cache")
@@ -83,7 +102,28 @@ def masks_from_cache(cache: str, subjects: list | None = None, model_info: dict 
         if missing:
             raise AldmError(f"{cache}: unknown subject(s) {', '.join(missing[:5])}")
         rows = [by_name[s] for s in subjects]
-    return [_item_from_row(cache, r) for r in rows]
+    return rows
+
+
+def masks_from_cache(cache: str, subjects: list | None = None, model_info: dict | None = None,
+                     model_dir: str | None = None) -> list[MaskItem]:
+    return [_item_from_row(cache, r) for r in cache_rows(cache, subjects, model_info, model_dir)]
+
+
+def appendix_masks(cache: str, n: int, seed: int, subjects: list | None = None, model_info: dict | None = None,
+                   model_dir: str | None = None) -> list[MaskItem]:
+    """``n`` mask items in the paper's Appendix A order (see the module docstring).
+
+    Sample i >= G (pass p = i // G, mask j = i mod G) goes into subject (j + p) mod G's brain at a
+    place drawn from ``default_rng([seed, i])``, so each item depends only on (seed, i), not on n.
+    """
+    rows = cache_rows(cache, subjects, model_info, model_dir)[:APPENDIX_GROUND_TRUTH]
+    items = [_item_from_row(cache, r) for r in rows[:n]]
+    for i in range(len(rows), n):
+        passes, j = divmod(i, len(rows))
+        host = rows[(j + passes) % len(rows)]
+        items.append(_relocated_item(cache, rows[j], host, np.random.default_rng([seed, i])))
+    return items
 
 
 def masks_from_folder(folder: str, size: int) -> list[MaskItem]:
@@ -159,29 +199,26 @@ def relocated_masks(cache: str, subjects: list | None, seed: int) -> list[MaskIt
     if len(rows) < 2:
         raise AldmError(f"{cache}: relocation needs at least two subjects")
     rng = np.random.default_rng(seed)
-    items = []
-    for i, row in enumerate(rows):
-        host = rows[(i + 1) % len(rows)]
-        host_data = load_cached(cache, host)
-        moved = relocate_mask(load_cached(cache, row)["mask"][0], host_data["brain"][0], rng)
-        item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", mask=moved[None])
-        item.source = f"relocated:{row['subject']}->{host['subject']}"
-        items.append(item)
-    return items
+    return [_relocated_item(cache, row, rows[(i + 1) % len(rows)], rng) for i, row in enumerate(rows)]
+
+
+MASK_KINDS = ("cache", "folder", "relocated", "appendix")
 
 
 def resolve_masks(spec: str | None, pipe: ALDMPipeline, model_dir: str, subjects: list | None,
-                  seed: int) -> list[MaskItem]:
-    """Mask items for a ``--masks`` value (see the module docstring)."""
+                  seed: int, n: int = 1) -> list[MaskItem]:
+    """Mask items for a ``--masks`` value (see the module docstring); ``n`` only matters to appendix."""
     if spec is None:
         spec = "cache:" + pipe.info["data"]
-    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("cache", "folder", "relocated") else ("", "", spec)
+    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in MASK_KINDS else ("", "", spec)
     if not kind:
         kind = "cache" if os.path.exists(os.path.join(spec, "manifest.csv")) else "folder"
     if kind == "cache":
         return masks_from_cache(path, subjects, pipe.info, model_dir)
     if kind == "relocated":
         return relocated_masks(path, subjects, seed)
+    if kind == "appendix":
+        return appendix_masks(path, n, seed, subjects, pipe.info, model_dir)
     return masks_from_folder(path, pipe.profile.image_size)
 
 
@@ -215,15 +252,18 @@ def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, me
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              guidance_scale: float = 3.0, steps: int = 50, sampler: str = "ddim", seed: int = 0,
              batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True,
-             native: bool = True) -> list[dict]:
+             native: bool = True, pipeline=None, on_progress=None) -> list[dict]:
     """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included).
 
-    ``native=False`` writes model-space files only (what evaluation needs; much faster)."""
+    ``native=False`` writes model-space files only (what evaluation needs; much faster).
+    ``pipeline``: an already loaded pipeline of ``model_dir`` (the web server keeps one in memory).
+    ``on_progress(done, total, step, steps)``: called after every denoising step and every written
+    batch, ``done``/``total`` counting this rank's samples of this call."""
     dist_info = dist_info or DistInfo()
     if n < 1:
         raise AldmError(f"--n must be at least 1, got {n}")
-    pipe = load_pipeline(model_dir, device=device or dist_info.device)
-    items = resolve_masks(masks, pipe, model_dir, subjects, seed)
+    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device)
+    items = resolve_masks(masks, pipe, model_dir, subjects, seed, n)
     os.makedirs(out_dir, exist_ok=True)
     names = [f"sample-{i:04d}_{items[i % len(items)].name}" for i in range(n)]
     todo = [i for i in range(n) if i % dist_info.world_size == dist_info.rank
@@ -232,16 +272,23 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         mask = np.stack([items[i % len(items)].mask for i in chunk]).astype(np.float32)
+        step_callback = None
+        if on_progress is not None:
+            def step_callback(step, total_steps, done=start):
+                on_progress(done, len(todo), step, total_steps)
         out = pipe(mask, guidance_scale=guidance_scale, num_inference_steps=steps, sampler=sampler,
-                   generator=[seed + i for i in chunk])
+                   generator=[seed + i for i in chunk], step_callback=step_callback)
         for j, i in enumerate(chunk):
             item = items[i % len(items)]
             meta = {"sample": names[i], "index": i, "mask_subject": item.name, "mask_source": item.source,
+                    "context_subject": item.context_subject, "mask_cache": item.cache,
                     "seed": seed + i, "guidance_scale": guidance_scale, "steps": steps, "sampler": sampler,
                     "model": os.path.abspath(model_dir), "model_hash": pipe.model_hash,
                     "stage": pipe.info.get("stage")}
             _write_sample(out_dir, names[i], out["image"][j].numpy(), item, meta, native)
         bar.update(len(chunk))
+        if on_progress is not None:
+            on_progress(start + len(chunk), len(todo), 0, 0)
     bar.close()
     barrier(dist_info)
     rows = []
@@ -252,7 +299,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
                 rows.append(json.load(fh))
     if dist_info.is_main:
         buf = io.StringIO()
-        fields = ["sample", "index", "mask_subject", "mask_source", "seed", "guidance_scale", "steps", "sampler",
+        fields = ["sample", "index", "mask_subject", "mask_source", "context_subject", "mask_cache", "seed", "guidance_scale", "steps", "sampler",
                   "model", "model_hash", "stage"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()

@@ -57,11 +57,12 @@ class ALDMPipeline:
 
     @torch.inference_mode()
     def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
-                 generator=None, progress: bool = False) -> dict:
+                 generator=None, progress: bool = False, step_callback=None) -> dict:
         """Generate one volume per mask.
 
         ``masks`` (B, 1, S, S, S) or (B, S, S, S), binary, in model space; ``generator``: a list of
-        ``torch.Generator`` (one per mask), a list of int seeds, one int seed, or None.
+        ``torch.Generator`` (one per mask), a list of int seeds, one int seed, or None;
+        ``step_callback(step, steps)``: called after each guided denoiser evaluation (1-based).
         Returns {'image': (B, 3, S, S, S) float32 in [-1, 1], 'latent': (B, zC, s, s, s)}.
         """
         if not math.isfinite(guidance_scale):
@@ -76,8 +77,15 @@ class ALDMPipeline:
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
         z_T = initial_noise(shape, generators, self.device)
 
+        total_steps = self.schedule.timesteps if sampler == "ddpm" else num_inference_steps
+        calls = [0]
+
         def eps_fn(z, t):
-            return guided_noise(self.denoiser, z, t, control, stats, guidance_scale).float()
+            eps = guided_noise(self.denoiser, z, t, control, stats, guidance_scale).float()
+            calls[0] += 1
+            if step_callback is not None:
+                step_callback(calls[0], total_steps)
+            return eps
 
         if sampler == "ddpm":
             if num_inference_steps not in (None, self.schedule.timesteps):
@@ -122,13 +130,15 @@ class BaselinePipeline:
 
     @torch.inference_mode()
     def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
-                 generator=None, progress: bool = False) -> dict:
+                 generator=None, progress: bool = False, step_callback=None) -> dict:
         m = _check_masks(masks, self.profile.image_size)
         generators = _generators(generator, m.shape[0])
         noise = initial_noise((m.shape[0], *self.generator.noise_shape), generators, self.device)
         control = control_maps(m).to(self.device)
         domain = torch.full((m.shape[0],), self.domain, device=self.device)
         image = self.generator(control, domain, noise).float().clamp(-1, 1)
+        if step_callback is not None:
+            step_callback(1, 1)
         return {"image": image.cpu()}
 
 

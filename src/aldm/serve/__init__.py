@@ -1,0 +1,1 @@
+"""The web UI of paper Appendix A: ``aldm serve`` (FastAPI app, job queue, viewer page)."""

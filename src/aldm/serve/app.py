@@ -1,0 +1,272 @@
+"""``aldm serve``: the web UI of paper Appendix A — an API and one page.
+
+    app = create_app(["runs/ldm", "runs/k16"], out="aldm-serve")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
+
+* ``GET  /api/models``                         the served models (domain, sampler choices, T)
+* ``POST /api/jobs``                           queue a generation job (202; 429 when busy)
+* ``GET  /api/jobs``, ``GET /api/jobs/{id}``   status, progress and finished samples
+* ``GET  /api/jobs/{id}/samples/{sample}/volume/{channel}?source=synthetic|reference``
+  uint8 volume for the viewer (see :mod:`aldm.serve.volumes`)
+* ``GET  /api/jobs/{id}/samples/{sample}/files/{space}/{channel}.nii.gz``  one NIfTI
+* ``GET  /api/jobs/{id}/samples/{sample}/download.zip?space=model|native|all``  the sample's NIfTIs
+
+Every parameter is validated (unknown names and bad values get a 4xx with a message), files are
+only served from validated names inside the output folder, request bodies over 64 KiB get 413,
+and jobs live on disk (:mod:`aldm.serve.jobs`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import zipfile
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import AldmError
+from .jobs import JobQueue, QueueFull
+from .models import model_entries
+from .volumes import CHANNELS, SPACES, inside, reference_volume, synthetic_volume
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_SAMPLES = 64
+JOB_ID = r"^[0-9a-f]{12}$"
+SAMPLE = r"^sample-[0-9]{4}_[A-Za-z0-9._-]{1,160}$"
+Channel = Literal["t1", "t2", "flair", "mask"]
+
+
+class JobRequest(BaseModel):
+    """A generation request; sample i uses seed + i (paper Appendix A mask order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
+    n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
+    guidance_scale: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance scale s (Eq. 3.8)")
+    sampler: Literal["ddim", "dpmpp2m", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("guidance_scale must be a finite number")
+        return value
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    step: int
+    steps: int
+
+
+class SampleInfo(BaseModel):
+    sample: str
+    index: int | None
+    mask_subject: str | None
+    mask_source: str | None
+    context_subject: str | None
+    ground_truth_mask: bool
+    seed: int | None
+    native: bool
+
+
+class Job(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    model: str
+    n: int
+    guidance_scale: float
+    sampler: str
+    steps: int
+    seed: int
+    created: float
+    started: float | None
+    finished: float | None
+    elapsed_s: float | None
+    error: str | None
+    resumed: bool
+    queue_position: int | None
+    progress: Progress
+    samples: list[SampleInfo]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    stage: str
+    kind: str
+    domain: str
+    label: str
+    image_size: int
+    timesteps: int
+    samplers: list[str]
+    k: int | None
+
+
+class Health(BaseModel):
+    status: str
+    pending_jobs: int
+    loaded_model: str | None
+
+
+def _page() -> str:
+    return resources.files("aldm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] | None = None,
+               max_pending: int = 4, device=None, start_worker: bool = True) -> FastAPI:
+    """The FastAPI app serving ``model_runs``; jobs and samples go under ``out``."""
+    entries = model_entries(model_runs, data)
+    queue = JobQueue(out, entries, max_pending=max_pending, device=device)
+    caches = {e.data for e in entries.values() if e.data}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if start_worker:
+            queue.start()
+        yield
+        queue.stop()
+
+    app = FastAPI(title="aldm", version="0.1.0", lifespan=lifespan,
+                  description="Anatomically-conditioned latent diffusion: on-demand 3D glioma MRI synthesis "
+                              "(paper Appendix A).")
+    app.state.queue = queue
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # location and message only: echoing the input back fails on NaN/Inf and may be large
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    def job_or_404(job_id: str) -> dict:
+        job = queue.view(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def sample_dir_or_404(job_id: str, sample: str) -> str:
+        job_or_404(job_id)
+        if queue.sample_meta(job_id, sample) is None:
+            raise HTTPException(404, f"job {job_id} has no finished sample {sample}")
+        try:
+            return inside(queue.samples_dir(job_id), sample)
+        except AldmError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return _page()
+
+    @app.get("/api/health", response_model=Health)
+    def health():
+        return {"status": "ok", "pending_jobs": queue.pending, "loaded_model": queue.slot.loaded}
+
+    @app.get("/api/models", response_model=list[ModelInfo])
+    def models():
+        return [e.public() for e in entries.values()]
+
+    @app.post("/api/jobs", response_model=Job, status_code=202,
+              responses={404: {"description": "unknown model"}, 422: {"description": "invalid parameters"},
+                         429: {"description": "the queue is full"}})
+    def create_job(request: JobRequest):
+        entry = entries.get(request.model)
+        if entry is None:
+            raise HTTPException(404, f"unknown model {request.model!r}; GET /api/models lists them")
+        params = request.model_dump()
+        if entry.kind != "aldm":
+            params.update(sampler="none", steps=1, guidance_scale=0.0)  # one generator pass
+        elif request.sampler == "ddpm" and request.steps != entry.timesteps:
+            raise HTTPException(422, f"ancestral DDPM runs all T = {entry.timesteps} steps; set steps to "
+                                     f"{entry.timesteps} or choose ddim / dpmpp2m")
+        elif request.steps > entry.timesteps:
+            raise HTTPException(422, f"steps must be at most T = {entry.timesteps} for model {entry.id}")
+        try:
+            return queue.submit(params)
+        except QueueFull as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": "10"})
+
+    @app.get("/api/jobs", response_model=list[Job])
+    def list_jobs():
+        return queue.list()
+
+    @app.get("/api/jobs/{job_id}", response_model=Job, responses={404: {"description": "unknown job"}})
+    def get_job(job_id: str = Path(pattern=JOB_ID)):
+        return job_or_404(job_id)
+
+    @app.get("/api/jobs/{job_id}/samples/{sample}/volume/{channel}",
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "uint8 (X, Y, Z) C-order volume; shape in X-Volume-Shape"},
+                        404: {"description": "unknown job, sample or reference subject"}})
+    def volume(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE), channel: Channel = Path(),
+               source: Literal["synthetic", "reference"] = Query("synthetic")):
+        folder = sample_dir_or_404(job_id, sample)
+        try:
+            if source == "synthetic":
+                array = synthetic_volume(folder, channel)
+                subject = ""
+            else:
+                meta = queue.sample_meta(job_id, sample)
+                cache, subject = meta.get("mask_cache", ""), meta.get("context_subject", "")
+                if not subject or cache not in caches:
+                    raise HTTPException(404, f"sample {sample} has no real reference volume")
+                array = reference_volume(cache, subject, channel)
+        except AldmError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        array = np.ascontiguousarray(array)
+        return Response(array.tobytes(), media_type="application/octet-stream",
+                        headers={"X-Volume-Shape": ",".join(map(str, array.shape)), "X-Subject": subject,
+                                 "Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/jobs/{job_id}/samples/{sample}/files/{space}/{filename}",
+             responses={200: {"content": {"application/gzip": {}}}, 404: {"description": "no such file"}})
+    def nifti_file(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
+                   space: Literal["model", "native"] = Path(),
+                   filename: Literal["t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "mask.nii.gz"] = Path()):
+        folder = sample_dir_or_404(job_id, sample)
+        try:
+            path = inside(folder, space, filename)
+        except AldmError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        if not os.path.isfile(path):
+            raise HTTPException(404, f"sample {sample} has no {space}/{filename}")
+        return FileResponse(path, media_type="application/gzip", filename=f"{sample}_{space}_{filename}")
+
+    @app.get("/api/jobs/{job_id}/samples/{sample}/download.zip",
+             responses={200: {"content": {"application/zip": {}}}, 404: {"description": "no such sample"}})
+    def download(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
+                 space: Literal["model", "native", "all"] = Query("all")):
+        folder = sample_dir_or_404(job_id, sample)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:  # .nii.gz is compressed already
+            for sp in (SPACES if space == "all" else (space,)):
+                for channel in CHANNELS:
+                    path = inside(folder, sp, f"{channel}.nii.gz")
+                    if os.path.isfile(path):
+                        zf.write(path, f"{sample}/{sp}/{channel}.nii.gz")
+            zf.write(inside(folder, "sample.json"), f"{sample}/sample.json")
+        return Response(buf.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{sample}.zip"'})
+
+    app.state.started = time.time()
+    return app

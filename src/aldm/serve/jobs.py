@@ -1,0 +1,225 @@
+"""Generation jobs of the web server: a bounded queue, one worker thread, state kept on disk.
+
+Layout under the server's output folder::
+
+    OUT/jobs/<job id>/job.json      request, status, progress, error (rewritten atomically)
+    OUT/jobs/<job id>/samples/      an ``aldm generate`` output folder (sample-NNNN_<mask>/...)
+
+A job is ``queued`` -> ``running`` -> ``done`` | ``failed``. At start-up every job folder is read
+back: finished jobs are listed as they were, and jobs a stopped server left ``queued`` or
+``running`` are queued again; generation resumes from the samples already on disk (each sample
+is written to a temporary folder and renamed, so none is ever half there). At most
+``max_pending`` jobs wait or run at once; :meth:`JobQueue.submit` refuses more with
+:class:`QueueFull`, which the API answers with 429.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import traceback
+from collections import deque
+
+from ..errors import AldmError
+from ..generate import DONE, generate
+from ..io.atomic import atomic_write_text
+from .models import ModelEntry, PipelineSlot
+
+JOB_FILE = "job.json"
+log = logging.getLogger("aldm.serve")
+
+
+class QueueFull(Exception):
+    """The bounded queue holds ``max_pending`` jobs already."""
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)  # 12 hex characters, the only job ids the API accepts
+
+
+class JobQueue:
+    """Runs generation jobs one at a time in a background thread."""
+
+    def __init__(self, root: str, models: dict[str, ModelEntry], max_pending: int = 4, device=None,
+                 batch_size: int = 4):
+        self.root = os.path.abspath(root)
+        self.jobs_dir = os.path.join(self.root, "jobs")
+        os.makedirs(self.jobs_dir, exist_ok=True)
+        self.models = models
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.slot = PipelineSlot(device)
+        self._jobs: dict[str, dict] = {}
+        self._pending: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._recover()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> str:
+        return os.path.join(self.jobs_dir, job_id)
+
+    def samples_dir(self, job_id: str) -> str:
+        return os.path.join(self.job_dir(job_id), "samples")
+
+    def _save(self, job: dict) -> None:
+        atomic_write_text(os.path.join(self.job_dir(job["id"]), JOB_FILE), json.dumps(job, indent=2) + "\n")
+
+    def _recover(self) -> None:
+        found = []
+        for name in sorted(os.listdir(self.jobs_dir)):
+            path = os.path.join(self.jobs_dir, name, JOB_FILE)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    job = json.load(fh)
+            except (OSError, ValueError):
+                log.warning("skipping %s: no readable %s", os.path.join(self.jobs_dir, name), JOB_FILE)
+                continue
+            if job.get("id") != name:
+                log.warning("skipping %s: its job.json names another job", path)
+                continue
+            found.append(job)
+        for job in sorted(found, key=lambda j: j.get("created", 0)):
+            if job["status"] in ("queued", "running"):
+                if job["model"] not in self.models:
+                    job.update(status="failed", error=f"model {job['model']!r} is not served any more")
+                    self._save(job)
+                else:
+                    job.update(status="queued", resumed=True)
+                    self._save(job)
+                    self._pending.append(job["id"])
+            self._jobs[job["id"]] = job
+
+    # -- API side ------------------------------------------------------------------------------
+    def submit(self, request: dict) -> dict:
+        """Queue a job for ``request`` (already validated: model, n, guidance_scale, sampler, steps, seed)."""
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                raise QueueFull(f"busy: {len(self._pending)} job(s) queued or running (limit {self.max_pending}); "
+                                "try again when one has finished")
+            job_id = new_job_id()
+            job = {"id": job_id, "status": "queued", "created": time.time(), "started": None, "finished": None,
+                   "error": None, "resumed": False, **request,
+                   "progress": {"done": 0, "total": request["n"], "step": 0, "steps": 0}}
+            os.makedirs(self.samples_dir(job_id))
+            self._save(job)
+            self._jobs[job_id] = job
+            self._pending.append(job_id)
+            self._cond.notify()
+            return self.view(job_id)
+
+    def view(self, job_id: str) -> dict | None:
+        """The job as the API shows it, with its finished samples (None when unknown)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            out = json.loads(json.dumps(job))
+            out["queue_position"] = (list(self._pending).index(job_id) if job_id in self._pending else None)
+        out["samples"] = self.samples(job_id)
+        out["elapsed_s"] = ((out["finished"] or time.time()) - out["started"]) if out["started"] else None
+        return out
+
+    def list(self) -> list[dict]:
+        with self._cond:
+            ids = sorted(self._jobs, key=lambda j: self._jobs[j]["created"], reverse=True)
+        return [self.view(j) for j in ids]
+
+    def samples(self, job_id: str) -> list[dict]:
+        """Finished samples of a job (those with their sample.json), in index order."""
+        folder = self.samples_dir(job_id)
+        if not os.path.isdir(folder):
+            return []
+        out = []
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name, DONE)
+            if name.startswith("sample-") and os.path.isfile(path):
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        meta = json.load(fh)
+                except (OSError, ValueError):
+                    continue
+                out.append({"sample": name, "index": meta.get("index"), "mask_subject": meta.get("mask_subject"),
+                            "mask_source": meta.get("mask_source"), "context_subject": meta.get("context_subject"),
+                            "ground_truth_mask": str(meta.get("mask_source", "")).startswith("cache:"),
+                            "seed": meta.get("seed"), "native": os.path.isdir(os.path.join(folder, name, "native"))})
+        return sorted(out, key=lambda s: s["index"] if s["index"] is not None else 0)
+
+    def sample_meta(self, job_id: str, sample: str) -> dict | None:
+        path = os.path.join(self.samples_dir(job_id), sample, DONE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    # -- worker --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._work, name="aldm-jobs", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job_id = self._pending[0]
+                job = self._jobs[job_id]
+                job.update(status="running", started=job.get("started") or time.time())
+                self._save(job)
+            try:
+                self._run(job)
+                job.update(status="done", finished=time.time())
+            except AldmError as exc:
+                job.update(status="failed", error=str(exc), finished=time.time())
+            except Exception as exc:  # a bug must fail the job, never the server
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                job.update(status="failed", error=f"internal error: {type(exc).__name__}: {exc}",
+                           finished=time.time())
+            with self._cond:
+                self._pending.popleft()
+                self._save(job)
+
+    def _run(self, job: dict) -> None:
+        entry = self.models[job["model"]]
+        if not entry.data:
+            raise AldmError(f"model {entry.id}: its training cache is gone; start the server with --data CACHE")
+        pipe = self.slot.get(entry)
+        progress = job["progress"]
+        last_save = [0.0]
+
+        def on_progress(done, total, step, steps):
+            already = job["n"] - total  # samples finished before this (resumed) run
+            progress.update(done=already + done, total=job["n"], step=step, steps=steps)
+            now = time.monotonic()
+            if step == 0 or now - last_save[0] > 2.0:
+                last_save[0] = now
+                with self._cond:
+                    self._save(job)
+
+        sampler = job["sampler"] if entry.kind == "aldm" else "ddim"
+        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=f"appendix:{entry.data}",
+                 guidance_scale=job["guidance_scale"], steps=job["steps"], sampler=sampler, seed=job["seed"],
+                 batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
+        progress.update(done=job["n"], step=0, steps=0)

@@ -1,0 +1,115 @@
+"""The models a server offers, and the one pipeline it keeps in memory.
+
+Each ``--model RUN`` becomes a :class:`ModelEntry` with a short id (the run folder's name, made
+unique); only the entry's metadata is read at start-up. :class:`PipelineSlot` holds at most one
+loaded pipeline: asking for another model frees the current one first, so a server with a GBM
+source model and a PDGM few-shot model never holds both on the GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import AldmError
+from ..train.stages import load_run_profile, read_run_info
+
+SAMPLERS_ALDM = ("ddim", "dpmpp2m", "ddpm")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the page shows and the API checks about one model run (no weights loaded)."""
+
+    id: str
+    path: str
+    stage: str          # ldm, fewshot or baseline
+    kind: str           # aldm, cgan, cgan3m, vaegan
+    domain: str         # source or target
+    label: str          # e.g. "PDGM few-shot (K=16) - ALDM"
+    image_size: int
+    timesteps: int      # the diffusion T (the only step count ancestral DDPM accepts)
+    samplers: tuple
+    data: str           # the prepared cache the run was trained on ('' when it is gone)
+    k: int | None
+
+    def public(self) -> dict:
+        out = asdict(self)
+        out.pop("path")
+        out.pop("data")
+        out["samplers"] = list(self.samplers)
+        return out
+
+
+def describe_model(run_dir: str, model_id: str, data_override: str | None = None) -> ModelEntry:
+    """A :class:`ModelEntry` for a finished run that can generate, or an AldmError naming the folder."""
+    info = read_run_info(run_dir)
+    stage = info.get("stage")
+    if stage not in ("ldm", "fewshot", "baseline"):
+        raise AldmError(f"{run_dir}: a {stage} run cannot generate; give an LDM, few-shot or baseline run")
+    profile = load_run_profile(run_dir)
+    fewshot = stage == "fewshot" or bool(info.get("fewshot"))
+    kind = info.get("model", "aldm") if stage == "baseline" else "aldm"
+    k = info.get("k") if fewshot else None
+    domain = "target" if fewshot else "source"
+    name = {"aldm": "ALDM", "cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}.get(kind, kind)
+    where = f"PDGM few-shot (K={k})" if fewshot else "GBM source"
+    data = data_override or info.get("data") or ""
+    if data and not os.path.isfile(os.path.join(data, "manifest.csv")):
+        raise AldmError(f"{data}: no manifest.csv; --data must be a prepared cache")
+    return ModelEntry(
+        id=model_id, path=os.path.abspath(run_dir), stage=stage, kind=kind, domain=domain,
+        label=f"{where} - {name}", image_size=profile.image_size, timesteps=profile.diffusion.timesteps,
+        samplers=SAMPLERS_ALDM if kind == "aldm" else ("none",), data=os.path.abspath(data) if data else "", k=k,
+    )
+
+
+def model_entries(run_dirs: list[str], data: list[str] | None = None) -> dict[str, ModelEntry]:
+    """Entries for ``--model`` folders; ``data`` (one cache for all, or one per model) overrides the
+    cache recorded in each run."""
+    if not run_dirs:
+        raise AldmError("give at least one --model RUN")
+    data = data or []
+    if len(data) not in (0, 1, len(run_dirs)):
+        raise AldmError(f"give one --data for all models or one per --model ({len(run_dirs)}), not {len(data)}")
+    entries: dict[str, ModelEntry] = {}
+    for i, run in enumerate(run_dirs):
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(os.path.normpath(run))) or "model"
+        model_id, n = base, 2
+        while model_id in entries:
+            model_id, n = f"{base}-{n}", n + 1
+        override = data[0] if len(data) == 1 else (data[i] if data else None)
+        entries[model_id] = describe_model(run, model_id, override)
+    return entries
+
+
+class PipelineSlot:
+    """At most one loaded pipeline; :meth:`get` swaps models, freeing the old one first."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self._lock = threading.Lock()
+        self._entry: ModelEntry | None = None
+        self._pipe = None
+
+    def get(self, entry: ModelEntry):
+        from ..pipeline import load_pipeline
+
+        with self._lock:
+            if self._entry is None or self._entry.path != entry.path:
+                self._pipe, self._entry = None, None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._pipe = load_pipeline(entry.path, device=self.device)
+                self._entry = entry
+            return self._pipe
+
+    @property
+    def loaded(self) -> str | None:
+        return self._entry.id if self._entry else None

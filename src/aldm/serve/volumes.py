@@ -1,0 +1,63 @@
+"""Volumes for the viewer: synthetic samples and their real counterparts as compact uint8 arrays.
+
+The page renders slices, window/level and the 3D view itself, so it fetches each volume once:
+``uint8`` bytes in C order of a RAS+ array (X, Y, Z) with the shape in the ``X-Volume-Shape``
+header. Intensities in model space lie in [-1, 1] and map linearly to 0..255; masks and label maps
+keep their label values (0/1 for a conditioning mask, BraTS 0/1/2/4 for a real label map).
+
+Every path is built from validated names and then checked to lie inside its root
+(:func:`inside`), so no request can reach a file outside the server's output folder or a cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+
+from ..data.cache import load_cached, read_manifest
+from ..errors import AldmError
+
+CHANNELS = ("t1", "t2", "flair", "mask")
+SPACES = ("model", "native")
+
+
+def inside(root: str, *parts: str) -> str:
+    """``root/parts...`` resolved (symlinks included); AldmError when it leaves ``root``."""
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, *parts))
+    if os.path.commonpath([base, path]) != base:
+        raise AldmError(f"{os.path.join(*parts)}: outside the served folder")
+    return path
+
+
+def to_uint8(volume: np.ndarray) -> np.ndarray:
+    """[-1, 1] intensities -> 0..255 (values outside are clipped)."""
+    return np.round((np.clip(volume, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def _canonical(img: nib.Nifti1Image) -> np.ndarray:
+    return np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32)
+
+
+def synthetic_volume(sample_dir: str, channel: str) -> np.ndarray:
+    """A sample's model-space channel as uint8 (X, Y, Z), RAS+."""
+    path = os.path.join(sample_dir, "model", f"{channel}.nii.gz")
+    try:
+        data = _canonical(nib.load(path))
+    except Exception as exc:
+        raise AldmError(f"{path}: unreadable NIfTI ({type(exc).__name__})") from exc
+    return (data > 0).astype(np.uint8) if channel == "mask" else to_uint8(data)
+
+
+def reference_volume(cache: str, subject: str, channel: str) -> np.ndarray:
+    """The real subject's model-space channel from a prepared cache as uint8 (X, Y, Z); ``mask`` gives
+    its BraTS label map (0/1/2/4). Cache arrays are already RAS+ (see aldm.data.preprocess)."""
+    rows = {r["subject"]: r for r in read_manifest(cache)}
+    if subject not in rows:
+        raise AldmError(f"{cache}: no subject {subject!r}")
+    data = load_cached(cache, rows[subject])
+    if channel == "mask":
+        return np.asarray(data["labels"][0], dtype=np.uint8)
+    return to_uint8(data["image"][CHANNELS.index(channel)])

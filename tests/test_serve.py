@@ -1,0 +1,203 @@
+"""The web server's API (FastAPI test client): jobs, viewer volumes, downloads, validation, restarts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from aldm.errors import AldmError
+from aldm.serve.app import create_app
+from aldm.serve.volumes import inside
+
+GOOD = {"n": 3, "guidance_scale": 2.0, "sampler": "dpmpp2m", "steps": 3, "seed": 5}
+
+
+def wait_for(client, job_id, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_runs, tmp_path_factory):
+    """A server over the tiny source LDM and few-shot model, with one finished 3-sample job."""
+    out = tmp_path_factory.mktemp("serve")
+    app = create_app([tiny_runs["ldm"], tiny_runs["fewshot"]], out=str(out))
+    with TestClient(app) as client:
+        job = client.post("/api/jobs", json={"model": "fewshot", **GOOD})
+        assert job.status_code == 202, job.text
+        done = wait_for(client, job.json()["id"])
+        yield client, done, out
+
+
+def test_models_and_page(served):
+    client, _, _ = served
+    models = {m["id"]: m for m in client.get("/api/models").json()}
+    assert models["ldm"]["domain"] == "source" and models["fewshot"]["domain"] == "target"
+    assert models["fewshot"]["k"] == 2 and models["fewshot"]["image_size"] == 32
+    assert "path" not in models["ldm"]  # no server paths leak to the page
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="generate"' in page.text
+    assert client.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]
+
+
+def test_job_follows_appendix_a_and_serves_volumes(served, tiny_runs):
+    client, job, _ = served
+    assert job["status"] == "done", job["error"]
+    assert job["progress"]["done"] == 3 and job["elapsed_s"] > 0
+    split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
+    samples = job["samples"]
+    assert [s["index"] for s in samples] == [0, 1, 2]
+    # the first samples reuse held-out target subjects' own masks; later ones are moved into other brains
+    assert [s["ground_truth_mask"] for s in samples] == [True, True, False]
+    assert [s["mask_subject"] for s in samples[:2]] == split["test"]
+    assert samples[2]["mask_source"].startswith("relocated:") and samples[2]["context_subject"] in split["test"]
+    assert not set(s["context_subject"] for s in samples) & set(split["k_shot"])
+
+    base = f"/api/jobs/{job['id']}/samples/{samples[0]['sample']}"
+    syn = client.get(f"{base}/volume/flair")
+    assert syn.status_code == 200 and syn.headers["x-volume-shape"] == "32,32,32"
+    vol = np.frombuffer(syn.content, np.uint8).reshape(32, 32, 32)
+    assert vol.std() > 1  # an image, not a constant
+    mask = np.frombuffer(client.get(f"{base}/volume/mask").content, np.uint8)
+    ref = client.get(f"{base}/volume/mask?source=reference")
+    assert ref.headers["x-subject"] == samples[0]["mask_subject"]
+    labels = np.frombuffer(ref.content, np.uint8)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    assert np.array_equal(mask > 0, labels > 0)  # the ground-truth mask is the real subject's tumour
+    real = np.frombuffer(client.get(f"{base}/volume/t1?source=reference").content, np.uint8)
+    assert real.std() > 1 and not np.array_equal(real, np.frombuffer(client.get(f"{base}/volume/t1").content, np.uint8))
+
+
+def test_downloads_are_the_written_niftis(served):
+    client, job, out = served
+    sample = job["samples"][1]["sample"]
+    base = f"/api/jobs/{job['id']}/samples/{sample}"
+    resp = client.get(f"{base}/files/native/flair.nii.gz")
+    assert resp.status_code == 200
+    on_disk = os.path.join(out, "jobs", job["id"], "samples", sample, "native", "flair.nii.gz")
+    assert resp.content == open(on_disk, "rb").read()
+    zipped = zipfile.ZipFile(io.BytesIO(client.get(f"{base}/download.zip").content))
+    names = set(zipped.namelist())
+    for space in ("model", "native"):
+        for ch in ("t1", "t2", "flair", "mask"):
+            assert f"{sample}/{space}/{ch}.nii.gz" in names
+    img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(zipped.read(f"{sample}/native/mask.nii.gz")))
+    assert img.shape == (240, 240, 155) and np.asarray(img.dataobj).max() == 1
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"model": "fewshot", "n": 0}, 422, "n"),
+    ({"model": "fewshot", "n": 65}, 422, "n"),
+    ({"model": "fewshot", "steps": -3}, 422, "steps"),
+    ({"model": "fewshot", "steps": 101}, 422, "at most T = 100"),
+    ({"model": "fewshot", "sampler": "ddpm", "steps": 20}, 422, "all T = 100"),
+    ({"model": "fewshot", "sampler": "euler"}, 422, "sampler"),
+    ({"model": "fewshot", "guidance_scale": -1}, 422, "guidance_scale"),
+    ({"model": "fewshot", "seed": "abc"}, 422, "seed"),
+    ({"model": "fewshot", "extra": 1}, 422, "extra"),
+    ({"model": "no-such-model"}, 404, "unknown model"),
+    ({}, 422, "model"),
+])
+def test_bad_parameters_get_4xx_with_a_message(served, body, status, words):
+    client, _, _ = served
+    resp = client.post("/api/jobs", json=body)
+    assert resp.status_code == status
+    assert words in json.dumps(resp.json())
+
+
+def test_nan_guidance_and_oversized_bodies_are_refused(served):
+    client, _, _ = served
+    resp = client.post("/api/jobs", content=b'{"model": "fewshot", "guidance_scale": NaN}',
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    resp = client.post("/api/jobs", content=b"{" + b" " * (70 * 1024) + b"}", headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+
+
+@pytest.mark.parametrize("url", [
+    "/api/jobs/../../etc/passwd",
+    "/api/jobs/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/jobs/{job}/samples/..%2f..%2fjob.json/volume/t1",
+    "/api/jobs/{job}/samples/sample-0000_..%2f..%2f..%2fjob.json/volume/t1",
+    "/api/jobs/{job}/samples/{sample}/files/model/..%2f..%2fsample.json",
+    "/api/jobs/{job}/samples/{sample}/files/..%2fnative/t1.nii.gz",
+    "/api/jobs/{job}/samples/{sample}/volume/..%2fsample.json",
+    "/api/jobs/aaaaaaaaaaaa/samples/{sample}/volume/t1",
+])
+def test_no_path_leaves_the_output_folder(served, url):
+    client, job, _ = served
+    url = url.format(job=job["id"], sample=job["samples"][0]["sample"])
+    resp = client.get(url)
+    assert resp.status_code in (404, 422), (url, resp.status_code)
+    assert b"root:" not in resp.content and b'"status"' not in resp.content
+
+
+def test_inside_refuses_symlinks_that_escape(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "escape").symlink_to(tmp_path)
+    with pytest.raises(AldmError, match="outside"):
+        inside(str(root), "escape", "x")
+    assert inside(str(root), "a", "b").startswith(str(root.resolve()))
+
+
+def test_queue_is_bounded_and_survives_a_restart(tiny_runs, tmp_path):
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path), max_pending=1, start_worker=False)
+    with TestClient(app) as client:
+        first = client.post("/api/jobs", json={"model": "fewshot", **GOOD, "n": 1})
+        assert first.status_code == 202
+        busy = client.post("/api/jobs", json={"model": "fewshot", **GOOD})
+        assert busy.status_code == 429 and "busy" in busy.json()["detail"]
+        assert busy.headers["retry-after"]
+    job_id = first.json()["id"]
+    assert json.load(open(tmp_path / "jobs" / job_id / "job.json"))["status"] == "queued"
+    # a new server over the same folder picks the unfinished job up and finishes it
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path), max_pending=1)
+    with TestClient(app) as client:
+        job = wait_for(client, job_id)
+        assert job["status"] == "done" and job["resumed"] and len(job["samples"]) == 1
+    # and a third start still lists it, finished, without running it again
+    before = os.path.getmtime(tmp_path / "jobs" / job_id / "samples" / job["samples"][0]["sample"] / "sample.json")
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
+    with TestClient(app) as client:
+        again = client.get(f"/api/jobs/{job_id}").json()
+        assert again["status"] == "done" and len(again["samples"]) == 1
+        assert [j["id"] for j in client.get("/api/jobs").json()] == [job_id]
+    after = os.path.getmtime(tmp_path / "jobs" / job_id / "samples" / job["samples"][0]["sample"] / "sample.json")
+    assert before == after
+
+
+def test_a_failing_job_fails_alone(tiny_runs, tmp_path, prepared_cache):
+    """A job whose masks cannot be made fails with its reason; the server keeps answering."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(prepared_cache, cache)
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "out"), data=[str(cache)])
+    with TestClient(app) as client:
+        for name in os.listdir(cache):
+            if name.endswith(".npz"):
+                (cache / name).write_bytes(b"not an npz")
+        job = wait_for(client, client.post("/api/jobs", json={"model": "fewshot", **GOOD}).json()["id"])
+        assert job["status"] == "failed" and "unreadable cache file" in job["error"]
+        assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_serve_refuses_runs_that_cannot_generate(tiny_runs, tmp_path):
+    with pytest.raises(AldmError, match="vae run cannot generate"):
+        create_app([tiny_runs["vae"]], out=str(tmp_path))
+    with pytest.raises(AldmError, match="not a prepared cache|no manifest"):
+        create_app([tiny_runs["ldm"]], out=str(tmp_path), data=[str(tmp_path)])
