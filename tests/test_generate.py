@@ -87,6 +87,22 @@ def test_relocated_and_folder_masks(tiny_runs, prepared_cache, tmp_path):
     assert overlap.sum() > 0.8 * mask.sum()
 
 
+def test_appendix_masks_order_and_determinism(prepared_cache):
+    from aldm.generate import appendix_masks
+
+    cache = str(prepared_cache)
+    subjects = ["UCSF-PDGM-0006", "UCSF-PDGM-0009", "UCSF-PDGM-0010"]
+    items = appendix_masks(cache, 8, seed=3, subjects=subjects)
+    assert [i.source for i in items[:3]] == [f"cache:{s}" for s in subjects]
+    # sample i >= G: mask i mod G inside subject (i mod G + i // G) mod G's brain
+    assert items[3].source == f"relocated:{subjects[0]}->{subjects[1]}"
+    assert items[7].source == f"relocated:{subjects[1]}->{subjects[0]}"
+    assert all(i.context_subject in subjects for i in items)
+    again = appendix_masks(cache, 5, seed=3, subjects=subjects)  # each item depends on (seed, i) only
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(items[:5], again))
+    assert items[3].mask.sum() == items[0].mask.sum() and not np.array_equal(items[3].mask, items[0].mask)
+
+
 def test_pipeline_api_and_errors(tiny_runs):
     pipe = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu")
     masks = torch.zeros(2, 1, 32, 32, 32)
