@@ -123,7 +123,8 @@ def test_nan_guidance_and_oversized_bodies_are_refused(served):
     resp = client.post("/api/jobs", content=b'{"model": "fewshot", "guidance_scale": NaN}',
                        headers={"content-type": "application/json"})
     assert resp.status_code == 422
-    resp = client.post("/api/jobs", content=b"{" + b" " * (70 * 1024) + b"}", headers={"content-type": "application/json"})
+    resp = client.post("/api/jobs", content=b"{" + b" " * (70 * 1024) + b"}",
+                       headers={"content-type": "application/json"})
     assert resp.status_code == 413
 
 

@@ -299,7 +299,8 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
                 rows.append(json.load(fh))
     if dist_info.is_main:
         buf = io.StringIO()
-        fields = ["sample", "index", "mask_subject", "mask_source", "context_subject", "mask_cache", "seed", "guidance_scale", "steps", "sampler",
+        fields = ["sample", "index", "mask_subject", "mask_source", "context_subject", "mask_cache", "seed",
+                  "guidance_scale", "steps", "sampler",
                   "model", "model_hash", "stage"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
