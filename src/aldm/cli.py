@@ -69,11 +69,22 @@ def _cmd_data_prepare(args) -> int:
 def _cmd_data_verify(args) -> int:
     from .data.cache import read_manifest, verify_cache
 
-    problems = verify_cache(args.cache)
+    if os.path.isfile(os.path.join(args.cache, "manifest.csv")) and read_manifest(args.cache) and \
+            "sha256" in read_manifest(args.cache)[0]:
+        problems = verify_cache(args.cache)
+        n = len(read_manifest(args.cache))
+        what = "cached subjects"
+    else:
+        from .generate import verify_samples
+
+        n, problems = verify_samples(args.cache)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{n} generated samples checked: {len(problems)} problem(s)")
+        return 1 if problems else 0
     for line in problems:
         print(line, file=sys.stderr)
-    n = len(read_manifest(args.cache))
-    print(f"{n - len(problems)} of {n} cached subjects intact")
+    print(f"{n - len(problems)} of {n} {what} intact")
     return 1 if problems else 0
 
 
@@ -260,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_data_prepare)
 
-    verify = data_commands.add_parser("verify", help="check a cache's files against their manifest checksums")
-    verify.add_argument("cache")
+    verify = data_commands.add_parser("verify", help="check a cache's or a generate folder's files against their "
+                                                     "recorded checksums")
+    verify.add_argument("cache", metavar="FOLDER", help="a prepared cache or an aldm generate output folder")
     verify.set_defaults(func=_cmd_data_verify)
 
     split = data_commands.add_parser("split", help="patient-level K-shot / held-out test / 3x5-fold CV split")

@@ -37,7 +37,7 @@ from .data.cache import load_cached, read_manifest
 from .data.geometry import to_native, unscale_intensities
 from .data.splits import load_split
 from .errors import AldmError
-from .io.atomic import atomic_write_text
+from .io.atomic import atomic_write_text, remove_stale_temps, sha256_file
 from .io.nifti import save_nifti
 from .pipeline import ALDMPipeline, load_pipeline
 from .train.distributed import DistInfo, barrier
@@ -243,10 +243,43 @@ def _write_sample(out_dir: str, name: str, image: np.ndarray, item: MaskItem, me
         mask = to_native(item.mask[0].astype(np.float32), item.model_affine, item.native_shape, item.native_affine,
                          order=0)
         save_nifti(os.path.join(tmp, "native", "mask.nii.gz"), mask.astype(np.uint8), item.native_affine, np.uint8)
+    meta = {**meta, "sha256": {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))
+                               for d, _, files in sorted(os.walk(tmp)) for f in sorted(files)}}
     atomic_write_text(os.path.join(tmp, DONE), json.dumps(meta, indent=2) + "\n")
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def verify_samples(out_dir: str) -> tuple[int, list[str]]:
+    """(finished samples, problems) of an ``aldm generate`` folder: files missing or not matching the
+    checksums their sample.json records, and half-written ``.tmp-`` folders a kill left behind."""
+    if not os.path.isdir(out_dir):
+        raise AldmError(f"{out_dir}: not a folder")
+    problems, n = [], 0
+    for name in sorted(os.listdir(out_dir)):
+        folder = os.path.join(out_dir, name)
+        if name.startswith(".tmp-"):
+            problems.append(f"{folder}: unfinished sample (interrupted); re-run aldm generate to finish it")
+            continue
+        if not (name.startswith("sample-") and os.path.isdir(folder)):
+            continue
+        try:
+            with open(os.path.join(folder, DONE), encoding="utf-8") as fh:
+                sums = json.load(fh).get("sha256", {})
+        except (OSError, ValueError):
+            problems.append(f"{os.path.join(folder, DONE)}: missing or damaged")
+            continue
+        n += 1
+        for rel, digest in sums.items():
+            path = os.path.join(folder, rel)
+            if not os.path.isfile(path):
+                problems.append(f"{path}: missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{path}: checksum mismatch (damaged or modified)")
+    if n == 0 and not problems:
+        raise AldmError(f"{out_dir}: no generated samples (sample-*/{DONE})")
+    return n, problems
 
 
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
@@ -265,6 +298,9 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device)
     items = resolve_masks(masks, pipe, model_dir, subjects, seed, n)
     os.makedirs(out_dir, exist_ok=True)
+    if dist_info.is_main:
+        remove_stale_temps(out_dir)  # half-written samples of an interrupted run; redone below
+    barrier(dist_info)
     names = [f"sample-{i:04d}_{items[i % len(items)].name}" for i in range(n)]
     todo = [i for i in range(n) if i % dist_info.world_size == dist_info.rank
             and not os.path.exists(os.path.join(out_dir, names[i], DONE))]
@@ -302,7 +338,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
         fields = ["sample", "index", "mask_subject", "mask_source", "context_subject", "mask_cache", "seed",
                   "guidance_scale", "steps", "sampler",
                   "model", "model_hash", "stage"]
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(os.path.join(out_dir, "manifest.csv"), buf.getvalue())

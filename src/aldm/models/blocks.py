@@ -57,6 +57,14 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
+def instance_norm(channels: int) -> nn.GroupNorm:
+    """Affine instance normalisation as GroupNorm with one group per channel: the same function as
+    ``InstanceNorm3d(affine=True)`` with the same parameter names and shapes, a little faster on CPU,
+    and bit-reproducible in our runs (a baseline with InstanceNorm3d drifted between two runs of one
+    seed, which broke exact resume; tests/test_kill_resume.py)."""
+    return nn.GroupNorm(channels, channels)
+
+
 class ResBlock(nn.Module):
     """GroupNorm residual block: GN-SiLU-conv, + time bias, GN, FiLM, SiLU-conv, + skip."""
 

@@ -13,11 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VAEConfig
+from .blocks import instance_norm
 
 
 def _conv_in_act(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1),
-                         nn.InstanceNorm3d(c_out, affine=True), nn.SiLU())
+                         instance_norm(c_out), nn.SiLU())
 
 
 class RefineBlock(nn.Module):
@@ -26,8 +27,8 @@ class RefineBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(channels, channels, 3, padding=1), nn.InstanceNorm3d(channels, affine=True), nn.SiLU(),
-            nn.Conv3d(channels, channels, 3, padding=1), nn.InstanceNorm3d(channels, affine=True),
+            nn.Conv3d(channels, channels, 3, padding=1), instance_norm(channels), nn.SiLU(),
+            nn.Conv3d(channels, channels, 3, padding=1), instance_norm(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..errors import AldmError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from .distributed import DistInfo
 
 CHECKPOINT = "checkpoint.pt"
@@ -146,10 +146,32 @@ class Trainer:
                 print(f"aldm: warning: {path}: cannot resume from it ({errors[-1]}); trying an older one",
                       file=sys.stderr)
                 continue
+            self._trim_log()
             return True
         if errors:
             raise AldmError(f"{self.run_dir}: no usable checkpoint ({'; '.join(errors)})")
+        self._trim_log()
         return False
+
+    def _trim_log(self) -> None:
+        """Drop metrics.csv rows past the resumed step (and a line cut short by a kill), so a resumed
+        run's log equals an uninterrupted run's; remove temp files a killed checkpoint write left."""
+        path = os.path.join(self.run_dir, "metrics.csv")
+        if not self.dist.is_main:
+            return
+        remove_stale_temps(self.run_dir)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+        complete = [line for line in lines if line.endswith("\n")]
+        if not complete or not complete[0].startswith("step,"):
+            os.remove(path)
+            return
+        kept = [complete[0]] + [line for line in complete[1:]
+                                if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= self.step]
+        if kept != lines:
+            atomic_write_text(path, "".join(kept))
 
     # ------------------------------------------------------------------------------------ training
     def _log_writer(self):

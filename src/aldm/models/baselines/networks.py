@@ -16,17 +16,19 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ...config import BaselineConfig
+from ..blocks import instance_norm
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1), nn.InstanceNorm3d(c_out, affine=True),
+    # no conv bias: the normalisation right after it cancels it (its true gradient is 0)
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False), instance_norm(c_out),
                          nn.LeakyReLU(0.2))
 
 
 class _Res(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(_block(ch, ch), nn.Conv3d(ch, ch, 3, padding=1), nn.InstanceNorm3d(ch, affine=True))
+        self.body = nn.Sequential(_block(ch, ch), nn.Conv3d(ch, ch, 3, padding=1, bias=False), instance_norm(ch))
 
     def forward(self, x):
         return F.leaky_relu(x + self.body(x), 0.2)
