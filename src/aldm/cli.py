@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot cross-domain 3D glioma MRI synthesis (Anatomically-conditioned Latent Diffusion).",
     )
     parser.add_argument("--version", action="version", version=f"aldm {__import__('aldm').__version__}")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bitwise-reproducible GPU kernels (slower; also ALDM_DETERMINISTIC=1); "
+                             "see docs/reliability.md")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -375,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .reproducibility import determinism_requested, force_determinism
+
+    if determinism_requested(args.deterministic):
+        force_determinism()
     try:
         return args.func(args)
     except AldmError as exc:

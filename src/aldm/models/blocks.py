@@ -99,6 +99,28 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+def trilinear_x2_by_conv(x: torch.Tensor) -> torch.Tensor:
+    """Exactly ``F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)`` for x (B, C, D, H, W),
+    written as replicate padding + a fixed depthwise transposed convolution (separable kernel
+    [1, 3, 3, 1] / 4 per axis), whose CUDA backward is deterministic where trilinear interpolation's
+    (atomic adds) is not. Used when ``torch.use_deterministic_algorithms(True)`` is on."""
+    k1 = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=x.dtype, device=x.device)
+    kernel = (k1[:, None, None] * k1[None, :, None] * k1[None, None, :]).expand(x.shape[1], 1, 4, 4, 4)
+    y = F.conv_transpose3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel.contiguous(), stride=2,
+                           groups=x.shape[1])
+    d, h, w = (2 * s for s in x.shape[2:])
+    return y[..., 3:3 + d, 3:3 + h, 3:3 + w]
+
+
+def upsample_trilinear(x: torch.Tensor, size=None) -> torch.Tensor:
+    """Trilinear upsampling of (B, C, D, H, W) to ``size`` (default x2), align_corners=False; the
+    deterministic formulation when deterministic algorithms are requested and the factor is 2."""
+    size = tuple(size) if size is not None else tuple(2 * s for s in x.shape[2:])
+    if torch.are_deterministic_algorithms_enabled() and size == tuple(2 * s for s in x.shape[2:]):
+        return trilinear_x2_by_conv(x)
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
 class Upsample(nn.Module):
     """Trilinear x2 (to an explicit size, so odd sizes like 7 -> 14 and 14 -> 28 work) + 3x3x3 conv."""
 
@@ -107,8 +129,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv3d(channels_in, channels_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size=None) -> torch.Tensor:
-        size = size or tuple(2 * s for s in x.shape[2:])
-        return self.conv(F.interpolate(x, size=size, mode="trilinear", align_corners=False))
+        return self.conv(upsample_trilinear(x, size))
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VAEConfig
-from .blocks import instance_norm
+from .blocks import instance_norm, upsample_trilinear
 
 
 def _conv_in_act(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -71,8 +71,8 @@ class VAE3D(nn.Module):
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, zC, s, s, s) [+ cond (B, cond_channels, s, s, s)] -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1]."""
         h = self.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
-        h = self.up1(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
-        h = self.up2(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
+        h = self.up1(upsample_trilinear(h))
+        h = self.up2(upsample_trilinear(h))
         return torch.tanh(self.out(h))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):

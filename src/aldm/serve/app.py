@@ -34,6 +34,8 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import AldmError
 from .jobs import JobQueue, QueueFull
@@ -152,6 +154,17 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow must list every route's methods for this path, not one route's
+            methods = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    methods |= set(getattr(route, "methods", None) or ())
+            headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -187,7 +200,8 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         return [e.public() for e in entries.values()]
 
     @app.post("/api/jobs", response_model=Job, status_code=202,
-              responses={404: {"description": "unknown model"}, 422: {"description": "invalid parameters"},
+              responses={400: {"description": "the body is not JSON"}, 404: {"description": "unknown model"},
+                         413: {"description": "the body is over 64 KiB"}, 422: {"description": "invalid parameters"},
                          429: {"description": "the queue is full"}})
     def create_job(request: JobRequest):
         entry = entries.get(request.model)

@@ -86,6 +86,7 @@ def read_run_info(run_dir: str) -> dict:
 
 
 def load_run_profile(run_dir: str) -> Profile:
+    read_run_info(run_dir)  # a clear "not an aldm run" before a missing config.json
     return Profile.load(os.path.join(run_dir, CONFIG))
 
 

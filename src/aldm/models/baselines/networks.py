@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ...config import BaselineConfig
-from ..blocks import instance_norm
+from ..blocks import instance_norm, upsample_trilinear
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -54,8 +54,8 @@ class Generator3D(nn.Module):
         e0 = self.enc0(torch.cat([control, flag], 1))
         e1 = self.enc1(e0)
         h = self.mid(torch.cat([self.enc2(e1), noise.to(e1.dtype)], 1))
-        h = self.dec1(torch.cat([F.interpolate(h, size=e1.shape[2:], mode="trilinear", align_corners=False), e1], 1))
-        h = self.dec0(torch.cat([F.interpolate(h, size=e0.shape[2:], mode="trilinear", align_corners=False), e0], 1))
+        h = self.dec1(torch.cat([upsample_trilinear(h, e1.shape[2:]), e1], 1))
+        h = self.dec0(torch.cat([upsample_trilinear(h, e0.shape[2:]), e0], 1))
         return torch.tanh(self.out(h))
 
 
