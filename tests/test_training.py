@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -90,6 +91,32 @@ def test_non_finite_step_is_skipped(tmp_path, capsys):
     assert "non-finite" in capsys.readouterr().err
 
 
+class _AlwaysNaN(_NaNOnce):
+    def forward(self, batch, step, total):
+        return (self.w * batch).sum() * float("nan"), {}
+
+
+def test_too_many_non_finite_steps_stop_the_run(tmp_path):
+    cfg = TrainConfig(steps=30, lr=0.1, warmup_steps=1, checkpoint_every=100, log_every=1)
+    trainer = Trainer(_AlwaysNaN(), lambda step, rank: torch.ones(3), cfg, str(tmp_path), progress=False)
+    with pytest.raises(AldmError, match="11 non-finite steps"):
+        trainer.run()
+    assert torch.equal(trainer.task.w, torch.ones(3))  # never stepped on NaN
+
+
+def test_resume_refuses_changed_data(prepared_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(prepared_cache, cache)
+    train_vae(str(cache), str(tmp_path / "run"), tiny(), steps=2, progress=False)
+    manifest = cache / "manifest.csv"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:-1]))  # one subject fewer
+    with pytest.raises(AldmError, match="changed since the run started"):
+        train_vae(str(cache), str(tmp_path / "run"), tiny(), steps=4, resume=True, progress=False)
+    info = json.load(open(tmp_path / "run" / "run.json"))
+    assert len(info["data_manifest_sha256"]) == 64
+
+
 def test_tiny_vae_overfits_two_volumes(phantom_root, tmp_path):
     cache = tmp_path / "two"
     prepare_dataset("upenn-gbm", str(phantom_root / "UPENN-GBM"), str(cache), PrepConfig(size=32), limit=2,
@@ -124,3 +151,17 @@ def test_initial_weights_depend_on_the_seed_only(prepared_cache, tiny_runs, tmp_
     torch.manual_seed(456)
     train_ldm(str(prepared_cache), str(tmp_path / "b"), vae_run=tiny_runs["vae"], steps=1, progress=False)
     assert _equal_state(_weights(tmp_path / "a"), _weights(tmp_path / "b"))  # ...same seed, same model
+
+
+def test_resume_after_the_last_step_only_writes_weights(prepared_cache, tmp_path, capsys):
+    """Killed between the final checkpoint and weights.pt: --resume trains nothing and writes weights."""
+    from aldm.cli import main
+
+    run = tmp_path / "run"
+    train_vae(str(prepared_cache), str(run), tiny(), steps=2, progress=False)
+    expected = _weights(run)
+    os.remove(run / "weights.pt")
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(run), "--profile", "tiny", "--steps",
+                 "2", "--resume", "--quiet"]) == 0
+    assert "all 2 steps were done" in capsys.readouterr().out
+    assert _equal_state(expected, _weights(run))

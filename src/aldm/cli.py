@@ -158,8 +158,11 @@ def _cmd_train(args) -> int:
     finally:
         shutdown(info)
     if info.is_main:
-        print(f"{args.stage}: {last['step']} steps, final loss {last['loss']:.4f}, "
-              f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped")
+        if last["loss"] != last["loss"]:  # NaN: resumed at its last step, nothing left to train
+            print(f"{args.stage}: all {last['step']} steps were done; weights written")
+        else:
+            print(f"{args.stage}: {last['step']} steps, final loss {last['loss']:.4f}, "
+                  f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped")
         print(f"run: {os.path.abspath(args.out)}")
     return 0
 

@@ -88,12 +88,24 @@ class GANTask(nn.Module):
     def parameter_groups(self) -> dict:
         return {"d": list(self.discriminators.parameters()), "g": list(self.generator.parameters())}
 
-    def _d_logits(self, x: torch.Tensor, mask: torch.Tensor, aug_seed: int | None) -> list[torch.Tensor]:
+    def _d_logits(self, volumes: list[torch.Tensor], mask: torch.Tensor,
+                  aug_seed: int | None) -> list[list[torch.Tensor]]:
+        """Logits of each discriminator for each of ``volumes`` (each (B, 3, S, S, S)), as
+        ``[per volume set][per discriminator]``. All sets go through each discriminator in one
+        batch (one spectral-norm evaluation and one larger convolution per layer instead of one per
+        set). DiffAugment draws the same parameters for every set."""
+        masks = []
         if aug_seed is not None:
-            x, mask = diff_augment(x, mask, torch.Generator().manual_seed(aug_seed))
+            augmented = [diff_augment(x, mask, torch.Generator().manual_seed(aug_seed)) for x in volumes]
+            volumes, masks = [a[0] for a in augmented], [a[1] for a in augmented]
+        else:
+            masks = [mask] * len(volumes)
+        x, m, n = torch.cat(volumes), torch.cat(masks), len(volumes)
         if self.kind == "cgan3m":
-            return [d(x[:, i:i + 1], mask) for i, d in enumerate(self.discriminators)]
-        return [self.discriminators[0](x, mask)]
+            per_d = [d(x[:, i:i + 1], m).chunk(n) for i, d in enumerate(self.discriminators)]
+        else:
+            per_d = [self.discriminators[0](x, m).chunk(n)]
+        return [[logits[k] for logits in per_d] for k in range(n)]
 
     def _fake(self, b: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Generated volumes; for the VAE-GAN also the reconstruction and its loss terms."""
@@ -116,18 +128,17 @@ class GANTask(nn.Module):
         if phase == "d":
             with torch.no_grad():
                 fake, _, recon = self._fake(b)
-            real_logits = self._d_logits(b["image"], mask, seed)
-            loss = sum(hinge_d_loss(r, f) for r, f in zip(real_logits, self._d_logits(fake, mask, seed)))
+            sets = self._d_logits([b["image"], fake] + ([recon] if recon is not None else []), mask, seed)
+            loss = sum(hinge_d_loss(r, f) for r, f in zip(sets[0], sets[1]))
             if recon is not None:
-                loss = loss + sum(F.relu(1.0 + f).mean() for f in self._d_logits(recon, mask, seed))
+                loss = loss + sum(F.relu(1.0 + f).mean() for f in sets[2])
             return loss, {"d_loss": loss.detach()}
         for p in self.discriminators.parameters():
             p.requires_grad_(False)
         try:
             fake, terms, recon = self._fake(b)
-            adv = sum(hinge_g_loss(f) for f in self._d_logits(fake, mask, seed))
-            if recon is not None:
-                adv = adv + sum(hinge_g_loss(f) for f in self._d_logits(recon, mask, seed))
+            sets = self._d_logits([fake] + ([recon] if recon is not None else []), mask, seed)
+            adv = sum(hinge_g_loss(f) for logits in sets for f in logits)
             loss = self.cfg.adv_weight * adv
             logs = {"g_adv": adv.detach()}
             if self.kind == "vaegan":

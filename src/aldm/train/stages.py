@@ -66,6 +66,9 @@ def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, d
         old = read_run_info(run_dir)
         if old.get("stage") != info["stage"]:
             raise AldmError(f"{run_dir}: holds a {old.get('stage')} run, not {info['stage']}")
+        if old.get("data_manifest_sha256") not in (None, info.get("data_manifest_sha256")):
+            raise AldmError(f"{run_dir}: its data ({info.get('data')}) changed since the run started "
+                            "(manifest checksum differs); resuming would not continue the same run")
         return
     if dist_info.is_main:
         os.makedirs(run_dir, exist_ok=True)

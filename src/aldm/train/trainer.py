@@ -186,7 +186,8 @@ class Trainer:
         writer = None
         tb = _tensorboard(self.run_dir) if self.dist.is_main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step", disable=not self.progress)
-        last = {}
+        # a run resumed after its last step (killed before it wrote weights.pt) trains nothing more
+        last = {"step": self.step, "loss": float("nan"), "sec_per_step": 0.0}
         t0 = time.perf_counter()
         try:
             while self.step < cfg.steps:

@@ -1,0 +1,457 @@
+"""Issue 8's benchmark: one run, on whatever device is present, writes JSON + a Markdown table.
+
+    python benchmarks/performance.py                         # every section, this device
+    python benchmarks/performance.py --sections sampling,peers --reps 2
+    python benchmarks/performance.py --sections quality --quality-model runs/k16 --quality-n 8
+    python benchmarks/performance.py --update-docs           # also splice the table into docs/performance.md
+
+Sections (paper profile, 112^3 volumes, random weights unless it says otherwise; speed does not
+depend on the weights):
+
+* ``sampling``  one guided denoiser step (cond + uncond batched) with its FLOPs
+  (torch.utils.flop_counter) and achieved FLOP/s, one VAE decode, and seconds per generated
+  3x112^3 volume for DDPM-1000, DDIM-50, DDIM-25, DPM-Solver++(2M)-20 and -10. With ``--full`` every
+  sampler runs end to end; otherwise (the CPU default) per volume = steps x step + decode, marked
+  "derived".
+* ``training``  the VAE and the LDM (U-Net + ControlNet, tumour-weighted loss) training step at
+  112^3, batch 1: seconds, volumes/s and peak memory (CUDA: max allocated; CPU: the peak resident
+  size of a child process that runs only that step).
+* ``peers``     MONAI's ``AutoencoderKL`` (64/128/256, no attention, latent 8 x 28^3) training step
+  and ``DiffusionModelUNet`` (96/192/384, no attention) guided step, alone and with MONAI's
+  ``ControlNet`` at the same widths, measured in the same run; ratios ours / MONAI.
+* ``scaling``   guided step + decode for volumes of 64, 96, 112, 128, 160 cubed, and per-volume
+  time for batches of 1, 2, 4 at 112^3 (DPM-Solver++-20).
+* ``quality``   (needs ``--quality-model``, a trained ALDM run) the samplers against DDPM-1000 on
+  the model's held-out masks: FRD per sampler set vs the DDPM-1000 set, and mean 3D SSIM of each
+  sample to the DDPM-1000 sample of the same mask and seed, and to the DDIM-1000 sample (the
+  probability-flow ODE's solution that DDIM and DPM-Solver++ approximate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from aldm.config import paper
+from aldm.data.control import control_maps, latent_tumour_weight_mask, mask_statistics
+from aldm.diffusion.guidance import guided_noise
+from aldm.models.unet import ConditionalDenoiser
+from aldm.models.vae import VAE3D, vae_loss
+
+SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 25), ("dpmpp2m", 20), ("dpmpp2m", 10))
+SECTIONS = ("sampling", "training", "peers", "scaling", "quality")
+DOC_START, DOC_END = "<!-- performance.py:start -->", "<!-- performance.py:end -->"
+
+
+# ---------------------------------------------------------------------------------------------- utils
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, reps: int) -> float:
+    """Mean seconds of ``fn`` over ``reps`` calls after one warm-up call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / reps
+
+
+def gflop(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def tumour_mask(size: int) -> torch.Tensor:
+    m = torch.zeros(1, 1, size, size, size)
+    a, b = int(size * 0.36), int(size * 0.62)
+    m[..., a:b, a:b, a:b] = 1
+    return m
+
+
+def aldm_inputs(size: int, batch: int, device: torch.device):
+    prof = dataclasses.replace(paper(), image_size=size)
+    s, zc = prof.latent_size, prof.vae.latent_channels
+    mask = tumour_mask(size).expand(batch, -1, -1, -1, -1)
+    control, stats = control_maps(mask, s).to(device), mask_statistics(mask).to(device)
+    z = torch.randn(batch, zc, s, s, s, device=device)
+    t = torch.full((batch,), 500, device=device, dtype=torch.long)
+    return prof, mask, control, stats, z, t
+
+
+# -------------------------------------------------------------------------------------------- sections
+def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
+    from aldm.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
+    from aldm.diffusion.schedule import NoiseSchedule
+
+    prof, _, control, stats, z, t = aldm_inputs(112, 1, device)
+    vae = VAE3D(prof.vae).to(device).eval()
+    den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
+    out = {}
+    with torch.inference_mode():
+        step = lambda: guided_noise(den, z, t, control, stats, 3.0)  # noqa: E731
+        out["guided_step_s"] = timed(step, device, reps)
+        out["guided_step_gflop"] = gflop(step)
+        out["guided_step_gflop_per_s"] = out["guided_step_gflop"] / out["guided_step_s"]
+        decode = lambda: vae.decode(z)  # noqa: E731
+        out["vae_decode_s"] = timed(decode, device, max(1, reps // 2))
+        out["vae_decode_gflop"] = gflop(decode)
+        schedule = NoiseSchedule(prof.diffusion)
+        eps = lambda a, b: guided_noise(den, a, b, control, stats, 3.0).float()  # noqa: E731
+        for sampler, steps in SAMPLERS:
+            key = f"{sampler}{steps}_per_volume_s"
+            if not full:
+                out[key + "_derived"] = steps * out["guided_step_s"] + out["vae_decode_s"]
+                continue
+            gens = [torch.Generator().manual_seed(0)]
+
+            def run(sampler=sampler, steps=steps, gens=gens):
+                zt = initial_noise(tuple(z.shape), gens, device)
+                if sampler == "ddpm":
+                    z0 = sample_ddpm(eps, schedule, zt, gens)
+                elif sampler == "ddim":
+                    z0 = sample_ddim(eps, schedule, zt, steps)
+                else:
+                    z0 = sample_dpmpp_2m(eps, schedule, zt, steps)
+                return vae.decode(z0)
+
+            out[key] = timed(run, device, 1)
+    ref = out.get("ddpm1000_per_volume_s", out.get("ddpm1000_per_volume_s_derived"))
+    for sampler, steps in SAMPLERS[1:]:
+        key = f"{sampler}{steps}_per_volume_s"
+        mine = out.get(key, out.get(key + "_derived"))
+        out[f"{sampler}{steps}_speedup_vs_ddpm1000"] = ref / mine
+    return out
+
+
+def _vae_train_step(device):
+    prof = paper()
+    vae = VAE3D(prof.vae).to(device)
+    x = torch.rand(1, 3, 112, 112, 112, device=device) * 2 - 1
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        mu, logvar = vae.encode(x)
+        x_hat = vae.decode(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+        loss, _ = vae_loss(x, x_hat, mu, logvar, prof.vae, 10, 100)
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in vae.parameters())
+
+
+def _ldm_train_step(device):
+    prof, mask, control, stats, z, t = aldm_inputs(112, 1, device)
+    den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device)
+    weight = (1 + prof.diffusion.tumour_weight * latent_tumour_weight_mask(mask, prof.latent_size)).to(device)
+    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        noise = torch.randn_like(z)
+        loss = (weight * (den(z, t, control, stats) - noise).square()).mean()  # Eq. 3.9
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in den.parameters())
+
+
+def _monai_vae_train_step(device):
+    from monai.networks.nets import AutoencoderKL
+
+    ae = AutoencoderKL(spatial_dims=3, in_channels=3, out_channels=3, channels=(64, 128, 256), latent_channels=8,
+                       num_res_blocks=1, attention_levels=(False, False, False), with_encoder_nonlocal_attn=False,
+                       with_decoder_nonlocal_attn=False, norm_num_groups=32).to(device)
+    x = torch.rand(1, 3, 112, 112, 112, device=device) * 2 - 1
+    opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        recon, mu, sigma = ae(x)
+        kl = 0.5 * (mu.square() + sigma.square() - torch.log(sigma.square() + 1e-8) - 1).sum() / x.shape[0]
+        loss = (recon - x).abs().mean() + 1e-4 * kl
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in ae.parameters())
+
+
+TRAIN_STEPS = {"aldm_vae": _vae_train_step, "aldm_ldm": _ldm_train_step, "monai_autoencoderkl": _monai_vae_train_step}
+
+
+def _measure_train(name: str, device: torch.device, reps: int) -> dict:
+    step, params = TRAIN_STEPS[name](device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sec = timed(step, device, reps)
+    out = {"step_s": sec, "volumes_per_s": 1.0 / sec, "gflop": gflop(step), "params_m": params / 1e6}
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return out
+
+
+def _train_in_child(name: str, device: torch.device, reps: int) -> dict:
+    """CPU peak memory needs a fresh process per step; CUDA measures in-process."""
+    if device.type == "cuda":
+        return _measure_train(name, device, reps)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, "--device", str(device),
+                          "--reps", str(reps)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_training(device: torch.device, reps: int) -> dict:
+    return {name: _train_in_child(name, device, max(1, reps // 2) if "vae" in name else reps)
+            for name in ("aldm_vae", "aldm_ldm")}
+
+
+def section_peers(device: torch.device, reps: int, sampling: dict | None, training: dict | None) -> dict:
+    from monai.networks.nets import ControlNet, DiffusionModelUNet
+
+    out = {}
+    z = torch.randn(2, 8, 28, 28, 28, device=device)
+    t = torch.full((2,), 500, device=device, dtype=torch.long)
+    cond = torch.randn(2, 3, 28, 28, 28, device=device)
+    kw = dict(spatial_dims=3, channels=(96, 192, 384), attention_levels=(False, False, False), num_res_blocks=1,
+              norm_num_groups=32)
+    unet = DiffusionModelUNet(in_channels=8, out_channels=8, **kw).to(device).eval()
+    ctrl = ControlNet(in_channels=8, conditioning_embedding_in_channels=3, conditioning_embedding_num_channels=(32,),
+                      **kw).to(device).eval()
+    with torch.inference_mode():
+        plain = lambda: unet(z, t)  # noqa: E731
+
+        def with_control():
+            down, mid = ctrl(z, t, cond)
+            return unet(z, t, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+        for name, fn in (("monai_unet_guided_step", plain), ("monai_unet_controlnet_guided_step", with_control)):
+            out[name + "_s"] = timed(fn, device, reps)
+            out[name + "_gflop"] = gflop(fn)
+            out[name + "_gflop_per_s"] = out[name + "_gflop"] / out[name + "_s"]
+    out["monai_autoencoderkl_train"] = _train_in_child("monai_autoencoderkl", device, max(1, reps // 2))
+    if sampling:
+        out["ratio_guided_step_vs_monai_unet"] = sampling["guided_step_s"] / out["monai_unet_guided_step_s"]
+        out["ratio_guided_step_vs_monai_unet_controlnet"] = (sampling["guided_step_s"]
+                                                             / out["monai_unet_controlnet_guided_step_s"])
+    if training:
+        out["ratio_vae_step_vs_monai"] = (training["aldm_vae"]["step_s"]
+                                          / out["monai_autoencoderkl_train"]["step_s"])
+    return out
+
+
+def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 160), batches=(1, 2, 4)) -> dict:
+    out = {"size": {}, "batch": {}}
+    with torch.inference_mode():
+        for size in sizes:
+            prof, _, control, stats, z, t = aldm_inputs(size, 1, device)
+            den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
+            vae = VAE3D(prof.vae).to(device).eval()
+            step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)  # noqa: B023
+            decode = timed(lambda: vae.decode(z), device, 1)  # noqa: B023
+            out["size"][size] = {"guided_step_s": step, "vae_decode_s": decode,
+                                 "dpmpp2m20_per_volume_s_derived": 20 * step + decode}
+        prof = paper()
+        den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
+        vae = VAE3D(prof.vae).to(device).eval()
+        for batch in batches:
+            _, _, control, stats, z, t = aldm_inputs(112, batch, device)
+            step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)  # noqa: B023
+            decode = timed(lambda: vae.decode(z), device, 1)  # noqa: B023
+            out["batch"][batch] = {"guided_step_s": step, "vae_decode_s": decode,
+                                   "dpmpp2m20_per_volume_s_derived": (20 * step + decode) / batch}
+    return out
+
+
+def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    from aldm.eval.frd import frd_scores
+    from aldm.eval.similarity import ssim_3d
+    from aldm.generate import masks_from_cache
+    from aldm.pipeline import ALDMPipeline
+
+    pipe = ALDMPipeline.from_pretrained(model, device=str(device))
+    items = masks_from_cache(pipe.info["data"], None, pipe.info, model)[:n]
+    masks = np.stack([it.mask for it in items]).astype(np.float32)
+    seeds = [seed + i for i in range(len(items))]
+    sets, seconds = {}, {}
+    for sampler, steps in (*SAMPLERS, ("ddim", 1000)):
+        start = time.perf_counter()
+        sets[(sampler, steps)] = [v.numpy() for v in pipe(masks, 3.0, steps, sampler, generator=seeds)["image"]]
+        seconds[(sampler, steps)] = (time.perf_counter() - start) / len(items)
+    ref, ode = sets[("ddpm", 1000)], sets[("ddim", 1000)]
+    out = {"model": os.path.abspath(model), "n": len(items), "image_size": pipe.profile.image_size}
+    for (sampler, steps), vols in sets.items():
+        row = {"s_per_volume": seconds[(sampler, steps)],
+               "ssim3d_vs_ddpm1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ref, vols)])),
+               "ssim3d_vs_ddim1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ode, vols)]))}
+        if (sampler, steps) != ("ddpm", 1000):
+            row["frd_vs_ddpm1000"] = frd_scores(ref, vols)["frd_mean"]
+        out[f"{sampler}{steps}"] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------- reporting
+def _f(v, digits=3):
+    return "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Device: **{result['device']}**, torch {result['torch']}, {result['date']}, "
+             f"`python benchmarks/performance.py {result['argv']}`", ""]
+    s = result.get("sampling")
+    if s:
+        lines += ["| paper profile (112^3) | value |", "|---|---|",
+                  f"| guided denoiser step (cond + uncond, batch 2) | {_f(s['guided_step_s'])} s, "
+                  f"{_f(s['guided_step_gflop'], 0)} GFLOP, {_f(s['guided_step_gflop_per_s'], 0)} GFLOP/s |",
+                  f"| VAE decode 8 x 28^3 -> 3 x 112^3 | {_f(s['vae_decode_s'])} s, "
+                  f"{_f(s['vae_decode_gflop'], 0)} GFLOP |"]
+        for sampler, steps in SAMPLERS:
+            key = f"{sampler}{steps}_per_volume_s"
+            value = s.get(key, s.get(key + "_derived"))
+            tag = "" if key in s else " (derived: steps x step + decode)"
+            speed = s.get(f"{sampler}{steps}_speedup_vs_ddpm1000")
+            lines.append(f"| {sampler.upper()}-{steps} per volume{tag} | {_f(value, 2)} s"
+                         + (f", {_f(speed, 1)}x faster than DDPM-1000 |" if speed else " |"))
+        lines.append("")
+    tr = result.get("training")
+    if tr:
+        lines += ["| training step at 112^3, batch 1 | s / step | volumes / s | GFLOP | peak memory (GiB) "
+                  "| params (M) |", "|---|---|---|---|---|---|"]
+        peers = (result.get("peers") or {}).get("monai_autoencoderkl_train")
+        for name, row in (*tr.items(), *((("monai_autoencoderkl", peers),) if peers else ())):
+            mem = row.get("peak_memory_gib", row.get("peak_rss_gib"))
+            lines.append(f"| {name} | {_f(row['step_s'], 2)} | {_f(row['volumes_per_s'], 3)} | {_f(row['gflop'], 0)} | "
+                         f"{_f(mem, 2)} | {_f(row['params_m'], 1)} |")
+        lines += ["", "(peak memory: CUDA max allocated, or on CPU the peak resident size of a process "
+                  "running only that step)", ""]
+    p = result.get("peers")
+    if p:
+        lines += ["| peer (same machine, same run) | s / guided step | GFLOP | GFLOP/s |", "|---|---|---|---|"]
+        if s:
+            lines.append(f"| ALDM U-Net + ControlNet (ours) | {_f(s['guided_step_s'])} | "
+                         f"{_f(s['guided_step_gflop'], 0)} | {_f(s['guided_step_gflop_per_s'], 0)} |")
+        for name, label in (("monai_unet_guided_step", "MONAI DiffusionModelUNet 96/192/384"),
+                            ("monai_unet_controlnet_guided_step", "MONAI DiffusionModelUNet + ControlNet")):
+            lines.append(f"| {label} | {_f(p[name + '_s'])} | {_f(p[name + '_gflop'], 0)} | "
+                         f"{_f(p[name + '_gflop_per_s'], 0)} |")
+        lines.append("")
+        for key in ("ratio_guided_step_vs_monai_unet", "ratio_guided_step_vs_monai_unet_controlnet",
+                    "ratio_vae_step_vs_monai"):
+            if key in p:
+                lines.append(f"- {key.replace('_', ' ')}: **{_f(p[key], 2)}**")
+        lines.append("")
+    sc = result.get("scaling")
+    if sc:
+        lines += ["| volume | guided step (s) | VAE decode (s) | DPM-Solver++-20 per volume (s, derived) |",
+                  "|---|---|---|---|"]
+        for size, row in sc["size"].items():
+            lines.append(f"| {size}^3 | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
+                         f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} |")
+        lines += ["", "| batch at 112^3 | guided step (s) | VAE decode (s) | DPM-Solver++-20 per volume (s, derived) |",
+                  "|---|---|---|---|"]
+        for batch, row in sc["batch"].items():
+            lines.append(f"| {batch} | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
+                         f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} |")
+        lines.append("")
+    q = result.get("quality")
+    if q:
+        lines += [f"Quality per step: {q['n']} held-out masks, {q['image_size']}^3 model `{q['model']}`.", "",
+                  "| sampler | s / volume | FRD vs DDPM-1000 set | SSIM 3D vs DDPM-1000 (same seed) | "
+                  "SSIM 3D vs DDIM-1000 (same seed) |", "|---|---|---|---|---|"]
+        for name, row in q.items():
+            if isinstance(row, dict):
+                lines.append(f"| {name} | {_f(row['s_per_volume'], 2)} | {_f(row.get('frd_vs_ddpm1000'), 2)} | "
+                             f"{_f(row['ssim3d_vs_ddpm1000_same_seed'])} | {_f(row['ssim3d_vs_ddim1000_same_seed'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_docs(text: str, device: str, path: str) -> None:
+    """Replace (or append) this device's block between the markers in docs/performance.md."""
+    start, end = f"{DOC_START[:-4]} {device} -->", f"{DOC_END[:-4]} {device} -->"
+    with open(path, encoding="utf-8") as fh:
+        doc = fh.read()
+    block = f"{start}\n{text}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sections", default=",".join(s for s in SECTIONS if s != "quality"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="run every sampler end to end (default on CUDA)")
+    parser.add_argument("--quality-model", default=None, help="trained ALDM run for the quality section")
+    parser.add_argument("--quality-n", type=int, default=8)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--update-docs", action="store_true")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.child:
+        print(json.dumps(_measure_train(args.child, device, args.reps)))
+        return
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if "quality" in sections and not args.quality_model:
+        parser.error("the quality section needs --quality-model RUN (a trained ALDM run)")
+    result = {"device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "argv": " ".join(sys.argv[1:])}
+    full = args.full or device.type == "cuda"
+    for name in sections:
+        start = time.perf_counter()
+        if name == "sampling":
+            result[name] = section_sampling(device, args.reps, full)
+        elif name == "training":
+            result[name] = section_training(device, args.reps)
+        elif name == "peers":
+            result[name] = section_peers(device, args.reps, result.get("sampling"), result.get("training"))
+        elif name == "scaling":
+            result[name] = section_scaling(device, max(1, args.reps // 2))
+        else:
+            result[name] = section_quality(device, args.quality_model, args.quality_n)
+        print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    with open(os.path.join(args.out, f"performance-{tag}.json"), "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2, default=str)
+    text = markdown(result)
+    with open(os.path.join(args.out, f"performance-{tag}.md"), "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    print(text)
+    if args.update_docs:
+        update_docs(text, tag, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                                            "performance.md"))
+
+
+if __name__ == "__main__":
+    main()
