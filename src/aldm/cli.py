@@ -239,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aldm",
         description="Few-shot cross-domain 3D glioma MRI synthesis (Anatomically-conditioned Latent Diffusion).",
     )
-    parser.add_argument("--version", action="version", version=f"aldm {__import__('aldm').__version__}")
+    from .allocator import current_allocator
+
+    parser.add_argument("--version", action="version",
+                        version=f"aldm {__import__('aldm').__version__} (allocator: {current_allocator()})")
     parser.add_argument("--deterministic", action="store_true",
                         help="bitwise-reproducible GPU kernels (slower; also ALDM_DETERMINISTIC=1); "
                              "see docs/reliability.md")
@@ -395,5 +398,13 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """The ``aldm`` console script: re-run once with a faster allocator (aldm.allocator), then main()."""
+    from .allocator import relaunch_with_fast_allocator
+
+    relaunch_with_fast_allocator(["-m", "aldm.cli", *sys.argv[1:]])
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

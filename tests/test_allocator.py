@@ -1,0 +1,35 @@
+"""The allocator the ``aldm`` command re-runs itself with (aldm.allocator)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aldm import allocator
+
+
+def test_choices(monkeypatch):
+    base = {"PATH": os.environ.get("PATH", "")}
+    assert allocator.allocator_env("system", base) == ("system", base)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
+    name, env = allocator.allocator_env("auto", base)
+    assert name == "glibc-tuned" and env["MALLOC_MMAP_MAX_"] == "0" and "LD_PRELOAD" not in env
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "/opt/libtcmalloc.so.4")
+    name, env = allocator.allocator_env("auto", {**base, "LD_PRELOAD": "/x/other.so"})
+    assert name == "tcmalloc" and env["LD_PRELOAD"] == "/opt/libtcmalloc.so.4:/x/other.so"
+    assert allocator.allocator_env("glibc-tuned", base)[0] == "glibc-tuned"
+    with pytest.raises(ValueError, match="ALDM_ALLOCATOR"):
+        allocator.allocator_env("fastest", base)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the relaunch is Linux-only")
+@pytest.mark.parametrize("choice", ["glibc-tuned", "system"])
+def test_the_command_really_relaunches(choice):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.MARK, "MALLOC_MMAP_MAX_")}
+    env["ALDM_ALLOCATOR"] = choice
+    out = subprocess.run([sys.executable, "-m", "aldm.cli", "--version"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and f"(allocator: {choice})" in out.stdout
