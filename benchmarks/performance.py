@@ -41,6 +41,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from aldm.allocator import current_allocator, relaunch_with_fast_allocator
 from aldm.config import paper
 from aldm.data.control import control_maps, latent_tumour_weight_mask, mask_statistics
 from aldm.diffusion.guidance import guided_noise
@@ -208,21 +209,42 @@ def _measure_train(name: str, device: torch.device, reps: int) -> dict:
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     else:
-        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        out["peak_rss_gib"] = _peak_rss_gib()
     return out
 
 
-def _train_in_child(name: str, device: torch.device, reps: int) -> dict:
-    """CPU peak memory needs a fresh process per step; CUDA measures in-process."""
-    if device.type == "cuda":
-        return _measure_train(name, device, reps)
+def _peak_rss_gib() -> float:
+    """Peak resident size of this process's memory since its exec (VmHWM; ru_maxrss would carry the
+    parent's peak over a fork + exec)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _measure(name: str, device: torch.device, reps: int) -> dict:
+    if name.startswith("scale:"):
+        _, size, batch = name.split(":")
+        return _measure_scale(int(size), int(batch), device, reps)
+    return _measure_train(name, device, reps)
+
+
+def _in_child(name: str, device: torch.device, reps: int) -> dict:
+    """Run one measurement in a fresh process (clean peak memory; an out-of-memory case fails alone)."""
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, "--device", str(device),
-                          "--reps", str(reps)], capture_output=True, text=True, check=True)
+                          "--reps", str(reps)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1][:300],
+                "exit_code": out.returncode}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def section_training(device: torch.device, reps: int) -> dict:
-    return {name: _train_in_child(name, device, max(1, reps // 2) if "vae" in name else reps)
+    return {name: _in_child(name, device, max(1, reps // 2) if "vae" in name else reps)
             for name in ("aldm_vae", "aldm_ldm")}
 
 
@@ -249,7 +271,7 @@ def section_peers(device: torch.device, reps: int, sampling: dict | None, traini
             out[name + "_s"] = timed(fn, device, reps)
             out[name + "_gflop"] = gflop(fn)
             out[name + "_gflop_per_s"] = out[name + "_gflop"] / out[name + "_s"]
-    out["monai_autoencoderkl_train"] = _train_in_child("monai_autoencoderkl", device, max(1, reps // 2))
+    out["monai_autoencoderkl_train"] = _in_child("monai_autoencoderkl", device, max(1, reps // 2))
     if sampling:
         out["ratio_guided_step_vs_monai_unet"] = sampling["guided_step_s"] / out["monai_unet_guided_step_s"]
         out["ratio_guided_step_vs_monai_unet_controlnet"] = (sampling["guided_step_s"]
@@ -260,26 +282,32 @@ def section_peers(device: torch.device, reps: int, sampling: dict | None, traini
     return out
 
 
-def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 160), batches=(1, 2, 4)) -> dict:
-    out = {"size": {}, "batch": {}}
+def _measure_scale(size: int, batch: int, device: torch.device, reps: int) -> dict:
+    """Guided step and VAE decode of ``batch`` volumes of ``size``^3 (paper widths), with peak memory."""
+    prof, _, control, stats, z, t = aldm_inputs(size, batch, device)
+    den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
+    vae = VAE3D(prof.vae).to(device, memory_format=torch.channels_last_3d).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
-        for size in sizes:
-            prof, _, control, stats, z, t = aldm_inputs(size, 1, device)
-            den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
-            vae = VAE3D(prof.vae).to(device).eval()
-            step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)  # noqa: B023
-            decode = timed(lambda: vae.decode(z), device, 1)  # noqa: B023
-            out["size"][size] = {"guided_step_s": step, "vae_decode_s": decode,
-                                 "dpmpp2m20_per_volume_s_derived": 20 * step + decode}
-        prof = paper()
-        den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
-        vae = VAE3D(prof.vae).to(device).eval()
-        for batch in batches:
-            _, _, control, stats, z, t = aldm_inputs(112, batch, device)
-            step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)  # noqa: B023
-            decode = timed(lambda: vae.decode(z), device, 1)  # noqa: B023
-            out["batch"][batch] = {"guided_step_s": step, "vae_decode_s": decode,
-                                   "dpmpp2m20_per_volume_s_derived": (20 * step + decode) / batch}
+        step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)
+        zc = z.contiguous(memory_format=torch.channels_last_3d)
+        decode = timed(lambda: vae.decode(zc), device, 1)
+    out = {"guided_step_s": step, "vae_decode_s": decode,
+           "dpmpp2m20_per_volume_s_derived": (20 * step + decode) / batch}
+    out["peak_memory_gib" if device.type == "cuda" else "peak_rss_gib"] = (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else _peak_rss_gib())
+    return out
+
+
+def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 160), batches=(1, 2, 4)) -> dict:
+    """Each (size, batch) in its own process: clean peak memory, and a large case cannot take the others down."""
+    out = {"size": {}, "batch": {}}
+    for size in sizes:
+        out["size"][size] = _in_child(f"scale:{size}:1", device, reps)
+    for batch in batches:
+        out["batch"][batch] = out["size"][112] if batch == 1 and 112 in sizes else _in_child(f"scale:112:{batch}",
+                                                                                              device, reps)
     return out
 
 
@@ -318,8 +346,8 @@ def _f(v, digits=3):
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Device: **{result['device']}**, torch {result['torch']}, {result['date']}, "
-             f"`python benchmarks/performance.py {result['argv']}`", ""]
+    lines = [f"Device: **{result['device']}**, torch {result['torch']}, allocator {result['allocator']}, "
+             f"{result['date']}, `python benchmarks/performance.py {result['argv']}`", ""]
     s = result.get("sampling")
     if s:
         lines += ["| paper profile (112^3) | value |", "|---|---|",
@@ -341,6 +369,9 @@ def markdown(result: dict) -> str:
                   "| params (M) |", "|---|---|---|---|---|---|"]
         peers = (result.get("peers") or {}).get("monai_autoencoderkl_train")
         for name, row in (*tr.items(), *((("monai_autoencoderkl", peers),) if peers else ())):
+            if "error" in row:
+                lines.append(f"| {name} | failed: {row['error']} | | | | |")
+                continue
             mem = row.get("peak_memory_gib", row.get("peak_rss_gib"))
             lines.append(f"| {name} | {_f(row['step_s'], 2)} | {_f(row['volumes_per_s'], 3)} | {_f(row['gflop'], 0)} | "
                          f"{_f(mem, 2)} | {_f(row['params_m'], 1)} |")
@@ -364,17 +395,17 @@ def markdown(result: dict) -> str:
         lines.append("")
     sc = result.get("scaling")
     if sc:
-        lines += ["| volume | guided step (s) | VAE decode (s) | DPM-Solver++-20 per volume (s, derived) |",
-                  "|---|---|---|---|"]
-        for size, row in sc["size"].items():
-            lines.append(f"| {size}^3 | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
-                         f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} |")
-        lines += ["", "| batch at 112^3 | guided step (s) | VAE decode (s) | DPM-Solver++-20 per volume (s, derived) |",
-                  "|---|---|---|---|"]
-        for batch, row in sc["batch"].items():
-            lines.append(f"| {batch} | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
-                         f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} |")
-        lines.append("")
+        head = "| guided step (s) | VAE decode (s) | DPM-Solver++-20 per volume (s, derived) | peak memory (GiB) |"
+        for key, label, unit in (("size", "volume", "^3"), ("batch", "batch at 112^3", "")):
+            lines += [f"| {label} {head}", "|---|---|---|---|---|"]
+            for value, row in sc[key].items():
+                if "error" in row:
+                    lines.append(f"| {value}{unit} | failed: {row['error']} | | | |")
+                    continue
+                mem = row.get("peak_memory_gib", row.get("peak_rss_gib"))
+                lines.append(f"| {value}{unit} | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
+                             f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} | {_f(mem, 2)} |")
+            lines.append("")
     q = result.get("quality")
     if q:
         lines += [f"Quality per step: {q['n']} held-out masks, {q['image_size']}^3 model `{q['model']}`.", "",
@@ -414,9 +445,11 @@ def main() -> None:
     parser.add_argument("--update-docs", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child:  # the same allocator as the aldm command (aldm.allocator); ALDM_ALLOCATOR=system to compare
+        relaunch_with_fast_allocator([os.path.abspath(__file__), *sys.argv[1:]])
     device = torch.device(args.device)
     if args.child:
-        print(json.dumps(_measure_train(args.child, device, args.reps)))
+        print(json.dumps(_measure(args.child, device, args.reps)))
         return
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
@@ -425,8 +458,10 @@ def main() -> None:
     if "quality" in sections and not args.quality_model:
         parser.error("the quality section needs --quality-model RUN (a trained ALDM run)")
     result = {"device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "argv": " ".join(sys.argv[1:])}
+              "argv": " ".join(sys.argv[1:]), "allocator": current_allocator()}
     full = args.full or device.type == "cuda"
+    os.makedirs(args.out, exist_ok=True)
+    tag = ("cuda" if device.type == "cuda" else "cpu") + ("" if result["allocator"] != "system" else "-system-malloc")
     for name in sections:
         start = time.perf_counter()
         if name == "sampling":
@@ -440,10 +475,8 @@ def main() -> None:
         else:
             result[name] = section_quality(device, args.quality_model, args.quality_n)
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    with open(os.path.join(args.out, f"performance-{tag}.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2, default=str)
+        with open(os.path.join(args.out, f"performance-{tag}.json"), "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2, default=str)  # after every section: a failure keeps the rest
     text = markdown(result)
     with open(os.path.join(args.out, f"performance-{tag}.md"), "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
