@@ -49,6 +49,7 @@ from aldm.models.unet import ConditionalDenoiser
 from aldm.models.vae import VAE3D, vae_loss
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 25), ("dpmpp2m", 20), ("dpmpp2m", 10))
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}
 SECTIONS = ("sampling", "training", "peers", "scaling", "quality")
 DOC_START, DOC_END = "<!-- performance.py:start -->", "<!-- performance.py:end -->"
 
@@ -360,7 +361,7 @@ def markdown(result: dict) -> str:
             value = s.get(key, s.get(key + "_derived"))
             tag = "" if key in s else " (derived: steps x step + decode)"
             speed = s.get(f"{sampler}{steps}_speedup_vs_ddpm1000")
-            lines.append(f"| {sampler.upper()}-{steps} per volume{tag} | {_f(value, 2)} s"
+            lines.append(f"| {SAMPLER_NAMES[sampler]}-{steps} per volume{tag} | {_f(value, 2)} s"
                          + (f", {_f(speed, 1)}x faster than DDPM-1000 |" if speed else " |"))
         lines.append("")
     tr = result.get("training")
