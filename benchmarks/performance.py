@@ -346,6 +346,14 @@ def _f(v, digits=3):
     return "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def _peak(row: dict):
+    return row.get("peak_memory_gib", row.get("peak_rss_gib"))
+
+
+def _failed_row(label: str, row: dict, columns: int) -> str:
+    return f"| {label} | failed: {row['error']} |" + " |" * (columns - 1)
+
+
 def markdown(result: dict) -> str:
     lines = [f"Device: **{result['device']}**, torch {result['torch']}, allocator {result['allocator']}, "
              f"{result['date']}, `python benchmarks/performance.py {result['argv']}`", ""]
@@ -371,9 +379,9 @@ def markdown(result: dict) -> str:
         peers = (result.get("peers") or {}).get("monai_autoencoderkl_train")
         for name, row in (*tr.items(), *((("monai_autoencoderkl", peers),) if peers else ())):
             if "error" in row:
-                lines.append(f"| {name} | failed: {row['error']} | | | | |")
+                lines.append(_failed_row(name, row, 5))
                 continue
-            mem = row.get("peak_memory_gib", row.get("peak_rss_gib"))
+            mem = _peak(row)
             lines.append(f"| {name} | {_f(row['step_s'], 2)} | {_f(row['volumes_per_s'], 3)} | {_f(row['gflop'], 0)} | "
                          f"{_f(mem, 2)} | {_f(row['params_m'], 1)} |")
         lines += ["", "(peak memory: CUDA max allocated, or on CPU the peak resident size of a process "
@@ -401,9 +409,9 @@ def markdown(result: dict) -> str:
             lines += [f"| {label} {head}", "|---|---|---|---|---|"]
             for value, row in sc[key].items():
                 if "error" in row:
-                    lines.append(f"| {value}{unit} | failed: {row['error']} | | | |")
+                    lines.append(_failed_row(f"{value}{unit}", row, 4))
                     continue
-                mem = row.get("peak_memory_gib", row.get("peak_rss_gib"))
+                mem = _peak(row)
                 lines.append(f"| {value}{unit} | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
                              f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} | {_f(mem, 2)} |")
             lines.append("")
