@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 import schemathesis
@@ -32,8 +33,6 @@ def api_schema(tiny_runs, tmp_path_factory):
         job_id = client.post("/api/jobs", json={"model": "fewshot", "n": 1, "steps": 2}).json()["id"]
         queue: JobQueue = app.state.queue
         while queue.view(job_id)["status"] in ("queued", "running"):
-            import time
-
             time.sleep(0.05)
     assert queue.view(job_id)["status"] == "done"
     app = create_app([tiny_runs["fewshot"]], out=str(out), start_worker=False)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import time
 import zipfile
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -282,5 +281,4 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         return Response(buf.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{sample}.zip"'})
 
-    app.state.started = time.time()
     return app
