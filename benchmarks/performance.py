@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aldm.allocator import current_allocator, relaunch_with_fast_allocator
 from aldm.config import paper
 from aldm.data.control import control_maps, latent_tumour_weight_mask, mask_statistics
-from aldm.diffusion.guidance import guided_noise
+from aldm.diffusion.guidance import GuidedNoise, guided_noise
 from aldm.models.unet import ConditionalDenoiser
 from aldm.models.vae import VAE3D, vae_loss
 
@@ -69,6 +70,23 @@ def timed(fn, device: torch.device, reps: int) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - start) / reps
+
+
+def timed_interleaved(fns: dict, device: torch.device, reps: int) -> dict:
+    """Median seconds per call of each of ``fns`` (name -> callable), called in turn ``reps`` times
+    (A, B, A, B, ...) after one warm-up each, so that a drift of the machine's speed during the
+    run (this VM's drifts by a quarter) hits every candidate alike and their ratio stays fair."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def gflop(fn) -> float:
@@ -110,24 +128,30 @@ def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
     den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
     out = {}
     with torch.inference_mode():
-        step = lambda: guided_noise(den, z, t, control, stats, 3.0)  # noqa: E731
-        out["guided_step_s"] = timed(step, device, reps)
-        out["guided_step_gflop"] = gflop(step)
+        guided = GuidedNoise(den, control, stats, 3.0)
+        step = lambda: guided(z, t)  # noqa: E731  (what the samplers run per step)
+        stacked = lambda: guided_noise(den, z, t, control, stats, 3.0)  # noqa: E731  ([cond, null] stacked, all layers)
+        times = timed_interleaved({"step": step, "stacked": stacked}, device, max(2, reps))
+        out["guided_step_s"], out["guided_step_stacked_s"] = times["step"], times["stacked"]
+        out["guided_step_gflop"], out["guided_step_stacked_gflop"] = gflop(step), gflop(stacked)
         out["guided_step_gflop_per_s"] = out["guided_step_gflop"] / out["guided_step_s"]
+        prepare = lambda: GuidedNoise(den, control, stats, 3.0)  # noqa: E731  (once per sampling run)
+        out["guided_prepare_s"] = timed(prepare, device, reps)
         decode = lambda: vae.decode(z)  # noqa: E731
         out["vae_decode_s"] = timed(decode, device, max(1, reps // 2))
         out["vae_decode_gflop"] = gflop(decode)
         schedule = NoiseSchedule(prof.diffusion)
-        eps = lambda a, b: guided_noise(den, a, b, control, stats, 3.0).float()  # noqa: E731
         for sampler, steps in SAMPLERS:
             key = f"{sampler}{steps}_per_volume_s"
             if not full:
-                out[key + "_derived"] = steps * out["guided_step_s"] + out["vae_decode_s"]
+                out[key + "_derived"] = steps * out["guided_step_s"] + out["guided_prepare_s"] + out["vae_decode_s"]
                 continue
             gens = [torch.Generator().manual_seed(0)]
 
             def run(sampler=sampler, steps=steps, gens=gens):
                 zt = initial_noise(tuple(z.shape), gens, device)
+                guided_run = GuidedNoise(den, control, stats, 3.0)
+                eps = lambda a, b: guided_run(a, b).float()  # noqa: E731
                 if sampler == "ddpm":
                     z0 = sample_ddpm(eps, schedule, zt, gens)
                 elif sampler == "ddim":
@@ -249,12 +273,15 @@ def section_training(device: torch.device, reps: int) -> dict:
             for name in ("aldm_vae", "aldm_ldm")}
 
 
-def section_peers(device: torch.device, reps: int, sampling: dict | None, training: dict | None) -> dict:
+def section_peers(device: torch.device, reps: int, training: dict | None) -> dict:
+    """MONAI's U-Net (and + ControlNet) guided step timed interleaved with ours (:func:`timed_interleaved`),
+    so the ratios do not depend on when in the run each was measured; MONAI's AutoencoderKL training step."""
     from monai.networks.nets import ControlNet, DiffusionModelUNet
 
     out = {}
-    z = torch.randn(2, 8, 28, 28, 28, device=device)
-    t = torch.full((2,), 500, device=device, dtype=torch.long)
+    prof, _, control, stats, z1, t1 = aldm_inputs(112, 1, device)
+    den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
+    z, t = torch.cat([z1, z1]), torch.cat([t1, t1])  # a guided step of a plain U-Net: [cond, null] as batch 2
     cond = torch.randn(2, 3, 28, 28, 28, device=device)
     kw = dict(spatial_dims=3, channels=(96, 192, 384), attention_levels=(False, False, False), num_res_blocks=1,
               norm_num_groups=32)
@@ -262,21 +289,23 @@ def section_peers(device: torch.device, reps: int, sampling: dict | None, traini
     ctrl = ControlNet(in_channels=8, conditioning_embedding_in_channels=3, conditioning_embedding_num_channels=(32,),
                       **kw).to(device).eval()
     with torch.inference_mode():
-        plain = lambda: unet(z, t)  # noqa: E731
+        guided = GuidedNoise(den, control, stats, 3.0)
 
         def with_control():
             down, mid = ctrl(z, t, cond)
             return unet(z, t, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
-        for name, fn in (("monai_unet_guided_step", plain), ("monai_unet_controlnet_guided_step", with_control)):
-            out[name + "_s"] = timed(fn, device, reps)
+        fns = {"aldm_guided_step": lambda: guided(z1, t1), "monai_unet_guided_step": lambda: unet(z, t),
+               "monai_unet_controlnet_guided_step": with_control}
+        times = timed_interleaved(fns, device, max(3, reps))
+        for name, fn in fns.items():
+            out[name + "_s"] = times[name]
             out[name + "_gflop"] = gflop(fn)
             out[name + "_gflop_per_s"] = out[name + "_gflop"] / out[name + "_s"]
+    out["ratio_guided_step_vs_monai_unet"] = out["aldm_guided_step_s"] / out["monai_unet_guided_step_s"]
+    out["ratio_guided_step_vs_monai_unet_controlnet"] = (out["aldm_guided_step_s"]
+                                                         / out["monai_unet_controlnet_guided_step_s"])
     out["monai_autoencoderkl_train"] = _in_child("monai_autoencoderkl", device, max(1, reps // 2))
-    if sampling:
-        out["ratio_guided_step_vs_monai_unet"] = sampling["guided_step_s"] / out["monai_unet_guided_step_s"]
-        out["ratio_guided_step_vs_monai_unet_controlnet"] = (sampling["guided_step_s"]
-                                                             / out["monai_unet_controlnet_guided_step_s"])
     if training:
         out["ratio_vae_step_vs_monai"] = (training["aldm_vae"]["step_s"]
                                           / out["monai_autoencoderkl_train"]["step_s"])
@@ -291,7 +320,8 @@ def _measure_scale(size: int, batch: int, device: torch.device, reps: int) -> di
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
-        step = timed(lambda: guided_noise(den, z, t, control, stats, 3.0), device, reps)
+        guided = GuidedNoise(den, control, stats, 3.0)
+        step = timed(lambda: guided(z, t), device, reps)
         zc = z.contiguous(memory_format=torch.channels_last_3d)
         decode = timed(lambda: vae.decode(zc), device, 1)
     out = {"guided_step_s": step, "vae_decode_s": decode,
@@ -360,14 +390,18 @@ def markdown(result: dict) -> str:
     s = result.get("sampling")
     if s:
         lines += ["| paper profile (112^3) | value |", "|---|---|",
-                  f"| guided denoiser step (cond + uncond, batch 2) | {_f(s['guided_step_s'])} s, "
-                  f"{_f(s['guided_step_gflop'], 0)} GFLOP, {_f(s['guided_step_gflop_per_s'], 0)} GFLOP/s |",
+                  f"| guided denoiser step (cond + null, z_t layers shared; what the samplers run) | "
+                  f"{_f(s['guided_step_s'])} s, {_f(s['guided_step_gflop'], 0)} GFLOP, "
+                  f"{_f(s['guided_step_gflop_per_s'], 0)} GFLOP/s |",
+                  f"| the same step as one stacked batch of 2 through every layer | "
+                  f"{_f(s['guided_step_stacked_s'])} s, {_f(s['guided_step_stacked_gflop'], 0)} GFLOP |",
+                  f"| once per sampling run: ControlNet hint of [cond, null] | {_f(s['guided_prepare_s'])} s |",
                   f"| VAE decode 8 x 28^3 -> 3 x 112^3 | {_f(s['vae_decode_s'])} s, "
                   f"{_f(s['vae_decode_gflop'], 0)} GFLOP |"]
         for sampler, steps in SAMPLERS:
             key = f"{sampler}{steps}_per_volume_s"
             value = s.get(key, s.get(key + "_derived"))
-            tag = "" if key in s else " (derived: steps x step + decode)"
+            tag = "" if key in s else " (derived: steps x step + hint + decode)"
             speed = s.get(f"{sampler}{steps}_speedup_vs_ddpm1000")
             lines.append(f"| {SAMPLER_NAMES[sampler]}-{steps} per volume{tag} | {_f(value, 2)} s"
                          + (f", {_f(speed, 1)}x faster than DDPM-1000 |" if speed else " |"))
@@ -388,11 +422,10 @@ def markdown(result: dict) -> str:
                   "running only that step)", ""]
     p = result.get("peers")
     if p:
-        lines += ["| peer (same machine, same run) | s / guided step | GFLOP | GFLOP/s |", "|---|---|---|---|"]
-        if s:
-            lines.append(f"| ALDM U-Net + ControlNet (ours) | {_f(s['guided_step_s'])} | "
-                         f"{_f(s['guided_step_gflop'], 0)} | {_f(s['guided_step_gflop_per_s'], 0)} |")
-        for name, label in (("monai_unet_guided_step", "MONAI DiffusionModelUNet 96/192/384"),
+        lines += ["| peer (same run, timed interleaved, median) | s / guided step | GFLOP | GFLOP/s |",
+                  "|---|---|---|---|"]
+        for name, label in (("aldm_guided_step", "ALDM U-Net + ControlNet (ours)"),
+                            ("monai_unet_guided_step", "MONAI DiffusionModelUNet 96/192/384"),
                             ("monai_unet_controlnet_guided_step", "MONAI DiffusionModelUNet + ControlNet")):
             lines.append(f"| {label} | {_f(p[name + '_s'])} | {_f(p[name + '_gflop'], 0)} | "
                          f"{_f(p[name + '_gflop_per_s'], 0)} |")
@@ -478,7 +511,7 @@ def main() -> None:
         elif name == "training":
             result[name] = section_training(device, args.reps)
         elif name == "peers":
-            result[name] = section_peers(device, args.reps, result.get("sampling"), result.get("training"))
+            result[name] = section_peers(device, args.reps, result.get("training"))
         elif name == "scaling":
             result[name] = section_scaling(device, max(1, args.reps // 2))
         else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aldm.config import DiffusionConfig
-from aldm.diffusion.guidance import combine_guidance, guided_noise
+from aldm.config import DiffusionConfig, tiny
+from aldm.diffusion.guidance import GuidedNoise, combine_guidance, guided_noise
 from aldm.diffusion.samplers import (
     ddim_timesteps,
     initial_noise,
@@ -16,6 +16,8 @@ from aldm.diffusion.samplers import (
     sample_dpmpp_2m,
 )
 from aldm.diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from aldm.models.blocks import ResBlock
+from aldm.models.unet import ConditionalDenoiser
 
 SCHEDULE = NoiseSchedule(DiffusionConfig())
 
@@ -52,6 +54,38 @@ def test_cfg_eq_3_8_every_scale_one_batched_forward(scale):
     assert torch.allclose(combine_guidance(eps_c, eps_u, scale), eps_u + scale * (eps_c - eps_u))
     assert len(calls) == 1  # cond + uncond in one forward (or one pass when s is 0 or 1)
     assert calls[0] == (2 if scale in (0.0, 1.0) else 4)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
+@torch.no_grad()
+def test_guided_noise_with_shared_prefix_and_cached_hint_equals_the_plain_batch(scale):
+    """The sampling path (hint once per run, z_t / t layers shared by cond and null halves) computes
+    the same eps_guided as stacking [cond, null] and running the whole denoiser, for a denoiser
+    whose weights are all random (the zero-initialised ControlNet outputs and FiLM would hide errors)."""
+    torch.manual_seed(0)
+    model = ConditionalDenoiser(tiny().unet, 4).eval()
+    for p in model.parameters():
+        p.normal_(0.0, 0.2)
+    z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])
+    control, stats = torch.rand(2, 3, 8, 8, 8), torch.randn(2, 8)
+    fast = GuidedNoise(model, control, stats, scale)
+    for step in range(2):  # the cached hint is reused across steps
+        zs, ts = z + step, t + step
+        expected = guided_noise(model, zs, ts, control, stats, scale)
+        assert expected.abs().max() > 0.1
+        torch.testing.assert_close(fast(zs, ts), expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_resblock_copies_equal_the_repeated_batch():
+    torch.manual_seed(1)
+    block = ResBlock(4, 8, 16, 8, groups=4).eval()
+    for p in block.parameters():
+        p.normal_(0.0, 0.3)
+    x, temb, stats = torch.randn(2, 4, 6, 6, 6), torch.randn(2, 16), torch.randn(6, 8)
+    shared = block(x, temb, stats, copies=3)
+    assert shared.shape == (6, 8, 6, 6, 6)
+    torch.testing.assert_close(shared, block(torch.cat([x] * 3), torch.cat([temb] * 3), stats), rtol=1e-5, atol=1e-5)
 
 
 def test_tumour_weighted_mse_eq_3_9():

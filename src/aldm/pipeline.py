@@ -20,7 +20,7 @@ import torch
 
 from .config import Profile
 from .data.control import control_maps, mask_statistics
-from .diffusion.guidance import guided_noise
+from .diffusion.guidance import GuidedNoise
 from .diffusion.samplers import SAMPLERS, initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .diffusion.schedule import NoiseSchedule
 from .errors import AldmError
@@ -82,8 +82,10 @@ class ALDMPipeline:
         total_steps = self.schedule.timesteps if sampler == "ddpm" else num_inference_steps
         calls = [0]
 
+        guided = GuidedNoise(self.denoiser, control, stats, guidance_scale)
+
         def eps_fn(z, t):
-            eps = guided_noise(self.denoiser, z, t, control, stats, guidance_scale).float()
+            eps = guided(z, t).float()
             calls[0] += 1
             if step_callback is not None:
                 step_callback(calls[0], total_steps)

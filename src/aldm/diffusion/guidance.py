@@ -27,3 +27,36 @@ def guided_noise(model: Callable, z_t: torch.Tensor, t: torch.Tensor, control: t
                  torch.cat([stats, torch.zeros_like(stats)]))
     eps_cond, eps_uncond = both.chunk(2)
     return combine_guidance(eps_cond, eps_uncond, scale)
+
+
+class GuidedNoise:
+    """eps_guided(z_t, t) of Eq. 3.8 for one fixed condition over a whole sampling run, for a
+    :class:`aldm.models.unet.ConditionalDenoiser`; equal to :func:`guided_noise` (tested), with less work per step.
+
+    Once per run: the [condition, null condition] stack of control maps and statistics, and the
+    ControlNet's hint features of that stack (they depend on the control maps only). Per step: one
+    forward in which the layers that see only z_t and t (time embedding, stems, the first block up to its
+    FiLM) run on B and are shared by both halves (``copies=2``). With s = 1 (or 0) only the conditional
+    (or null) half is evaluated, as in :func:`guided_noise`.
+
+    control (B, 3, s, s, s), stats (B, stats_dim); ``__call__(z_t (B, zC, s, s, s), t (B,))`` -> (B, zC, s, s, s).
+    """
+
+    def __init__(self, denoiser, control: torch.Tensor, stats: torch.Tensor, scale: float):
+        self.denoiser, self.scale = denoiser, scale
+        if scale == 1.0:
+            parts = [(control, stats)]
+        elif scale == 0.0:
+            parts = [(torch.zeros_like(control), torch.zeros_like(stats))]
+        else:
+            parts = [(control, stats), (torch.zeros_like(control), torch.zeros_like(stats))]
+        self.copies = len(parts)
+        self.stats = torch.cat([p[1] for p in parts])
+        self.hint = denoiser.controlnet.hint(torch.cat([p[0] for p in parts]))
+
+    def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.denoiser(z_t, t, None, self.stats, hint=self.hint, copies=self.copies)
+        if self.copies == 1:
+            return out
+        eps_cond, eps_uncond = out.chunk(2)
+        return combine_guidance(eps_cond, eps_uncond, self.scale)

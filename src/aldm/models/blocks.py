@@ -50,7 +50,7 @@ class FiLM(nn.Module):
     def forward(self, h: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.mlp(stats).chunk(2, dim=1)
         shape = (h.shape[0], h.shape[1], 1, 1, 1)
-        return h * (1.0 + 0.1 * gamma.view(shape)) + 0.1 * beta.view(shape)
+        return torch.addcmul(0.1 * beta.view(shape), h, 1.0 + 0.1 * gamma.view(shape))  # one pass over h
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -78,14 +78,29 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, stats: torch.Tensor | None = None,
+                copies: int = 1) -> torch.Tensor:
+        """x (B, C_in, D, H, W), temb (B, time_dim), stats (copies * B, stats_dim) -> (copies * B, C_out, D, H, W).
+
+        ``copies`` > 1: x and temb are shared by ``copies`` conditions stacked in ``stats`` (classifier-free
+        guidance: cond and null condition see the same z_t and t). Everything before FiLM depends on x and
+        temb only, so it runs once on B and is repeated; the result equals the forward of the repeated
+        inputs.
+        """
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time_bias(temb)[:, :, None, None, None]
         h = self.norm2(h)
+        if copies > 1:
+            h, x = repeat_batch(h, copies), repeat_batch(x, copies)
         if self.film is not None:
             h = self.film(h, stats)
         h = self.conv2(F.silu(h))
         return h + self.skip(x)
+
+
+def repeat_batch(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """(B, ...) -> (copies * B, ...): [x, x, ...] stacked along the batch, as ``torch.cat([x] * copies)``."""
+    return x.repeat(copies, *([1] * (x.dim() - 1))) if copies > 1 else x
 
 
 class Downsample(nn.Module):

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from .blocks import Downsample, ResBlock, TimeEmbedding, zero_module
+from .blocks import Downsample, ResBlock, TimeEmbedding, repeat_batch, zero_module
 
 
 class ControlNet3D(nn.Module):
@@ -36,10 +36,20 @@ class ControlNet3D(nn.Module):
             self.blocks.append(ResBlock(ch_in, ch, config.time_dim, None, config.groups))
         self.outputs = nn.ModuleList(zero_module(nn.Conv3d(ch, out, 1)) for ch, out in zip(c, config.channels))
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor) -> list[torch.Tensor]:
-        """Residuals [(B, C_l, s_l, s_l, s_l) for each U-Net level l]."""
-        temb = F.silu(self.time(t))
-        h = self.latent_stem(z_t) + self.hint_stem(control)
+    def hint(self, control: torch.Tensor) -> torch.Tensor:
+        """The hint stem's features (B, C_0, s, s, s) of the control maps (B, 3, s, s, s): they do not depend on
+        z_t or t, so a sampler computes them once per run."""
+        return self.hint_stem(control)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None,
+                hint: torch.Tensor | None = None, copies: int = 1) -> list[torch.Tensor]:
+        """Residuals [(copies * B, C_l, s_l, s_l, s_l) for each U-Net level l].
+
+        z_t (B, zC, s, s, s) and t (B,) are shared by the ``copies`` conditions stacked in ``control``
+        (copies * B, 3, s, s, s), or in ``hint`` = :meth:`hint` of it when given.
+        """
+        temb = repeat_batch(F.silu(self.time(t)), copies)
+        h = repeat_batch(self.latent_stem(z_t), copies) + (self.hint(control) if hint is None else hint)
         residuals = []
         for down, block, out in zip(self.downs, self.blocks, self.outputs):
             h = block(down(h), temb)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from .blocks import Downsample, ResBlock, TimeEmbedding, Upsample, group_norm
+from .blocks import Downsample, ResBlock, TimeEmbedding, Upsample, group_norm, repeat_batch
 from .controlnet import ControlNet3D
 
 
@@ -49,15 +49,21 @@ class UNet3D(nn.Module):
         self.out = nn.Sequential(group_norm(c[0], g), nn.SiLU(), nn.Conv3d(c[0], latent_channels, 3, padding=1))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, stats: torch.Tensor,
-                control_residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """z_t (B, zC, s, s, s), t (B,), stats (B, stats_dim) -> predicted noise (B, zC, s, s, s)."""
+                control_residuals: list[torch.Tensor] | None = None, copies: int = 1) -> torch.Tensor:
+        """z_t (B, zC, s, s, s), t (B,), stats (copies * B, stats_dim) -> predicted noise (copies * B, zC, s, s, s).
+
+        ``copies`` > 1 (classifier-free guidance): z_t and t are shared by ``copies`` conditions stacked
+        in ``stats`` and ``control_residuals``; the stem and the first block up to its FiLM run once on B
+        (equal to the forward of ``z_t`` and ``t`` repeated ``copies`` times).
+        """
         temb = F.silu(self.time(t))
         h = self.stem(z_t)
         skips = []
         for level, (down, blocks) in enumerate(zip(self.downs, self.down_blocks)):
             h = down(h)
             for block in blocks:
-                h = block(h, temb, stats)
+                h = block(h, temb, stats, copies)
+                temb, copies = repeat_batch(temb, copies), 1
             if control_residuals is not None:
                 h = h + self.config.lambda_ctrl * control_residuals[level]
             skips.append(h)
@@ -84,5 +90,13 @@ class ConditionalDenoiser(nn.Module):
         self.unet = UNet3D(config, latent_channels)
         self.controlnet = ControlNet3D(config, latent_channels)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        return self.unet(z_t, t, stats, self.controlnet(z_t, t, control))
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None, stats: torch.Tensor,
+                hint: torch.Tensor | None = None, copies: int = 1) -> torch.Tensor:
+        """eps_theta: z_t (B, zC, s, s, s), t (B,), control (copies * B, 3, s, s, s), stats (copies * B, stats_dim)
+        -> (copies * B, zC, s, s, s).
+
+        ``hint``: ``controlnet.hint(control)``, computed once per sampling run (it depends on the control
+        maps only), in place of ``control``. ``copies``: see :meth:`UNet3D.forward`.
+        """
+        residuals = self.controlnet(z_t, t, control, hint=hint, copies=copies)
+        return self.unet(z_t, t, stats, residuals, copies=copies)
