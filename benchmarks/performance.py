@@ -255,6 +255,9 @@ def _measure(name: str, device: torch.device, reps: int) -> dict:
     if name.startswith("scale:"):
         _, size, batch = name.split(":")
         return _measure_scale(int(size), int(batch), device, reps)
+    if name.startswith("decode:"):
+        _, size, slab = name.split(":")
+        return _measure_decode(int(size), int(slab), device)
     return _measure_train(name, device, reps)
 
 
@@ -331,6 +334,25 @@ def _measure_scale(size: int, batch: int, device: torch.device, reps: int) -> di
     return out
 
 
+def _measure_decode(size: int, slab: int, device: torch.device) -> dict:
+    """One VAE decode of a (1, 8, size/4, ...) latent, whole (slab 0) or in depth slabs, with peak memory."""
+    from aldm.models.split_decode import decode_in_slabs
+
+    prof = dataclasses.replace(paper(), image_size=size)
+    vae = VAE3D(prof.vae).to(device, memory_format=torch.channels_last_3d).eval()
+    s = prof.latent_size
+    z = torch.randn(1, prof.vae.latent_channels, s, s, s, device=device).contiguous(
+        memory_format=torch.channels_last_3d)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        seconds = timed(lambda: decode_in_slabs(vae, z, slab=slab) if slab else vae.decode(z), device, 1)
+    out = {"vae_decode_s": seconds}
+    out["peak_memory_gib" if device.type == "cuda" else "peak_rss_gib"] = (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else _peak_rss_gib())
+    return out
+
+
 def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 160), batches=(1, 2, 4)) -> dict:
     """Each (size, batch) in its own process: clean peak memory, and a large case cannot take the others down."""
     out = {"size": {}, "batch": {}}
@@ -339,6 +361,8 @@ def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 16
     for batch in batches:
         out["batch"][batch] = out["size"][112] if batch == 1 and 112 in sizes else _in_child(f"scale:112:{batch}",
                                                                                               device, reps)
+    out["split_decode"] = {f"{size}:{slab}": _in_child(f"decode:{size}:{slab}", device, 1)
+                           for size in (112, 160) for slab in (0, 16)}
     return out
 
 
@@ -447,6 +471,17 @@ def markdown(result: dict) -> str:
                 mem = _peak(row)
                 lines.append(f"| {value}{unit} | {_f(row['guided_step_s'])} | {_f(row['vae_decode_s'], 2)} | "
                              f"{_f(row['dpmpp2m20_per_volume_s_derived'], 2)} | {_f(mem, 2)} |")
+            lines.append("")
+        if sc.get("split_decode"):
+            lines += ["| VAE decode, batch 1 (own process) | s | peak memory (GiB) |", "|---|---|---|"]
+            for key, row in sc["split_decode"].items():
+                size, slab = key.split(":")
+                label = f"{size}^3, " + (f"depth slabs of {slab} planes (`--decode-slab {slab}`)" if slab != "0"
+                                         else "whole volume")
+                if "error" in row:
+                    lines.append(_failed_row(label, row, 2))
+                    continue
+                lines.append(f"| {label} | {_f(row['vae_decode_s'], 2)} | {_f(_peak(row), 2)} |")
             lines.append("")
     q = result.get("quality")
     if q:

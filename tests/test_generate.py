@@ -109,6 +109,11 @@ def test_pipeline_api_and_errors(tiny_runs):
     masks[:, :, 8:16, 8:16, 8:16] = 1
     out = pipe(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
     assert out["image"].shape == (2, 3, 32, 32, 32) and out["image"].abs().max() <= 1.0
+    split = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=5)
+    again = split(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
+    torch.testing.assert_close(again["image"], out["image"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(AldmError, match="decode slab must be 0"):
+        ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=-1)
     with pytest.raises(AldmError, match="ancestral DDPM runs all 100 steps"):
         pipe(masks, sampler="ddpm", num_inference_steps=50)
     with pytest.raises(AldmError, match=r"masks must be \(B, 1, 32, 32, 32\)"):
@@ -128,7 +133,7 @@ def test_four_stages_and_generate_from_the_cli(prepared_cache, tmp_path, capsys)
     assert main(["train", "ldm", "--data", c, "--out", str(r / "fs"), "--init", str(r / "ldm"), "--k", "2",
                  "--n-test", "1", "--steps", "2", "--quiet"]) == 0
     assert main(["generate", "--model", str(r / "fs"), "--out", str(r / "gen"), "--n", "1", "--steps", "2",
-                 "--sampler", "ddim", "--quiet"]) == 0
+                 "--sampler", "ddim", "--decode-slab", "3", "--quiet"]) == 0
     assert "1 samples in" in capsys.readouterr().out
     assert main(["train", "ldm", "--data", c, "--out", str(r / "fs2"), "--init", str(r / "ldm"), "--k", "50",
                  "--quiet"]) == 2

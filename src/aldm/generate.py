@@ -285,17 +285,18 @@ def verify_samples(out_dir: str) -> tuple[int, list[str]]:
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              guidance_scale: float = 3.0, steps: int = 50, sampler: str = "ddim", seed: int = 0,
              batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True,
-             native: bool = True, pipeline=None, on_progress=None) -> list[dict]:
+             native: bool = True, pipeline=None, on_progress=None, decode_slab: int = 0) -> list[dict]:
     """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included).
 
     ``native=False`` writes model-space files only (what evaluation needs; much faster).
     ``pipeline``: an already loaded pipeline of ``model_dir`` (the web server keeps one in memory).
+    ``decode_slab``: VAE decoding in depth slabs of that many planes (:class:`aldm.pipeline.ALDMPipeline`).
     ``on_progress(done, total, step, steps)``: called after every denoising step and every written
     batch, ``done``/``total`` counting this rank's samples of this call."""
     dist_info = dist_info or DistInfo()
     if n < 1:
         raise AldmError(f"--n must be at least 1, got {n}")
-    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device)
+    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device, decode_slab=decode_slab)
     items = resolve_masks(masks, pipe, model_dir, subjects, seed, n)
     os.makedirs(out_dir, exist_ok=True)
     if dist_info.is_main:
