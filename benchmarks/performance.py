@@ -8,14 +8,16 @@
 Sections (paper profile, 112^3 volumes, random weights unless it says otherwise; speed does not
 depend on the weights):
 
-* ``sampling``  one guided denoiser step (cond + uncond batched) with its FLOPs
+* ``sampling``  one guided denoiser step as the samplers run it (aldm.diffusion.guidance.GuidedNoise:
+  cond + null in one forward sharing the z_t layers) and as one stacked batch, with FLOPs
   (torch.utils.flop_counter) and achieved FLOP/s, one VAE decode, and seconds per generated
-  3x112^3 volume for DDPM-1000, DDIM-50, DDIM-25, DPM-Solver++(2M)-20 and -10. With ``--full`` every
-  sampler runs end to end; otherwise (the CPU default) per volume = steps x step + decode, marked
-  "derived".
+  3x112^3 volume for DDPM-1000, DDIM-50, DDIM-25, DPM-Solver++(2M)-20 and -10 — in fp32, and under
+  bf16 autocast where the device computes bf16 natively. With ``--full`` every sampler runs end to
+  end; otherwise (the CPU default) per volume = steps x step + hint + decode, marked "derived".
 * ``training``  the VAE and the LDM (U-Net + ControlNet, tumour-weighted loss) training step at
   112^3, batch 1: seconds, volumes/s and peak memory (CUDA: max allocated; CPU: the peak resident
-  size of a child process that runs only that step).
+  size of a child process that runs only that step); fp32, and bf16 autocast (``:bf16``, what the
+  trainer uses) where the device computes bf16 natively (aldm.precision).
 * ``peers``     MONAI's ``AutoencoderKL`` (64/128/256, no attention, latent 8 x 28^3) training step
   and ``DiffusionModelUNet`` (96/192/384, no attention) guided step, alone and with MONAI's
   ``ControlNet`` at the same widths, measured in the same run; ratios ours / MONAI.
@@ -48,6 +50,7 @@ from aldm.data.control import control_maps, latent_tumour_weight_mask, mask_stat
 from aldm.diffusion.guidance import GuidedNoise, guided_noise
 from aldm.models.unet import ConditionalDenoiser
 from aldm.models.vae import VAE3D, vae_loss
+from aldm.precision import autocast, native_bf16, with_bf16_weights
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 25), ("dpmpp2m", 20), ("dpmpp2m", 10))
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}
@@ -120,52 +123,85 @@ def aldm_inputs(size: int, batch: int, device: torch.device):
 
 # -------------------------------------------------------------------------------------------- sections
 def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
+    """fp32, and bf16 autocast where the device computes bf16 natively (aldm.precision; what
+    ``--precision auto`` picks there). Keys of the bf16 figures end in ``_bf16``."""
     from aldm.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
     from aldm.diffusion.schedule import NoiseSchedule
 
     prof, _, control, stats, z, t = aldm_inputs(112, 1, device)
-    vae = VAE3D(prof.vae).to(device).eval()
+    vae = VAE3D(prof.vae).to(device, memory_format=torch.channels_last_3d).eval()
+    z_cl = z.contiguous(memory_format=torch.channels_last_3d)
     den = ConditionalDenoiser(prof.unet, prof.vae.latent_channels).to(device).eval()
-    out = {}
+    precisions = ("fp32", "bf16") if native_bf16(device) else ("fp32",)
+    out = {"precisions": list(precisions)}
+    # under bf16 the pipeline runs a copy of the denoiser with bf16 weights (aldm.precision.with_bf16_weights)
+    nets = {"fp32": den, **({"bf16": with_bf16_weights(den)} if "bf16" in precisions else {})}
     with torch.inference_mode():
-        guided = GuidedNoise(den, control, stats, 3.0)
-        step = lambda: guided(z, t)  # noqa: E731  (what the samplers run per step)
+        guided = {}
+        for precision, net in nets.items():
+            with autocast(device, precision):
+                guided[precision] = GuidedNoise(net, control, stats, 3.0)
+
+        def step(precision="fp32"):  # what the samplers run per step
+            with autocast(device, precision):
+                return guided[precision](z, t)
+
         stacked = lambda: guided_noise(den, z, t, control, stats, 3.0)  # noqa: E731  ([cond, null] stacked, all layers)
-        times = timed_interleaved({"step": step, "stacked": stacked}, device, max(2, reps))
+
+        def decode(precision="fp32"):
+            with autocast(device, precision):
+                return vae.decode(z_cl)
+
+        times = timed_interleaved({"step": step, "stacked": stacked,
+                                   **({"step_bf16": lambda: step("bf16")} if "bf16" in precisions else {})},
+                                  device, max(2, reps))
         out["guided_step_s"], out["guided_step_stacked_s"] = times["step"], times["stacked"]
         out["guided_step_gflop"], out["guided_step_stacked_gflop"] = gflop(step), gflop(stacked)
         out["guided_step_gflop_per_s"] = out["guided_step_gflop"] / out["guided_step_s"]
-        prepare = lambda: GuidedNoise(den, control, stats, 3.0)  # noqa: E731  (once per sampling run)
-        out["guided_prepare_s"] = timed(prepare, device, reps)
-        decode = lambda: vae.decode(z)  # noqa: E731
-        out["vae_decode_s"] = timed(decode, device, max(1, reps // 2))
+        out["guided_prepare_s"] = timed(lambda: GuidedNoise(den, control, stats, 3.0), device, reps)  # once a run
+        times_decode = timed_interleaved({p: (lambda p=p: decode(p)) for p in precisions}, device,
+                                         max(1, reps // 2))
+        out["vae_decode_s"] = times_decode["fp32"]
         out["vae_decode_gflop"] = gflop(decode)
+        if "bf16" in precisions:
+            out["guided_step_bf16_s"], out["vae_decode_bf16_s"] = times["step_bf16"], times_decode["bf16"]
         schedule = NoiseSchedule(prof.diffusion)
-        for sampler, steps in SAMPLERS:
-            key = f"{sampler}{steps}_per_volume_s"
-            if not full:
-                out[key + "_derived"] = steps * out["guided_step_s"] + out["guided_prepare_s"] + out["vae_decode_s"]
-                continue
-            gens = [torch.Generator().manual_seed(0)]
+        for precision in precisions:
+            tag = "" if precision == "fp32" else "_bf16"
+            for sampler, steps in SAMPLERS:
+                key = f"{sampler}{steps}_per_volume_s{tag}"
+                if not full:
+                    out[key + "_derived"] = (steps * out[f"guided_step{tag}_s"] + out["guided_prepare_s"]
+                                             + out[f"vae_decode{tag}_s"])
+                    continue
+                gens = [torch.Generator().manual_seed(0)]
 
-            def run(sampler=sampler, steps=steps, gens=gens):
-                zt = initial_noise(tuple(z.shape), gens, device)
-                guided_run = GuidedNoise(den, control, stats, 3.0)
-                eps = lambda a, b: guided_run(a, b).float()  # noqa: E731
-                if sampler == "ddpm":
-                    z0 = sample_ddpm(eps, schedule, zt, gens)
-                elif sampler == "ddim":
-                    z0 = sample_ddim(eps, schedule, zt, steps)
-                else:
-                    z0 = sample_dpmpp_2m(eps, schedule, zt, steps)
-                return vae.decode(z0)
+                def run(sampler=sampler, steps=steps, gens=gens, precision=precision):
+                    zt = initial_noise(tuple(z.shape), gens, device)
+                    with autocast(device, precision):
+                        guided_run = GuidedNoise(nets[precision], control, stats, 3.0)
 
-            out[key] = timed(run, device, 1)
+                    def eps(a, b):
+                        with autocast(device, precision):
+                            return guided_run(a, b).float()
+
+                    if sampler == "ddpm":
+                        z0 = sample_ddpm(eps, schedule, zt, gens)
+                    elif sampler == "ddim":
+                        z0 = sample_ddim(eps, schedule, zt, steps)
+                    else:
+                        z0 = sample_dpmpp_2m(eps, schedule, zt, steps)
+                    with autocast(device, precision):
+                        return vae.decode(z0.contiguous(memory_format=torch.channels_last_3d))
+
+                out[key] = timed(run, device, 1)
     ref = out.get("ddpm1000_per_volume_s", out.get("ddpm1000_per_volume_s_derived"))
-    for sampler, steps in SAMPLERS[1:]:
-        key = f"{sampler}{steps}_per_volume_s"
-        mine = out.get(key, out.get(key + "_derived"))
-        out[f"{sampler}{steps}_speedup_vs_ddpm1000"] = ref / mine
+    for precision in precisions:
+        tag = "" if precision == "fp32" else "_bf16"
+        for sampler, steps in SAMPLERS[1 if precision == "fp32" else 0:]:
+            key = f"{sampler}{steps}_per_volume_s{tag}"
+            mine = out.get(key, out.get(key + "_derived"))
+            out[f"{sampler}{steps}{tag}_speedup_vs_ddpm1000"] = ref / mine
     return out
 
 
@@ -226,7 +262,16 @@ TRAIN_STEPS = {"aldm_vae": _vae_train_step, "aldm_ldm": _ldm_train_step, "monai_
 
 
 def _measure_train(name: str, device: torch.device, reps: int) -> dict:
-    step, params = TRAIN_STEPS[name](device)
+    """``name`` is a TRAIN_STEPS key, optionally with ``:bf16`` (the step under bf16 autocast, as the
+    trainer runs on a GPU)."""
+    base, _, precision = name.partition(":")
+    plain, params = TRAIN_STEPS[base](device)
+    if precision == "bf16":
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                plain()
+    else:
+        step = plain
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sec = timed(step, device, reps)
@@ -272,8 +317,8 @@ def _in_child(name: str, device: torch.device, reps: int) -> dict:
 
 
 def section_training(device: torch.device, reps: int) -> dict:
-    return {name: _in_child(name, device, max(1, reps // 2) if "vae" in name else reps)
-            for name in ("aldm_vae", "aldm_ldm")}
+    names = ("aldm_vae", "aldm_ldm") + (("aldm_vae:bf16", "aldm_ldm:bf16") if native_bf16(device) else ())
+    return {name: _in_child(name, device, max(1, reps // 2) if "vae" in name else reps) for name in names}
 
 
 def section_peers(device: torch.device, reps: int, training: dict | None) -> dict:
@@ -374,24 +419,36 @@ def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> 
     from aldm.generate import masks_from_cache
     from aldm.pipeline import ALDMPipeline
 
-    pipe = ALDMPipeline.from_pretrained(model, device=str(device))
+    pipe = ALDMPipeline.from_pretrained(model, device=str(device), precision="fp32")
     items = masks_from_cache(pipe.info["data"], None, pipe.info, model)[:n]
     masks = np.stack([it.mask for it in items]).astype(np.float32)
     seeds = [seed + i for i in range(len(items))]
+    other_seeds = [seed + 100_000 + i for i in range(len(items))]
+    # name, sampler, steps, seeds, precision. DDPM-1000 with other seeds is a second draw from the
+    # reference distribution: its FRD to the first is the floor that n samples allow. The bf16 rows
+    # run the denoiser and decoder under bf16 autocast (aldm.precision), the same seeds.
+    runs = [*((f"{a}{b}", a, b, seeds, "fp32") for a, b in SAMPLERS), ("ddim1000", "ddim", 1000, seeds, "fp32"),
+            ("ddpm1000_other_seeds", "ddpm", 1000, other_seeds, "fp32"),
+            ("dpmpp2m20_bf16", "dpmpp2m", 20, seeds, "bf16"), ("ddim50_bf16", "ddim", 50, seeds, "bf16"),
+            ("ddpm1000_bf16", "ddpm", 1000, seeds, "bf16")]
     sets, seconds = {}, {}
-    for sampler, steps in (*SAMPLERS, ("ddim", 1000)):
+    for name, sampler, steps, run_seeds, precision in runs:
+        pipe.precision = precision
         start = time.perf_counter()
-        sets[(sampler, steps)] = [v.numpy() for v in pipe(masks, 3.0, steps, sampler, generator=seeds)["image"]]
-        seconds[(sampler, steps)] = (time.perf_counter() - start) / len(items)
-    ref, ode = sets[("ddpm", 1000)], sets[("ddim", 1000)]
+        sets[name] = [v.numpy() for v in pipe(masks, 3.0, steps, sampler, generator=run_seeds)["image"]]
+        seconds[name] = (time.perf_counter() - start) / len(items)
+    ref, ode = sets["ddpm1000"], sets["ddim1000"]
     out = {"model": os.path.abspath(model), "n": len(items), "image_size": pipe.profile.image_size}
-    for (sampler, steps), vols in sets.items():
-        row = {"s_per_volume": seconds[(sampler, steps)],
-               "ssim3d_vs_ddpm1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ref, vols)])),
-               "ssim3d_vs_ddim1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ode, vols)]))}
-        if (sampler, steps) != ("ddpm", 1000):
+    for name, vols in sets.items():
+        same_seeds = name != "ddpm1000_other_seeds"
+        row = {"s_per_volume": seconds[name],
+               "ssim3d_vs_ddpm1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ref, vols)]))
+               if same_seeds else None,
+               "ssim3d_vs_ddim1000_same_seed": float(np.mean([ssim_3d(a, b) for a, b in zip(ode, vols)]))
+               if same_seeds else None}
+        if name != "ddpm1000":
             row["frd_vs_ddpm1000"] = frd_scores(ref, vols)["frd_mean"]
-        out[f"{sampler}{steps}"] = row
+        out[name] = row
     return out
 
 
@@ -422,13 +479,21 @@ def markdown(result: dict) -> str:
                   f"| once per sampling run: ControlNet hint of [cond, null] | {_f(s['guided_prepare_s'])} s |",
                   f"| VAE decode 8 x 28^3 -> 3 x 112^3 | {_f(s['vae_decode_s'])} s, "
                   f"{_f(s['vae_decode_gflop'], 0)} GFLOP |"]
-        for sampler, steps in SAMPLERS:
-            key = f"{sampler}{steps}_per_volume_s"
-            value = s.get(key, s.get(key + "_derived"))
-            tag = "" if key in s else " (derived: steps x step + hint + decode)"
-            speed = s.get(f"{sampler}{steps}_speedup_vs_ddpm1000")
-            lines.append(f"| {SAMPLER_NAMES[sampler]}-{steps} per volume{tag} | {_f(value, 2)} s"
-                         + (f", {_f(speed, 1)}x faster than DDPM-1000 |" if speed else " |"))
+        for key, label in (("guided_step_bf16_s", "guided step, bf16 autocast"),
+                           ("vae_decode_bf16_s", "VAE decode, bf16 autocast")):
+            if key in s:
+                lines.append(f"| {label} | {_f(s[key])} s |")
+        for precision in s.get("precisions", ["fp32"]):
+            tag = "" if precision == "fp32" else "_bf16"
+            for sampler, steps in SAMPLERS:
+                key = f"{sampler}{steps}_per_volume_s{tag}"
+                value = s.get(key, s.get(key + "_derived"))
+                how = ", ".join(([] if precision == "fp32" else ["bf16 autocast"])
+                                + ([] if key in s else ["derived: steps x step + hint + decode"]))
+                speed = s.get(f"{sampler}{steps}{tag}_speedup_vs_ddpm1000")
+                faster = f", {_f(speed, 1)}x faster than fp32 DDPM-1000" if speed else ""
+                lines.append(f"| {SAMPLER_NAMES[sampler]}-{steps} per volume{f' ({how})' if how else ''} | "
+                             f"{_f(value, 2)} s{faster} |")
         lines.append("")
     tr = result.get("training")
     if tr:

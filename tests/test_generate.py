@@ -104,16 +104,23 @@ def test_appendix_masks_order_and_determinism(prepared_cache):
 
 
 def test_pipeline_api_and_errors(tiny_runs):
-    pipe = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu")
+    pipe = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="fp32")
     masks = torch.zeros(2, 1, 32, 32, 32)
     masks[:, :, 8:16, 8:16, 8:16] = 1
     out = pipe(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
     assert out["image"].shape == (2, 3, 32, 32, 32) and out["image"].abs().max() <= 1.0
-    split = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=5)
+    split = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=5, precision="fp32")
     again = split(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
     torch.testing.assert_close(again["image"], out["image"], rtol=1e-5, atol=1e-5)
+    # bf16 autocast (the default where the CPU or GPU computes bf16 natively): the same volumes to bf16 rounding
+    half = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="bf16")
+    low = half(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])["image"]
+    assert half.precision == "bf16" and not torch.equal(low, out["image"])
+    assert (low - out["image"]).abs().mean() < 0.02 * out["image"].abs().mean() + 1e-3
     with pytest.raises(AldmError, match="decode slab must be 0"):
         ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=-1)
+    with pytest.raises(AldmError, match="precision must be one of auto, fp32, bf16"):
+        ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="fp16")
     with pytest.raises(AldmError, match="ancestral DDPM runs all 100 steps"):
         pipe(masks, sampler="ddpm", num_inference_steps=50)
     with pytest.raises(AldmError, match=r"masks must be \(B, 1, 32, 32, 32\)"):

@@ -177,7 +177,7 @@ def _cmd_generate(args) -> int:
         rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects,
                         guidance_scale=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
                         batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet,
-                        decode_slab=args.decode_slab)
+                        decode_slab=args.decode_slab, precision=args.precision)
         elapsed = time.perf_counter() - start
     finally:
         shutdown(info)
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ddim, dpmpp2m (DPM-Solver++ 2M, best per step) or ddpm (ancestral, all T steps)")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--batch-size", type=_positive_int, default=4)
+    gen.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="ALDM: auto = bf16 autocast where the GPU or CPU computes bf16 natively (CUDA, "
+                          "AMX / AVX512-BF16), else fp32")
     gen.add_argument("--decode-slab", type=_non_negative_int, default=0, metavar="PLANES",
                      help="ALDM: VAE-decode the full-resolution stage in depth slabs of PLANES planes (same volumes, "
                           "about half the decoder's peak memory, a little slower; 0 = whole volume)")

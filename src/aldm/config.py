@@ -77,7 +77,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
-    mixed_precision: bool = True  # bf16 autocast on GPU; fp32 on CPU (measured faster there)
+    mixed_precision: bool = True  # bf16 autocast where the device computes bf16 natively (aldm.precision)
     checkpoint_every: int = 1000
     log_every: int = 10
     seed: int = 0

@@ -285,18 +285,21 @@ def verify_samples(out_dir: str) -> tuple[int, list[str]]:
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              guidance_scale: float = 3.0, steps: int = 50, sampler: str = "ddim", seed: int = 0,
              batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True,
-             native: bool = True, pipeline=None, on_progress=None, decode_slab: int = 0) -> list[dict]:
+             native: bool = True, pipeline=None, on_progress=None, decode_slab: int = 0,
+             precision: str = "auto") -> list[dict]:
     """Generate ``n`` samples; returns the manifest rows (all samples, finished earlier ones included).
 
     ``native=False`` writes model-space files only (what evaluation needs; much faster).
     ``pipeline``: an already loaded pipeline of ``model_dir`` (the web server keeps one in memory).
-    ``decode_slab``: VAE decoding in depth slabs of that many planes (:class:`aldm.pipeline.ALDMPipeline`).
+    ``decode_slab``, ``precision``: VAE decoding in depth slabs of that many planes; "auto" / "fp32" /
+    "bf16" (:class:`aldm.pipeline.ALDMPipeline`; ignored when ``pipeline`` is given).
     ``on_progress(done, total, step, steps)``: called after every denoising step and every written
     batch, ``done``/``total`` counting this rank's samples of this call."""
     dist_info = dist_info or DistInfo()
     if n < 1:
         raise AldmError(f"--n must be at least 1, got {n}")
-    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device, decode_slab=decode_slab)
+    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device, decode_slab=decode_slab,
+                                     precision=precision)
     items = resolve_masks(masks, pipe, model_dir, subjects, seed, n)
     os.makedirs(out_dir, exist_ok=True)
     if dist_info.is_main:
@@ -320,6 +323,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
             meta = {"sample": names[i], "index": i, "mask_subject": item.name, "mask_source": item.source,
                     "context_subject": item.context_subject, "mask_cache": item.cache,
                     "seed": seed + i, "guidance_scale": guidance_scale, "steps": steps, "sampler": sampler,
+                    "precision": getattr(pipe, "precision", "fp32"),
                     "model": os.path.abspath(model_dir), "model_hash": pipe.model_hash,
                     "stage": pipe.info.get("stage")}
             _write_sample(out_dir, names[i], out["image"][j].numpy(), item, meta, native)
@@ -337,8 +341,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     if dist_info.is_main:
         buf = io.StringIO()
         fields = ["sample", "index", "mask_subject", "mask_source", "context_subject", "mask_cache", "seed",
-                  "guidance_scale", "steps", "sampler",
-                  "model", "model_hash", "stage"]
+                  "guidance_scale", "steps", "sampler", "precision", "model", "model_hash", "stage"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

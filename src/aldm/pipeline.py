@@ -26,34 +26,49 @@ from .diffusion.schedule import NoiseSchedule
 from .errors import AldmError
 from .models.split_decode import decode_in_slabs
 from .models.unet import ConditionalDenoiser
+from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
 from .train.stages import WEIGHTS, load_run_profile, load_vae, load_weights, read_run_info
 
 
 class ALDMPipeline:
     def __init__(self, profile: Profile, vae, denoiser: ConditionalDenoiser, latent_mean: torch.Tensor,
                  latent_std: torch.Tensor, device="cpu", info: dict | None = None, model_hash: str = "",
-                 decode_slab: int = 0):
+                 decode_slab: int = 0, precision: str = "auto"):
         """``decode_slab`` > 0: decode the VAE's full-resolution stage in depth slabs of that many planes
         (:func:`aldm.models.split_decode.decode_in_slabs`: the same volumes, about half the decoder's peak
-        memory, a little slower); 0 decodes the whole volume at once."""
+        memory); 0 decodes the whole volume at once. ``precision``: "auto" (bf16 autocast for the
+        denoiser and the decoder where the device computes bf16 natively, else fp32), "fp32" or "bf16"
+        (:mod:`aldm.precision`); the samplers' arithmetic stays fp32."""
         if decode_slab < 0:
             raise AldmError(f"decode slab must be 0 (whole volume) or a number of planes, got {decode_slab}")
+        if precision not in PRECISIONS:
+            raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.profile = profile
         self.decode_slab = decode_slab
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         # channels-last 3D: the decoder's full-resolution convolutions skip a layout reorder
         # (VAE decode at 112^3 on 2 CPU cores: 4.62 s -> 4.20 s; docs/performance.md)
         self.vae = vae.to(self.device, memory_format=torch.channels_last_3d).eval()
         self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self._bf16_denoiser = None
         self.latent_mean = latent_mean.view(1, -1, 1, 1, 1).to(self.device)
         self.latent_std = latent_std.view(1, -1, 1, 1, 1).to(self.device)
         self.schedule = NoiseSchedule(profile.diffusion)
         self.info = info or {}
         self.model_hash = model_hash
 
+    def _denoiser(self) -> ConditionalDenoiser:
+        """The denoiser for this pipeline's precision: under bf16, a copy with bf16 weights (made once)."""
+        if self.precision != "bf16":
+            return self.denoiser
+        if self._bf16_denoiser is None:
+            self._bf16_denoiser = with_bf16_weights(self.denoiser)
+        return self._bf16_denoiser
+
     @classmethod
     def from_pretrained(cls, run_dir: str, device: str | torch.device | None = None,
-                        decode_slab: int = 0) -> ALDMPipeline:
+                        decode_slab: int = 0, precision: str = "auto") -> ALDMPipeline:
         info = read_run_info(run_dir)
         if info.get("stage") not in ("ldm", "fewshot"):
             raise AldmError(f"{run_dir}: a {info.get('stage')} run cannot generate; give an LDM, few-shot or "
@@ -64,7 +79,7 @@ class ALDMPipeline:
         denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
         denoiser.load_state_dict(weights["denoiser"])
         return cls(profile, load_vae(run_dir, device), denoiser, weights["latent_mean"], weights["latent_std"],
-                   device, info, _weights_hash(run_dir), decode_slab)
+                   device, info, _weights_hash(run_dir), decode_slab, precision)
 
     @torch.inference_mode()
     def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
@@ -91,10 +106,12 @@ class ALDMPipeline:
         total_steps = self.schedule.timesteps if sampler == "ddpm" else num_inference_steps
         calls = [0]
 
-        guided = GuidedNoise(self.denoiser, control, stats, guidance_scale)
+        with autocast(self.device, self.precision):
+            guided = GuidedNoise(self._denoiser(), control, stats, guidance_scale)
 
         def eps_fn(z, t):
-            eps = guided(z, t).float()
+            with autocast(self.device, self.precision):
+                eps = guided(z, t).float()
             calls[0] += 1
             if step_callback is not None:
                 step_callback(calls[0], total_steps)
@@ -112,8 +129,9 @@ class ALDMPipeline:
             z0 = solver(eps_fn, self.schedule, z_T, num_inference_steps, progress=progress)
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
-        decoded = decode_in_slabs(self.vae, latent_cl, slab=self.decode_slab) if self.decode_slab else \
-            self.vae.decode(latent_cl)
+        with autocast(self.device, self.precision):
+            decoded = decode_in_slabs(self.vae, latent_cl, slab=self.decode_slab) if self.decode_slab else \
+                self.vae.decode(latent_cl)
         image = decoded.float().clamp(-1, 1)
         return {"image": image.contiguous().cpu(), "latent": latent.cpu()}
 
@@ -158,13 +176,14 @@ class BaselinePipeline:
         return {"image": image.cpu()}
 
 
-def load_pipeline(run_dir: str, device=None, decode_slab: int = 0):
+def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: str = "auto"):
     """The generation pipeline of any finished run that can generate (ALDM or a baseline);
-    ``decode_slab``: see :class:`ALDMPipeline` (baselines have no VAE decode to split)."""
+    ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (ALDM only: a baseline is one fp32
+    generator pass)."""
     stage = read_run_info(run_dir).get("stage")
     if stage == "baseline":
         return BaselinePipeline.from_pretrained(run_dir, device)
-    return ALDMPipeline.from_pretrained(run_dir, device, decode_slab)
+    return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
 
 
 def _weights_hash(run_dir: str) -> str:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from ..precision import native_bf16
 from .distributed import DistInfo
 
 CHECKPOINT = "checkpoint.pt"
@@ -104,7 +105,8 @@ class Trainer:
                 find_unused_parameters=len(self.phases) > 1)
         self.step = 0
         self.skipped = 0
-        self.autocast = config.mixed_precision and self.device.type == "cuda"
+        # bf16 autocast where the hardware computes bf16 natively (CUDA, AMX / AVX512-BF16 CPUs; aldm.precision)
+        self.autocast = config.mixed_precision and native_bf16(self.device)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
