@@ -354,7 +354,7 @@ def section_peers(device: torch.device, reps: int, training: dict | None) -> dic
     out["ratio_guided_step_vs_monai_unet_controlnet"] = (out["aldm_guided_step_s"]
                                                          / out["monai_unet_controlnet_guided_step_s"])
     out["monai_autoencoderkl_train"] = _in_child("monai_autoencoderkl", device, max(1, reps // 2))
-    if training:
+    if training and "step_s" in training["aldm_vae"] and "step_s" in out["monai_autoencoderkl_train"]:
         out["ratio_vae_step_vs_monai"] = (training["aldm_vae"]["step_s"]
                                           / out["monai_autoencoderkl_train"]["step_s"])
     return out
