@@ -5,7 +5,7 @@ keeps normalisation, losses and the samplers' arithmetic in fp32. It pays where 
 native bf16 units: CUDA GPUs with bf16 (Ampere and later) and CPUs with AMX-BF16 or AVX512-BF16
 (Intel Sapphire Rapids and later, AMD Zen 4 and later), where oneDNN runs bf16 convolutions
 natively — on the development machine (AMX) the guided denoiser step is 2.7x and the VAE training
-step 2.1x faster than fp32 (docs/performance.md). On other CPUs oneDNN emulates bf16 and is
+step 2.0-2.1x faster than fp32 (docs/performance.md). On other CPUs oneDNN emulates bf16 and is
 slower than fp32, so ``auto`` keeps fp32 there.
 """
 

@@ -55,7 +55,7 @@ def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     Reduces along the memory order (channels-last or not): a strided reduction over a channels-last
     tensor is several times slower."""
     b, c = x.shape[:2]
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if _format(x) == torch.channels_last_3d:
         flat, dim = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c), 1
     else:
         flat, dim = x.reshape(b, c, -1), 2
@@ -135,5 +135,6 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
 
 
 def _format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format ``x`` is laid out in (channels-last 3D or the default)."""
     return torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) and not \
         x.is_contiguous() else torch.contiguous_format

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temps
-from ..precision import native_bf16
+from ..precision import autocast, native_bf16
 from .distributed import DistInfo
 
 CHECKPOINT = "checkpoint.pt"
@@ -253,7 +253,7 @@ class Trainer:
         for micro, batch in enumerate(batches):
             sync = micro == len(batches) - 1 or self.dist.world_size == 1
             ctx = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else _null()
-            with ctx, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with ctx, autocast(self.device, "bf16" if self.autocast else "fp32"):
                 loss, logs = self.model(batch, self.step, cfg.steps, *args)
             loss = loss / len(batches)
             finite = finite and bool(torch.isfinite(loss.detach()))
