@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from .config import PRECISIONS
 from .errors import AldmError
 
 
@@ -144,17 +145,19 @@ def _cmd_train(args) -> int:
                                                                        else get_profile("small"))
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
-                                  resume=args.resume, dist_info=info, progress=not args.quiet)
+                                  resume=args.resume, dist_info=info, progress=not args.quiet,
+                                  precision=args.precision)
         elif args.stage == "vae":
             profile = get_profile(args.profile or "small")
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
-                             dist_info=info, progress=not args.quiet)
+                             dist_info=info, progress=not args.quiet, precision=args.precision)
         else:
             parent = args.init or args.vae
             profile = get_profile(args.profile) if args.profile else (load_run_profile(parent) if parent else None)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
-                             resume=args.resume, dist_info=info, progress=not args.quiet)
+                             resume=args.resume, dist_info=info, progress=not args.quiet,
+                             precision=args.precision)
     finally:
         shutdown(info)
     if info.is_main:
@@ -162,7 +165,7 @@ def _cmd_train(args) -> int:
             print(f"{args.stage}: all {last['step']} steps were done; weights written")
         else:
             print(f"{args.stage}: {last['step']} steps, final loss {last['loss']:.4f}, "
-                  f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped")
+                  f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped, {last['precision']}")
         print(f"run: {os.path.abspath(args.out)}")
     return 0
 
@@ -314,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--steps", type=_positive_int, default=None, help="override the profile's length")
         sub.add_argument("--seed", type=int, default=None)
         sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+        sub.add_argument("--precision", choices=PRECISIONS, default=None,
+                         help="override the profile's: auto = bf16 autocast where the device trains correctly in "
+                              "bf16 (CUDA, AMX CPUs), else fp32")
         sub.add_argument("--quiet", action="store_true")
         if stage == "ldm":
             sub.add_argument("--vae", default=None, help="finished VAE run (stage 3)")
@@ -337,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ddim, dpmpp2m (DPM-Solver++ 2M, best per step) or ddpm (ancestral, all T steps)")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--batch-size", type=_positive_int, default=4)
-    gen.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    gen.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="ALDM: auto = bf16 autocast where the GPU or CPU computes bf16 natively (CUDA, "
                           "AMX / AVX512-BF16), else fp32")
     gen.add_argument("--decode-slab", type=_non_negative_int, default=0, metavar="PLANES",

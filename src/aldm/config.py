@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from .errors import AldmError
 
+PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precision)
+
 
 @dataclass
 class VAEConfig:
@@ -77,7 +79,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
-    mixed_precision: bool = True  # bf16 autocast where the device computes bf16 natively (aldm.precision)
+    # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision),
+    # else fp32; "fp32" or "bf16" force one. Older runs' "mixed_precision": true/false read as auto/fp32.
+    precision: str = "auto"
     checkpoint_every: int = 1000
     log_every: int = 10
     seed: int = 0
@@ -107,11 +111,17 @@ class Profile:
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
         def build(kind, values):
+            if kind is TrainConfig and "mixed_precision" in values:  # runs written before "precision"
+                values = dict(values)
+                values.setdefault("precision", "auto" if values.pop("mixed_precision") else "fp32")
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
             if unknown:
                 raise AldmError(f"unknown {kind.__name__} field(s): {sorted(unknown)}")
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            built = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            if kind is TrainConfig and built.precision not in PRECISIONS:
+                raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {built.precision!r}")
+            return built
 
         return cls(
             name=data["name"], image_size=int(data["image_size"]),
@@ -171,23 +181,25 @@ def small() -> Profile:
 
 
 def tiny() -> Profile:
+    """32^3 volumes and a few channels, for tests. Trains in fp32 on every machine: tests about
+    resuming, determinism or data must not depend on which CPU runs them (tests/test_precision.py
+    covers bf16 training)."""
+
+    def train(**kw) -> TrainConfig:
+        return TrainConfig(batch_size=2, checkpoint_every=2, ema_decay=0.9, log_every=1, precision="fp32", **kw)
+
     return Profile(
         name="tiny", image_size=32,
         vae=VAEConfig(channels=(8, 16, 16), refine_blocks=1, latent_channels=4),
         unet=UNetConfig(channels=(16, 32, 32), control_channels=(8, 16, 16), time_dim=32, groups=4),
         diffusion=DiffusionConfig(timesteps=100),
-        train_vae=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, ema_decay=0.9,
-                              log_every=1),
-        train_ldm=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, ema_decay=0.9,
-                              log_every=1),
-        train_fewshot=TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2,
-                                  ema_decay=0.9, log_every=1),
+        train_vae=train(steps=4, lr=1e-3, warmup_steps=1),
+        train_ldm=train(steps=4, lr=1e-3, warmup_steps=1),
+        train_fewshot=train(steps=4, lr=1e-3, warmup_steps=1),
         baseline=BaselineConfig(gen_channels=(8, 16, 16), gen_res_blocks=1, noise_channels=2,
                                 disc_channels=(8, 16, 16)),
-        train_baseline=TrainConfig(steps=4, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=2,
-                                   ema_decay=0.9, log_every=1),
-        train_baseline_fewshot=TrainConfig(steps=4, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=2,
-                                           ema_decay=0.9, log_every=1),
+        train_baseline=train(steps=4, lr=2e-4, warmup_steps=0),
+        train_baseline_fewshot=train(steps=4, lr=2e-4, warmup_steps=0),
     )
 
 

@@ -171,7 +171,7 @@ def _load_images(cache: str, rows: list[dict]) -> dict:
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,
-                   dist_info: DistInfo | None = None, progress: bool = True) -> dict:
+                   dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None) -> dict:
     """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a baseline."""
     if kind not in BASELINES:
         raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
@@ -184,7 +184,8 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         parent = load_weights(init_run)
         profile = profile or load_run_profile(init_run)
     profile = profile or small()
-    cfg = _override(profile.train_baseline_fewshot if fewshot else profile.train_baseline, steps, seed)
+    cfg = _override(profile.train_baseline_fewshot if fewshot else profile.train_baseline, steps, seed,
+                    precision)
     if fewshot:
         profile.train_baseline_fewshot = cfg
     else:

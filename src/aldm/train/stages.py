@@ -196,10 +196,10 @@ class VAETask(nn.Module):
 
 def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              domain: str = "source") -> dict:
+              domain: str = "source", precision: str | None = None) -> dict:
     """Stage 1: the VAE on the ``domain`` subjects of ``cache``."""
     dist_info = dist_info or DistInfo()
-    cfg = _override(profile.train_vae, steps, seed)
+    cfg = _override(profile.train_vae, steps, seed, precision)
     profile.train_vae = cfg
     rows = _rows(cache, domain)
     _check_size(cache, rows, profile)
@@ -291,19 +291,22 @@ class LDMTask(nn.Module):
         return loss, {"dropped": 1.0 - keep.mean()}
 
 
-def _override(cfg: TrainConfig, steps: int | None, seed: int | None) -> TrainConfig:
+def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: str | None = None) -> TrainConfig:
+    """``cfg`` with the command line's --steps, --seed and --precision where given."""
     from dataclasses import replace
 
     if steps is not None and steps < 1:
         raise AldmError(f"--steps must be at least 1, got {steps}")
-    changes = {key: value for key, value in (("steps", steps), ("seed", seed)) if value is not None}
+    changes = {key: value for key, value in (("steps", steps), ("seed", seed), ("precision", precision))
+               if value is not None}
     return replace(cfg, **changes)
 
 
 def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run: str | None = None,
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,
-              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True) -> dict:
+              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
+              precision: str | None = None) -> dict:
     """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
     target subjects of a saved split)."""
     dist_info = dist_info or DistInfo()
@@ -314,14 +317,14 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         profile = profile or load_run_profile(init_run)
         parent = load_weights(init_run)
         vae_source = init_run
-        cfg = _override(profile.train_fewshot, steps, seed)
+        cfg = _override(profile.train_fewshot, steps, seed, precision)
         profile.train_fewshot = cfg
     else:
         if profile is None:
             profile = load_run_profile(vae_run)
         load_weights(vae_run)  # fails clearly if the VAE run has not finished
         vae_source = vae_run
-        cfg = _override(profile.train_ldm, steps, seed)
+        cfg = _override(profile.train_ldm, steps, seed, precision)
         profile.train_ldm = cfg
     device = dist_info.device
     vae = load_vae(vae_source, device)

@@ -10,7 +10,8 @@ step (data, noise, timesteps, dropout) is a pure function of the step number, ``
 continues exactly as an uninterrupted run would.
 
 Features: AdamW, linear warm-up, gradient clipping, gradient accumulation, EMA of the weights,
-bf16 autocast on GPU, non-finite losses skipped with a warning, atomic checkpoints (model,
+bf16 autocast where the device trains correctly in bf16 (aldm.precision), non-finite losses
+skipped with a warning (too many stop the run, naming the likely cause), atomic checkpoints (model,
 optimiser, EMA, scheduler, RNG, step; the previous one kept as fallback), CSV log (+ TensorBoard
 when installed), a progress bar with loss and speed, and DDP under ``torchrun`` (NCCL on GPU,
 gloo on CPU).
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temps
-from ..precision import autocast, native_bf16
+from ..precision import autocast, resolve_precision, training_fallback_note
 from .distributed import DistInfo
 
 CHECKPOINT = "checkpoint.pt"
@@ -105,8 +106,11 @@ class Trainer:
                 find_unused_parameters=len(self.phases) > 1)
         self.step = 0
         self.skipped = 0
-        # bf16 autocast where the hardware computes bf16 natively (CUDA, AMX / AVX512-BF16 CPUs; aldm.precision)
-        self.autocast = config.mixed_precision and native_bf16(self.device)
+        # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision)
+        self.precision = resolve_precision(config.precision, self.device, training=True)
+        note = training_fallback_note(self.device) if config.precision == "auto" else None
+        if note and self.dist.is_main and progress:
+            print(note, file=sys.stderr)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -210,8 +214,7 @@ class Trainer:
                     tqdm.write(f"aldm: warning: step {self.step}: non-finite loss or gradient; step skipped",
                                file=sys.stderr)
                     if self.skipped > max(10, cfg.steps // 10):
-                        raise AldmError(f"{self.run_dir}: {self.skipped} non-finite steps; lower the learning rate "
-                                        "or check the data (aldm data verify)")
+                        raise AldmError(self._non_finite_message())
                 self.step += 1
                 elapsed = time.perf_counter() - start
                 last = {"step": self.step, "loss": total, "lr": self.schedulers[self.phases[0]].get_last_lr()[0],
@@ -240,7 +243,16 @@ class Trainer:
                 tb.close()
         last["wall_s"] = time.perf_counter() - t0
         last["skipped_steps"] = self.skipped
+        last["precision"] = self.precision
         return last
+
+    def _non_finite_message(self) -> str:
+        """Why training stopped after too many non-finite steps, with the likely cause and its fix."""
+        head = f"{self.run_dir}: {self.skipped} non-finite steps"
+        if self.precision == "bf16":
+            return (f"{head} under bf16 autocast, likely bf16 arithmetic on this {self.device.type}; train in fp32: "
+                    "--precision fp32 (or \"precision\": \"fp32\" in the profile's train section) and --resume")
+        return f"{head} in fp32; lower the learning rate or check the data (aldm data verify)"
 
 
     def _phase_step(self, phase, batches: list) -> tuple[float, dict, float, bool]:
@@ -253,7 +265,7 @@ class Trainer:
         for micro, batch in enumerate(batches):
             sync = micro == len(batches) - 1 or self.dist.world_size == 1
             ctx = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else _null()
-            with ctx, autocast(self.device, "bf16" if self.autocast else "fp32"):
+            with ctx, autocast(self.device, self.precision):
                 loss, logs = self.model(batch, self.step, cfg.steps, *args)
             loss = loss / len(batches)
             finite = finite and bool(torch.isfinite(loss.detach()))
