@@ -414,13 +414,14 @@ def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 16
 def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> dict:
     import numpy as np
 
+    from aldm.data.masks import masks_from_cache
     from aldm.eval.frd import frd_scores
     from aldm.eval.similarity import ssim_3d
-    from aldm.generate import masks_from_cache
     from aldm.pipeline import ALDMPipeline
+    from aldm.runs import Run
 
     pipe = ALDMPipeline.from_pretrained(model, device=str(device), precision="fp32")
-    items = masks_from_cache(pipe.info["data"], None, pipe.info, model)[:n]
+    items = masks_from_cache(pipe.info["data"], None, Run(model))[:n]
     masks = np.stack([it.mask for it in items]).astype(np.float32)
     seeds = [seed + i for i in range(len(items))]
     other_seeds = [seed + 100_000 + i for i in range(len(items))]

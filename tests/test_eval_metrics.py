@@ -109,14 +109,15 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
     generate(tiny_runs["fewshot"], str(tmp_path / "gen_train"), n=1, steps=2, subjects=split["k_shot"][:1],
              masks=f"cache:{prepared_cache}", progress=False)
-    os.replace(tmp_path / "gen_train" / os.listdir(tmp_path / "gen_train")[0], tmp_path / "gen" / "extra")
+    sample = next(n for n in os.listdir(tmp_path / "gen_train") if n.startswith("sample-"))
+    os.replace(tmp_path / "gen_train" / sample, tmp_path / "gen" / "extra")
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "gen" / "manifest.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "gen" / "samples.csv")))
     extra = json.load(open(tmp_path / "gen" / "extra" / "sample.json"))
     extra["sample"] = "extra"
     rows.append({k: extra.get(k, "") for k in rows[0]})
-    with open(tmp_path / "gen" / "manifest.csv", "w", newline="") as fh:
+    with open(tmp_path / "gen" / "samples.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -129,7 +130,7 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     assert (tmp_path / "ev" / "per_patient.csv").read_text().count("\n") == 1 + result["n_patients"]
     assert main(["evaluate", "--real", str(prepared_cache), "--synthetic", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "x")]) == 2
-    assert "no manifest.csv" in capsys.readouterr().err
+    assert "no samples.csv" in capsys.readouterr().err
 
 
 def test_frd_orders_distributions():

@@ -45,7 +45,7 @@ def test_protocol_holds_out_the_few_shot_subjects(quick_demo):
         for fold in split["cv"]:
             assert not set(fold["train"]) & set(fold["test"]) and not set(fold["test"]) & shots
     for cell in os.listdir(t1 / "samples"):
-        manifest = list(csv.DictReader(open(t1 / "samples" / cell / "manifest.csv")))
+        manifest = list(csv.DictReader(open(t1 / "samples" / cell / "samples.csv")))
         assert {r["mask_subject"] for r in manifest} == test
 
 

@@ -12,8 +12,9 @@ import torch
 
 from aldm.cli import main
 from aldm.data.cache import read_manifest
+from aldm.data.masks import relocate_mask
 from aldm.errors import AldmError
-from aldm.generate import generate, relocate_mask
+from aldm.generate import generate
 from aldm.pipeline import ALDMPipeline
 
 from .conftest import write_volume
@@ -34,7 +35,7 @@ def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
     assert native_t1.shape == tuple(json.loads(subject["native_shape"])) == (240, 240, 155)
     assert np.allclose(native_t1.affine, np.asarray(json.loads(subject["native_affine"])), atol=1e-4)
     assert np.asarray(native_mask.dataobj).sum() > 0
-    assert (tmp_path / "gen" / "manifest.csv").read_text().count("\n") == 4
+    assert (tmp_path / "gen" / "samples.csv").read_text().count("\n") == 4
 
 
 def test_same_seed_same_volume_and_resumption(tiny_runs, tmp_path):
@@ -90,7 +91,7 @@ def test_relocated_and_folder_masks(tiny_runs, prepared_cache, tmp_path):
 
 
 def test_appendix_masks_order_and_determinism(prepared_cache):
-    from aldm.generate import appendix_masks
+    from aldm.data.masks import appendix_masks
 
     cache = str(prepared_cache)
     subjects = ["UCSF-PDGM-0006", "UCSF-PDGM-0009", "UCSF-PDGM-0010"]

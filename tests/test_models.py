@@ -156,8 +156,6 @@ def test_split_decode_equals_whole_volume_decode(channels_last):
     """Depth slabs with halos and whole-volume instance-norm statistics: the same volume as decode(),
     for odd and anisotropic latent sizes, slabs of 1 plane up to more than the depth, and a
     conditional decoder (the VAE-GAN's)."""
-    from aldm.models.split_decode import decode_in_slabs
-
     torch.manual_seed(0)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     for cond_channels in (0, 2):
@@ -173,9 +171,9 @@ def test_split_decode_equals_whole_volume_decode(channels_last):
             whole_error = (vae.decode(z, cond).double() - truth).abs().max()
             assert truth.std() > 0.05
             for slab in (1, 3, 7, 64):
-                split_error = (decode_in_slabs(vae, z, cond, slab=slab).double() - truth).abs().max()
+                split_error = (vae.decode(z, cond, slab=slab).double() - truth).abs().max()
                 # as close to the float64 decode as the float32 whole-volume decode is (random weights
                 # make large activations: both are ~1e-5 off; a wrong halo or statistic is ~1e-1)
                 assert split_error <= max(2 * whole_error, 1e-5), (slab, split_error, whole_error)
     with pytest.raises(ValueError, match="at least 1 plane"):
-        decode_in_slabs(vae, z, cond, slab=0)
+        vae.decode(z, cond, slab=-1)

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from . import __version__
 from .config import PRECISIONS
 from .errors import AldmError
 
@@ -69,15 +70,13 @@ def _cmd_data_prepare(args) -> int:
 
 def _cmd_data_verify(args) -> int:
     from .data.cache import read_manifest, verify_cache
+    from .io.samples import is_samples_folder, verify_samples
 
-    if os.path.isfile(os.path.join(args.cache, "manifest.csv")) and read_manifest(args.cache) and \
-            "sha256" in read_manifest(args.cache)[0]:
+    if not is_samples_folder(args.cache) and os.path.isfile(os.path.join(args.cache, "manifest.csv")):
         problems = verify_cache(args.cache)
         n = len(read_manifest(args.cache))
         what = "cached subjects"
     else:
-        from .generate import verify_samples
-
         n, problems = verify_samples(args.cache)
         for line in problems:
             print(line, file=sys.stderr)
@@ -91,7 +90,7 @@ def _cmd_data_verify(args) -> int:
 
 def _cmd_data_split(args) -> int:
     from .data.cache import read_manifest
-    from .data.splits import few_shot_split, repeated_kfold, save_split
+    from .data.splits import few_shot_split, save_split, with_cv_folds
 
     rows = read_manifest(args.cache)
     if not rows:
@@ -100,9 +99,7 @@ def _cmd_data_split(args) -> int:
         rows = [r for r in rows if r["domain"] == args.domain]
     stratify = None if args.stratify == "none" else args.stratify
     split = few_shot_split(rows, args.k, args.n_test, seed=args.seed, stratify=stratify)
-    split["cv"] = repeated_kfold([r for r in rows if r["subject"] in set(split["test"]) | set(split["pool"])],
-                                 n_splits=args.folds, n_repeats=args.repeats, seed=args.seed,
-                                 stratify=stratify) if args.folds else []
+    split = with_cv_folds(rows, split, args.folds, args.repeats, args.seed) if args.folds else {**split, "cv": []}
     out = args.out or os.path.join(args.cache, "splits", f"k{args.k}_seed{args.seed}.json")
     save_split(out, split)
     print(f"K={args.k} few-shot: {len(split['k_shot'])} subjects; held-out test: {len(split['test'])}; "
@@ -133,15 +130,16 @@ def _finite_float(text: str) -> float:
 
 def _cmd_train(args) -> int:
     from .config import get_profile
-    from .train.distributed import init_distributed, shutdown
-    from .train.stages import load_run_profile, train_ldm, train_vae
+    from .distributed import init_distributed, shutdown
+    from .runs import Run
+    from .train.stages import train_ldm, train_vae
 
     info = init_distributed()
     try:
         if args.stage == "baseline":
             from .train.baselines import train_baseline
 
-            profile = get_profile(args.profile) if args.profile else (load_run_profile(args.init) if args.init
+            profile = get_profile(args.profile) if args.profile else (Run(args.init).profile if args.init
                                                                        else get_profile("small"))
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
@@ -153,7 +151,7 @@ def _cmd_train(args) -> int:
                              dist_info=info, progress=not args.quiet, precision=args.precision)
         else:
             parent = args.init or args.vae
-            profile = get_profile(args.profile) if args.profile else (load_run_profile(parent) if parent else None)
+            profile = get_profile(args.profile) if args.profile else (Run(parent).profile if parent else None)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,
@@ -171,8 +169,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from .distributed import init_distributed, shutdown
     from .generate import generate
-    from .train.distributed import init_distributed, shutdown
 
     info = init_distributed()
     try:
@@ -238,6 +236,7 @@ def _cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
+    from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
     parser = argparse.ArgumentParser(
         prog="aldm",
@@ -246,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .allocator import current_allocator
 
     parser.add_argument("--version", action="version",
-                        version=f"aldm {__import__('aldm').__version__} (allocator: {current_allocator()})")
+                        version=f"aldm {__version__} (allocator: {current_allocator()})")
     parser.add_argument("--deterministic", action="store_true",
                         help="bitwise-reproducible GPU kernels (slower; also ALDM_DETERMINISTIC=1); "
                              "see docs/reliability.md")
@@ -292,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     split = data_commands.add_parser("split", help="patient-level K-shot / held-out test / 3x5-fold CV split")
     split.add_argument("cache")
     split.add_argument("--k", type=_positive_int, default=16, help="few-shot subjects (paper: 10, 16)")
-    split.add_argument("--n-test", type=_non_negative_int, default=64, help="held-out test subjects (paper: 64)")
+    split.add_argument("--n-test", type=_non_negative_int, default=None,
+                       help="held-out test patients (default: min(64, all but K); paper: 64)")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--stratify", choices=("idh", "grade", "none"), default="idh")
     split.add_argument("--domain", choices=("source", "target"), default=None)
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--init", default=None, help="finished source run to adapt (few-shot stage)")
             sub.add_argument("--k", type=_positive_int, default=None, help="few-shot target subjects (10, 16)")
             sub.add_argument("--n-test", type=_non_negative_int, default=None,
-                             help="held-out target test subjects (default: min(64, rest))")
+                             help="held-out target test patients (default: min(64, all but K))")
             sub.add_argument("--split", default=None, help="a saved split JSON instead of --k")
         sub.set_defaults(func=_cmd_train)
 
@@ -338,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")
     gen.add_argument("--n", type=_positive_int, default=8, help="number of samples")
     gen.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale s")
-    gen.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (DDPM: all T)")
-    gen.add_argument("--sampler", choices=("ddim", "dpmpp2m", "ddpm"), default="ddim",
-                     help="ddim, dpmpp2m (DPM-Solver++ 2M, best per step) or ddpm (ancestral, all T steps)")
+    gen.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="sampler steps (DDPM: all T)")
+    gen.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                     help="dpmpp2m (DPM-Solver++ 2M, best per step; default), ddim, or ddpm (ancestral, all T steps)")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--batch-size", type=_positive_int, default=4)
     gen.add_argument("--precision", choices=PRECISIONS, default="auto",

@@ -24,20 +24,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from .config import get_profile
 from .data.cache import load_cached, read_manifest
-from .data.splits import few_shot_split, repeated_kfold, save_split
+from .data.splits import MAX_TEST_PATIENTS, few_shot_split, save_split, with_cv_folds
 from .errors import AldmError
-from .eval.classifier import ClassifierConfig, binary_metrics, predict, stack_slices, train_classifier
+from .eval.classifier import ClassifierConfig, cross_validate
 from .eval.evaluate import evaluate, load_synthetic
 from .generate import generate
 from .io.atomic import atomic_write_text
+from .modalities import MODALITY_FILES
+from .models.baselines.generator import BASELINE_NAMES
+from .runs import WEIGHTS, Run
 from .train.baselines import train_baseline
-from .train.stages import WEIGHTS, train_ldm, train_vae
-
-BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
+from .train.stages import train_ldm, train_vae
 
 
 @dataclass
@@ -49,7 +48,7 @@ class ExperimentConfig:
     k: list = field(default_factory=lambda: [10, 16])
     guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
     baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
-    n_test: int = 64
+    n_test: int = MAX_TEST_PATIENTS
     seed: int = 0
     sampler: str = "dpmpp2m"
     sampler_steps: int = 20
@@ -59,7 +58,7 @@ class ExperimentConfig:
     classifier_epochs: int = 6
     classifier_width: int = 16
     inception: str | None = None
-    frd_modalities: list = field(default_factory=lambda: ["t1", "t2", "flair"])
+    frd_modalities: list = field(default_factory=lambda: list(MODALITY_FILES))
     diversity_pairs: int = 100
     figure4_snapshots: int = 3
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
@@ -91,11 +90,11 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
 
 
 def _done(run: str) -> bool:
-    return os.path.exists(os.path.join(run, WEIGHTS))
+    return Run(run).finished
 
 
 def _resume(run: str) -> bool:
-    return os.path.exists(os.path.join(run, "run.json"))
+    return Run(run).exists
 
 
 def _log(text: str) -> None:
@@ -117,9 +116,7 @@ def make_splits(cfg: ExperimentConfig) -> dict:
     if n_test < cfg.folds:
         raise AldmError(f"{cfg.target_cache}: {patients} target patients leave {n_test} for testing after K={k_max}; "
                         f"need at least {cfg.folds}")
-    base = few_shot_split(rows, k_max, n_test, seed=cfg.seed)
-    non_shot = [r for r in rows if r["subject"] not in set(base["k_shot"])]
-    base["cv"] = repeated_kfold(non_shot, n_splits=cfg.folds, n_repeats=cfg.repeats, seed=cfg.seed)
+    base = with_cv_folds(rows, few_shot_split(rows, k_max, n_test, seed=cfg.seed), cfg.folds, cfg.repeats, cfg.seed)
     splits = {k_max: base}
     shot_rows = [r for r in rows if r["subject"] in set(base["k_shot"])]
     for k in cfg.k:
@@ -168,8 +165,8 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
                 generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
                          guidance_scale=max(cfg.guidance), steps=cfg.sampler_steps, sampler=cfg.sampler,
                          seed=cfg.seed, progress=False, native=False)
-            if os.path.exists(os.path.join(run, WEIGHTS)) and i < chunks:
-                os.remove(os.path.join(run, WEIGHTS))  # not finished yet: the next chunk continues
+            if Run(run).finished and i < chunks:
+                os.remove(Run(run).file(WEIGHTS))  # not finished yet: the next chunk continues
     k_max = max(cfg.k)
     for b in cfg.baselines:
         src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
@@ -198,41 +195,18 @@ def _real_items(cache: str, subjects: list) -> list[dict]:
 
 def _classifier_scores(cfg: ExperimentConfig, split: dict, real: dict, synthetic: list[dict],
                        fold_models: dict) -> dict:
-    """TRTS over the CV folds (classifiers trained once per fold on real data, cached in ``fold_models``) and
-    augmentation (K real + synthetic vs K real alone, tested on real held-out patients)."""
-    ccfg = ClassifierConfig(task=cfg.classifier_task, epochs=cfg.classifier_epochs, width=cfg.classifier_width,
+    """TRTS and augmentation of one cell over the CV folds, by the tested protocol
+    (:func:`aldm.eval.classifier.cross_validate`, leak checks included); classifiers trained on real
+    data are shared between cells through ``fold_models``."""
+    ccfg = _classifier_config(cfg)
+    items = list(real.values())
+    return {protocol: cross_validate(items, synthetic, split["cv"], protocol, ccfg, split["k_shot"], fold_models)
+            for protocol in ("trts", "augment")}
+
+
+def _classifier_config(cfg: ExperimentConfig) -> ClassifierConfig:
+    return ClassifierConfig(task=cfg.classifier_task, epochs=cfg.classifier_epochs, width=cfg.classifier_width,
                             seed=cfg.seed)
-    trts, aug = [], []
-    shots = split["k_shot"]
-
-    def stack(items):
-        return stack_slices(items, ccfg.task)
-
-    for fold in split["cv"]:
-        key = (fold["repeat"], fold["fold"])
-        test = set(fold["test"])
-        if key not in fold_models:
-            x, y = stack([real[s] for s in fold["train"] + shots if s in real])
-            fold_models[key] = train_classifier(x, y, ccfg) if len(np.unique(y)) == 2 else None
-        model = fold_models[key]
-        xs, ys = stack([s for s in synthetic if s["subject"] in test])
-        if model is not None and len(ys) and len(np.unique(ys)) == 2:
-            trts.append(binary_metrics(ys, predict(model, xs)))
-        xr, yr = stack([real[s] for s in fold["test"] if s in real])
-        if len(np.unique(yr)) == 2:
-            xa, ya = stack([real[s] for s in shots] + [s for s in synthetic if s["subject"] not in test])
-            if len(np.unique(ya)) == 2:
-                aug.append(binary_metrics(yr, predict(train_classifier(xa, ya, ccfg), xr)))
-
-    def summary(values):
-        out = {"folds": len(values)}
-        for key in ("bacc", "f1", "auc"):
-            v = [m[key] for m in values if m[key] is not None]
-            out[f"{key}_mean"] = float(np.mean(v)) if v else None
-            out[f"{key}_std"] = float(np.std(v)) if v else None
-        return out
-
-    return {"trts": summary(trts), "augment": summary(aug)}
 
 
 def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
@@ -277,12 +251,12 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         results.append(result)
     if not os.path.exists(reference_path):
-        # the reference rows: classifiers on real data (TRTR) and on the K real subjects alone
-        split = splits[k_max]
-        ref = _classifier_scores(cfg, {**split}, real, [real[s] for s in test], fold_models)
-        shots_only = _classifier_scores(cfg, {**split}, real, [], {})
-        atomic_write_text(reference_path, json.dumps({"trtr": ref["trts"], "few_shot_only": shots_only["augment"]},
-                                                     indent=2) + "\n")
+        # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone
+        split, ccfg, items = splits[k_max], _classifier_config(cfg), list(real.values())
+        reference = {"trtr": cross_validate(items, [], split["cv"], "trtr", ccfg, models=fold_models),
+                     "few_shot_only": cross_validate(items, [], split["cv"], "few-shot-only", ccfg, split["k_shot"],
+                                                     fold_models)}
+        atomic_write_text(reference_path, json.dumps(reference, indent=2) + "\n")
     with open(reference_path, encoding="utf-8") as fh:
         reference = json.load(fh)
     return write_report(cfg, results, reference, splits)

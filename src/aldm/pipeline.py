@@ -1,7 +1,7 @@
 """``ALDMPipeline``: mask -> synthetic T1/T2/FLAIR volume, from a finished LDM run directory.
 
     pipe = ALDMPipeline.from_pretrained("runs/fewshot_k16")
-    out = pipe(masks, guidance_scale=3.0, num_inference_steps=50, sampler="ddim", generator=seeds)
+    out = pipe(masks, guidance_scale=3.0, num_inference_steps=20, sampler="dpmpp2m", generator=seeds)
     out["image"]  # (B, 3, S, S, S) in [-1, 1], channels T1, T2, FLAIR
 
 Eq. 3.10: z_T ~ N(0, I) -> reverse diffusion with classifier-free guidance (Eq. 3.8) conditioned on
@@ -11,9 +11,7 @@ latent statistics -> frozen VAE decoder.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 
 import numpy as np
 import torch
@@ -21,16 +19,27 @@ import torch
 from .config import Profile
 from .data.control import control_maps, mask_statistics
 from .diffusion.guidance import GuidedNoise
-from .diffusion.samplers import SAMPLERS, initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from .diffusion.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    initial_noise,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+)
 from .diffusion.schedule import NoiseSchedule
 from .errors import AldmError
-from .models.split_decode import decode_in_slabs
+from .models.baselines.generator import BaselineGenerator
 from .models.unet import ConditionalDenoiser
 from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
-from .train.stages import WEIGHTS, load_run_profile, load_vae, load_weights, read_run_info
+from .runs import Run
 
 
 class ALDMPipeline:
+    """Masks (B, 1, S, S, S) -> synthetic volumes (B, 3, S, S, S) with a trained ALDM (Eq. 3.10; see the
+    module docstring). Build it from a run with :meth:`from_pretrained`."""
+
     def __init__(self, profile: Profile, vae, denoiser: ConditionalDenoiser, latent_mean: torch.Tensor,
                  latent_std: torch.Tensor, device="cpu", info: dict | None = None, model_hash: str = "",
                  decode_slab: int = 0, precision: str = "auto"):
@@ -69,20 +78,20 @@ class ALDMPipeline:
     @classmethod
     def from_pretrained(cls, run_dir: str, device: str | torch.device | None = None,
                         decode_slab: int = 0, precision: str = "auto") -> ALDMPipeline:
-        info = read_run_info(run_dir)
-        if info.get("stage") not in ("ldm", "fewshot"):
-            raise AldmError(f"{run_dir}: a {info.get('stage')} run cannot generate; give an LDM, few-shot or "
-                            "baseline run")
+        """The pipeline of a finished LDM or few-shot run (``device`` None: CUDA when available)."""
+        run = Run(run_dir).require_generator()
+        if run.kind != "aldm":
+            raise AldmError(f"{run_dir}: a {run.kind} run; load it with load_pipeline")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        profile = load_run_profile(run_dir)
-        weights = load_weights(run_dir)
+        profile, weights = run.profile, run.weights()
         denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
         denoiser.load_state_dict(weights["denoiser"])
-        return cls(profile, load_vae(run_dir, device), denoiser, weights["latent_mean"], weights["latent_std"],
-                   device, info, _weights_hash(run_dir), decode_slab, precision)
+        return cls(profile, run.load_vae(device), denoiser, weights["latent_mean"], weights["latent_std"],
+                   device, run.info, run.weights_hash(), decode_slab, precision)
 
     @torch.inference_mode()
-    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
+    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = DEFAULT_STEPS,
+                 sampler: str = DEFAULT_SAMPLER,
                  generator=None, progress: bool = False, step_callback=None) -> dict:
         """Generate one volume per mask.
 
@@ -130,8 +139,7 @@ class ALDMPipeline:
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
         with autocast(self.device, self.precision):
-            decoded = decode_in_slabs(self.vae, latent_cl, slab=self.decode_slab) if self.decode_slab else \
-                self.vae.decode(latent_cl)
+            decoded = self.vae.decode(latent_cl, slab=self.decode_slab)
         image = decoded.float().clamp(-1, 1)
         return {"image": image.contiguous().cpu(), "latent": latent.cpu()}
 
@@ -152,18 +160,16 @@ class BaselinePipeline:
 
     @classmethod
     def from_pretrained(cls, run_dir: str, device=None) -> BaselinePipeline:
-        from .train.baselines import BaselineGenerator
-
-        info = read_run_info(run_dir)
+        """The pipeline of a finished baseline run (``device`` None: CUDA when available)."""
+        run = Run(run_dir).require_generator()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        profile = load_run_profile(run_dir)
-        generator = BaselineGenerator(info["model"], profile)
-        generator.load_state_dict(load_weights(run_dir)["generator"])
-        return cls(profile, generator, 1.0 if info.get("fewshot") else 0.0, device, info,
-                   _weights_hash(run_dir))
+        generator = BaselineGenerator(run.kind, run.profile)
+        generator.load_state_dict(run.weights()["generator"])
+        return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, run.info, run.weights_hash())
 
     @torch.inference_mode()
-    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = 50, sampler: str = "ddim",
+    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = DEFAULT_STEPS,
+                 sampler: str = DEFAULT_SAMPLER,
                  generator=None, progress: bool = False, step_callback=None) -> dict:
         m = _check_masks(masks, self.profile.image_size)
         generators = _generators(generator, m.shape[0])
@@ -180,18 +186,9 @@ def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: st
     """The generation pipeline of any finished run that can generate (ALDM or a baseline);
     ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (ALDM only: a baseline is one fp32
     generator pass)."""
-    stage = read_run_info(run_dir).get("stage")
-    if stage == "baseline":
-        return BaselinePipeline.from_pretrained(run_dir, device)
-    return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
-
-
-def _weights_hash(run_dir: str) -> str:
-    digest = hashlib.sha256()
-    with open(os.path.join(run_dir, WEIGHTS), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    if Run(run_dir).require_generator().kind == "aldm":
+        return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
+    return BaselinePipeline.from_pretrained(run_dir, device)
 
 
 def _check_masks(masks, size: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, sha256_file
 from ..io.workers import parallel_map
+from ..modalities import VOLUME_FILES
 from .cohorts import SubjectRecord, discover
 from .preprocess import PrepConfig, load_and_verify, preprocess
 
@@ -33,7 +34,7 @@ MANIFEST = "manifest.csv"
 CONFIG = "prepare.json"
 MANIFEST_COLUMNS = (
     "subject", "patient", "dataset", "domain", "idh", "grade", "codeletion",
-    "t1", "t2", "flair", "mask",
+    *VOLUME_FILES,
     "native_shape", "native_affine", "model_affine", "brain_box", "intensity_ranges",
     "tumour_voxels", "file", "sha256",
 )

@@ -34,7 +34,8 @@ from monai.transforms import (
     Spacingd,
 )
 
-from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, MODEL_MODALITIES, SubjectRecord
+from ..modalities import MODALITIES
+from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, SubjectRecord
 
 MODES = ("resize", "crop-pad")
 
@@ -86,12 +87,12 @@ def load_and_verify(record: SubjectRecord) -> tuple[NativeVolume | None, list[st
     problems = list(record.problems)
     if problems:
         return None, problems
-    loaded = {m: _load(record.images[m], problems) for m in MODEL_MODALITIES}
+    loaded = {m: _load(record.images[m], problems) for m in MODALITIES}
     mask = _load(record.mask, problems)
     if problems:
         return None, problems
     ref_shape, ref_affine = loaded["T1"][0].shape, loaded["T1"][1]
-    for name, path, (data, affine) in [(m, record.images[m], loaded[m]) for m in MODEL_MODALITIES] + [
+    for name, path, (data, affine) in [(m, record.images[m], loaded[m]) for m in MODALITIES] + [
         ("mask", record.mask, mask)
     ]:
         if data.shape != ref_shape:
@@ -123,7 +124,7 @@ def load_and_verify(record: SubjectRecord) -> tuple[NativeVolume | None, list[st
     labels = seg.astype(np.uint8)
     if record.dataset == "brats2023":
         labels[labels == 3] = 4  # BraTS 2023 enhancing tumour -> the 2021 / UPENN / UCSF label 4
-    images = np.stack([loaded[m][0] for m in MODEL_MODALITIES])
+    images = np.stack([loaded[m][0] for m in MODALITIES])
     return NativeVolume(images=images, labels=labels, affine=ref_affine), problems
 
 

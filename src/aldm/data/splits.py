@@ -47,17 +47,28 @@ def _stratified_pick(patients: list, stratum: dict, n: int, rng: np.random.Gener
     return picked
 
 
-def few_shot_split(rows: list[dict], k: int, n_test: int, seed: int = 0, stratify: str | None = "idh") -> dict:
+MAX_TEST_PATIENTS = 64  # default held-out test set: up to 64 patients, the rest left for the shots
+
+
+def default_n_test(patients: int, k: int) -> int:
+    """The default number of held-out test patients: all but the K shots, at most ``MAX_TEST_PATIENTS``."""
+    return max(0, min(MAX_TEST_PATIENTS, patients - k))
+
+
+def few_shot_split(rows: list[dict], k: int, n_test: int | None = None, seed: int = 0,
+                   stratify: str | None = "idh") -> dict:
     """Held-out test patients first, then K few-shot patients from the rest; never overlapping.
+    ``n_test`` None: :func:`default_n_test`.
 
     Returns {"k_shot": [subjects], "test": [subjects], "pool": [remaining subjects], "k", "n_test",
     "seed", "stratify"}; one scan (the first by name) per K-shot / test patient.
     """
     if k < 1:
         raise AldmError(f"--k must be at least 1, got {k}")
+    patients, first, stratum = _patients(rows, stratify)
+    n_test = default_n_test(len(patients), k) if n_test is None else n_test
     if n_test < 0:
         raise AldmError(f"--n-test must be >= 0, got {n_test}")
-    patients, first, stratum = _patients(rows, stratify)
     if k + n_test > len(patients):
         raise AldmError(f"K={k} few-shot + {n_test} test patients exceed the {len(patients)} patients available")
     rng = np.random.default_rng(seed)
@@ -94,12 +105,22 @@ def repeated_kfold(rows: list[dict], n_splits: int = 5, n_repeats: int = 3, seed
     return folds
 
 
+def with_cv_folds(rows: list[dict], split: dict, n_splits: int = 5, n_repeats: int = 3, seed: int = 0) -> dict:
+    """``split`` with ``"cv"``: :func:`repeated_kfold` over its held-out test and pool subjects, so the
+    K few-shot patients are never in a fold (they are the few-shot training set)."""
+    keep = set(split["test"]) | set(split["pool"])
+    folds = repeated_kfold([r for r in rows if r["subject"] in keep], n_splits=n_splits, n_repeats=n_repeats,
+                           seed=seed, stratify=split.get("stratify", "idh"))
+    return {**split, "cv": folds}
+
+
 def save_split(path: str, split) -> None:
     """Write a split (dict or list of folds) as JSON, atomically."""
     atomic_write_text(path, json.dumps(split, indent=2) + "\n")
 
 
 def load_split(path: str):
+    """A split written by :func:`save_split` (an AldmError naming the file when missing or damaged)."""
     if not os.path.isfile(path):
         raise AldmError(f"{path}: split file not found")
     try:

@@ -14,7 +14,10 @@ from tqdm import tqdm
 
 from .schedule import NoiseSchedule
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+SAMPLERS = ("dpmpp2m", "ddim", "ddpm")  # the default first
+# DPM-Solver++(2M) at 20 steps matches 1000-step DDPM's FRD at ~40x less time (docs/performance.md)
+DEFAULT_SAMPLER = "dpmpp2m"
+DEFAULT_STEPS = 20
 
 
 def _randn_like(z: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -12,6 +12,8 @@ Protocols, each over patient-grouped repeated k-fold CV (3 x 5 in the paper's Ta
 * ``trtr`` — train on real, test on real held-out patients (the reference point);
 * ``trts`` — train on real, test on the synthetic volumes generated from the held-out patients'
   masks (the paper's protocol), each labelled with its own mask and its mask subject's metadata;
+  the classifier is TRTR's (trained on the fold's real training patients, not on the K shots), so
+  TRTR and TRTS differ only in what they are tested on;
 * ``augment`` — train on the real few-shot subjects + synthetic volumes, test on real held-out
   patients, compared with the few-shot subjects alone (the use case the paper motivates).
 
@@ -145,29 +147,34 @@ def stack_slices(items: list, task: str, subjects=None) -> tuple[np.ndarray, np.
 
 
 def cross_validate(real: list[dict], synthetic: list[dict], folds: list[dict], protocol: str,
-                   config: ClassifierConfig, few_shot: list[str] | None = None) -> dict:
-    """Run one protocol over ``folds`` ([{"train": [subjects], "test": [subjects]}]).
+                   config: ClassifierConfig, few_shot: list[str] | None = None, models: dict | None = None) -> dict:
+    """Run one protocol over ``folds`` ([{"repeat", "fold", "train": [subjects], "test": [subjects]}]).
 
     ``real`` items: {"subject", "image" (3,S,S,S), "mask" (1,S,S,S) or (S,S,S), "idh", "grade"}; ``synthetic``
-    items the same with "subject" = the mask's subject. Returns per-fold metrics and mean/std.
-    Raises if a fold's train and test subjects overlap (a leak).
+    items the same with "subject" = the mask's subject. TRTR and TRTS train the same classifier, on the
+    fold's training patients only (real); augment trains on the ``few_shot`` subjects + the synthetic
+    volumes whose mask subject is outside the fold's test set; few-shot-only on the ``few_shot``
+    subjects alone. ``models``: a cache of trained classifiers shared between calls (keyed by what
+    they were trained on), so TRTR and the TRTS of every generator reuse one classifier per fold.
+    Returns per-fold metrics and mean/std. Raises if a fold's train and test subjects overlap, or the
+    few-shot subjects fall in a test fold (a leak).
     """
+    models = {} if models is None else models
     results = []
     all_synth = {s["subject"] for s in synthetic}
+    shots = set(few_shot or [])
     for fold in folds:
         train, test = set(fold["train"]), set(fold["test"])
         if train & test:
             raise ValueError(f"fold {fold.get('repeat')}/{fold.get('fold')}: train and test subjects overlap")
-        if protocol == "trtr":
+        if protocol in ("trtr", "trts"):
+            key = ("real", config.task, fold.get("repeat"), fold.get("fold"))
             x, y = stack_slices(real, config.task, train)
-            xt, yt = stack_slices(real, config.task, test)
-        elif protocol == "trts":
-            x, y = stack_slices(real, config.task, train)
-            xt, yt = stack_slices(synthetic, config.task, test)
+            xt, yt = stack_slices(real if protocol == "trtr" else synthetic, config.task, test)
         elif protocol in ("augment", "few-shot-only"):
-            shots = set(few_shot or [])
             if shots & test:
                 raise ValueError("few-shot subjects inside a test fold")
+            key = ("shots", config.task, tuple(sorted(shots))) if protocol == "few-shot-only" else None
             x, y = stack_slices(real, config.task, shots)
             if protocol == "augment":
                 xs, ys = stack_slices(synthetic, config.task, all_synth - test)
@@ -177,7 +184,12 @@ def cross_validate(real: list[dict], synthetic: list[dict], folds: list[dict], p
             raise ValueError(f"unknown protocol {protocol!r}")
         if len(np.unique(y)) < 2 or len(yt) == 0:
             continue  # a fold without both classes to learn from, or nothing to test on
-        model = train_classifier(x, y, config)
+        if key is None:
+            model = train_classifier(x, y, config)
+        else:
+            if key not in models:
+                models[key] = train_classifier(x, y, config)
+            model = models[key]
         metrics = binary_metrics(yt, predict(model, xt))
         metrics.update({"repeat": fold.get("repeat"), "fold": fold.get("fold"), "n_train": int(len(y)),
                         "n_test": int(len(yt))})

@@ -21,21 +21,17 @@ import nibabel as nib
 import numpy as np
 
 from ..data.cache import load_cached, read_manifest
-from ..data.splits import load_split
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text
+from ..io.samples import read_samples_index
+from ..modalities import MODALITY_FILES
+from ..runs import Run
 from .similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
-
-MODALITY_FILES = ("t1", "t2", "flair")
 
 
 def load_synthetic(folder: str) -> list[dict]:
-    """Samples of an ``aldm generate`` folder: manifest rows + 'image' (3, S, S, S) float32."""
-    path = os.path.join(folder, "manifest.csv")
-    if not os.path.isfile(path):
-        raise AldmError(f"{folder}: no manifest.csv; not an aldm generate output folder")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    """Samples of an ``aldm generate`` folder: index rows + 'image' (3, S, S, S) float32."""
+    rows = read_samples_index(folder)
     for row in rows:
         sample = os.path.join(folder, row["sample"], "model")
         try:
@@ -47,15 +43,13 @@ def load_synthetic(folder: str) -> list[dict]:
 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None, frd_modalities=("t1", "t2", "flair"), diversity_pairs: int = 100) -> dict:
+             device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr))
     samples = load_synthetic(synthetic_dir)
     rows = {r["subject"]: r for r in read_manifest(real_cache)}
     if not rows:
         raise AldmError(f"{real_cache}: no manifest.csv; not a prepared cache")
-    model_dir = samples[0]["model"] if samples else ""
-    split_path = os.path.join(model_dir, "split.json")
-    split = load_split(split_path) if os.path.isfile(split_path) else None
+    split = Run(samples[0]["model"]).split() if samples and samples[0]["model"] else None
     excluded = []
     if split:
         shots = set(split["k_shot"])

@@ -1,4 +1,5 @@
-"""Split VAE decoding: :meth:`aldm.models.vae.VAE3D.decode` with its full-resolution stage run in depth slabs.
+"""Split VAE decoding: :meth:`aldm.models.vae.VAE3D.decode` (``slab=N``) with its full-resolution stage run in
+depth slabs.
 
 The decoder's last stage dominates its memory: x2 trilinear upsampling to (B, c1, S, S, S), a 3x3x3
 convolution to c0 channels, instance normalisation, SiLU and the 3x3x3 output convolution — at
@@ -83,6 +84,7 @@ class _RunningMoments:
         self.count = total
 
     def variance(self) -> torch.Tensor:
+        """The biased variance of everything added so far, per (sample, channel)."""
         return self.m2 / self.count
 
 
@@ -110,7 +112,7 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
         raise ValueError(f"slab must be at least 1 plane, got {slab}")
     h = vae.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
     h = vae.up1(upsample_trilinear(h))  # (B, c1, 2s, 2s, 2s): an eighth of the final size
-    conv, norm = vae.up2[0], vae.up2[1]
+    conv, norm = vae.up2.conv, vae.up2.norm
     depth, height, width = (2 * n for n in h.shape[2:])
     pre = torch.empty((h.shape[0], conv.out_channels, depth, height, width), dtype=h.dtype, device=h.device,
                       memory_format=_format(h))

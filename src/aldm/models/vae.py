@@ -14,11 +14,23 @@ import torch.nn.functional as F
 
 from ..config import VAEConfig
 from .blocks import instance_norm, upsample_trilinear
+from .split_decode import decode_in_slabs
 
 
-def _conv_in_act(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1),
-                         instance_norm(c_out), nn.SiLU())
+class ConvNormAct(nn.Sequential):
+    """3x3x3 convolution -> instance norm -> SiLU, (B, c_in, D, H, W) -> (B, c_out, D', H', W'); the
+    layers are reachable by name (``conv``, ``norm``) while the weights keep their positional keys."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1), instance_norm(c_out), nn.SiLU())
+
+    @property
+    def conv(self) -> nn.Conv3d:
+        return self[0]
+
+    @property
+    def norm(self) -> nn.GroupNorm:
+        return self[1]
 
 
 class RefineBlock(nn.Module):
@@ -36,6 +48,10 @@ class RefineBlock(nn.Module):
 
 
 class VAE3D(nn.Module):
+    """The 3D VAE of §3.1 (module docstring): ``encode`` x (B, 3, S, S, S) -> (mu, logvar) each
+    (B, zC, S/4, S/4, S/4) (Eq. 3.1); ``decode`` z -> x_hat in [-1, 1]; ``forward`` does both with the
+    reparameterisation. Decoder stages by name: ``decoder_in``, ``up1``, ``up2``, ``out``."""
+
     def __init__(self, config: VAEConfig, cond_channels: int = 0):
         """``cond_channels`` > 0 makes the decoder conditional: decode(z, cond) concatenates a
         (B, cond_channels, s, s, s) condition to z (the VAE-GAN baseline); ALDM's VAE uses 0."""
@@ -43,17 +59,17 @@ class VAE3D(nn.Module):
         self.config = config
         c0, c1, c2 = config.channels
         self.encoder = nn.Sequential(
-            _conv_in_act(config.in_channels, c0),
-            _conv_in_act(c0, c1, stride=2),
-            _conv_in_act(c1, c2, stride=2),
+            ConvNormAct(config.in_channels, c0),
+            ConvNormAct(c0, c1, stride=2),
+            ConvNormAct(c1, c2, stride=2),
             *[RefineBlock(c2) for _ in range(config.refine_blocks)],
         )
         self.mu = nn.Conv3d(c2, config.latent_channels, 1)
         self.logvar = nn.Conv3d(c2, config.latent_channels, 1)
-        self.decoder_in = nn.Sequential(_conv_in_act(config.latent_channels + cond_channels, c2),
+        self.decoder_in = nn.Sequential(ConvNormAct(config.latent_channels + cond_channels, c2),
                                         *[RefineBlock(c2) for _ in range(config.refine_blocks)])
-        self.up1 = _conv_in_act(c2, c1)
-        self.up2 = _conv_in_act(c1, c0)
+        self.up1 = ConvNormAct(c2, c1)
+        self.up2 = ConvNormAct(c1, c0)
         self.out = nn.Conv3d(c0, config.in_channels, 3, padding=1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +84,21 @@ class VAE3D(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, zC, s, s, s) [+ cond (B, cond_channels, s, s, s)] -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1]."""
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None, slab: int = 0) -> torch.Tensor:
+        """z (B, zC, s, s, s) [+ cond (B, cond_channels, s, s, s)] -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1].
+
+        ``slab`` > 0: the full-resolution stage runs over depth slabs of that many planes
+        (:func:`aldm.models.split_decode.decode_in_slabs`: the same volume at about half the peak memory;
+        inference only, no autograd graph)."""
+        if slab:
+            return decode_in_slabs(self, z, cond, slab)
         h = self.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
         h = self.up1(upsample_trilinear(h))
         h = self.up2(upsample_trilinear(h))
         return torch.tanh(self.out(h))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """x (B, 3, S, S, S) -> (x_hat, mu, logvar) with z = mu + sigma * eps."""
         mu, logvar = self.encode(x)
         return self.decode(self.sample(mu, logvar, generator)), mu, logvar
 

@@ -36,7 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from .. import __version__
+from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..errors import AldmError
+from ..modalities import VOLUME_FILES
 from .jobs import JobQueue, QueueFull
 from .models import model_entries
 from .volumes import CHANNELS, SPACES, inside, reference_volume, synthetic_volume
@@ -45,7 +48,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SAMPLES = 64
 JOB_ID = r"^[0-9a-f]{12}$"
 SAMPLE = r"^sample-[0-9]{4}_[A-Za-z0-9._-]{1,160}$"
-Channel = Literal["t1", "t2", "flair", "mask"]
+Channel = Literal[VOLUME_FILES]
 
 
 class JobRequest(BaseModel):
@@ -55,8 +58,8 @@ class JobRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
     n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
     guidance_scale: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance scale s (Eq. 3.8)")
-    sampler: Literal["ddim", "dpmpp2m", "ddpm"] = "ddim"
-    steps: int = Field(50, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
+    sampler: Literal[SAMPLERS] = DEFAULT_SAMPLER
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @field_validator("guidance_scale")
@@ -141,7 +144,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         yield
         queue.stop()
 
-    app = FastAPI(title="aldm", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="aldm", version=__version__, lifespan=lifespan,
                   description="Anatomically-conditioned latent diffusion: on-demand 3D glioma MRI synthesis "
                               "(paper Appendix A).")
     app.state.queue = queue

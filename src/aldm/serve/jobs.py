@@ -25,8 +25,9 @@ import traceback
 from collections import deque
 
 from ..errors import AldmError
-from ..generate import DONE, generate
+from ..generate import generate
 from ..io.atomic import atomic_write_text
+from ..io.samples import SAMPLE_DONE
 from .models import ModelEntry, PipelineSlot
 
 JOB_FILE = "job.json"
@@ -137,7 +138,7 @@ class JobQueue:
             return []
         out = []
         for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name, DONE)
+            path = os.path.join(folder, name, SAMPLE_DONE)
             if name.startswith("sample-") and os.path.isfile(path):
                 try:
                     with open(path, encoding="utf-8") as fh:
@@ -151,7 +152,7 @@ class JobQueue:
         return sorted(out, key=lambda s: s["index"] if s["index"] is not None else 0)
 
     def sample_meta(self, job_id: str, sample: str) -> dict | None:
-        path = os.path.join(self.samples_dir(job_id), sample, DONE)
+        path = os.path.join(self.samples_dir(job_id), sample, SAMPLE_DONE)
         if not os.path.isfile(path):
             return None
         with open(path, encoding="utf-8") as fh:

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..diffusion.samplers import SAMPLERS
 from ..errors import AldmError
-from ..train.stages import load_run_profile, read_run_info
-
-SAMPLERS_ALDM = ("ddim", "dpmpp2m", "ddpm")
+from ..models.baselines.generator import BASELINE_NAMES
+from ..runs import Run
 
 
 @dataclass(frozen=True)
@@ -48,24 +48,18 @@ class ModelEntry:
 
 def describe_model(run_dir: str, model_id: str, data_override: str | None = None) -> ModelEntry:
     """A :class:`ModelEntry` for a finished run that can generate, or an AldmError naming the folder."""
-    info = read_run_info(run_dir)
-    stage = info.get("stage")
-    if stage not in ("ldm", "fewshot", "baseline"):
-        raise AldmError(f"{run_dir}: a {stage} run cannot generate; give an LDM, few-shot or baseline run")
-    profile = load_run_profile(run_dir)
-    fewshot = stage == "fewshot" or bool(info.get("fewshot"))
-    kind = info.get("model", "aldm") if stage == "baseline" else "aldm"
-    k = info.get("k") if fewshot else None
-    domain = "target" if fewshot else "source"
-    name = {"aldm": "ALDM", "cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}.get(kind, kind)
-    where = f"PDGM few-shot (K={k})" if fewshot else "GBM source"
-    data = data_override or info.get("data") or ""
+    run = Run(run_dir).require_generator()
+    profile, kind, k = run.profile, run.kind, run.k
+    name = {"aldm": "ALDM", **BASELINE_NAMES}.get(kind, kind)
+    where = f"PDGM few-shot (K={k})" if run.fewshot else "GBM source"
+    data = data_override or run.data
     if data and not os.path.isfile(os.path.join(data, "manifest.csv")):
         raise AldmError(f"{data}: no manifest.csv; --data must be a prepared cache")
     return ModelEntry(
-        id=model_id, path=os.path.abspath(run_dir), stage=stage, kind=kind, domain=domain,
+        id=model_id, path=os.path.abspath(run_dir), stage=run.stage, kind=kind,
+        domain="target" if run.fewshot else "source",
         label=f"{where} - {name}", image_size=profile.image_size, timesteps=profile.diffusion.timesteps,
-        samplers=SAMPLERS_ALDM if kind == "aldm" else ("none",), data=os.path.abspath(data) if data else "", k=k,
+        samplers=SAMPLERS if kind == "aldm" else ("none",), data=os.path.abspath(data) if data else "", k=k,
     )
 
 

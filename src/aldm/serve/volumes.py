@@ -18,8 +18,9 @@ import numpy as np
 
 from ..data.cache import load_cached, read_manifest
 from ..errors import AldmError
+from ..modalities import VOLUME_FILES
 
-CHANNELS = ("t1", "t2", "flair", "mask")
+CHANNELS = VOLUME_FILES
 SPACES = ("model", "native")
 
 

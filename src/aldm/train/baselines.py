@@ -25,47 +25,14 @@ import torch.nn.functional as F
 from ..config import Profile, small
 from ..data.cache import load_cached
 from ..data.control import control_maps
+from ..distributed import DistInfo, barrier
 from ..errors import AldmError
-from ..models.baselines.networks import (
-    Generator3D,
-    PatchDiscriminator3D,
-    diff_augment,
-    hinge_d_loss,
-    hinge_g_loss,
-)
-from ..models.vae import VAE3D, kl_divergence
-from .distributed import DistInfo, barrier
-from .stages import _override, _save_weights, load_run_profile, load_weights, open_run, read_run_info
+from ..models.baselines.generator import BASELINES, BaselineGenerator
+from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
+from ..models.vae import kl_divergence
+from ..runs import Run
+from .stages import FewShot, _override, open_run
 from .trainer import Trainer, step_generator
-
-BASELINES = ("cgan", "cgan3m", "vaegan")
-
-
-class BaselineGenerator(nn.Module):
-    """The sampling side of every baseline: masks (B, 1, S, S, S) + domain + per-sample noise -> volumes."""
-
-    def __init__(self, kind: str, profile: Profile):
-        super().__init__()
-        self.kind = kind
-        self.size = profile.image_size
-        cfg = profile.baseline
-        if kind == "vaegan":
-            self.net = VAE3D(profile.vae, cond_channels=4)
-            self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
-        else:
-            self.net = Generator3D(cfg)
-            self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
-
-    def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """VAE-GAN decoder condition: control maps pooled to latent resolution + the domain flag."""
-        c = F.adaptive_avg_pool3d(control_full, self.noise_shape[1:])
-        flag = domain.view(-1, 1, 1, 1, 1).to(c.dtype).expand(-1, 1, *c.shape[2:])
-        return torch.cat([c, flag], 1)
-
-    def forward(self, control_full: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.kind == "vaegan":
-            return self.net.decode(noise, self.condition(control_full, domain))
-        return self.net(control_full, domain, noise)
 
 
 class GANTask(nn.Module):
@@ -179,10 +146,11 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
     fewshot = init_run is not None
     parent = None
     if fewshot:
-        if read_run_info(init_run).get("model") != kind:
+        source = Run(init_run)
+        if source.kind != kind:
             raise AldmError(f"{init_run}: not a finished {kind} run")
-        parent = load_weights(init_run)
-        profile = profile or load_run_profile(init_run)
+        parent = source.weights()
+        profile = profile or source.profile
     profile = profile or small()
     cfg = _override(profile.train_baseline_fewshot if fewshot else profile.train_baseline, steps, seed,
                     precision)
@@ -191,8 +159,9 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
     else:
         profile.train_baseline = cfg
     domain = "target" if fewshot else "source"
-    rows = open_run(run_dir, "baseline", profile, cache, cfg.seed, domain, dist_info, resume,
-                    {"model": kind, "fewshot": fewshot}, init_run, split_path, k, n_test)
+    run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
+                         resume=resume, extra={"model": kind, "fewshot": fewshot},
+                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None)
 
     data = _load_images(cache, rows)
     torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only
@@ -221,7 +190,6 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
     last = trainer.run()
     if dist_info.is_main:
         # raw weights of G and D to start a few-shot stage from; EMA weights of G to sample with
-        _save_weights(run_dir, {"task": trainer.task.state_dict(),
-                                "generator": trainer.ema.shadow.generator.state_dict()})
+        run.save_weights({"task": trainer.task.state_dict(), "generator": trainer.ema.shadow.generator.state_dict()})
     barrier(dist_info)
     return last

@@ -8,113 +8,33 @@
 4. ``train_ldm(init=...)``: few-shot adaptation of the whole denoiser on K target subjects of a
    saved patient-level split (zero-shot = use stage 3 directly).
 
-A run directory holds ``run.json`` (stage, profile, seed, data cache and manifest hash, code
-version, parent runs), ``config.json`` (the resolved profile), ``checkpoint.pt`` (+ previous),
-``metrics.csv`` and, when done, ``weights.pt`` (EMA weights). LDM runs also hold ``vae.pt`` and
-the latent statistics, so a finished LDM run is all that generation needs.
+Each stage writes a run folder (:mod:`aldm.runs`: what it holds and how it is read back). LDM runs
+also hold ``vae.pt`` and the latent statistics, so a finished LDM run is all that generation needs.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
 from ..config import Profile, TrainConfig
 from ..data.cache import load_cached, read_manifest
 from ..data.control import control_maps, latent_tumour_weight_mask, mask_statistics
 from ..data.splits import few_shot_split, load_split, save_split
 from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from ..distributed import DistInfo, barrier
 from ..errors import AldmError
-from ..io.atomic import atomic_path, atomic_write_text, sha256_file
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, vae_loss
-from .distributed import DistInfo, barrier
-from .trainer import Trainer, load_checkpoint, step_generator
-
-WEIGHTS = "weights.pt"
-RUN_INFO = "run.json"
-CONFIG = "config.json"
-VAE_WEIGHTS = "vae.pt"
+from ..runs import SPLIT, VAE_WEIGHTS, Run, save_checkpoint
+from .trainer import Trainer, step_generator
 
 
 # ------------------------------------------------------------------------------------------------ run dirs
-def _code_version() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"aldm {__version__}" + (f" ({sha})" if sha else "")
-
-
-def _prepare_run_dir(run_dir: str, info: dict, profile: Profile, resume: bool, dist_info: DistInfo) -> None:
-    """Create the run directory; refuse to overwrite a finished or foreign run unless resuming it.
-
-    Every rank looks before rank 0 writes (the barrier after the look), so all ranks decide alike."""
-    exists = os.path.exists(os.path.join(run_dir, RUN_INFO))
-    barrier(dist_info)
-    if exists and not resume:
-        raise AldmError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    if exists and resume:
-        old = read_run_info(run_dir)
-        if old.get("stage") != info["stage"]:
-            raise AldmError(f"{run_dir}: holds a {old.get('stage')} run, not {info['stage']}")
-        if old.get("data_manifest_sha256") not in (None, info.get("data_manifest_sha256")):
-            raise AldmError(f"{run_dir}: its data ({info.get('data')}) changed since the run started "
-                            "(manifest checksum differs); resuming would not continue the same run")
-        return
-    if dist_info.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        profile.save(os.path.join(run_dir, CONFIG))
-        atomic_write_text(os.path.join(run_dir, RUN_INFO), json.dumps(info, indent=2) + "\n")
-    barrier(dist_info)
-
-
-def read_run_info(run_dir: str) -> dict:
-    path = os.path.join(run_dir, RUN_INFO)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise AldmError(f"{run_dir}: not an aldm run (no {RUN_INFO})") from None
-    except json.JSONDecodeError as exc:
-        raise AldmError(f"{path}: damaged run description ({exc.msg})") from exc
-
-
-def load_run_profile(run_dir: str) -> Profile:
-    read_run_info(run_dir)  # a clear "not an aldm run" before a missing config.json
-    return Profile.load(os.path.join(run_dir, CONFIG))
-
-
-def load_weights(run_dir: str) -> dict:
-    path = os.path.join(run_dir, WEIGHTS)
-    if not os.path.exists(path):
-        raise AldmError(f"{run_dir}: training has not finished (no {WEIGHTS}); resume it with --resume")
-    return load_checkpoint(path)
-
-
-def _save_weights(run_dir: str, weights: dict) -> None:
-    with atomic_path(os.path.join(run_dir, WEIGHTS)) as tmp:
-        torch.save(weights, tmp)
-
-
-def _base_info(stage: str, profile: Profile, cache: str, seed: int, dist_info: DistInfo) -> dict:
-    manifest = os.path.join(cache, "manifest.csv")
-    return {
-        "stage": stage, "profile": profile.name, "seed": seed, "world_size": dist_info.world_size,
-        "data": os.path.abspath(cache),
-        "data_manifest_sha256": sha256_file(manifest), "code_version": _code_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
 def _rows(cache: str, domain: str | None, subjects: list | None = None) -> list[dict]:
     rows = read_manifest(cache)
     if not rows:
@@ -136,45 +56,55 @@ def _check_size(cache: str, rows: list[dict], profile: Profile) -> None:
                         f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
 
 
-def select_fewshot(cache: str, rows: list[dict], run_dir: str, resume: bool, split_path: str | None,
-                   k: int | None, n_test: int | None, seed: int) -> tuple[dict, list[dict]]:
+@dataclass
+class FewShot:
+    """What a few-shot stage adapts and on whom: the finished source run ``init_run`` and either a saved
+    split (``split_path``) or K shots drawn now (``k``, with ``n_test`` held-out test patients)."""
+
+    init_run: str
+    split_path: str | None = None
+    k: int | None = None
+    n_test: int | None = None
+
+
+def select_fewshot(cache: str, rows: list[dict], run: Run, resume: bool, fewshot: FewShot,
+                   seed: int) -> tuple[dict, list[dict]]:
     """The few-shot split of a stage-4 run (its own when resuming, a given file, or a new one drawn
     from ``rows``) and the rows of its K subjects."""
-    existing = os.path.join(run_dir, "split.json")
-    if resume and os.path.exists(existing):
-        split = load_split(existing)
-    elif split_path:
-        split = load_split(split_path)
+    if resume and os.path.exists(run.split_path):
+        split = load_split(run.split_path)
+    elif fewshot.split_path:
+        split = load_split(fewshot.split_path)
     else:
-        if k is None:
+        if fewshot.k is None:
             raise AldmError("few-shot training needs --k (paper: 10 or 16) or --split")
         patients = len({r["patient"] for r in rows})
-        if k > patients:
-            raise AldmError(f"{cache}: --k {k} exceeds the {patients} target patients available")
-        split = few_shot_split(rows, k, n_test if n_test is not None else min(64, patients - k), seed=seed)
+        if fewshot.k > patients:
+            raise AldmError(f"{cache}: --k {fewshot.k} exceeds the {patients} target patients available")
+        split = few_shot_split(rows, fewshot.k, fewshot.n_test, seed=seed)
     shots = _rows(cache, rows[0]["domain"], split["k_shot"])
     if len(shots) != len(split["k_shot"]):
         raise AldmError(f"{cache}: the split names subjects that are not in this cache")
     return split, shots
 
 
-def open_run(run_dir: str, stage: str, profile: Profile, cache: str, seed: int, domain: str, dist_info: DistInfo,
-             resume: bool, extra: dict, init_run: str | None = None, split_path: str | None = None,
-             k: int | None = None, n_test: int | None = None) -> list[dict]:
-    """Check the data, create (or re-open) a run directory and return the rows to train on: the
-    ``domain`` subjects of ``cache``, or, with ``init_run``, the K few-shot subjects of the run's split."""
+def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: int, domain: str,
+             dist_info: DistInfo, resume: bool, extra: dict, fewshot: FewShot | None = None) -> tuple[Run, list]:
+    """Check the data, create (or re-open) a run folder and return it with the rows to train on: the
+    ``domain`` subjects of ``cache``, or, with ``fewshot``, the K few-shot subjects of the run's split."""
     rows = _rows(cache, domain)
     _check_size(cache, rows, profile)
-    info = {**_base_info(stage, profile, cache, seed, dist_info), "domain": domain, **extra}
+    info = Run.describe(stage, profile, cache, seed, dist_info.world_size, domain=domain, **extra)
     split = None
-    if init_run is not None:
-        info["init_run"] = os.path.abspath(init_run)
-        split, rows = select_fewshot(cache, rows, run_dir, resume, split_path, k, n_test, seed)
+    if fewshot is not None:
+        info["init_run"] = os.path.abspath(fewshot.init_run)
+        split, rows = select_fewshot(cache, rows, Run(run_dir), resume, fewshot, seed)
         info["k"] = len(split["k_shot"])
-    _prepare_run_dir(run_dir, info, profile, resume, dist_info)
-    if split is not None and dist_info.is_main and not os.path.exists(os.path.join(run_dir, "split.json")):
-        save_split(os.path.join(run_dir, "split.json"), split)
-    return rows
+    info["subjects"] = len(rows)
+    run = Run.create(run_dir, info, profile, resume, dist_info)
+    if split is not None and dist_info.is_main and not os.path.exists(run.split_path):
+        save_split(run.file(SPLIT), split)
+    return run, rows
 
 
 # ------------------------------------------------------------------------------------------------ stage 1
@@ -201,10 +131,8 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     dist_info = dist_info or DistInfo()
     cfg = _override(profile.train_vae, steps, seed, precision)
     profile.train_vae = cfg
-    rows = _rows(cache, domain)
-    _check_size(cache, rows, profile)
-    _prepare_run_dir(run_dir, {**_base_info("vae", profile, cache, cfg.seed, dist_info), "domain": domain,
-                               "subjects": len(rows)}, profile, resume, dist_info)
+    run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
+                         resume=resume, extra={})
     images = torch.stack([torch.from_numpy(load_cached(cache, r)["image"]).half() for r in rows])
     latent_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
 
@@ -219,19 +147,9 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
         trainer.resume()
     last = trainer.run()
     if dist_info.is_main:
-        _save_weights(run_dir, {"vae": trainer.ema.shadow.vae.state_dict()})
+        run.save_weights({"vae": trainer.ema.shadow.vae.state_dict()})
     barrier(dist_info)
     return last
-
-
-def load_vae(run_dir: str, device="cpu") -> VAE3D:
-    """The frozen VAE of a stage-1 run (EMA weights) or of an LDM run (its copy)."""
-    profile = load_run_profile(run_dir)
-    vae = VAE3D(profile.vae)
-    own = os.path.join(run_dir, VAE_WEIGHTS)
-    state = load_checkpoint(own)["vae"] if os.path.exists(own) else load_weights(run_dir)["vae"]
-    vae.load_state_dict(state)
-    return vae.to(device).eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------ stage 2
@@ -313,24 +231,19 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     fewshot = init_run is not None
     if fewshot == (vae_run is not None):
         raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
+    vae_source = Run(init_run if fewshot else vae_run)
+    profile = profile or vae_source.profile
+    parent = vae_source.require_finished().weights() if fewshot else None
     if fewshot:
-        profile = profile or load_run_profile(init_run)
-        parent = load_weights(init_run)
-        vae_source = init_run
-        cfg = _override(profile.train_fewshot, steps, seed, precision)
-        profile.train_fewshot = cfg
+        cfg = profile.train_fewshot = _override(profile.train_fewshot, steps, seed, precision)
     else:
-        if profile is None:
-            profile = load_run_profile(vae_run)
-        load_weights(vae_run)  # fails clearly if the VAE run has not finished
-        vae_source = vae_run
-        cfg = _override(profile.train_ldm, steps, seed, precision)
-        profile.train_ldm = cfg
+        cfg = profile.train_ldm = _override(profile.train_ldm, steps, seed, precision)
     device = dist_info.device
-    vae = load_vae(vae_source, device)
-    domain = "target" if fewshot else "source"
-    rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, cfg.seed, domain, dist_info, resume,
-                    {"vae_run": os.path.abspath(vae_source)}, init_run, split_path, k, n_test)
+    vae = vae_source.load_vae(device)
+    run, rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
+                         domain="target" if fewshot else "source", dist_info=dist_info, resume=resume,
+                         extra={"vae_run": os.path.abspath(vae_source.path)},
+                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
     if fewshot:
@@ -362,10 +275,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         trainer.resume()
     last = trainer.run()
     if dist_info.is_main:
-        with atomic_path(os.path.join(run_dir, VAE_WEIGHTS)) as tmp:
-            torch.save({"vae": vae.state_dict()}, tmp)
+        save_checkpoint(run.file(VAE_WEIGHTS), {"vae": vae.state_dict()})
         ema = trainer.ema.shadow
-        _save_weights(run_dir, {"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(),
-                                "latent_std": std.cpu()})
+        run.save_weights({"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(), "latent_std": std.cpu()})
     barrier(dist_info)
     return last

@@ -32,13 +32,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..config import TrainConfig
+from ..distributed import DistInfo
 from ..errors import AldmError
-from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from ..io.atomic import atomic_write_text, remove_stale_temps
 from ..precision import autocast, resolve_precision, training_fallback_note
-from .distributed import DistInfo
-
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint-prev.pt"
+from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, load_checkpoint, save_checkpoint
 
 
 class EMA:
@@ -62,14 +60,6 @@ class EMA:
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
     """The random stream of one training step (a pure function of its arguments)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 8191 + rank * 131 + stream) % (2**63 - 1))
-
-
-def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely (``weights_only``: never unpickles arbitrary objects)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupted or foreign file
-        raise AldmError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
 
 
 class Trainer:
@@ -127,14 +117,13 @@ class Trainer:
             return
         path = os.path.join(self.run_dir, CHECKPOINT)
         if os.path.exists(path):
-            os.replace(path, os.path.join(self.run_dir, PREVIOUS))
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
+            os.replace(path, os.path.join(self.run_dir, PREVIOUS_CHECKPOINT))
+        save_checkpoint(path, self.state())
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint of ``run_dir``; falls back to the previous one."""
         errors = []
-        for name in (CHECKPOINT, PREVIOUS):
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
             path = os.path.join(self.run_dir, name)
             if not os.path.exists(path):
                 continue
@@ -162,7 +151,7 @@ class Trainer:
     def _trim_log(self) -> None:
         """Drop metrics.csv rows past the resumed step (and a line cut short by a kill), so a resumed
         run's log equals an uninterrupted run's; remove temp files a killed checkpoint write left."""
-        path = os.path.join(self.run_dir, "metrics.csv")
+        path = os.path.join(self.run_dir, METRICS)
         if not self.dist.is_main:
             return
         remove_stale_temps(self.run_dir)
@@ -181,7 +170,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ training
     def _log_writer(self):
-        path = os.path.join(self.run_dir, "metrics.csv")
+        path = os.path.join(self.run_dir, METRICS)
         new = not os.path.exists(path)
         fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in run()
         return fh, new

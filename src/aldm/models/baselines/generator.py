@@ -1,0 +1,45 @@
+"""The sampling side of every baseline (CGAN, 3M-CGAN, VAE-GAN) as one network: what a baseline run's
+``weights.pt`` holds under ``generator`` and what :class:`aldm.pipeline.BaselinePipeline` runs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...config import Profile
+from ..vae import VAE3D
+from .networks import Generator3D
+
+BASELINES = ("cgan", "cgan3m", "vaegan")
+BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
+
+
+class BaselineGenerator(nn.Module):
+    """Control maps (B, 3, S, S, S) + domain flag (B,) + per-sample noise (B, *noise_shape) -> volumes
+    (B, 3, S, S, S) in [-1, 1]. CGAN and 3M-CGAN: the U-Net generator :class:`Generator3D`; VAE-GAN: the
+    conditional decoder of a :class:`VAE3D` sampled from its prior (never a reconstruction)."""
+
+    def __init__(self, kind: str, profile: Profile):
+        super().__init__()
+        self.kind = kind
+        self.size = profile.image_size
+        cfg = profile.baseline
+        if kind == "vaegan":
+            self.net = VAE3D(profile.vae, cond_channels=4)
+            self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
+        else:
+            self.net = Generator3D(cfg)
+            self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
+
+    def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """VAE-GAN decoder condition: control maps pooled to latent resolution + the domain flag."""
+        c = F.adaptive_avg_pool3d(control_full, self.noise_shape[1:])
+        flag = domain.view(-1, 1, 1, 1, 1).to(c.dtype).expand(-1, 1, *c.shape[2:])
+        return torch.cat([c, flag], 1)
+
+    def forward(self, control_full: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One generator pass; shapes as in the class docstring."""
+        if self.kind == "vaegan":
+            return self.net.decode(noise, self.condition(control_full, domain))
+        return self.net(control_full, domain, noise)

@@ -1,0 +1,236 @@
+"""Run folders: the one place that knows what a training run writes and how to read it back.
+
+A run folder holds
+
+* ``run.json`` — what the run is: ``stage`` (``vae``, ``ldm``, ``fewshot`` or ``baseline``), profile
+  name, seed, world size, the data cache and its manifest checksum, code version, creation time,
+  parent runs (``vae_run``, ``init_run``), for baselines ``model`` and ``fewshot``, for few-shot
+  runs ``k``;
+* ``config.json`` — the resolved :class:`aldm.config.Profile`;
+* ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) — the trainer's resumable state;
+* ``metrics.csv`` — the training log;
+* ``split.json`` — few-shot runs: the patient-level split (K shots, held-out test subjects);
+* ``weights.pt`` — written when training has finished (EMA weights); its presence is what
+  "finished" means;
+* ``vae.pt`` — LDM runs: the frozen VAE they were trained with, so a finished LDM run is all that
+  generation needs.
+
+Training creates and resumes runs through :meth:`Run.create`; inference (pipeline, generate,
+evaluate, experiment, serve) reads them through :class:`Run` and imports no training module.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import torch
+
+from . import __version__
+from .config import Profile
+from .errors import AldmError
+from .io.atomic import atomic_path, atomic_write_text, sha256_file
+
+RUN_INFO = "run.json"
+CONFIG = "config.json"
+WEIGHTS = "weights.pt"
+VAE_WEIGHTS = "vae.pt"
+SPLIT = "split.json"
+METRICS = "metrics.csv"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
+
+STAGES = ("vae", "ldm", "fewshot", "baseline")
+GENERATING_STAGES = ("ldm", "fewshot", "baseline")
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a torch file safely (``weights_only``: never unpickles arbitrary objects); a damaged or
+    foreign file is an AldmError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupted or foreign file
+        raise AldmError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """``torch.save`` through a temporary file and a rename: a reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def code_version() -> str:
+    """``aldm <version>`` and, in a git checkout, the short commit."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"aldm {__version__}" + (f" ({sha})" if sha else "")
+
+
+class Run:
+    """One run folder (see the module docstring). Reading is lazy: ``Run(path)`` touches no file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Run({self.path!r})"
+
+    def file(self, name: str) -> str:
+        """The path of ``name`` inside the run folder."""
+        return os.path.join(self.path, name)
+
+    # ------------------------------------------------------------------------------------ what it is
+    @functools.cached_property
+    def info(self) -> dict:
+        """``run.json`` (an AldmError when the folder is not a run or the file is damaged)."""
+        path = self.file(RUN_INFO)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise AldmError(f"{self.path}: not an aldm run (no {RUN_INFO})") from None
+        except json.JSONDecodeError as exc:
+            raise AldmError(f"{path}: damaged run description ({exc.msg})") from exc
+
+    @property
+    def exists(self) -> bool:
+        """Whether the folder holds a run (finished or not)."""
+        return os.path.exists(self.file(RUN_INFO))
+
+    @property
+    def stage(self) -> str:
+        return self.info.get("stage")
+
+    @property
+    def kind(self) -> str:
+        """The model family: ``vae``, ``aldm`` (LDM and few-shot runs) or a baseline (``cgan``, ``cgan3m``,
+        ``vaegan``)."""
+        if self.stage == "baseline":
+            return self.info.get("model", "baseline")
+        return "vae" if self.stage == "vae" else "aldm"
+
+    @property
+    def fewshot(self) -> bool:
+        """Whether the run adapted a source model to K target subjects (stage 4, or a few-shot baseline)."""
+        return self.stage == "fewshot" or bool(self.info.get("fewshot"))
+
+    @property
+    def k(self) -> int | None:
+        """K of a few-shot run, else None."""
+        return self.info.get("k") if self.fewshot else None
+
+    @property
+    def data(self) -> str:
+        """The prepared cache the run was trained on (absolute path; '' when unknown)."""
+        return self.info.get("data") or ""
+
+    @functools.cached_property
+    def profile(self) -> Profile:
+        """The run's resolved profile (``config.json``)."""
+        self.info  # noqa: B018 - a clear "not an aldm run" before a missing config.json
+        return Profile.load(self.file(CONFIG))
+
+    @property
+    def finished(self) -> bool:
+        """Whether training finished (``weights.pt`` exists)."""
+        return os.path.exists(self.file(WEIGHTS))
+
+    def require_finished(self) -> Run:
+        """This run if training finished, else an AldmError saying how to finish it."""
+        if not self.finished:
+            raise AldmError(f"{self.path}: training has not finished (no {WEIGHTS}); resume it with --resume")
+        return self
+
+    @property
+    def can_generate(self) -> bool:
+        return self.stage in GENERATING_STAGES
+
+    def require_generator(self) -> Run:
+        """This run if it is one that generates (LDM, few-shot or baseline), else an AldmError."""
+        if not self.can_generate:
+            raise AldmError(f"{self.path}: a {self.stage} run cannot generate; give an LDM, few-shot or baseline run")
+        return self
+
+    # ------------------------------------------------------------------------------------ its files
+    def weights(self) -> dict:
+        """The finished run's weights (an AldmError saying how to finish it when there are none)."""
+        return load_checkpoint(self.require_finished().file(WEIGHTS))
+
+    def save_weights(self, weights: dict) -> None:
+        """Write ``weights.pt`` (atomically): the run is finished from then on."""
+        save_checkpoint(self.file(WEIGHTS), weights)
+
+    def weights_hash(self) -> str:
+        """The first 16 hex digits of ``weights.pt``'s SHA-256: which weights made a sample."""
+        digest = hashlib.sha256()
+        with open(self.file(WEIGHTS), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+
+    @property
+    def split_path(self) -> str:
+        return self.file(SPLIT)
+
+    def split(self) -> dict | None:
+        """The few-shot split saved with the run, or None."""
+        from .data.splits import load_split
+
+        return load_split(self.split_path) if os.path.exists(self.split_path) else None
+
+    def load_vae(self, device="cpu"):
+        """The frozen VAE of a stage-1 run (its EMA weights) or of an LDM run (its copy in ``vae.pt``)."""
+        from .models.vae import VAE3D
+
+        vae = VAE3D(self.profile.vae)
+        own = self.file(VAE_WEIGHTS)
+        state = load_checkpoint(own)["vae"] if os.path.exists(own) else self.weights()["vae"]
+        vae.load_state_dict(state)
+        return vae.to(device).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------ creating one
+    @staticmethod
+    def describe(stage: str, profile: Profile, cache: str, seed: int, world_size: int = 1, **extra) -> dict:
+        """The ``run.json`` of a new run of ``stage`` on ``cache`` (plus ``extra`` fields)."""
+        return {
+            "stage": stage, "profile": profile.name, "seed": seed, "world_size": world_size,
+            "data": os.path.abspath(cache),
+            "data_manifest_sha256": sha256_file(os.path.join(cache, "manifest.csv")), "code_version": code_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra,
+        }
+
+    @classmethod
+    def create(cls, path: str, info: dict, profile: Profile, resume: bool, dist_info=None) -> Run:
+        """Create the run folder, or re-open it with ``resume``; refuse to overwrite a run, to resume a
+        run of another stage, or one whose data changed since it started.
+
+        Under ``torchrun`` every rank looks before rank 0 writes (a barrier after the look), so all
+        ranks decide alike."""
+        from .distributed import DistInfo, barrier
+
+        dist_info = dist_info or DistInfo()
+        run = cls(path)
+        exists = run.exists
+        barrier(dist_info)
+        if exists and not resume:
+            raise AldmError(f"{path}: already holds a run; pass --resume to continue it or choose another --out")
+        if exists:
+            if run.stage != info["stage"]:
+                raise AldmError(f"{path}: holds a {run.stage} run, not {info['stage']}")
+            if run.info.get("data_manifest_sha256") not in (None, info.get("data_manifest_sha256")):
+                raise AldmError(f"{path}: its data ({info.get('data')}) changed since the run started "
+                                "(manifest checksum differs); resuming would not continue the same run")
+            return run
+        if dist_info.is_main:
+            os.makedirs(path, exist_ok=True)
+            profile.save(run.file(CONFIG))
+            atomic_write_text(run.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
+        barrier(dist_info)
+        return cls(path)
