@@ -25,6 +25,7 @@ def test_choices(monkeypatch):
         allocator.allocator_env("fastest", base)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the relaunch is Linux-only")
 @pytest.mark.parametrize("choice", ["glibc-tuned", "system"])
 def test_the_command_really_relaunches(choice):

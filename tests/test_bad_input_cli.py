@@ -16,6 +16,8 @@ import pytest
 
 from aldm.cli import main
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 
 def _tree_digest(root) -> dict:
     out = {}

@@ -18,6 +18,8 @@ from aldm.generate import generate
 from aldm.pipeline import BaselinePipeline, load_pipeline
 from aldm.train.baselines import BASELINES, GANTask, train_baseline
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 
 @pytest.mark.parametrize("kind", BASELINES)
 def test_trains_with_finite_losses_in_both_stages(baseline_runs, kind):

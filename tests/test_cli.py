@@ -14,6 +14,7 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "aldm.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_help_lists_commands():
     out = _run("--help")
     assert out.returncode == 0 and "data" in out.stdout

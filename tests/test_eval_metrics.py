@@ -103,6 +103,7 @@ def test_fid_inception_architecture_and_weight_loading(tmp_path):
         load_fid_inception(str(tmp_path / "bad.pth"))
 
 
+@pytest.mark.slow
 def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_cache, tmp_path, capsys):
     generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, steps=2, progress=False)
     # one more sample whose mask is a few-shot training subject: must not be scored
@@ -133,6 +134,7 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     assert "no samples.csv" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_frd_orders_distributions():
     from aldm.eval.frd import frd_scores
 

@@ -10,6 +10,8 @@ import pytest
 
 from aldm.cli import main
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):

@@ -19,6 +19,8 @@ from aldm.pipeline import ALDMPipeline
 
 from .conftest import write_volume
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 
 def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 KILL_SEED = int(os.environ.get("ALDM_KILL_SEED", "20261126"))
 STEPS, EVERY = 40, 4
 

@@ -13,6 +13,7 @@ from aldm.models.unet import ConditionalDenoiser
 from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, vae_loss
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_paper_vae_maps_112_to_8x28():
     vae = VAE3D(paper().vae).eval()
@@ -123,6 +124,7 @@ def test_deterministic_trilinear_upsampling_equals_interpolate():
     assert torch.allclose(grad_out, grad_ref, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_deterministic_flag_runs_and_repeats(prepared_cache, tmp_path):
     """``aldm --deterministic`` trains (deterministic kernels, the conv form of the upsampling) and
     two such runs agree bit for bit."""

@@ -15,6 +15,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
+
 EXAMPLES = int(os.environ.get("ALDM_FUZZ_EXAMPLES", "40"))
 CALLS: dict[str, int] = {}
 

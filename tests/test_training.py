@@ -129,6 +129,7 @@ def test_tiny_vae_overfits_two_volumes(phantom_root, tmp_path):
     assert min(rec[-5:]) < rec[0] / 2.5
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_gloo(prepared_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aldm.cli",

@@ -28,6 +28,7 @@ MARK = "_ALDM_ALLOCATOR_SET"
 
 
 def find_tcmalloc() -> str | None:
+    """The first tcmalloc library found on this machine (Linux), or None."""
     for pattern in TCMALLOC_GLOBS:
         found = sorted(glob.glob(pattern))
         if found:

@@ -234,6 +234,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``aldm`` command line: every sub-command, its options and their help."""
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
     from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
@@ -334,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")
     gen.add_argument("--model", required=True, help="finished LDM, few-shot or baseline run")
     gen.add_argument("--masks", default=None,
-                     help="cache:PATH, folder:PATH or relocated:PATH (default: the model's held-out subjects)")
+                     help="cache:PATH, folder:PATH, relocated:PATH or appendix:PATH (paper Appendix A order); "
+                          "default: the model's held-out subjects")
     gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")
     gen.add_argument("--n", type=_positive_int, default=8, help="number of samples")
     gen.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale s")
@@ -395,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``aldm`` with ``argv`` (None: sys.argv); returns the exit status. AldmError and bad input
+    print one line, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .reproducibility import determinism_requested, force_determinism

@@ -1,6 +1,6 @@
 """Typed configs and the named profiles ``paper``, ``small`` and ``tiny``; saved with every run.
 
-``paper`` follows §3 of the paper and the widths of its reference code (DESIGN.md): 112^3 volumes,
+``paper`` follows §3 of the paper and the widths of its public reference code: 112^3 volumes,
 a VAE 3 -> 64 -> 128 -> 256 (+ refinement at 28^3) -> 8 latent channels, a U-Net 96/192/384 at
 28/14/7 with one residual block per level and GroupNorm(8), time embedding 256, T = 1000 linear
 betas 1e-4 -> 2e-2, CFG dropout 0.1, lambda_ctrl = 1.0, KL warm-up over rho = 0.35 of training.
@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precisi
 
 @dataclass
 class VAEConfig:
+    """The 3D VAE of §3.1 (Eq. 3.1-3.4): widths at S, S/2, S/4, latent channels zC and loss weights."""
     in_channels: int = 3
     latent_channels: int = 8  # zC
     channels: tuple = (64, 128, 256)  # at S, S/2, S/4
@@ -33,6 +34,8 @@ class VAEConfig:
 
 @dataclass
 class UNetConfig:
+    """The latent denoiser of §3.2: U-Net widths per level, time embedding (Eq. 3.6), FiLM statistics
+    (Eq. 3.7), ControlNet widths and its residual weight lambda_ctrl."""
     channels: tuple = (96, 192, 384)  # at latent resolutions 28, 14, 7
     res_blocks: int = 1
     groups: int = 8
@@ -45,6 +48,7 @@ class UNetConfig:
 
 @dataclass
 class DiffusionConfig:
+    """The forward process (Eq. 3.5: T, linear betas), CFG dropout (§3.2.4) and the tumour weight of Eq. 3.9."""
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 2e-2
@@ -71,6 +75,8 @@ class BaselineConfig:
 
 @dataclass
 class TrainConfig:
+    """One training stage: length, batch, AdamW, warm-up, clipping, accumulation, EMA, precision,
+    checkpoint and log intervals, seed."""
     steps: int = 20000
     batch_size: int = 1
     lr: float = 1e-4
@@ -89,6 +95,8 @@ class TrainConfig:
 
 @dataclass
 class Profile:
+    """Everything a run is built from: image size S and the configs of every network and stage;
+    saved as ``config.json`` in each run."""
     name: str
     image_size: int
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -103,13 +111,16 @@ class Profile:
 
     @property
     def latent_size(self) -> int:
+        """The latent edge s = S / 4."""
         return self.image_size // 4
 
     def to_dict(self) -> dict:
+        """The profile as plain JSON-able data."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
+        """A profile from :meth:`to_dict` data; unknown fields or bad values are an AldmError."""
         def build(kind, values):
             if kind is TrainConfig and "mixed_precision" in values:  # runs written before "precision"
                 values = dict(values)
@@ -136,12 +147,14 @@ class Profile:
         )
 
     def save(self, path: str) -> None:
+        """Write the profile as JSON, atomically."""
         from .io.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str) -> Profile:
+        """A profile from a JSON file (an AldmError naming the file when missing or invalid)."""
         try:
             with open(path, encoding="utf-8") as fh:
                 return cls.from_dict(json.load(fh))
@@ -152,6 +165,7 @@ class Profile:
 
 
 def paper() -> Profile:
+    """The paper's profile (§3): 112^3 volumes, the reference code's widths and step counts (for a GPU)."""
     return Profile(
         name="paper", image_size=112,
         train_vae=TrainConfig(steps=60000, lr=1e-4, warmup_steps=500),
@@ -163,6 +177,7 @@ def paper() -> Profile:
 
 
 def small() -> Profile:
+    """64^3 volumes and narrow networks: what the CPU demo trains."""
     return Profile(
         name="small", image_size=64,
         vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8),
@@ -207,6 +222,7 @@ PROFILES = {"paper": paper, "small": small, "tiny": tiny}
 
 
 def get_profile(name: str) -> Profile:
+    """A named profile (paper, small, tiny) or one loaded from a ``.json`` file."""
     if name in PROFILES:
         return PROFILES[name]()
     if name.endswith(".json"):

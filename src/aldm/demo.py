@@ -31,6 +31,8 @@ SETTINGS = {
 
 
 def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> str:
+    """Phantom cohorts -> caches -> Table 1 experiment in ``out``; returns the report's path.
+    ``quick``: the tiny profile, a smoke run of every stage."""
     s = SETTINGS["quick" if quick else "full"]
     start = time.perf_counter()
     data, caches = os.path.join(out, "phantom"), os.path.join(out, "cache")

@@ -15,6 +15,8 @@ def _default_device() -> torch.device:
 
 @dataclass
 class DistInfo:
+    """This process's place in a ``torchrun`` job (rank, world size, local rank, device); defaults
+    describe a single process."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -22,6 +24,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the rank that writes files."""
         return self.rank == 0
 
 
@@ -44,10 +47,12 @@ def init_distributed() -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if info.world_size > 1:
         dist.barrier()
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group, if one was joined."""
     if info.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

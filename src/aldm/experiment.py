@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from .config import get_profile
 from .data.cache import load_cached, read_manifest
 from .data.splits import MAX_TEST_PATIENTS, few_shot_split, save_split, with_cv_folds
+from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import AldmError
 from .eval.classifier import ClassifierConfig, cross_validate
 from .eval.evaluate import evaluate, load_synthetic
@@ -41,6 +42,8 @@ from .train.stages import train_ldm, train_vae
 
 @dataclass
 class ExperimentConfig:
+    """The JSON config of ``aldm experiment table1``: caches, output folder, profile, K values,
+    guidance scales, baselines, test size, sampler, CV folds, classifier and evaluation settings."""
     source_cache: str
     target_cache: str
     out: str
@@ -50,8 +53,8 @@ class ExperimentConfig:
     baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
     n_test: int = MAX_TEST_PATIENTS
     seed: int = 0
-    sampler: str = "dpmpp2m"
-    sampler_steps: int = 20
+    sampler: str = DEFAULT_SAMPLER
+    sampler_steps: int = DEFAULT_STEPS
     folds: int = 5
     repeats: int = 3
     classifier_task: str = "tumour-slice"
@@ -65,6 +68,7 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str) -> ExperimentConfig:
+        """The config in ``path`` (an AldmError naming the file when missing or invalid)."""
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)

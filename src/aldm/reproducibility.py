@@ -27,4 +27,5 @@ def force_determinism() -> None:
 
 
 def determinism_requested(flag: bool = False) -> bool:
+    """Whether bitwise-reproducible kernels were asked for (``--deterministic`` or ALDM_DETERMINISTIC)."""
     return flag or os.environ.get("ALDM_DETERMINISTIC", "") not in ("", "0")

@@ -106,6 +106,7 @@ class Run:
 
     @property
     def stage(self) -> str:
+        """``vae``, ``ldm``, ``fewshot`` or ``baseline``."""
         return self.info.get("stage")
 
     @property
@@ -150,6 +151,7 @@ class Run:
 
     @property
     def can_generate(self) -> bool:
+        """Whether the run is one that generates (LDM, few-shot or baseline)."""
         return self.stage in GENERATING_STAGES
 
     def require_generator(self) -> Run:
@@ -177,6 +179,7 @@ class Run:
 
     @property
     def split_path(self) -> str:
+        """Where the run's few-shot split is (or would be) saved."""
         return self.file(SPLIT)
 
     def split(self) -> dict | None:

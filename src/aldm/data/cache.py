@@ -50,6 +50,7 @@ class PrepareSummary:
     failed: dict = field(default_factory=dict)  # subject -> [problem lines]
 
     def table(self) -> str:
+        """The summary as an aligned text table (found, prepared, cached, skipped)."""
         lines = [
             f"{'subjects found':<22}{self.found:>6}",
             f"{'prepared now':<22}{self.prepared:>6}",
@@ -71,6 +72,7 @@ def read_manifest(cache: str) -> list[dict]:
 
 
 def write_manifest(cache: str, rows: list[dict]) -> None:
+    """Write the cache's ``manifest.csv`` (one row per subject, :data:`MANIFEST_COLUMNS`), atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
     writer.writeheader()

@@ -1,4 +1,4 @@
-"""File and folder names of each supported dataset, exactly as downloaded (see DESIGN.md).
+"""File and folder names of each supported dataset, exactly as downloaded (docs/data.md).
 
 Used both to write the embedded phantom cohorts and to read real downloads, so the two can
 never drift apart.
@@ -30,6 +30,7 @@ UPENN_MODALITY_SUFFIX = {"T1": "T1", "T1c": "T1GD", "T2": "T2", "FLAIR": "FLAIR"
 
 
 def upenn_id(number: int, session: str = "11") -> str:
+    """The UPENN-GBM scan id of subject ``number`` and ``session`` (``UPENN-GBM-00001_11``)."""
     return f"UPENN-GBM-{number:05d}_{session}"
 
 
@@ -39,10 +40,12 @@ def upenn_image(root: str, scan_id: str, modality: str) -> str:
 
 
 def upenn_manual_segm(root: str, scan_id: str) -> str:
+    """The manual segmentation of a UPENN-GBM scan (``images_segm/``)."""
     return os.path.join(root, "images_segm", f"{scan_id}_segm.nii.gz")
 
 
 def upenn_automated_segm(root: str, scan_id: str) -> str:
+    """The automated segmentation of a UPENN-GBM scan (``automated_segm/``)."""
     return os.path.join(root, "automated_segm", f"{scan_id}_automated_approx_segm.nii.gz")
 
 
@@ -85,6 +88,7 @@ def ucsf_csv_id(number: int, followup: str = "") -> str:
 
 
 def ucsf_folder(root: str, study: str) -> str:
+    """The folder of one UCSF-PDGM study (``UCSF-PDGM-v5/<study>_nifti``)."""
     return os.path.join(root, UCSF_VERSION_DIR, f"{study}_nifti")
 
 

@@ -1,6 +1,6 @@
 """Tumour phenotypes and scanner profiles of the two phantom domains.
 
-The biology follows the public descriptions of the real cohorts (DESIGN.md; Calabrese et al. 2022
+The biology follows the public descriptions of the real cohorts (docs/data.md; Calabrese et al. 2022
 for UCSF-PDGM, Bakas et al. 2021 for UPENN-GBM; Suh et al. 2019 for IDH imaging signs):
 
 * source (UPENN-GBM-like): IDH-wildtype WHO grade 4 glioblastoma — large, necrotic core,

@@ -50,6 +50,7 @@ class PrepConfig:
     percentiles: tuple = (1.0, 99.0)
 
     def as_dict(self) -> dict:
+        """The settings as JSON-able data (saved as the cache's ``prepare.json``)."""
         return {"size": self.size, "mode": self.mode, "spacing": self.spacing, "percentiles": list(self.percentiles)}
 
 

@@ -58,7 +58,7 @@ def _automated_from_manual(seg: np.ndarray) -> np.ndarray:
 
 
 def _clinical_row(domain: str, subject_id: str, pheno: Phenotype, rng: np.random.Generator) -> dict:
-    """One metadata row with the real value spellings (DESIGN.md)."""
+    """One metadata row with the real value spellings (docs/data.md)."""
     alive = rng.random() < (0.25 if pheno.grade == 4 else 0.7)
     survival = int(rng.integers(60, 900) if pheno.grade == 4 else rng.integers(400, 3000))
     if domain == SOURCE:

@@ -34,6 +34,7 @@ TASKS = ("tumour-slice", "idh", "grade")
 
 @dataclass
 class ClassifierConfig:
+    """The downstream classifier: task, epochs, batch, learning rate, width, seed, device."""
     task: str = "tumour-slice"
     epochs: int = 8
     batch_size: int = 64
@@ -127,6 +128,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, config: ClassifierConfig) -> 
 
 @torch.inference_mode()
 def predict(model: AlexNet2D, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Tumour probabilities (N,) of slices x (N, 3, H, W), in batches."""
     device = next(model.parameters()).device
     out = [torch.sigmoid(model(torch.from_numpy(x[i:i + batch_size]).to(device))).cpu()
            for i in range(0, len(x), batch_size)]

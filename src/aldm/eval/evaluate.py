@@ -44,6 +44,10 @@ def load_synthetic(folder: str) -> list[dict]:
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
              device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100) -> dict:
+    """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
+    (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
+    diversity and memorisation; samples from few-shot training masks are excluded. Writes
+    ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics."""
     log = log or (lambda line: print(line, file=sys.stderr))
     samples = load_synthetic(synthetic_dir)
     rows = {r["subject"]: r for r in read_manifest(real_cache)}

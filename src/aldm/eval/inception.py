@@ -150,6 +150,7 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(2048, 1008)  # part of the weights file; unused for features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] -> pool3 features (N, 2048)."""
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2.0 - 1.0
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
@@ -161,6 +162,7 @@ class FIDInceptionV3(nn.Module):
 
 
 def default_weights_path() -> str:
+    """Where torch keeps the FID Inception weights ($TORCH_HOME/hub/checkpoints/...)."""
     home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
     return os.path.join(home, "hub", "checkpoints", WEIGHTS_NAME)
 

@@ -31,6 +31,7 @@ def _fmt(value, digits=3):
 
 
 def table_rows(results: list[dict], reference: dict) -> list[dict]:
+    """Table 1's rows: one per cell, then the real-data reference row."""
     rows = []
     for r in results:
         f, c = r["fidelity"], r["classifier"]
@@ -54,6 +55,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
 
 
 def write_table(rows: list[dict], out: str) -> tuple[str, str]:
+    """Write ``table1.csv`` and ``table1.md`` into ``out``; returns their paths."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -186,6 +188,7 @@ def figure5(results: list[dict], target_cache: str, path: str) -> None:
 
 
 def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str:
+    """Table 1, Figures 2-5 and ``report.html`` in the experiment folder; returns the HTML's path."""
     out = cfg.out
     rows = table_rows(results, reference)
     csv_path, md_path = write_table(rows, out)

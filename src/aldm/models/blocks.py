@@ -32,6 +32,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B,) -> (B, out_dim): Eq. 3.6 then a two-layer MLP."""
         return self.mlp(sinusoidal_embedding(t, self.dim))
 
 
@@ -48,12 +49,14 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, h: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """Eq. 3.7: h (B, C, ...) * (1 + 0.1 gamma) + 0.1 beta, with (gamma, beta) from stats (B, stats_dim)."""
         gamma, beta = self.mlp(stats).chunk(2, dim=1)
         shape = (h.shape[0], h.shape[1], 1, 1, 1)
         return torch.addcmul(0.1 * beta.view(shape), h, 1.0 + 0.1 * gamma.view(shape))  # one pass over h
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups, or the largest divisor of ``channels`` below it."""
     return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
@@ -111,6 +114,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv3d(channels_in, channels_out, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C_out, D/2, H/2, W/2): a strided 3x3x3 convolution."""
         return self.conv(x)
 
 
@@ -144,6 +148,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv3d(channels_in, channels_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size=None) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C_out, 2D, 2H, 2W) (or ``size``): trilinear upsampling then a convolution."""
         return self.conv(upsample_trilinear(x, size))
 
 

@@ -19,6 +19,9 @@ from .blocks import Downsample, ResBlock, TimeEmbedding, repeat_batch, zero_modu
 
 
 class ControlNet3D(nn.Module):
+    """The ControlNet of §3.2.3: a trainable encoder of the control maps c = f(m) (B, 3, s, s, s)
+    beside z_t and t, whose zero-initialised 1x1 outputs are residuals added to the U-Net's skips
+    (scaled by lambda_ctrl)."""
     def __init__(self, config: UNetConfig, latent_channels: int):
         super().__init__()
         c = config.control_channels

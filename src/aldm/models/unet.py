@@ -18,6 +18,9 @@ from .controlnet import ControlNet3D
 
 
 class UNet3D(nn.Module):
+    """The denoising U-Net of §3.2.2 on latents (B, zC, s, s, s): a residual block per level with
+    time embedding (Eq. 3.6) and FiLM on the mask statistics (Eq. 3.7), skips that take the ControlNet's
+    residuals, and an output of the predicted noise."""
     def __init__(self, config: UNetConfig, latent_channels: int):
         super().__init__()
         self.config = config

@@ -26,10 +26,12 @@ class ConvNormAct(nn.Sequential):
 
     @property
     def conv(self) -> nn.Conv3d:
+        """The 3x3x3 convolution."""
         return self[0]
 
     @property
     def norm(self) -> nn.GroupNorm:
+        """The instance norm (GroupNorm with one channel per group)."""
         return self[1]
 
 
@@ -44,6 +46,7 @@ class RefineBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, s, s, s) -> same shape: SiLU(x + body(x))."""
         return F.silu(x + self.body(x))
 
 

@@ -71,6 +71,7 @@ class JobRequest(BaseModel):
 
 
 class Progress(BaseModel):
+    """How far a job is: samples done of total, and the denoising step of the current batch."""
     done: int
     total: int
     step: int
@@ -78,6 +79,7 @@ class Progress(BaseModel):
 
 
 class SampleInfo(BaseModel):
+    """One finished sample of a job: its name and how it was made."""
     sample: str
     index: int | None
     mask_subject: str | None
@@ -89,6 +91,7 @@ class SampleInfo(BaseModel):
 
 
 class Job(BaseModel):
+    """A generation job as the API reports it: request, status, progress, samples, error."""
     id: str
     status: Literal["queued", "running", "done", "failed"]
     model: str
@@ -109,6 +112,7 @@ class Job(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A model the server offers (GET /api/models)."""
     id: str
     stage: str
     kind: str
@@ -121,6 +125,7 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
+    """GET /api/health: the server is up; which model is loaded and how many jobs wait."""
     status: str
     pending_jobs: int
     loaded_model: str | None

@@ -39,6 +39,7 @@ class QueueFull(Exception):
 
 
 def new_job_id() -> str:
+    """A fresh random job id (12 hex characters, the only form the API accepts)."""
     return secrets.token_hex(6)  # 12 hex characters, the only job ids the API accepts
 
 
@@ -63,9 +64,11 @@ class JobQueue:
 
     # -- persistence ---------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> str:
+        """The folder of job ``job_id``."""
         return os.path.join(self.jobs_dir, job_id)
 
     def samples_dir(self, job_id: str) -> str:
+        """The ``aldm generate`` folder of job ``job_id``."""
         return os.path.join(self.job_dir(job_id), "samples")
 
     def _save(self, job: dict) -> None:
@@ -127,6 +130,7 @@ class JobQueue:
         return out
 
     def list(self) -> list[dict]:
+        """Every job, newest first."""
         with self._cond:
             ids = sorted(self._jobs, key=lambda j: self._jobs[j]["created"], reverse=True)
         return [self.view(j) for j in ids]
@@ -152,6 +156,7 @@ class JobQueue:
         return sorted(out, key=lambda s: s["index"] if s["index"] is not None else 0)
 
     def sample_meta(self, job_id: str, sample: str) -> dict | None:
+        """The ``sample.json`` of a finished sample of a job, or None."""
         path = os.path.join(self.samples_dir(job_id), sample, SAMPLE_DONE)
         if not os.path.isfile(path):
             return None
@@ -160,17 +165,20 @@ class JobQueue:
 
     @property
     def pending(self) -> int:
+        """How many jobs wait to run."""
         with self._cond:
             return len(self._pending)
 
     # -- worker --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the worker thread that runs queued jobs one at a time."""
         if self._thread is None:
             self._stop = False
             self._thread = threading.Thread(target=self._work, name="aldm-jobs", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to stop after its current job and wait up to ``timeout`` seconds."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()

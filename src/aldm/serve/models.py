@@ -39,6 +39,7 @@ class ModelEntry:
     k: int | None
 
     def public(self) -> dict:
+        """The entry as the API shows it (no server paths)."""
         out = asdict(self)
         out.pop("path")
         out.pop("data")
@@ -92,6 +93,7 @@ class PipelineSlot:
         self._pipe = None
 
     def get(self, entry: ModelEntry):
+        """The pipeline of ``entry``, loading it (and freeing the previous one) when needed."""
         from ..pipeline import load_pipeline
 
         with self._lock:
@@ -106,4 +108,5 @@ class PipelineSlot:
 
     @property
     def loaded(self) -> str | None:
+        """The id of the model in memory, or None."""
         return self._entry.id if self._entry else None

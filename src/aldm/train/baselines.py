@@ -53,6 +53,7 @@ class GANTask(nn.Module):
         self.vae_cfg = profile.vae
 
     def parameter_groups(self) -> dict:
+        """The parameters of each phase's optimiser: discriminators (``d``) and generator (``g``)."""
         return {"d": list(self.discriminators.parameters()), "g": list(self.generator.parameters())}
 
     def _d_logits(self, volumes: list[torch.Tensor], mask: torch.Tensor,
@@ -88,6 +89,9 @@ class GANTask(nn.Module):
         return prior, terms, recon
 
     def forward(self, batch: dict, step: int, total_steps: int, phase: str):
+        """The loss of ``phase`` (``d``: hinge loss of real vs generated; ``g``: adversarial + the baseline's
+        own terms) on a batch {'image', 'mask', 'control', 'domain', 'noise', 'eps_posterior', 'aug_seed'};
+        returns (loss, logs)."""
         dev = next(self.parameters()).device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         seed = int(b["aug_seed"][0]) if self.augment else None

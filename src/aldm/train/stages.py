@@ -116,6 +116,7 @@ class VAETask(nn.Module):
         self.vae = vae
 
     def forward(self, batch: dict, step: int, total_steps: int):
+        """L_VAE of a batch {'image' (B, 3, S, S, S), 'eps' (B, zC, s, s, s)}; returns (loss, parts)."""
         device = next(self.parameters()).device
         x = batch["image"].to(device, non_blocking=True)
         mu, logvar = self.vae.encode(x)
@@ -196,6 +197,9 @@ class LDMTask(nn.Module):
         self.register_buffer("latent_std", latent_std.view(1, -1, 1, 1, 1).clone())
 
     def forward(self, batch: dict, step: int, total_steps: int):
+        """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
+        'stats', 'weight', 'keep'}: z_0 normalised with the latent statistics, z_t by Eq. 3.5, the
+        conditioning zeroed where 'keep' is 0 (CFG dropout); returns (loss, logs)."""
         dev = self.latent_mean.device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         z = b["mu"] + torch.exp(0.5 * b["logvar"]) * b["eps_posterior"]

@@ -50,6 +50,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        """shadow <- decay * shadow + (1 - decay) * module (floating-point tensors; others copied)."""
         for s, p in zip(self.shadow.state_dict().values(), module.state_dict().values()):
             if s.dtype.is_floating_point:
                 s.lerp_(p.detach(), 1.0 - self.decay)
@@ -104,6 +105,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
+        """Everything a bit-exact resume needs: step, model, EMA, optimisers, schedulers, RNG."""
         return {
             "step": self.step, "skipped": self.skipped,
             "model": self.task.state_dict(), "ema": self.ema.shadow.state_dict(),
@@ -113,6 +115,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0), keeping the previous one as fallback."""
         if not self.dist.is_main:
             return
         path = os.path.join(self.run_dir, CHECKPOINT)
@@ -176,6 +179,8 @@ class Trainer:
         return fh, new
 
     def run(self) -> dict:
+        """Train up to ``config.steps``; returns the last step's figures (loss, lr, grad norm, s/step,
+        wall time, skipped steps, precision)."""
         cfg = self.config
         fh, new = self._log_writer() if self.dist.is_main else (None, False)
         writer = None

@@ -35,6 +35,8 @@ class _Res(nn.Module):
 
 
 class Generator3D(nn.Module):
+    """G(c, d, z) of the CGAN and 3M-CGAN: control maps (B, 3, S, S, S) + domain flag (B,) as a
+    channel, noise (B, noise_channels, S/4, S/4, S/4) at the bottleneck -> volumes (B, 3, S, S, S)."""
     def __init__(self, config: BaselineConfig, out_channels: int = 3, control_channels: int = 3):
         super().__init__()
         c0, c1, c2 = config.gen_channels
@@ -72,14 +74,17 @@ class PatchDiscriminator3D(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, C, S, S, S) and mask (B, 1, S, S, S) -> patch logits (B, 1, S/8, S/8, S/8)."""
         return self.net(torch.cat([x, mask.to(x.dtype)], 1))
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss: mean relu(1 - D(real)) + mean relu(1 + D(fake))."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
 
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's hinge loss: -mean D(fake)."""
     return -fake_logits.mean()
 
 

@@ -1,0 +1,109 @@
+"""aldm.runs (one owner of run folders), the generate folder's index, and the single definitions of
+names and defaults that every entry point shares."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+from aldm.errors import AldmError
+from aldm.runs import Run
+
+
+def test_run_describes_each_stage(tiny_runs):
+    vae, ldm, fewshot = (Run(tiny_runs[name]) for name in ("vae", "ldm", "fewshot"))
+    assert (vae.kind, ldm.kind, fewshot.kind) == ("vae", "aldm", "aldm")
+    assert not vae.can_generate and ldm.can_generate and fewshot.can_generate
+    assert all(r.finished and r.exists for r in (vae, ldm, fewshot))
+    assert ldm.split() is None and ldm.k is None and not ldm.fewshot
+    split = fewshot.split()
+    assert fewshot.fewshot and fewshot.k == len(split["k_shot"]) == 2
+    assert set(split["k_shot"]).isdisjoint(split["test"])
+    assert fewshot.profile.name == "tiny" and fewshot.data == os.path.abspath(fewshot.info["data"])
+    assert set(fewshot.weights()) == {"denoiser", "latent_mean", "latent_std"}
+    assert len(fewshot.weights_hash()) == 16
+    with pytest.raises(AldmError, match="a vae run cannot generate"):
+        vae.require_generator()
+
+
+def test_unfinished_and_foreign_folders_say_what_is_wrong(tiny_runs, tmp_path):
+    copy = tmp_path / "ldm"
+    shutil.copytree(tiny_runs["ldm"], copy)
+    os.remove(copy / "weights.pt")
+    with pytest.raises(AldmError, match="training has not finished .*--resume"):
+        Run(str(copy)).weights()
+    with pytest.raises(AldmError, match="not an aldm run"):
+        Run(str(tmp_path)).info  # noqa: B018
+    (copy / "run.json").write_text("{ broken")
+    with pytest.raises(AldmError, match="damaged run description"):
+        Run(str(copy)).stage  # noqa: B018
+
+
+def test_create_refuses_to_overwrite_or_to_resume_another_stage(tiny_runs, tmp_path):
+    ldm = Run(tiny_runs["ldm"])
+    info = dict(ldm.info)
+    with pytest.raises(AldmError, match="already holds a run"):
+        Run.create(ldm.path, info, ldm.profile, resume=False)
+    with pytest.raises(AldmError, match="holds a ldm run, not vae"):
+        Run.create(ldm.path, {**info, "stage": "vae"}, ldm.profile, resume=True)
+    with pytest.raises(AldmError, match="data .* changed"):
+        Run.create(ldm.path, {**info, "data_manifest_sha256": "0" * 64}, ldm.profile, resume=True)
+    fresh = Run.create(str(tmp_path / "new"), info, ldm.profile, resume=False)
+    assert fresh.exists and not fresh.finished and fresh.profile.to_dict() == ldm.profile.to_dict()
+
+
+def test_inference_imports_no_training_code():
+    code = ("import sys, aldm.pipeline, aldm.generate, aldm.eval.evaluate, aldm.serve.app, aldm.data.masks; "
+            "print(sorted(m for m in sys.modules if m.startswith('aldm.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_older_generate_folders_are_still_read(tiny_runs, tmp_path):
+    from aldm.eval.evaluate import load_synthetic
+    from aldm.generate import generate
+    from aldm.io.samples import is_samples_folder, read_samples_index, verify_samples
+
+    out = tmp_path / "gen"
+    rows = generate(tiny_runs["fewshot"], str(out), n=2, steps=2, progress=False, native=False)
+    assert is_samples_folder(str(out)) and len(read_samples_index(str(out))) == 2
+    os.replace(out / "samples.csv", out / "manifest.csv")  # what versions before 0.2 wrote
+    assert is_samples_folder(str(out))
+    assert [r["sample"] for r in load_synthetic(str(out))] == [r["sample"] for r in rows]
+    assert verify_samples(str(out)) == (2, [])
+    with open(out / "manifest.csv", newline="") as fh:
+        assert "sample" in csv.DictReader(fh).fieldnames
+
+
+def test_a_cache_is_not_a_samples_folder(prepared_cache):
+    from aldm.io.samples import is_samples_folder
+
+    assert not is_samples_folder(str(prepared_cache))
+
+
+def test_one_default_sampler_and_version_everywhere():
+    from aldm import __version__
+    from aldm.cli import build_parser
+    from aldm.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+    from aldm.experiment import ExperimentConfig
+    from aldm.pipeline import ALDMPipeline
+    from aldm.serve.app import JobRequest
+
+    assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpmpp2m", 20) and SAMPLERS[0] == DEFAULT_SAMPLER
+    args = build_parser().parse_args(["generate", "--model", "m", "--out", "o"])
+    assert (args.sampler, args.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    request = JobRequest(model="m")
+    assert (request.sampler, request.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    cfg = ExperimentConfig(source_cache="s", target_cache="t", out="o")
+    assert (cfg.sampler, cfg.sampler_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    params = inspect.signature(ALDMPipeline.__call__).parameters
+    assert (params["sampler"].default, params["num_inference_steps"].default) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert __version__ == version("aldm") != "0+unknown"  # pyproject.toml's, through the package metadata
