@@ -34,6 +34,12 @@ def test_report_files_hold_the_csv_numbers(quick_demo):
             if row[key]:
                 assert f"{float(row[key]):.3f}" in report
     assert "FID not computed" in report  # no Inception weights on this machine: said, not faked
+    # mask adherence: every generated cell has a mask Dice and its floor, the reference row the ceiling
+    for row in rows[:-1]:
+        assert 0.0 <= float(row["Mask Dice"]) <= 1.0 and 0.0 <= float(row["Mask Dice floor"]) <= 1.0
+    assert 0.0 <= float(rows[-1]["Mask Dice"]) <= 1.0
+    trained_on = set(json.load(open(t1 / "segmenter" / "segmenter.json"))["subjects"])
+    assert not trained_on & set(json.load(open(t1 / "splits.json"))["3"]["test"])  # never a test patient
 
 
 def test_protocol_holds_out_the_few_shot_subjects(quick_demo):

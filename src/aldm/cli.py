@@ -194,10 +194,19 @@ def _cmd_evaluate(args) -> int:
 
     modalities = () if args.frd == "none" else tuple(args.frd.split(","))
     result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device,
-                      frd_modalities=modalities)
+                      frd_modalities=modalities, segmenter=args.segmenter)
     shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {os.path.abspath(os.path.join(args.out, 'metrics.json'))}")
+    return 0
+
+
+def _cmd_segmenter(args) -> int:
+    from .eval.segmenter import SegmenterConfig, fit_on_caches, held_out_subjects
+
+    config = SegmenterConfig(init_filters=args.width, steps=args.steps, seed=args.seed, device=args.device)
+    done = fit_on_caches(args.data, args.out, config, held_out_subjects(args.holdout), progress=not args.quiet)
+    print(f"segmenter trained on {done['subjects']} subjects ({done['held_out']} held out): {done['out']}")
     return 0
 
 
@@ -363,7 +372,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception", default=None, help="FID Inception weights file (pt_inception-2015-12-05)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--frd", default="t1,t2,flair", help="modalities for FRD (comma-separated) or none")
+    ev.add_argument("--segmenter", default=None,
+                    help="a folder of aldm segmenter train: adds mask Dice (ceiling: the real volumes; floor: "
+                         "shuffled masks)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    seg = commands.add_parser("segmenter", help="the 3D tumour segmenter that measures mask adherence")
+    seg_commands = seg.add_subparsers(dest="segmenter_command", metavar="COMMAND")
+    seg_commands.required = True
+    seg_train = seg_commands.add_parser("train", help="train it on real cached volumes, held-out patients excluded")
+    seg_train.add_argument("--data", required=True, nargs="+", help="prepared caches (one size)")
+    seg_train.add_argument("--out", required=True, help="folder for segmenter.pt and segmenter.json")
+    seg_train.add_argument("--holdout", nargs="*", default=[],
+                           help="few-shot runs or split JSON files whose held-out test subjects are left out")
+    seg_train.add_argument("--steps", type=_positive_int, default=300)
+    seg_train.add_argument("--width", type=_positive_int, default=8, help="SegResNet init_filters")
+    seg_train.add_argument("--seed", type=int, default=0)
+    seg_train.add_argument("--device", default="cpu")
+    seg_train.add_argument("--quiet", action="store_true")
+    seg_train.set_defaults(func=_cmd_segmenter)
 
     exp = commands.add_parser("experiment", help="the paper's Table 1 and Figures 2-5, resumable")
     exp_commands = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")

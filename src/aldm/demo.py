@@ -21,12 +21,12 @@ SETTINGS = {
              "folds": 3, "repeats": 1, "steps": {"vae": 120, "ldm": 250, "fewshot": 100, "baseline": 30,
                                                  "baseline_fewshot": 15},
              "guidance": [0.3, 0.5, 1.0, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
-             "diversity_pairs": 20},
+             "diversity_pairs": 20, "segmenter_steps": 150},
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
               "folds": 2, "repeats": 1, "steps": {"vae": 3, "ldm": 3, "fewshot": 3, "baseline": 2,
                                                   "baseline_fewshot": 2},
               "guidance": [1.0, 3.0], "sampler_steps": 3, "classifier_epochs": 1, "frd": ["flair"],
-              "diversity_pairs": 6},
+              "diversity_pairs": 6, "segmenter_steps": 20},
 }
 
 
@@ -48,7 +48,7 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
         out=os.path.join(out, "table1"), profile=s["profile"], k=s["k"], guidance=s["guidance"],
         n_test=s["n_test"], seed=seed, sampler_steps=s["sampler_steps"], folds=s["folds"], repeats=s["repeats"],
         classifier_epochs=s["classifier_epochs"], classifier_width=8, steps=s["steps"], frd_modalities=s["frd"],
-        diversity_pairs=s["diversity_pairs"],
+        diversity_pairs=s["diversity_pairs"], segmenter_steps=s["segmenter_steps"],
     )
     report = run_table1(cfg, progress=progress)
     with open(os.path.join(out, "demo_time.txt"), "w", encoding="utf-8") as fh:

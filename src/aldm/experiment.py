@@ -64,6 +64,8 @@ class ExperimentConfig:
     frd_modalities: list = field(default_factory=lambda: list(MODALITY_FILES))
     diversity_pairs: int = 100
     figure4_snapshots: int = 3
+    segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
+    segmenter_width: int = 8
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
 
     @classmethod
@@ -213,6 +215,22 @@ def _classifier_config(cfg: ExperimentConfig) -> ClassifierConfig:
                             seed=cfg.seed)
 
 
+def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | None:
+    """The mask-adherence segmenter (once): trained on the source cache and the target subjects outside
+    the held-out test set; its folder, or None when ``segmenter_steps`` is 0."""
+    from .eval.segmenter import INFO, SegmenterConfig, fit_on_caches
+
+    if not cfg.segmenter_steps:
+        return None
+    folder = os.path.join(cfg.out, "segmenter")
+    if not os.path.exists(os.path.join(folder, INFO)):
+        _log("mask-adherence segmenter on real training volumes")
+        caches = [cfg.source_cache] + ([cfg.target_cache] if cfg.target_cache != cfg.source_cache else [])
+        config = SegmenterConfig(init_filters=cfg.segmenter_width, steps=cfg.segmenter_steps, seed=cfg.seed)
+        fit_on_caches(caches, folder, config, held_out=test, progress=progress)
+    return folder
+
+
 def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     """Run (or resume) the whole experiment; returns the path of the HTML report."""
     from .eval.report import write_report
@@ -227,6 +245,7 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     all_subjects = sorted(cv_subjects | set(splits[k_max]["k_shot"]))
     real = {i["subject"]: i for i in _real_items(cfg.target_cache, all_subjects)}
     fold_models: dict = {}
+    segmenter = _train_segmenter(cfg, set(test), progress)
     rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
     reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
     results = []
@@ -244,7 +263,7 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
                  sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False)
         fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
                             inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
-                            diversity_pairs=cfg.diversity_pairs)
+                            diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
         synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                       "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
                       "idh": rows[s["mask_subject"]]["idh"] or None, "grade": rows[s["mask_subject"]]["grade"] or None}

@@ -24,29 +24,57 @@ from ..data.cache import load_cached, read_manifest
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text
 from ..io.samples import read_samples_index
-from ..modalities import MODALITY_FILES
+from ..modalities import MASK_FILE, MODALITY_FILES
 from ..runs import Run
 from .similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
 
 
 def load_synthetic(folder: str) -> list[dict]:
-    """Samples of an ``aldm generate`` folder: index rows + 'image' (3, S, S, S) float32."""
+    """Samples of an ``aldm generate`` folder: index rows + 'image' (3, S, S, S) float32 + 'mask'
+    (1, S, S, S) uint8, the mask the sample was generated from."""
     rows = read_samples_index(folder)
     for row in rows:
         sample = os.path.join(folder, row["sample"], "model")
         try:
             row["image"] = np.stack([np.asarray(nib.load(os.path.join(sample, f"{m}.nii.gz")).dataobj,
                                                 dtype=np.float32) for m in MODALITY_FILES])
+            row["mask"] = np.asarray(nib.load(os.path.join(sample, f"{MASK_FILE}.nii.gz")).dataobj,
+                                     dtype=np.uint8)[None]
         except (OSError, FileNotFoundError) as exc:
             raise AldmError(f"{sample}: unreadable synthetic sample ({exc})") from exc
     return rows
 
 
+def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str) -> dict:
+    """Mask Dice of the samples against their own generation masks, the shuffled-mask floor, and the
+    ceiling: the same segmenter on the real volumes of the mask subjects (which it must never have
+    been trained on)."""
+    from .segmenter import load_segmenter, mask_adherence
+
+    model, config, info = load_segmenter(folder, device)
+    seen = sorted(set(info["subjects"]) & set(cached))
+    if seen:
+        raise AldmError(f"{folder}: the segmenter was trained on {len(seen)} of the evaluated mask subjects "
+                        f"({', '.join(seen[:3])}...); its ceiling would not be held out")
+    synthetic = mask_adherence(model, config, np.stack([s["image"] for s in paired]),
+                               np.stack([s["mask"] for s in paired]))
+    subjects = sorted(cached)
+    real = mask_adherence(model, config, np.stack([cached[p]["image"] for p in subjects]),
+                          np.stack([cached[p]["mask"] for p in subjects]))
+    return {"mask_dice_mean": synthetic["mask_dice_mean"], "mask_dice_std": synthetic["mask_dice_std"],
+            "shuffled_dice_mean": synthetic.get("shuffled_dice_mean"),
+            "real_dice_mean": real["mask_dice_mean"], "real_dice_std": real["mask_dice_std"],
+            "n_samples": synthetic["n"], "n_real": real["n"], "segmenter": os.path.abspath(folder),
+            "per_sample": dict(zip([s["sample"] for s in paired], synthetic["mask_dice"]))}
+
+
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100) -> dict:
+             device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100,
+             segmenter: str | None = None) -> dict:
     """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
     (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
-    diversity and memorisation; samples from few-shot training masks are excluded. Writes
+    diversity and memorisation, and with ``segmenter`` (a folder of :mod:`aldm.eval.segmenter`) the
+    mask adherence; samples from few-shot training masks are excluded. Writes
     ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics."""
     log = log or (lambda line: print(line, file=sys.stderr))
     samples = load_synthetic(synthetic_dir)
@@ -86,6 +114,9 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         training = [load_cached(real_cache, rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
+
+    if segmenter:
+        result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device)
 
     if frd_modalities:
         from .frd import frd_scores

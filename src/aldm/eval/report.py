@@ -22,8 +22,8 @@ from ..data.cache import load_cached  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
-           "MS-SSIM real", "near-copy %", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC",
-           "Aug AUC std", "n test"]
+           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "TRTS BAcc", "TRTS F1", "TRTS AUC",
+           "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
 
 
 def _fmt(value, digits=3):
@@ -36,6 +36,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
     for r in results:
         f, c = r["fidelity"], r["classifier"]
         mem = f.get("memorisation") or {}
+        adherence = f.get("mask_adherence") or {}
         rows.append({
             "model": r["name"], "K": r["k"], "s": "" if r["s"] is None else r["s"],
             "FRD": f.get("frd_mean"), "FID (patient mean)": f.get("fid_patient_mean"),
@@ -43,11 +44,15 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "SSIM 2D": f["ssim_2d_patient_mean"], "SSIM 3D": f["ssim_3d_patient_mean"],
             "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
             "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
+            "Mask Dice": adherence.get("mask_dice_mean"), "Mask Dice floor": adherence.get("shuffled_dice_mean"),
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
             "Aug AUC std": c["augment"]["auc_std"], "n test": f["n_patients"],
         })
-    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "TRTS BAcc": reference["trtr"]["bacc_mean"],
+    ceiling = next((r["fidelity"]["mask_adherence"]["real_dice_mean"] for r in results
+                    if r["fidelity"].get("mask_adherence")), None)
+    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": ceiling,
+                 "TRTS BAcc": reference["trtr"]["bacc_mean"],
                  "TRTS F1": reference["trtr"]["f1_mean"], "TRTS AUC": reference["trtr"]["auc_mean"],
                  "TRTS AUC std": reference["trtr"]["auc_std"], "Aug AUC": reference["few_shot_only"]["auc_mean"],
                  "Aug AUC std": reference["few_shot_only"]["auc_std"]})
@@ -213,7 +218,10 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
         "FID (patient mean) is the paper's definition, FID (pooled) the reference code's. TRTS: classifier "
         "trained on real target data, tested on synthetic volumes from held-out patients' own masks; Aug: "
         "trained on the K real subjects + synthetic volumes, tested on real held-out patients (the reference "
-        "row's Aug column is the K real subjects alone).</p>",
+        "row's Aug column is the K real subjects alone). Mask Dice: a 3D tumour segmenter trained once on real "
+        "volumes of training subjects segments each synthetic volume, scored against the mask it was generated "
+        "from; the reference row is the same segmenter on the held-out patients' real volumes (ceiling), the "
+        "floor column scores each volume against another patient's mask (a generator that ignores its mask).</p>",
     ]
     if fid_note:
         parts.append(f"<p><b>FID not computed:</b> {html.escape(fid_note)}</p>")
