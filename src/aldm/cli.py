@@ -128,6 +128,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _probe_subjects(args):
+    """The held-out probe of ``aldm train --probe-every``: --probe-subjects of --probe-data (default
+    --data), or 2 test subjects of the few-shot split (--split, or the run's own when resuming)."""
+    from .data.splits import load_split
+    from .runs import Run
+    from .train.stages import ProbeSubjects
+
+    if not args.probe_every:
+        return None
+    subjects = args.probe_subjects
+    if subjects is None:
+        split_path = args.split or (Run(args.out).split_path if args.resume else None)
+        if not split_path or not os.path.exists(split_path):
+            raise AldmError("--probe-every needs --probe-subjects (held-out subjects), or a few-shot --split")
+        subjects = load_split(split_path)["test"][:2]
+    return ProbeSubjects(args.probe_data or args.data, list(subjects))
+
+
+def _with_probe_every(profile, every):
+    """``profile`` with every ALDM stage's probe_every set to ``every`` (unchanged when None)."""
+    import dataclasses
+
+    if profile is None or not every:
+        return profile
+    for stage in ("train_vae", "train_ldm", "train_fewshot"):
+        setattr(profile, stage, dataclasses.replace(getattr(profile, stage), probe_every=every))
+    return profile
+
+
 def _cmd_train(args) -> int:
     from .config import get_profile
     from .distributed import init_distributed, shutdown
@@ -136,6 +165,7 @@ def _cmd_train(args) -> int:
 
     info = init_distributed()
     try:
+        probe = _probe_subjects(args) if args.stage != "baseline" else None
         if args.stage == "baseline":
             from .train.baselines import train_baseline
 
@@ -147,15 +177,17 @@ def _cmd_train(args) -> int:
                                   precision=args.precision)
         elif args.stage == "vae":
             profile = get_profile(args.profile or "small")
+            profile = _with_probe_every(profile, args.probe_every)
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
-                             dist_info=info, progress=not args.quiet, precision=args.precision)
+                             dist_info=info, progress=not args.quiet, precision=args.precision, probe=probe)
         else:
             parent = args.init or args.vae
             profile = get_profile(args.profile) if args.profile else (Run(parent).profile if parent else None)
+            profile = _with_probe_every(profile, args.probe_every)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,
-                             precision=args.precision)
+                             precision=args.precision, probe=probe)
     finally:
         shutdown(info)
     if info.is_main:
@@ -327,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--steps", type=_positive_int, default=None, help="override the profile's length")
         sub.add_argument("--seed", type=int, default=None)
         sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+        if stage != "baseline":
+            sub.add_argument("--probe-every", type=_positive_int, default=None, metavar="N",
+                             help="every N steps, measure held-out subjects (VAE: PSNR/SSIM per modality; LDM: "
+                                  "noise error per timestep band) into RUN/probe.csv")
+            sub.add_argument("--probe-data", default=None, help="cache holding the probe subjects (default: --data)")
+            sub.add_argument("--probe-subjects", nargs="+", default=None,
+                             help="held-out probe subjects (default for few-shot runs: 2 of the split's test subjects)")
         sub.add_argument("--precision", choices=PRECISIONS, default=None,
                          help="override the profile's: auto = bf16 autocast where the device trains correctly in "
                               "bf16 (CUDA, AMX CPUs), else fp32")

@@ -54,6 +54,8 @@ class DiffusionConfig:
     beta_end: float = 2e-2
     cond_dropout: float = 0.1  # p_drop: all conditioning dropped together (§3.2.4)
     tumour_weight: float = 2.0  # w(m) = 1 + tumour_weight * dilated latent mask (Eq. 3.9)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): min(SNR_t, gamma) / SNR_t per sample; 0 = off (the paper)
+    min_snr_gamma: float = 0.0
 
 
 @dataclass
@@ -85,6 +87,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
+    # EMA warm-up (as diffusers' EMAModel): decay_t = min(ema_decay, (1 + t) / (10 + t)), so a short run's
+    # averaged weights are not dominated by the initial ones; False = a constant decay
+    ema_warmup: bool = False
+    probe_every: int = 0  # held-out probe (reconstruction / loss per timestep band) every N steps; 0 = off
     # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision),
     # else fp32; "fp32" or "bf16" force one. Older runs' "mixed_precision": true/false read as auto/fp32.
     precision: str = "auto"

@@ -18,6 +18,7 @@ Steps, each resumable (a finished stage or cell is never recomputed):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -37,7 +38,7 @@ from .modalities import MODALITY_FILES
 from .models.baselines.generator import BASELINE_NAMES
 from .runs import WEIGHTS, Run
 from .train.baselines import train_baseline
-from .train.stages import train_ldm, train_vae
+from .train.stages import ProbeSubjects, train_ldm, train_vae
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ExperimentConfig:
     frd_modalities: list = field(default_factory=lambda: list(MODALITY_FILES))
     diversity_pairs: int = 100
     figure4_snapshots: int = 3
+    probe_every: int = 0  # held-out learning probes of the ALDM stages every N steps (probe.csv; 0: none)
     segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
     segmenter_width: int = 8
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
@@ -141,16 +143,21 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
     runs_dir = os.path.join(cfg.out, "runs")
     profile = get_profile(cfg.profile)
+    probe = None
+    if cfg.probe_every:
+        for stage in ("train_vae", "train_ldm", "train_fewshot"):
+            setattr(profile, stage, dataclasses.replace(getattr(profile, stage), probe_every=cfg.probe_every))
+        probe = ProbeSubjects(cfg.target_cache, splits[max(cfg.k)]["test"][:2])  # held out from every stage
     steps = cfg.steps or {}
     runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
     if not _done(runs["vae"]):
         _log("stage 1: VAE")
         train_vae(cfg.source_cache, runs["vae"], copy.deepcopy(profile), steps=steps.get("vae"), seed=cfg.seed,
-                  resume=_resume(runs["vae"]), progress=progress)
+                  resume=_resume(runs["vae"]), progress=progress, probe=probe)
     if not _done(runs["ldm"]):
         _log("stages 2-3: source LDM")
         train_ldm(cfg.source_cache, runs["ldm"], copy.deepcopy(profile), vae_run=runs["vae"],
-                  steps=steps.get("ldm"), seed=cfg.seed, resume=_resume(runs["ldm"]), progress=progress)
+                  steps=steps.get("ldm"), seed=cfg.seed, resume=_resume(runs["ldm"]), progress=progress, probe=probe)
     total = steps.get("fewshot") or profile.train_fewshot.steps
     for k in sorted(cfg.k):
         run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
@@ -166,7 +173,7 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
                 continue
             # LDM losses do not depend on the total length, so chunked training equals one run
             train_ldm(cfg.target_cache, run, copy.deepcopy(profile), init_run=runs["ldm"], split_path=split_path,
-                      steps=target, seed=cfg.seed, resume=_resume(run), progress=progress)
+                      steps=target, seed=cfg.seed, resume=_resume(run), progress=progress, probe=probe)
             if k == max(cfg.k):
                 generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
                          guidance_scale=max(cfg.guidance), steps=cfg.sampler_steps, sampler=cfg.sampler,

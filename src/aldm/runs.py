@@ -8,7 +8,7 @@ A run folder holds
   runs ``k``;
 * ``config.json`` — the resolved :class:`aldm.config.Profile`;
 * ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) — the trainer's resumable state;
-* ``metrics.csv`` — the training log;
+* ``metrics.csv`` — the training log; ``probe.csv`` — held-out figures every ``probe_every`` steps;
 * ``split.json`` — few-shot runs: the patient-level split (K shots, held-out test subjects);
 * ``weights.pt`` — written when training has finished (EMA weights); its presence is what
   "finished" means;
@@ -41,6 +41,7 @@ WEIGHTS = "weights.pt"
 VAE_WEIGHTS = "vae.pt"
 SPLIT = "split.json"
 METRICS = "metrics.csv"
+PROBE = "probe.csv"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
 

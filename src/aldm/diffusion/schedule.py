@@ -35,10 +35,13 @@ class NoiseSchedule:
 
 
 def tumour_weighted_mse(eps: torch.Tensor, eps_hat: torch.Tensor, weight_mask: torch.Tensor,
-                        tumour_weight: float) -> torch.Tensor:
+                        tumour_weight: float, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 3.9: E[w(m) ||eps - eps_theta||^2] with w = 1 + tumour_weight * (dilated latent tumour mask).
 
-    ``weight_mask`` (B, 1, s, s, s) from :func:`aldm.data.control.latent_tumour_weight_mask`.
+    ``weight_mask`` (B, 1, s, s, s) from :func:`aldm.data.control.latent_tumour_weight_mask`;
+    ``sample_weight`` (B,) an optional per-sample factor (Min-SNR-gamma), 1 when None.
     """
     w = 1.0 + tumour_weight * weight_mask
+    if sample_weight is not None:
+        w = w * sample_weight.view(-1, *([1] * (w.ndim - 1)))
     return torch.mean(w * (eps - eps_hat).square())

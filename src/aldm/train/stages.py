@@ -31,6 +31,7 @@ from ..errors import AldmError
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, vae_loss
 from ..runs import SPLIT, VAE_WEIGHTS, Run, save_checkpoint
+from .probes import ldm_probe, vae_probe
 from .trainer import Trainer, step_generator
 
 
@@ -54,6 +55,29 @@ def _check_size(cache: str, rows: list[dict], profile: Profile) -> None:
     if size != profile.image_size:
         raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
                         f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
+
+
+@dataclass
+class ProbeSubjects:
+    """Held-out subjects for a training probe (:mod:`aldm.train.probes`): ``subjects`` of ``cache``."""
+
+    cache: str
+    subjects: list
+
+    def rows(self) -> list[dict]:
+        """Their manifest rows (an AldmError naming a subject that is not in the cache)."""
+        by_name = {r["subject"]: r for r in read_manifest(self.cache)}
+        missing = [s for s in self.subjects if s not in by_name]
+        if missing:
+            raise AldmError(f"{self.cache}: probe subject(s) {', '.join(missing)} not in the cache")
+        return [by_name[s] for s in self.subjects]
+
+    def check_held_out(self, training_rows: list[dict]) -> ProbeSubjects:
+        """This probe, if none of its subjects is trained on (else an AldmError naming them)."""
+        seen = sorted(set(self.subjects) & {r["subject"] for r in training_rows})
+        if seen:
+            raise AldmError(f"probe subject(s) {', '.join(seen)} are training subjects; probe held-out ones")
+        return self
 
 
 @dataclass
@@ -127,8 +151,9 @@ class VAETask(nn.Module):
 
 def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              domain: str = "source", precision: str | None = None) -> dict:
-    """Stage 1: the VAE on the ``domain`` subjects of ``cache``."""
+              domain: str = "source", precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
+    """Stage 1: the VAE on the ``domain`` subjects of ``cache``; ``probe``: held-out subjects whose
+    reconstruction is measured every ``probe_every`` steps (probe.csv)."""
     dist_info = dist_info or DistInfo()
     cfg = _override(profile.train_vae, steps, seed, precision)
     profile.train_vae = cfg
@@ -143,7 +168,13 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
         return {"image": images[idx].float(), "eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
 
     torch.manual_seed(cfg.seed)
-    trainer = Trainer(VAETask(VAE3D(profile.vae)), sampler, cfg, run_dir, dist_info, progress=progress, name="vae")
+    probe_fn = None
+    if probe is not None:
+        probe.check_held_out(rows)
+        held = torch.stack([torch.from_numpy(load_cached(probe.cache, r)["image"]) for r in probe.rows()])
+        probe_fn = vae_probe(held)
+    trainer = Trainer(VAETask(VAE3D(profile.vae)), sampler, cfg, run_dir, dist_info, progress=progress, name="vae",
+                      probe=probe_fn)
     if resume:
         trainer.resume()
     last = trainer.run()
@@ -185,32 +216,43 @@ def latent_statistics(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ stage 3/4
 class LDMTask(nn.Module):
-    """Eq. 3.5 + 3.9 with CFG dropout of all conditioning together (p_drop, §3.2.4)."""
+    """Eq. 3.5 + 3.9 with CFG dropout of all conditioning together (p_drop, §3.2.4); with
+    ``min_snr_gamma`` > 0 each sample's loss is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma,
+    Hang et al. 2023, for noise prediction)."""
 
     def __init__(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, tumour_weight: float,
-                 latent_mean: torch.Tensor, latent_std: torch.Tensor):
+                 latent_mean: torch.Tensor, latent_std: torch.Tensor, min_snr_gamma: float = 0.0):
         super().__init__()
         self.denoiser = denoiser
         self.schedule = schedule
         self.tumour_weight = tumour_weight
+        self.min_snr_gamma = min_snr_gamma
         self.register_buffer("latent_mean", latent_mean.view(1, -1, 1, 1, 1).clone())
         self.register_buffer("latent_std", latent_std.view(1, -1, 1, 1, 1).clone())
 
-    def forward(self, batch: dict, step: int, total_steps: int):
-        """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
-        'stats', 'weight', 'keep'}: z_0 normalised with the latent statistics, z_t by Eq. 3.5, the
-        conditioning zeroed where 'keep' is 0 (CFG dropout); returns (loss, logs)."""
+    def noise_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(eps, eps_theta(z_t, t, c), the batch on the device) for a batch of cached posteriors; z_0 is
+        normalised with the source latent statistics and the conditioning zeroed where 'keep' is 0."""
         dev = self.latent_mean.device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         z = b["mu"] + torch.exp(0.5 * b["logvar"]) * b["eps_posterior"]
         z0 = (z - self.latent_mean) / self.latent_std
         z_t = self.schedule.q_sample(z0, b["t"], b["eps"])
         keep = b["keep"].view(-1, 1)
-        control = b["control"] * keep.view(-1, 1, 1, 1, 1)
-        stats = b["stats"] * keep
-        eps_hat = self.denoiser(z_t, b["t"], control, stats)
-        loss = tumour_weighted_mse(b["eps"], eps_hat.float(), b["weight"], self.tumour_weight)
-        return loss, {"dropped": 1.0 - keep.mean()}
+        eps_hat = self.denoiser(z_t, b["t"], b["control"] * keep.view(-1, 1, 1, 1, 1), b["stats"] * keep)
+        return b["eps"], eps_hat.float(), b
+
+    def forward(self, batch: dict, step: int, total_steps: int):
+        """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
+        'stats', 'weight', 'keep'}; returns (loss, logs)."""
+        eps, eps_hat, b = self.noise_prediction(batch)
+        sample_weight = None
+        if self.min_snr_gamma > 0:
+            abar = self.schedule.alphas_cumprod.to(eps.device)[b["t"].long()]
+            snr = abar / (1.0 - abar)
+            sample_weight = (snr.clamp(max=self.min_snr_gamma) / snr).float()
+        loss = tumour_weighted_mse(eps, eps_hat, b["weight"], self.tumour_weight, sample_weight)
+        return loss, {"dropped": 1.0 - b["keep"].mean()}
 
 
 def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: str | None = None) -> TrainConfig:
@@ -228,9 +270,10 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              precision: str | None = None) -> dict:
+              precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
     """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
-    target subjects of a saved split)."""
+    target subjects of a saved split); ``probe``: held-out subjects whose noise-prediction error per
+    timestep band is measured every ``probe_every`` steps (probe.csv)."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
     if fewshot == (vae_run is not None):
@@ -259,7 +302,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
     if fewshot:
         denoiser.load_state_dict(parent["denoiser"])
-    task = LDMTask(denoiser, schedule, profile.diffusion.tumour_weight, mean, std)
+    task = LDMTask(denoiser, schedule, profile.diffusion.tumour_weight, mean, std, profile.diffusion.min_snr_gamma)
     n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
 
     def sampler(step: int, rank: int) -> dict:
@@ -273,8 +316,12 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         return batch
 
     torch.manual_seed(cfg.seed)
+    probe_fn = None
+    if probe is not None:
+        held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device)
+        probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
     trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
-                      name="fewshot" if fewshot else "ldm")
+                      name="fewshot" if fewshot else "ldm", probe=probe_fn)
     if resume:
         trainer.resume()
     last = trainer.run()

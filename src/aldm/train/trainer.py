@@ -36,24 +36,32 @@ from ..distributed import DistInfo
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text, remove_stale_temps
 from ..precision import autocast, resolve_precision, training_fallback_note
-from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, load_checkpoint, save_checkpoint
+from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, load_checkpoint, save_checkpoint
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
+    """Exponential moving average of a module's floating-point parameters and buffers; with ``warmup``
+    the decay of update t is min(decay, (1 + t) / (10 + t)) (diffusers' EMAModel schedule)."""
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = False):
         self.decay = decay
+        self.warmup = warmup
         self.shadow = copy.deepcopy(module).eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update made after optimisation step ``step`` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        """shadow <- decay * shadow + (1 - decay) * module (floating-point tensors; others copied)."""
+    def update(self, module: nn.Module, step: int = 0) -> None:
+        """shadow <- d * shadow + (1 - d) * module with d = :meth:`decay_at` (floating-point tensors; others
+        copied)."""
+        decay = self.decay_at(step)
         for s, p in zip(self.shadow.state_dict().values(), module.state_dict().values()):
             if s.dtype.is_floating_point:
-                s.lerp_(p.detach(), 1.0 - self.decay)
+                s.lerp_(p.detach(), 1.0 - decay)
             else:
                 s.copy_(p)
 
@@ -68,7 +76,7 @@ class Trainer:
 
     def __init__(self, task: nn.Module, sampler: Callable, config: TrainConfig, run_dir: str,
                  dist_info: DistInfo | None = None, device: torch.device | None = None, progress: bool = True,
-                 name: str = "train"):
+                 name: str = "train", probe: Callable | None = None):
         self.config = config
         self.run_dir = run_dir
         self.dist = dist_info or DistInfo()
@@ -77,6 +85,10 @@ class Trainer:
         self.sampler = sampler
         self.progress = progress and self.dist.is_main
         self.name = name
+        # probe(ema_module, step) -> {name: value}: held-out figures every config.probe_every steps (rank 0),
+        # written to probe.csv; it must draw no random numbers from torch's global generator
+        self.probe = probe
+        self.last_probe: dict = {}
         self.phases = tuple(getattr(task, "phases", (None,)))
         groups = task.parameter_groups() if self.phases != (None,) else {None: list(self.task.parameters())}
         warm = max(1, config.warmup_steps)
@@ -89,7 +101,7 @@ class Trainer:
                                                        betas=betas)
             self.schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[phase], lambda s: min(1.0, (s + 1) / warm))
-        self.ema = EMA(self.task, config.ema_decay)
+        self.ema = EMA(self.task, config.ema_decay, config.ema_warmup)
         self.model = self.task
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -152,12 +164,15 @@ class Trainer:
         return False
 
     def _trim_log(self) -> None:
-        """Drop metrics.csv rows past the resumed step (and a line cut short by a kill), so a resumed
-        run's log equals an uninterrupted run's; remove temp files a killed checkpoint write left."""
-        path = os.path.join(self.run_dir, METRICS)
+        """Drop metrics.csv / probe.csv rows past the resumed step (and a line cut short by a kill), so a
+        resumed run's logs equal an uninterrupted run's; remove temp files a killed checkpoint write left."""
         if not self.dist.is_main:
             return
         remove_stale_temps(self.run_dir)
+        for name in (METRICS, PROBE):
+            self._trim_csv(os.path.join(self.run_dir, name))
+
+    def _trim_csv(self, path: str) -> None:
         if not os.path.exists(path):
             return
         with open(path, encoding="utf-8") as fh:
@@ -202,7 +217,7 @@ class Trainer:
                     grad_norm = max(grad_norm, norm)
                     all_finite = all_finite and finite
                 if all_finite:
-                    self.ema.update(self.task)
+                    self.ema.update(self.task, self.step)
                 else:
                     self.skipped += 1
                     tqdm.write(f"aldm: warning: step {self.step}: non-finite loss or gradient; step skipped",
@@ -225,7 +240,11 @@ class Trainer:
                         for k, v in last.items():
                             if k != "step":
                                 tb.add_scalar(f"{self.name}/{k}", v, self.step)
-                bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}")
+                if self.probe is not None and cfg.probe_every and self.dist.is_main and (
+                        self.step % cfg.probe_every == 0 or self.step == cfg.steps):
+                    self._run_probe()
+                shown = {k: f"{v:.3f}" for k, v in list(self.last_probe.items())[:2]}
+                bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}", **shown)
                 bar.update()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
@@ -239,6 +258,20 @@ class Trainer:
         last["skipped_steps"] = self.skipped
         last["precision"] = self.precision
         return last
+
+    def _run_probe(self) -> None:
+        """Evaluate the EMA weights on the held-out probe and append a row to probe.csv."""
+        self.ema.shadow.eval()
+        with torch.no_grad(), autocast(self.device, self.precision):
+            figures = {k: float(v) for k, v in self.probe(self.ema.shadow, self.step).items()}
+        self.last_probe = figures
+        path = os.path.join(self.run_dir, PROBE)
+        new = not os.path.exists(path)
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["step", *figures])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": self.step, **{k: f"{v:.6g}" for k, v in figures.items()}})
 
     def _non_finite_message(self) -> str:
         """Why training stopped after too many non-finite steps, with the likely cause and its fix."""

@@ -1,0 +1,113 @@
+"""What makes learning visible and faster (issue 16): EMA warm-up, Min-SNR-gamma weighting and the
+held-out probes (probe.csv), which must not change what a run trains or how it resumes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import shutil
+
+import pytest
+import torch
+
+from aldm.config import tiny
+from aldm.diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from aldm.errors import AldmError
+from aldm.train.stages import LDMTask, ProbeSubjects, train_ldm, train_vae
+from aldm.train.trainer import EMA
+
+
+def test_ema_warmup_follows_the_diffusers_schedule():
+    module = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+    ema = EMA(module, decay=0.999, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(10) == pytest.approx(11 / 20)
+    assert ema.decay_at(10**6) == pytest.approx(0.999)
+    assert EMA(module, decay=0.9).decay_at(0) == pytest.approx(0.9)  # no warm-up: constant
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    ema.update(module, step=0)  # shadow = 0.1 * 0 + 0.9 * 1
+    assert float(ema.shadow.weight) == pytest.approx(0.9)
+
+
+def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr():
+    profile = tiny()
+    schedule = NoiseSchedule(profile.diffusion)
+    t = torch.tensor([0, 50, 99])
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    expected = torch.minimum(snr, torch.tensor(5.0)) / snr  # by hand: ~5/SNR at low t, 1 at high t
+    assert expected[0] < 0.01 and expected[2] == pytest.approx(1.0)
+    eps, eps_hat, mask = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2), torch.zeros(3, 1, 2, 2, 2)
+    weighted = tumour_weighted_mse(eps, eps_hat, mask, 2.0, expected.float())
+    per_sample = (eps - eps_hat).square().mean(dim=(1, 2, 3, 4))
+    assert float(weighted) == pytest.approx(float((per_sample * expected).mean()), rel=1e-5)
+
+    class Zero(torch.nn.Module):
+        def forward(self, z_t, t, control, stats):
+            return torch.zeros_like(z_t)
+
+    task = LDMTask(Zero(), schedule, 0.0, torch.zeros(4), torch.ones(4), min_snr_gamma=5.0)
+    batch = {"mu": torch.zeros(3, 4, 2, 2, 2), "logvar": torch.zeros(3, 4, 2, 2, 2),
+             "eps_posterior": torch.zeros(3, 4, 2, 2, 2), "eps": eps, "t": t,
+             "control": torch.zeros(3, 3, 2, 2, 2), "stats": torch.zeros(3, 8), "weight": mask,
+             "keep": torch.ones(3)}
+    loss, _ = task(batch, 0, 1)
+    assert float(loss) == pytest.approx(float((eps.square().mean(dim=(1, 2, 3, 4)) * expected).mean()), rel=1e-5)
+
+
+def _targets(cache, n=2):
+    from aldm.data.cache import read_manifest
+
+    return sorted(r["subject"] for r in read_manifest(cache) if r["domain"] == "target")[:n]
+
+
+def _probe_profile():
+    profile = tiny()
+    profile.train_vae = dataclasses.replace(profile.train_vae, probe_every=2)
+    profile.train_ldm = dataclasses.replace(profile.train_ldm, probe_every=2)
+    return profile
+
+
+@pytest.mark.slow
+def test_probes_log_held_out_figures_and_change_nothing_else(prepared_cache, tmp_path):
+    cache = str(prepared_cache)
+    probe = ProbeSubjects(cache, _targets(cache))
+    train_vae(cache, str(tmp_path / "plain"), tiny(), steps=4, progress=False)
+    train_vae(cache, str(tmp_path / "probed"), _probe_profile(), steps=4, progress=False, probe=probe)
+    plain = torch.load(tmp_path / "plain" / "weights.pt", weights_only=True)["vae"]
+    probed = torch.load(tmp_path / "probed" / "weights.pt", weights_only=True)["vae"]
+    assert all(torch.equal(plain[k], probed[k]) for k in plain)  # the probe draws no training randomness
+    rows = list(csv.DictReader(open(tmp_path / "probed" / "probe.csv")))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    for key in ("psnr_t1", "ssim_flair"):
+        assert all(float(r[key]) == float(r[key]) for r in rows)  # finite numbers, one per modality
+    assert -1.0 <= float(rows[-1]["ssim_flair"]) <= 1.0
+
+    # LDM probe: noise error per timestep band; resumed from step 2 it writes the same rows
+    train_ldm(cache, str(tmp_path / "ldm"), _probe_profile(), vae_run=str(tmp_path / "plain"), steps=4,
+              progress=False, probe=probe)
+    ldm_rows = list(csv.DictReader(open(tmp_path / "ldm" / "probe.csv")))
+    assert [r["step"] for r in ldm_rows] == ["2", "4"] and len(ldm_rows[0]) == 1 + 4
+    os.makedirs(tmp_path / "cut")
+    for name in ("run.json", "config.json"):
+        shutil.copy(tmp_path / "ldm" / name, tmp_path / "cut" / name)
+    shutil.copy(tmp_path / "ldm" / "checkpoint-prev.pt", tmp_path / "cut" / "checkpoint.pt")
+    shutil.copy(tmp_path / "ldm" / "probe.csv", tmp_path / "cut" / "probe.csv")  # a row past the checkpoint
+    train_ldm(cache, str(tmp_path / "cut"), _probe_profile(), vae_run=str(tmp_path / "plain"), steps=4,
+              progress=False, probe=probe, resume=True)
+    assert (tmp_path / "cut" / "probe.csv").read_text() == (tmp_path / "ldm" / "probe.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_probe_of_training_subjects_is_refused(prepared_cache, tmp_path):
+    from aldm.data.cache import read_manifest
+
+    cache = str(prepared_cache)
+    source = [r["subject"] for r in read_manifest(cache) if r["domain"] == "source"][:1]
+    with pytest.raises(AldmError, match="are training subjects"):
+        train_vae(cache, str(tmp_path / "vae"), _probe_profile(), steps=2, progress=False,
+                  probe=ProbeSubjects(cache, source))
