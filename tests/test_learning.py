@@ -111,3 +111,23 @@ def test_a_probe_of_training_subjects_is_refused(prepared_cache, tmp_path):
     with pytest.raises(AldmError, match="are training subjects"):
         train_vae(cache, str(tmp_path / "vae"), _probe_profile(), steps=2, progress=False,
                   probe=ProbeSubjects(cache, source))
+
+
+def test_vae_trains_on_random_crops(prepared_cache, tmp_path, monkeypatch):
+    from aldm.train import stages
+
+    seen = []
+    forward = stages.VAETask.forward
+
+    def spy(self, batch, step, total):
+        seen.append(tuple(batch["image"].shape[2:]))
+        return forward(self, batch, step, total)
+
+    monkeypatch.setattr(stages.VAETask, "forward", spy)
+    profile = tiny()
+    profile.vae = dataclasses.replace(profile.vae, train_crop=16)
+    train_vae(str(prepared_cache), str(tmp_path / "crop"), profile, steps=2, progress=False)
+    assert seen == [(16, 16, 16)] * 2
+    profile.vae = dataclasses.replace(profile.vae, train_crop=18)
+    with pytest.raises(AldmError, match="multiple of 4"):
+        train_vae(str(prepared_cache), str(tmp_path / "bad"), profile, steps=2, progress=False)

@@ -30,6 +30,9 @@ class VAEConfig:
     kl_warmup_fraction: float = 0.35  # rho (Eq. 3.3)
     rec_weight: float = 1.0  # lambda_rec
     grad_weight: float = 1.0  # weight of the 3D gradient-consistency loss (Eq. 3.4)
+    # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
+    # network is fully convolutional, so crops buy more steps per CPU-second
+    train_crop: int = 0
 
 
 @dataclass

@@ -157,15 +157,22 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     dist_info = dist_info or DistInfo()
     cfg = _override(profile.train_vae, steps, seed, precision)
     profile.train_vae = cfg
+    crop = profile.vae.train_crop
+    if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
+        raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
     run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
                          resume=resume, extra={})
     images = torch.stack([torch.from_numpy(load_cached(cache, r)["image"]).half() for r in rows])
-    latent_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
+    latent_shape = (profile.vae.latent_channels,) + ((crop or profile.image_size) // 4,) * 3
 
     def sampler(step: int, rank: int) -> dict:
         g = step_generator(cfg.seed, step, rank)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
-        return {"image": images[idx].float(), "eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
+        batch = images[idx].float()
+        if crop:  # one random cube per sample, on the 4-voxel grid of the latents
+            starts = torch.randint((profile.image_size - crop) // 4 + 1, (cfg.batch_size, 3), generator=g) * 4
+            batch = torch.stack([v[:, a:a + crop, b:b + crop, c:c + crop] for v, (a, b, c) in zip(batch, starts)])
+        return {"image": batch, "eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
 
     torch.manual_seed(cfg.seed)
     probe_fn = None
