@@ -242,7 +242,7 @@ class Trainer:
                                 tb.add_scalar(f"{self.name}/{k}", v, self.step)
                 if self.probe is not None and cfg.probe_every and self.dist.is_main and (
                         self.step % cfg.probe_every == 0 or self.step == cfg.steps):
-                    self._run_probe()
+                    self._run_probe(time.perf_counter() - t0)
                 shown = {k: f"{v:.3f}" for k, v in list(self.last_probe.items())[:2]}
                 bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}", **shown)
                 bar.update()
@@ -259,8 +259,9 @@ class Trainer:
         last["precision"] = self.precision
         return last
 
-    def _run_probe(self) -> None:
-        """Evaluate the EMA weights on the held-out probe and append a row to probe.csv."""
+    def _run_probe(self, train_s: float) -> None:
+        """Evaluate the EMA weights on the held-out probe and append a row to probe.csv (with ``train_s``,
+        the seconds this process has trained so far, probes included)."""
         self.ema.shadow.eval()
         with torch.no_grad(), autocast(self.device, self.precision):
             figures = {k: float(v) for k, v in self.probe(self.ema.shadow, self.step).items()}
@@ -268,10 +269,11 @@ class Trainer:
         path = os.path.join(self.run_dir, PROBE)
         new = not os.path.exists(path)
         with open(path, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["step", *figures])
+            writer = csv.DictWriter(fh, fieldnames=["step", "train_s", *figures])
             if new:
                 writer.writeheader()
-            writer.writerow({"step": self.step, **{k: f"{v:.6g}" for k, v in figures.items()}})
+            writer.writerow({"step": self.step, "train_s": f"{train_s:.1f}",
+                             **{k: f"{v:.6g}" for k, v in figures.items()}})
 
     def _non_finite_message(self) -> str:
         """Why training stopped after too many non-finite steps, with the likely cause and its fix."""
