@@ -186,21 +186,23 @@ def paper() -> Profile:
 
 
 def small() -> Profile:
-    """64^3 volumes and narrow networks: what the CPU demo trains."""
+    """64^3 volumes and narrow networks: what the CPU demo trains. It takes what learned fastest per
+    CPU-second on the phantom cohorts (docs/model.md, "Watching a model learn"): the VAE trains on
+    random 32^3 crops, and every stage's EMA warms up."""
+
+    def train(**kw) -> TrainConfig:
+        return TrainConfig(ema_decay=0.99, ema_warmup=True, **kw)
+
     return Profile(
         name="small", image_size=64,
-        vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8),
+        vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8, train_crop=32),
         unet=UNetConfig(channels=(32, 64, 128), control_channels=(16, 32, 64), time_dim=128),
-        train_vae=TrainConfig(steps=300, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=100, ema_decay=0.99),
-        train_ldm=TrainConfig(steps=400, batch_size=4, lr=1e-3, warmup_steps=20, checkpoint_every=100,
-                              ema_decay=0.99),
-        train_fewshot=TrainConfig(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50,
-                                  ema_decay=0.99),
+        train_vae=train(steps=1500, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=250),
+        train_ldm=train(steps=600, batch_size=4, lr=1e-3, warmup_steps=20, checkpoint_every=100),
+        train_fewshot=train(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50),
         baseline=BaselineConfig(gen_channels=(16, 32, 64), gen_res_blocks=1, disc_channels=(16, 32, 64)),
-        train_baseline=TrainConfig(steps=200, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=100,
-                                   ema_decay=0.99),
-        train_baseline_fewshot=TrainConfig(steps=60, batch_size=2, lr=1e-4, warmup_steps=0, checkpoint_every=30,
-                                           ema_decay=0.99),
+        train_baseline=train(steps=200, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=100),
+        train_baseline_fewshot=train(steps=60, batch_size=2, lr=1e-4, warmup_steps=0, checkpoint_every=30),
     )
 
 

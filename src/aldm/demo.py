@@ -18,10 +18,10 @@ from .experiment import ExperimentConfig, run_table1
 
 SETTINGS = {
     "full": {"profile": "small", "size": 64, "n_source": 12, "n_target": 26, "k": [10, 16], "n_test": 10,
-             "folds": 3, "repeats": 1, "steps": {"vae": 120, "ldm": 250, "fewshot": 100, "baseline": 30,
+             "folds": 3, "repeats": 1, "steps": {"vae": 1200, "ldm": 600, "fewshot": 150, "baseline": 30,
                                                  "baseline_fewshot": 15},
-             "guidance": [0.3, 0.5, 1.0, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
-             "diversity_pairs": 20, "segmenter_steps": 150},
+             "guidance": [0.3, 1.0, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
+             "diversity_pairs": 20, "segmenter_steps": 100},
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
               "folds": 2, "repeats": 1, "steps": {"vae": 3, "ldm": 3, "fewshot": 3, "baseline": 2,
                                                   "baseline_fewshot": 2},
