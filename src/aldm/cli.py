@@ -146,22 +146,11 @@ def _probe_subjects(args):
     return ProbeSubjects(args.probe_data or args.data, list(subjects))
 
 
-def _with_probe_every(profile, every):
-    """``profile`` with every ALDM stage's probe_every set to ``every`` (unchanged when None)."""
-    import dataclasses
-
-    if profile is None or not every:
-        return profile
-    for stage in ("train_vae", "train_ldm", "train_fewshot"):
-        setattr(profile, stage, dataclasses.replace(getattr(profile, stage), probe_every=every))
-    return profile
-
-
 def _cmd_train(args) -> int:
     from .config import get_profile
     from .distributed import init_distributed, shutdown
     from .runs import Run
-    from .train.stages import train_ldm, train_vae
+    from .train.stages import train_ldm, train_vae, with_probe_every
 
     info = init_distributed()
     try:
@@ -177,13 +166,13 @@ def _cmd_train(args) -> int:
                                   precision=args.precision)
         elif args.stage == "vae":
             profile = get_profile(args.profile or "small")
-            profile = _with_probe_every(profile, args.probe_every)
+            profile = with_probe_every(profile, args.probe_every)
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
                              dist_info=info, progress=not args.quiet, precision=args.precision, probe=probe)
         else:
             parent = args.init or args.vae
             profile = get_profile(args.profile) if args.profile else (Run(parent).profile if parent else None)
-            profile = _with_probe_every(profile, args.probe_every)
+            profile = with_probe_every(profile, args.probe_every)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,

@@ -18,7 +18,6 @@ Steps, each resumable (a finished stage or cell is never recomputed):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import sys
@@ -38,7 +37,7 @@ from .modalities import MODALITY_FILES
 from .models.baselines.generator import BASELINE_NAMES
 from .runs import WEIGHTS, Run
 from .train.baselines import train_baseline
-from .train.stages import ProbeSubjects, train_ldm, train_vae
+from .train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
 
 @dataclass
@@ -145,8 +144,7 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     profile = get_profile(cfg.profile)
     probe = None
     if cfg.probe_every:
-        for stage in ("train_vae", "train_ldm", "train_fewshot"):
-            setattr(profile, stage, dataclasses.replace(getattr(profile, stage), probe_every=cfg.probe_every))
+        with_probe_every(profile, cfg.probe_every)
         probe = ProbeSubjects(cfg.target_cache, splits[max(cfg.k)]["test"][:2])  # held out from every stage
     steps = cfg.steps or {}
     runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}

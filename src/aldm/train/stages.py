@@ -80,6 +80,16 @@ class ProbeSubjects:
         return self
 
 
+def with_probe_every(profile: Profile | None, every: int | None) -> Profile | None:
+    """``profile`` with every ALDM stage's ``probe_every`` set to ``every`` (unchanged when None or 0)."""
+    from dataclasses import replace
+
+    if profile is not None and every:
+        for stage in ("train_vae", "train_ldm", "train_fewshot"):
+            setattr(profile, stage, replace(getattr(profile, stage), probe_every=every))
+    return profile
+
+
 @dataclass
 class FewShot:
     """What a few-shot stage adapts and on whom: the finished source run ``init_run`` and either a saved
