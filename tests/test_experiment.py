@@ -57,10 +57,45 @@ def test_protocol_holds_out_the_few_shot_subjects(quick_demo):
         assert {r["mask_subject"] for r in manifest} == test
 
 
+def test_segmentation_experiment_holds_out_the_tested_patients(quick_demo):
+    t1 = quick_demo / "table1"
+    split = json.load(open(t1 / "split_k3.json"))
+    shots = set(split["k_shot"])
+    folds = [f for f in split["cv"] if f["repeat"] == 0]
+    # synthetic training volumes: made from (and placed in) few-shot patients only
+    for generator in ("aldm", "cgan", "cgan3m", "vaegan"):
+        rows = list(csv.DictReader(open(t1 / "segmentation" / "samples" / generator / "samples.csv")))
+        assert len(rows) == 2 * len(shots)  # the demo's largest multiplier
+        for row in rows:
+            assert set(row["mask_source"].split(":", 1)[1].split("->")) | {row["context_subject"]} <= shots
+    results = [json.load(open(t1 / "segmentation" / "results" / name))
+               for name in os.listdir(t1 / "segmentation" / "results")]
+    assert {r["protocol"] for r in results} == {"k-real", "k-real+synthetic", "synthetic-only", "all-real"}
+    for r in results:
+        scored = set(r["per_patient"])
+        assert not scored & set(r["train"]) and not scored & shots
+        if r["fold"] is None:
+            assert scored == {s for f in folds for s in f["test"]}
+        else:
+            assert scored == set(folds[r["fold"]]["test"])
+        if r["protocol"] == "k-real":
+            assert set(r["train"]) == shots
+        for value in r["per_patient"].values():
+            assert 0.0 <= value["dice"] <= 1.0
+    table = list(csv.DictReader(open(t1 / "segmentation" / "segmentation.csv")))
+    assert len(table) == 1 + 1 + 4 * 3  # K real, ceiling, per generator two N values and TSTR
+    assert (t1 / "figures" / "segmentation_augmentation.png").stat().st_size > 10_000
+    report = (t1 / "report.html").read_text()
+    assert "Downstream segmentation" in report and f"{float(table[0]['Dice']):.3f}" in report
+
+
 def test_rerun_recomputes_nothing(quick_demo):
     cells = quick_demo / "table1" / "cells"
     stamps = {name: os.path.getmtime(cells / name) for name in os.listdir(cells)}
+    results = quick_demo / "table1" / "segmentation" / "results"
+    seg_stamps = {name: os.path.getmtime(results / name) for name in os.listdir(results)}
     weights = os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")
     assert main(["demo", "--out", str(quick_demo), "--quick", "--quiet"]) == 0
     assert stamps == {name: os.path.getmtime(cells / name) for name in os.listdir(cells)}
+    assert seg_stamps == {name: os.path.getmtime(results / name) for name in os.listdir(results)}
     assert weights == os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")

@@ -239,6 +239,15 @@ def _cmd_experiment(args) -> int:
     return 0
 
 
+def _cmd_segmentation_experiment(args) -> int:
+    from .experiment import ExperimentConfig
+    from .experiment_segmentation import run_segmentation
+
+    table = run_segmentation(ExperimentConfig.load(args.config), progress=not args.quiet)
+    print(f"segmentation table: {os.path.abspath(table)}")
+    return 0
+
+
 def _cmd_serve(args) -> int:
     import uvicorn
 
@@ -257,7 +266,8 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     start = time.perf_counter()
-    report = run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet,
+                      segmentation=not args.no_segmentation)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     print(f"report: {os.path.abspath(report)}")
     return 0
@@ -420,13 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     seg_train.add_argument("--quiet", action="store_true")
     seg_train.set_defaults(func=_cmd_segmenter)
 
-    exp = commands.add_parser("experiment", help="the paper's Table 1 and Figures 2-5, resumable")
+    exp = commands.add_parser("experiment", help="the paper's Table 1 and Figures 2-5, and downstream segmentation; "
+                                                 "resumable")
     exp_commands = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     exp_commands.required = True
     t1 = exp_commands.add_parser("table1", help="ALDM (K, s) and the baselines through the whole protocol")
     t1.add_argument("--config", required=True, help="experiment JSON (see docs/evaluation.md)")
     t1.add_argument("--quiet", action="store_true")
     t1.set_defaults(func=_cmd_experiment)
+    seg_exp = exp_commands.add_parser(
+        "segmentation", help="downstream tumour segmentation: K real patients vs K real + N synthetic, synthetic "
+                             "only, all real (same config, split and generators as table1)")
+    seg_exp.add_argument("--config", required=True, help="experiment JSON; its \"segmentation\" section holds the "
+                                                        "settings (see docs/evaluation.md)")
+    seg_exp.add_argument("--quiet", action="store_true")
+    seg_exp.set_defaults(func=_cmd_segmentation_experiment)
 
     serve = commands.add_parser("serve", help="the web UI: on-demand generation with a 3-plane viewer")
     serve.add_argument("--model", action="append", required=True,
@@ -445,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="aldm-demo", help="output folder (default ./aldm-demo)")
     demo.add_argument("--quick", action="store_true", help="tiny profile smoke run (a few minutes)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-segmentation", action="store_true",
+                      help="Table 1 only: skip the downstream segmentation experiment")
     demo.add_argument("--workers", type=_positive_int, default=2)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)

@@ -15,24 +15,29 @@ from .data.cache import prepare_dataset
 from .data.preprocess import PrepConfig
 from .data.synth import synth_cohorts
 from .experiment import ExperimentConfig, run_table1
+from .experiment_segmentation import run_segmentation
 
 SETTINGS = {
     "full": {"profile": "small", "size": 64, "n_source": 12, "n_target": 26, "k": [10, 16], "n_test": 10,
              "folds": 3, "repeats": 1, "steps": {"vae": 1200, "ldm": 600, "fewshot": 150, "baseline": 30,
                                                  "baseline_fewshot": 15},
              "guidance": [0.3, 1.0, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
-             "diversity_pairs": 20, "segmenter_steps": 100},
+             "diversity_pairs": 20, "segmenter_steps": 100,
+             "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 100, "width": 8, "crop": 32}},
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
               "folds": 2, "repeats": 1, "steps": {"vae": 3, "ldm": 3, "fewshot": 3, "baseline": 2,
                                                   "baseline_fewshot": 2},
               "guidance": [1.0, 3.0], "sampler_steps": 3, "classifier_epochs": 1, "frd": ["flair"],
-              "diversity_pairs": 6, "segmenter_steps": 20},
+              "diversity_pairs": 6, "segmenter_steps": 20,
+              "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 4, "width": 8, "crop": 16}},
 }
 
 
-def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> str:
-    """Phantom cohorts -> caches -> Table 1 experiment in ``out``; returns the report's path.
-    ``quick``: the tiny profile, a smoke run of every stage."""
+def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True,
+             segmentation: bool = True) -> str:
+    """Phantom cohorts -> caches -> Table 1 experiment -> downstream segmentation experiment in ``out``;
+    returns the report's path. ``quick``: the tiny profile, a smoke run of every stage;
+    ``segmentation=False``: Table 1 only."""
     s = SETTINGS["quick" if quick else "full"]
     start = time.perf_counter()
     data, caches = os.path.join(out, "phantom"), os.path.join(out, "cache")
@@ -48,9 +53,11 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
         out=os.path.join(out, "table1"), profile=s["profile"], k=s["k"], guidance=s["guidance"],
         n_test=s["n_test"], seed=seed, sampler_steps=s["sampler_steps"], folds=s["folds"], repeats=s["repeats"],
         classifier_epochs=s["classifier_epochs"], classifier_width=8, steps=s["steps"], frd_modalities=s["frd"],
-        diversity_pairs=s["diversity_pairs"], segmenter_steps=s["segmenter_steps"],
+        diversity_pairs=s["diversity_pairs"], segmenter_steps=s["segmenter_steps"], segmentation=s["segmentation"],
     )
     report = run_table1(cfg, progress=progress)
+    if segmentation:
+        run_segmentation(cfg, progress=progress)
     with open(os.path.join(out, "demo_time.txt"), "w", encoding="utf-8") as fh:
         fh.write(f"{time.perf_counter() - start:.1f} s\n")
     return report

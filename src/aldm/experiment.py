@@ -68,6 +68,7 @@ class ExperimentConfig:
     segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
     segmenter_width: int = 8
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
+    segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (eval.segmentation settings)
 
     @classmethod
     def load(cls, path: str) -> ExperimentConfig:
@@ -194,7 +195,9 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     return runs
 
 
-def _real_items(cache: str, subjects: list) -> list[dict]:
+def real_items(cache: str, subjects: list) -> list[dict]:
+    """Cached target volumes of ``subjects``: dicts with subject, image (3, S, S, S), mask (1, S, S, S),
+    idh and grade."""
     rows = {r["subject"]: r for r in read_manifest(cache)}
     items = []
     for s in subjects:
@@ -238,8 +241,6 @@ def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | 
 
 def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     """Run (or resume) the whole experiment; returns the path of the HTML report."""
-    from .eval.report import write_report
-
     os.makedirs(cfg.out, exist_ok=True)
     atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(asdict(cfg), indent=2) + "\n")
     splits = make_splits(cfg)
@@ -248,17 +249,14 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     test = splits[k_max]["test"]
     cv_subjects = {s for f in splits[k_max]["cv"] for s in f["train"] + f["test"]}
     all_subjects = sorted(cv_subjects | set(splits[k_max]["k_shot"]))
-    real = {i["subject"]: i for i in _real_items(cfg.target_cache, all_subjects)}
+    real = {i["subject"]: i for i in real_items(cfg.target_cache, all_subjects)}
     fold_models: dict = {}
     segmenter = _train_segmenter(cfg, set(test), progress)
     rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
     reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
-    results = []
     for cell in cells(cfg):
         path = os.path.join(cfg.out, "cells", f"{cell['id']}.json")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                results.append(json.load(fh))
             continue
         _log(f"cell {cell['name']}: generate + evaluate")
         run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
@@ -277,7 +275,6 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
         classifier = _classifier_scores(cfg, split, real, synthetic, fold_models)
         result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-        results.append(result)
     if not os.path.exists(reference_path):
         # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone
         split, ccfg, items = splits[k_max], _classifier_config(cfg), list(real.values())
@@ -285,6 +282,20 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
                      "few_shot_only": cross_validate(items, [], split["cv"], "few-shot-only", ccfg, split["k_shot"],
                                                      fold_models)}
         atomic_write_text(reference_path, json.dumps(reference, indent=2) + "\n")
-    with open(reference_path, encoding="utf-8") as fh:
-        reference = json.load(fh)
-    return write_report(cfg, results, reference, splits)
+    return write_table1_report(cfg, splits)
+
+
+def write_table1_report(cfg: ExperimentConfig, splits: dict) -> str | None:
+    """The report from the finished cells on disk (with the segmentation section when that experiment has
+    run); None while a cell or the reference rows are missing."""
+    from .eval.report import write_report
+
+    paths = [os.path.join(cfg.out, "cells", f"{cell['id']}.json") for cell in cells(cfg)]
+    paths.append(os.path.join(cfg.out, "cells", "real-reference.json"))
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    loaded = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            loaded.append(json.load(fh))
+    return write_report(cfg, loaded[:-1], loaded[-1], splits)

@@ -11,7 +11,10 @@ points make the number readable:
   (shuffled masks): what a generator that ignores its mask would score by chance overlap.
 
 The network is MONAI's SegResNet (Myronenko 2018) with one sigmoid output (whole tumour), trained
-with MONAI's DiceCELoss; Dice and HD95 come from MONAI's metrics. Every random choice is seeded.
+with MONAI's DiceCELoss on whole volumes or on random crops (half of them centred on a tumour voxel,
+as MONAI's RandCropByPosNegLabel); a crop-trained segmenter predicts by MONAI's sliding-window
+inference. Dice and HD95 come from MONAI's metrics. Every random choice is seeded. The downstream
+segmentation experiment (:mod:`aldm.experiment_segmentation`) trains the same network.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,11 +38,13 @@ INFO = "segmenter.json"
 
 @dataclass
 class SegmenterConfig:
-    """SegResNet width (``init_filters``), training length and optimiser, inference threshold, seed."""
+    """SegResNet width (``init_filters``), training length and optimiser, training crop (``crop``^3
+    patches, 0: whole volumes; a multiple of 8), inference threshold, seed."""
 
     init_filters: int = 8
     steps: int = 300
     batch_size: int = 2
+    crop: int = 0
     lr: float = 2e-3
     threshold: float = 0.5
     seed: int = 0
@@ -54,10 +60,32 @@ def build_segmenter(config: SegmenterConfig) -> torch.nn.Module:
                      blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), norm=("GROUP", {"num_groups": groups}))
 
 
+def random_crops(x: torch.Tensor, y: torch.Tensor, size: int,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``size``^3 crop per volume of x (B, C, S, S, S) and y (B, 1, S, S, S): centred on a random
+    tumour voxel with probability 1/2 (when the volume has one), else anywhere; clipped to the volume."""
+    spatial = x.shape[2:]
+    if size <= 0 or size >= min(spatial):
+        return x, y
+    xs, ys = [], []
+    for b in range(len(x)):
+        tumour = torch.nonzero(y[b, 0])
+        if len(tumour) and torch.rand(1, generator=g) < 0.5:
+            centre = tumour[torch.randint(len(tumour), (1,), generator=g)][0]
+        else:
+            centre = torch.stack([torch.randint(n, (1,), generator=g)[0] for n in spatial])
+        lo = [int(min(max(int(c) - size // 2, 0), n - size)) for c, n in zip(centre, spatial)]
+        box = (slice(None),) + tuple(slice(a, a + size) for a in lo)
+        xs.append(x[b][box])
+        ys.append(y[b][box])
+    return torch.stack(xs), torch.stack(ys)
+
+
 def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig,
                     progress: bool = False) -> torch.nn.Module:
-    """Train on volumes (N, 3, S, S, S) and masks (N, 1, S, S, S) with DiceCELoss (sigmoid), AdamW and
-    random flips along each axis; batches and flips are drawn from generators seeded by (seed, step)."""
+    """Train on volumes (N, 3, S, S, S) and masks (N, 1, S, S, S) with DiceCELoss (sigmoid), AdamW,
+    random crops (``config.crop``, :func:`random_crops`) and random flips along each axis; batches,
+    crops and flips are drawn from generators seeded by (seed, step)."""
     from monai.losses import DiceCELoss
     from tqdm import tqdm
 
@@ -74,7 +102,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConf
     for step in tqdm(range(config.steps), desc="segmenter", unit="step", disable=not progress):
         g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         idx = torch.randint(len(x_all), (config.batch_size,), generator=g)
-        x, y = x_all[idx], y_all[idx]
+        x, y = random_crops(x_all[idx], y_all[idx], config.crop, g)
         for axis in (2, 3, 4):
             if torch.rand(1, generator=g) < 0.5:
                 x, y = x.flip(axis), y.flip(axis)
@@ -87,11 +115,19 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConf
 
 @torch.inference_mode()
 def segment(model: torch.nn.Module, images: np.ndarray, config: SegmenterConfig, batch_size: int = 2) -> np.ndarray:
-    """Binary tumour masks (N, 1, S, S, S) uint8 of volumes (N, 3, S, S, S)."""
+    """Binary tumour masks (N, 1, S, S, S) uint8 of volumes (N, 3, S, S, S); a crop-trained segmenter
+    predicts by sliding windows of its crop size (overlap 1/4, Gaussian-weighted; MONAI)."""
+    from monai.inferers import sliding_window_inference
+
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.as_tensor(np.asarray(images[i:i + batch_size]), dtype=torch.float32, device=config.device)
-        out.append((torch.sigmoid(model(x)) >= config.threshold).to(torch.uint8).cpu().numpy())
+        if 0 < config.crop < min(x.shape[2:]):
+            logits = sliding_window_inference(x, (config.crop,) * 3, sw_batch_size=4, predictor=model, overlap=0.25,
+                                              mode="gaussian")
+        else:
+            logits = model(x)
+        out.append((torch.sigmoid(logits) >= config.threshold).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1, 1), np.uint8)
 
 
@@ -110,8 +146,11 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     from monai.metrics import HausdorffDistanceMetric
 
     metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    values = metric(torch.as_tensor(np.asarray(pred) > 0, dtype=torch.float32),
-                    torch.as_tensor(np.asarray(target) > 0, dtype=torch.float32))
+    with warnings.catch_warnings():  # MONAI warns about empty masks (NaN here, by design) and its own internals
+        warnings.filterwarnings("ignore", message=".*is all 0.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        values = metric(torch.as_tensor(np.asarray(pred) > 0, dtype=torch.float32),
+                        torch.as_tensor(np.asarray(target) > 0, dtype=torch.float32))
     return values.reshape(-1).numpy().astype(np.float64)
 
 
