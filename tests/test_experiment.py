@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--quick", "--quiet", "--segmentation"]) == 0
     return out
 
 
@@ -38,6 +38,12 @@ def test_report_files_hold_the_csv_numbers(quick_demo):
     for row in rows[:-1]:
         assert 0.0 <= float(row["Mask Dice"]) <= 1.0 and 0.0 <= float(row["Mask Dice floor"]) <= 1.0
     assert 0.0 <= float(rows[-1]["Mask Dice"]) <= 1.0
+    # mask swap: every cell has a locality in [0, 1] (or none when its two samples were identical), the
+    # reference row the chance level; the figure shows ALDM's first pair
+    assert 0.0 < float(rows[-1]["Swap locality"]) < 1.0
+    for row in rows[:-1]:
+        assert row["Swap locality"] == "" or 0.0 <= float(row["Swap locality"]) <= 1.0
+    assert (t1 / "figures" / "mask_swap.png").is_file()
     trained_on = set(json.load(open(t1 / "segmenter" / "segmenter.json"))["subjects"])
     assert not trained_on & set(json.load(open(t1 / "splits.json"))["3"]["test"])  # never a test patient
 
@@ -95,7 +101,7 @@ def test_rerun_recomputes_nothing(quick_demo):
     results = quick_demo / "table1" / "segmentation" / "results"
     seg_stamps = {name: os.path.getmtime(results / name) for name in os.listdir(results)}
     weights = os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")
-    assert main(["demo", "--out", str(quick_demo), "--quick", "--quiet"]) == 0
+    assert main(["demo", "--out", str(quick_demo), "--quick", "--quiet", "--segmentation"]) == 0
     assert stamps == {name: os.path.getmtime(cells / name) for name in os.listdir(cells)}
     assert seg_stamps == {name: os.path.getmtime(results / name) for name in os.listdir(results)}
     assert weights == os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")

@@ -267,7 +267,7 @@ def _cmd_demo(args) -> int:
 
     start = time.perf_counter()
     report = run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet,
-                      segmentation=not args.no_segmentation)
+                      segmentation=args.segmentation)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     print(f"report: {os.path.abspath(report)}")
     return 0
@@ -463,8 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="aldm-demo", help="output folder (default ./aldm-demo)")
     demo.add_argument("--quick", action="store_true", help="tiny profile smoke run (a few minutes)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-segmentation", action="store_true",
-                      help="Table 1 only: skip the downstream segmentation experiment")
+    demo.add_argument("--segmentation", action="store_true",
+                      help="also the downstream segmentation experiment (aldm experiment segmentation), in the "
+                           "same report")
     demo.add_argument("--workers", type=_positive_int, default=2)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
@@ -480,10 +481,21 @@ def main(argv=None) -> int:
 
     if determinism_requested(args.deterministic):
         force_determinism()
+    from .interrupt import STOPPED_EXIT, Stopped
+    from .io.atomic import WRITE_ERRORS, write_failure
+
     try:
         return args.func(args)
+    except Stopped as exc:
+        print(f"aldm: {exc}", file=sys.stderr)
+        return STOPPED_EXIT
     except AldmError as exc:
         print(f"aldm: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"aldm: error: {write_failure(exc.filename or '(a file)', exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aldm: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)

@@ -33,6 +33,7 @@ from .eval.classifier import ClassifierConfig, cross_validate
 from .eval.evaluate import evaluate, load_synthetic
 from .generate import generate
 from .io.atomic import atomic_write_text
+from .io.lock import exclusive_writer
 from .modalities import MODALITY_FILES
 from .models.baselines.generator import BASELINE_NAMES
 from .runs import WEIGHTS, Run
@@ -67,6 +68,7 @@ class ExperimentConfig:
     probe_every: int = 0  # held-out learning probes of the ALDM stages every N steps (probe.csv; 0: none)
     segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
     segmenter_width: int = 8
+    mask_swap_pairs: int = 3  # same seed, two held-out masks: where the difference lies (0: skip)
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
     segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (eval.segmentation settings)
 
@@ -239,8 +241,34 @@ def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | 
     return folder
 
 
+def _mask_swap(cfg: ExperimentConfig, run: str, cell: dict, test_masks: list) -> dict:
+    """The mask-swap check of one cell (:mod:`aldm.eval.mask_swap`) on consecutive held-out masks; the
+    first pair's volumes go to ``eval/<cell>/mask_swap.npz`` for the report's figure."""
+    import numpy as np
+
+    from .eval.mask_swap import mask_swap
+    from .pipeline import load_pipeline
+
+    _log(f"cell {cell['name']}: mask-swap check")
+    out = mask_swap(load_pipeline(run), test_masks, seed=cfg.seed + 3000,
+                    guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
+                    sampler=cfg.sampler, pairs=cfg.mask_swap_pairs)
+    example = out.pop("example", None)
+    if example is not None:
+        folder = os.path.join(cfg.out, "eval", cell["id"])
+        os.makedirs(folder, exist_ok=True)
+        np.savez_compressed(os.path.join(folder, "mask_swap.npz"), **example)
+    return out
+
+
 def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
-    """Run (or resume) the whole experiment; returns the path of the HTML report."""
+    """Run (or resume) the whole experiment; returns the path of the HTML report. One process at a time
+    per experiment folder (:mod:`aldm.io.lock`)."""
+    with exclusive_writer(cfg.out, "experiment"):
+        return _run_table1(cfg, progress)
+
+
+def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
     os.makedirs(cfg.out, exist_ok=True)
     atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(asdict(cfg), indent=2) + "\n")
     splits = make_splits(cfg)
@@ -256,24 +284,31 @@ def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
     for cell in cells(cfg):
         path = os.path.join(cfg.out, "cells", f"{cell['id']}.json")
+        result = None
         if os.path.exists(path):
-            continue
-        _log(f"cell {cell['name']}: generate + evaluate")
+            with open(path, encoding="utf-8") as fh:
+                result = json.load(fh)
+            if "mask_swap" in result or not cfg.mask_swap_pairs:
+                continue
         run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
-        samples_dir = os.path.join(cfg.out, "samples", cell["id"])
-        generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
-                 guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
-                 sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False)
-        fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
-                            inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
-                            diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
-        synthetic = [{"subject": s["mask_subject"], "image": s["image"],
-                      "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
-                      "idh": rows[s["mask_subject"]]["idh"] or None, "grade": rows[s["mask_subject"]]["grade"] or None}
-                     for s in load_synthetic(samples_dir)]
-        split = splits[cell["k"]]
-        classifier = _classifier_scores(cfg, split, real, synthetic, fold_models)
-        result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
+        if result is None:
+            _log(f"cell {cell['name']}: generate + evaluate")
+            samples_dir = os.path.join(cfg.out, "samples", cell["id"])
+            generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
+                     guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
+                     sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False)
+            fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
+                                inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
+                                diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
+            synthetic = [{"subject": s["mask_subject"], "image": s["image"],
+                          "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
+                          "idh": rows[s["mask_subject"]]["idh"] or None,
+                          "grade": rows[s["mask_subject"]]["grade"] or None}
+                         for s in load_synthetic(samples_dir)]
+            classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
+            result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
+        if cfg.mask_swap_pairs:
+            result["mask_swap"] = _mask_swap(cfg, run, cell, [real[s]["mask"] for s in test])
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if not os.path.exists(reference_path):
         # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone

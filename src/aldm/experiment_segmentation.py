@@ -39,6 +39,7 @@ from .eval.segmenter import SegmenterConfig, segment, train_segmenter
 from .experiment import ExperimentConfig, make_splits, real_items, train_all, write_table1_report
 from .generate import generate
 from .io.atomic import atomic_write_text
+from .io.lock import exclusive_writer
 from .models.baselines.generator import BASELINE_NAMES
 
 FOLDER = "segmentation"
@@ -154,7 +155,13 @@ def augmentation_figure(rows: list[dict], k: int, guidance: float, path: str) ->
 
 def run_segmentation(cfg: ExperimentConfig, progress: bool = True) -> str:
     """Run (or resume) the segmentation experiment; returns the path of its Markdown table (the HTML
-    report is rewritten with a segmentation section when Table 1 has finished)."""
+    report is rewritten with a segmentation section when Table 1 has finished). One process at a time per
+    experiment folder (:mod:`aldm.io.lock`)."""
+    with exclusive_writer(cfg.out, "experiment"):
+        return _run_segmentation(cfg, progress)
+
+
+def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     settings = SegmentationSettings.from_dict(cfg.segmentation, f"{cfg.out}: segmentation")
     settings.generators = settings.generators or ["aldm"] + list(cfg.baselines)
     unknown = [g for g in settings.generators if g != "aldm" and g not in cfg.baselines]

@@ -20,12 +20,15 @@ from .data.masks import resolve_masks
 from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .distributed import DistInfo, barrier
 from .errors import AldmError
+from .interrupt import Stopped, graceful_stop
 from .io.atomic import remove_stale_temps
+from .io.lock import writes_folder
 from .io.samples import SAMPLE_DONE, write_sample, write_samples_index
 from .pipeline import load_pipeline
 from .runs import Run
 
 
+@writes_folder("out_dir", "sample folder")
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              guidance_scale: float = 3.0, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
              batch_size: int = 4, dist_info: DistInfo | None = None, device=None, progress: bool = True,
@@ -53,6 +56,28 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     todo = [i for i in range(n) if i % dist_info.world_size == dist_info.rank
             and not os.path.exists(os.path.join(out_dir, names[i], SAMPLE_DONE))]
     bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not (progress and dist_info.is_main))
+    with graceful_stop() as stop:
+        _generate_batches(pipe, items, names, todo, out_dir, bar, stop, model_dir=model_dir, batch_size=batch_size,
+                          guidance_scale=guidance_scale, steps=steps, sampler=sampler, seed=seed, native=native,
+                          on_progress=on_progress)
+    bar.close()
+    barrier(dist_info)
+    rows = []
+    for name in names:
+        path = os.path.join(out_dir, name, SAMPLE_DONE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                rows.append(json.load(fh))
+    if dist_info.is_main:
+        write_samples_index(out_dir, rows)
+    return rows
+
+
+def _generate_batches(pipe, items: list, names: list[str], todo: list[int], out_dir: str, bar, stop: graceful_stop, *,
+                      model_dir: str, batch_size: int, guidance_scale: float, steps: int, sampler: str,
+                      seed: int, native: bool, on_progress) -> None:
+    """Generate and write the samples ``todo`` in batches; on SIGTERM / SIGINT stop after the batch being
+    written (each sample is written atomically) with :class:`~aldm.interrupt.Stopped`."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         mask = np.stack([items[i % len(items)].mask for i in chunk]).astype(np.float32)
@@ -74,14 +99,6 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
         bar.update(len(chunk))
         if on_progress is not None:
             on_progress(start + len(chunk), len(todo), 0, 0)
-    bar.close()
-    barrier(dist_info)
-    rows = []
-    for name in names:
-        path = os.path.join(out_dir, name, SAMPLE_DONE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                rows.append(json.load(fh))
-    if dist_info.is_main:
-        write_samples_index(out_dir, rows)
-    return rows
+        if stop.requested and start + batch_size < len(todo):
+            raise Stopped(f"{out_dir}: stopped by {stop.requested} with {start + len(chunk)} of {len(todo)} samples "
+                          "written; re-run the same command to finish the rest")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -58,10 +59,36 @@ def load_checkpoint(path: str) -> dict:
         raise AldmError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
 
 
+class _WriteRecorder(io.RawIOBase):
+    """A writable file wrapper that remembers the first OSError of a write: ``torch.save`` reports a
+    full disk as a RuntimeError ("unexpected pos"); the OSError behind it is what the user needs."""
+
+    def __init__(self, fh):
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
 def save_checkpoint(path: str, state: dict) -> None:
-    """``torch.save`` through a temporary file and a rename: a reader never sees half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` through a temporary file and a rename: a reader never sees half a file; a write that
+    fails for lack of space or rights raises :class:`aldm.io.atomic.WriteFailed` naming ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        recorder = _WriteRecorder(fh)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
 
 
 def code_version() -> str:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, sha256_file
+from ..io.lock import writes_folder
 from ..io.workers import parallel_map
 from ..modalities import VOLUME_FILES
 from .cohorts import SubjectRecord, discover
@@ -134,6 +135,7 @@ def _prepare_one(args: tuple) -> tuple[str, dict | None, list[str]]:
     return record.subject, row, []
 
 
+@writes_folder("cache", "cache")
 def prepare_dataset(dataset: str, root: str, cache: str, config: PrepConfig | None = None, *,
                     domain: str | None = None, sessions: str = "baseline", workers: int = 1,
                     strict: bool = False, limit: int | None = None, progress: bool = True,

@@ -23,8 +23,8 @@ from ..data.cache import load_cached  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
-           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "TRTS BAcc", "TRTS F1", "TRTS AUC",
-           "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
+           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "Swap locality", "TRTS BAcc", "TRTS F1",
+           "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
 
 
 def _fmt(value, digits=3):
@@ -46,13 +46,15 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
             "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
             "Mask Dice": adherence.get("mask_dice_mean"), "Mask Dice floor": adherence.get("shuffled_dice_mean"),
+            "Swap locality": (r.get("mask_swap") or {}).get("locality"),
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
             "Aug AUC std": c["augment"]["auc_std"], "n test": f["n_patients"],
         })
     ceiling = next((r["fidelity"]["mask_adherence"]["real_dice_mean"] for r in results
                     if r["fidelity"].get("mask_adherence")), None)
-    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": ceiling,
+    chance = next((r["mask_swap"]["chance"] for r in results if (r.get("mask_swap") or {}).get("pairs")), None)
+    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": ceiling, "Swap locality": chance,
                  "TRTS BAcc": reference["trtr"]["bacc_mean"],
                  "TRTS F1": reference["trtr"]["f1_mean"], "TRTS AUC": reference["trtr"]["auc_mean"],
                  "TRTS AUC std": reference["trtr"]["auc_std"], "Aug AUC": reference["few_shot_only"]["auc_mean"],
@@ -193,6 +195,63 @@ def figure5(results: list[dict], target_cache: str, path: str) -> None:
     plt.close(fig)
 
 
+def mask_swap_figure(npz_path: str, title: str, path: str) -> bool:
+    """FLAIR of the two same-seed samples of the first mask-swap pair and |difference| (mean over
+    modalities) on the axial slice through mask A, both masks outlined; False without the data."""
+    if not os.path.exists(npz_path):
+        return False
+    data = np.load(npz_path)
+    x_a, x_b = data["x_a"].astype(np.float32), data["x_b"].astype(np.float32)
+    a, b = data["mask_a"][0], data["mask_b"][0]
+    z = _axial(x_a, a)
+    delta = np.abs(x_a - x_b).mean(0)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    panels = [(x_a[2, :, :, z], "gray", (-1, 1), "FLAIR, mask A"), (x_b[2, :, :, z], "gray", (-1, 1), "FLAIR, mask B"),
+              (delta[:, :, z], "magma", (0, max(float(delta.max()), 1e-6)), "|A - B| (all modalities)")]
+    for ax, (img, cmap, (lo, hi), name) in zip(axes, panels):
+        ax.imshow(img.T, cmap=cmap, origin="lower", vmin=lo, vmax=hi)
+        for mask, colour in ((a, "cyan"), (b, "lime")):
+            if mask[:, :, z].any():
+                ax.contour(mask[:, :, z].T, levels=[0.5], colors=colour, linewidths=0.8, origin="lower")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Mask swap, same seed: {title} (cyan: mask A, green: mask B)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def learning_figure(runs_dir: str, path: str) -> bool:
+    """Held-out learning probes of the ALDM stages (``probe.csv`` of runs/vae, runs/ldm and the few-shot
+    runs): VAE 3D SSIM per modality and LDM noise-prediction MSE per timestep band against training
+    step; False when no run has probes."""
+    found = []
+    for name in ["vae", "ldm"] + sorted(d for d in os.listdir(runs_dir) if d.startswith("aldm_k")):
+        probe = os.path.join(runs_dir, name, "probe.csv")
+        if os.path.exists(probe):
+            with open(probe, encoding="utf-8") as fh:
+                found.append((name, list(csv.DictReader(fh))))
+    found = [(n, rows) for n, rows in found if rows]
+    if not found:
+        return False
+    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], found):
+        steps = [int(r["step"]) for r in rows]
+        keys = [k for k in rows[0] if k.startswith("ssim_") or k.startswith("mse_")]
+        for key in keys:
+            ax.plot(steps, [float(r[key]) for r in rows], marker=".", label=key)
+        ax.set_title(f"{name}: {'3D SSIM (held out)' if keys and keys[0].startswith('ssim') else 'noise MSE'}",
+                     fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _segmentation_section(out: str) -> list[str]:
     """HTML of ``aldm experiment segmentation``'s table and figure, when that experiment has run."""
     summary_path = os.path.join(out, "segmentation", "summary.json")
@@ -228,6 +287,12 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
     figure3(rows, max(cfg.k), os.path.join(fig_dir, "figure3_guidance.png"))
     has4 = figure4(os.path.join(out, "figure4"), os.path.join(fig_dir, "figure4_training.png"))
     figure5(results, cfg.target_cache, os.path.join(fig_dir, "figure5_montage.png"))
+    best = next((r for r in results if r["model"] == "aldm" and r["k"] == max(cfg.k) and r["s"] == max(cfg.guidance)),
+                None)
+    has_swap = best is not None and mask_swap_figure(os.path.join(out, "eval", best["id"], "mask_swap.npz"),
+                                                     best["name"], os.path.join(fig_dir, "mask_swap.png"))
+    has_learning = os.path.isdir(os.path.join(out, "runs")) and learning_figure(
+        os.path.join(out, "runs"), os.path.join(fig_dir, "learning_curves.png"))
     k_max = max(cfg.k)
     fid_note = next((r["fidelity"].get("fid_unavailable") for r in results if r["fidelity"].get("fid_unavailable")),
                     None)
@@ -259,6 +324,11 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
     if has4:
         figures.append(("figure4_training.png", "Figure 4"))
     figures.append(("figure5_montage.png", "Figure 5"))
+    if has_swap:
+        figures.append(("mask_swap.png", "Mask swap (Swap locality: share of the difference within 2 voxels of "
+                                         "either mask; the reference row gives the share of volume there)"))
+    if has_learning:
+        figures.append(("learning_curves.png", "Learning curves (held-out probes during training)"))
     for name, title in figures:
         parts.append(f"<h2>{title}</h2><a href='figures/{name}'><img src='figures/{name}' style='max-width:100%'></a>")
     parts += _segmentation_section(out)

@@ -1,16 +1,61 @@
-"""Atomic file writes (temp file in the same folder + rename) and checksums.
+"""Atomic file writes (temp file in the same folder + rename), write failures, free space, checksums.
 
-A reader never sees a half-written file: either the old content or the new one.
+A reader never sees a half-written file: either the old content or the new one. A write that fails
+for a reason the user must fix (full disk, quota, read-only or forbidden folder, file size limit)
+removes its temporary file and raises :class:`WriteFailed`: one line naming the file, the reason and
+the free space, so the same command can resume once it is fixed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+from ..errors import AldmError
+
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EFBIG: "file larger than this process may write (file size limit)"}
+
+
+class WriteFailed(AldmError):
+    """A file could not be written for a reason outside aldm (space, quota, permissions)."""
+
+
+def free_bytes(path: str) -> int | None:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent); None if unknown."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _size(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
+
+
+def write_failure(path: str, exc: OSError) -> WriteFailed:
+    """The one-line error for a failed write of ``path`` (``exc.errno`` in :data:`WRITE_ERRORS`)."""
+    return WriteFailed(f"{path}: cannot write: {WRITE_ERRORS.get(exc.errno, exc.strerror)} "
+                       f"({_size(free_bytes(path))} free there); finished files are intact: free space or fix "
+                       "the folder and re-run the same command to resume")
+
+
+def require_free_space(folder: str, needed: int, what: str) -> None:
+    """Refuse early, before writing ``what`` (about ``needed`` bytes) into ``folder``, when the file system
+    has clearly not enough room (needed + 10 % + 16 MB)."""
+    free = free_bytes(folder)
+    if free is not None and free < needed * 1.1 + 2**24:
+        raise WriteFailed(f"{folder}: {what} needs about {_size(needed)} but only {_size(free)} is free there; "
+                          "free space and re-run the same command to resume")
 
 
 @contextlib.contextmanager
@@ -21,17 +66,24 @@ def atomic_path(path: str) -> Iterator[str]:
     from the extension behave; on failure the temp file is removed and ``path`` is untouched.
     """
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
     suffix = base[base.index(".") :] if "." in base else ""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRORS:
+            raise write_failure(path, exc) from exc
+        raise
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            raise write_failure(path, exc) from exc
         raise
 
 

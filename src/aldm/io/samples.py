@@ -21,7 +21,7 @@ import numpy as np
 from ..data.geometry import to_native, unscale_intensities
 from ..errors import AldmError
 from ..modalities import MASK_FILE, MODALITY_FILES
-from .atomic import atomic_write_text, sha256_file
+from .atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, sha256_file, write_failure
 from .nifti import save_nifti
 
 SAMPLE_DONE = "sample.json"
@@ -40,26 +40,34 @@ def write_sample(out_dir: str, name: str, image: np.ndarray, item, meta: dict, n
     final = os.path.join(out_dir, name)
     tmp = os.path.join(out_dir, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "model"))
-    for c, mod in enumerate(MODALITY_FILES):
-        save_nifti(os.path.join(tmp, "model", f"{mod}.nii.gz"), image[c], item.model_affine)
-    save_nifti(os.path.join(tmp, "model", f"{MASK_FILE}.nii.gz"), item.mask[0], item.model_affine, np.uint8)
-    if native and item.native_shape is not None:
-        os.makedirs(os.path.join(tmp, "native"))
-        native = to_native(image, item.model_affine, item.native_shape, item.native_affine, order=1, fill=-1.0)
-        background = native[0] <= -0.999
-        if item.intensity_ranges:
-            native = unscale_intensities(native, item.intensity_ranges)
-            native[:, background] = 0.0  # skull-stripped convention of the downloads
+    try:
+        os.makedirs(os.path.join(tmp, "model"))
         for c, mod in enumerate(MODALITY_FILES):
-            save_nifti(os.path.join(tmp, "native", f"{mod}.nii.gz"), native[c], item.native_affine)
-        mask = to_native(item.mask[0].astype(np.float32), item.model_affine, item.native_shape, item.native_affine,
-                         order=0)
-        save_nifti(os.path.join(tmp, "native", f"{MASK_FILE}.nii.gz"), mask.astype(np.uint8), item.native_affine,
-                   np.uint8)
-    meta = {**meta, "sha256": {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))
-                               for d, _, files in sorted(os.walk(tmp)) for f in sorted(files)}}
-    atomic_write_text(os.path.join(tmp, SAMPLE_DONE), json.dumps(meta, indent=2) + "\n")
+            save_nifti(os.path.join(tmp, "model", f"{mod}.nii.gz"), image[c], item.model_affine)
+        save_nifti(os.path.join(tmp, "model", f"{MASK_FILE}.nii.gz"), item.mask[0], item.model_affine, np.uint8)
+        if native and item.native_shape is not None:
+            os.makedirs(os.path.join(tmp, "native"))
+            native = to_native(image, item.model_affine, item.native_shape, item.native_affine, order=1, fill=-1.0)
+            background = native[0] <= -0.999
+            if item.intensity_ranges:
+                native = unscale_intensities(native, item.intensity_ranges)
+                native[:, background] = 0.0  # skull-stripped convention of the downloads
+            for c, mod in enumerate(MODALITY_FILES):
+                save_nifti(os.path.join(tmp, "native", f"{mod}.nii.gz"), native[c], item.native_affine)
+            mask = to_native(item.mask[0].astype(np.float32), item.model_affine, item.native_shape, item.native_affine,
+                             order=0)
+            save_nifti(os.path.join(tmp, "native", f"{MASK_FILE}.nii.gz"), mask.astype(np.uint8), item.native_affine,
+                       np.uint8)
+        meta = {**meta, "sha256": {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))
+                                   for d, _, files in sorted(os.walk(tmp)) for f in sorted(files)}}
+        atomic_write_text(os.path.join(tmp, SAMPLE_DONE), json.dumps(meta, indent=2) + "\n")
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        if isinstance(exc, WriteFailed):  # name the sample, not its temporary folder
+            raise WriteFailed(str(exc).replace(tmp, final)) from exc
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            raise write_failure(final, exc) from exc
+        raise
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -27,6 +27,7 @@ from ..data.cache import load_cached
 from ..data.control import control_maps
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
+from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.vae import kl_divergence
@@ -139,6 +140,7 @@ def _load_images(cache: str, rows: list[dict]) -> dict:
     return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
 
 
+@writes_folder("run_dir", "run")
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,

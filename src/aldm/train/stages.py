@@ -28,6 +28,7 @@ from ..data.splits import few_shot_split, load_split, save_split
 from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
+from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, vae_loss
 from ..runs import SPLIT, VAE_WEIGHTS, Run, save_checkpoint
@@ -159,6 +160,7 @@ class VAETask(nn.Module):
         return vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step, total_steps)
 
 
+@writes_folder("run_dir", "run")
 def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
               domain: str = "source", precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
@@ -283,6 +285,7 @@ def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: 
     return replace(cfg, **changes)
 
 
+@writes_folder("run_dir", "run")
 def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run: str | None = None,
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,

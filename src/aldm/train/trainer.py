@@ -34,7 +34,8 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..distributed import DistInfo
 from ..errors import AldmError
-from ..io.atomic import atomic_write_text, remove_stale_temps
+from ..interrupt import Stopped, graceful_stop
+from ..io.atomic import atomic_write_text, remove_stale_temps, require_free_space
 from ..precision import autocast, resolve_precision, training_fallback_note
 from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, load_checkpoint, save_checkpoint
 
@@ -131,9 +132,11 @@ class Trainer:
         if not self.dist.is_main:
             return
         path = os.path.join(self.run_dir, CHECKPOINT)
+        state = self.state()
+        require_free_space(self.run_dir, _nbytes(state), f"the checkpoint at step {self.step}")
         if os.path.exists(path):
             os.replace(path, os.path.join(self.run_dir, PREVIOUS_CHECKPOINT))
-        save_checkpoint(path, self.state())
+        save_checkpoint(path, state)
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint of ``run_dir``; falls back to the previous one."""
@@ -195,7 +198,13 @@ class Trainer:
 
     def run(self) -> dict:
         """Train up to ``config.steps``; returns the last step's figures (loss, lr, grad norm, s/step,
-        wall time, skipped steps, precision)."""
+        wall time, skipped steps, precision). On SIGTERM / SIGINT (:mod:`aldm.interrupt`) the current step
+        finishes, a checkpoint is written and :class:`~aldm.interrupt.Stopped` is raised; ``--resume``
+        then continues exactly as after a periodic checkpoint."""
+        with graceful_stop() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: graceful_stop) -> dict:
         cfg = self.config
         fh, new = self._log_writer() if self.dist.is_main else (None, False)
         writer = None
@@ -246,8 +255,15 @@ class Trainer:
                 shown = {k: f"{v:.3f}" for k, v in list(self.last_probe.items())[:2]}
                 bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}", **shown)
                 bar.update()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                if saved:
                     self.save_checkpoint()
+                if self.step < cfg.steps and _any_rank(stop.requested is not None, self.device, self.dist):
+                    if not saved:
+                        self.save_checkpoint()
+                    raise Stopped(f"{self.run_dir}: stopped by {stop.requested or 'another rank'} after step "
+                                  f"{self.step}/{cfg.steps}; checkpoint written; continue with the same command "
+                                  "and --resume")
         finally:
             bar.close()
             if fh is not None:
@@ -319,6 +335,26 @@ def _pinned(batch, device):
     if isinstance(batch, dict):
         return {k: _pinned(v, device) for k, v in batch.items()}
     return batch
+
+
+def _nbytes(state) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: what writing it will take on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_nbytes(v) for v in state)
+    return 0
+
+
+def _any_rank(flag: bool, device, info: DistInfo) -> bool:
+    """True on every rank when any rank's ``flag`` is set (a stop request reaches all ranks together)."""
+    if info.world_size == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value) > 0.0
 
 
 def _all_ranks_finite(finite: bool, device, info: DistInfo) -> bool:
