@@ -24,7 +24,7 @@ def wait_for(client, job_id, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
+        if job["status"] in ("done", "failed", "cancelled"):
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
@@ -179,6 +179,77 @@ def test_queue_is_bounded_and_survives_a_restart(tiny_runs, tmp_path):
         assert [j["id"] for j in client.get("/api/jobs").json()] == [job_id]
     after = os.path.getmtime(tmp_path / "jobs" / job_id / "samples" / job["samples"][0]["sample"] / "sample.json")
     assert before == after
+
+
+def _wait_running(client, job_id, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["step"] > 0:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never ran: {job}")
+
+
+LONG = {**GOOD, "n": 8, "steps": 40}  # long enough to be caught running
+
+
+def test_jobs_can_be_cancelled_queued_or_running(tiny_runs, tmp_path):
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "q"), start_worker=False)
+    with TestClient(app) as client:
+        a, b = (client.post("/api/jobs", json={"model": "fewshot", **GOOD}).json()["id"] for _ in range(2))
+        cancelled = client.post(f"/api/jobs/{a}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert client.get("/api/health").json()["pending_jobs"] == 1
+        again = client.post(f"/api/jobs/{a}/cancel")
+        assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+        assert client.post("/api/jobs/0123456789ab/cancel").status_code == 404
+        assert client.get(f"/api/jobs/{b}").json()["status"] == "queued"
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "r"))
+    with TestClient(app) as client:
+        job_id = client.post("/api/jobs", json={"model": "fewshot", **LONG}).json()["id"]
+        _wait_running(client, job_id)
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+        job = wait_for(client, job_id)
+        assert job["status"] == "cancelled" and len(job["samples"]) < LONG["n"]
+        assert not [n for n in os.listdir(tmp_path / "r" / "jobs" / job_id / "samples") if n.startswith(".tmp-")]
+        # the server goes on: the next job runs to the end
+        done = wait_for(client, client.post("/api/jobs", json={"model": "fewshot", **GOOD, "n": 1}).json()["id"])
+        assert done["status"] == "done"
+
+
+def test_shutdown_drains_the_running_job_and_the_next_start_resumes_it(tiny_runs, tmp_path):
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
+    with TestClient(app) as client:
+        job_id = client.post("/api/jobs", json={"model": "fewshot", **LONG}).json()["id"]
+        _wait_running(client, job_id)
+        started = time.monotonic()
+    assert time.monotonic() - started < 20  # stopped at the next denoising step, not at the job's end
+    saved = json.load(open(tmp_path / "jobs" / job_id / "job.json"))
+    assert saved["status"] == "queued" and saved["resumed"]
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
+    with TestClient(app) as client:
+        job = wait_for(client, job_id, timeout=300)
+        assert job["status"] == "done" and len(job["samples"]) == LONG["n"]
+
+
+def test_one_server_per_output_folder(tiny_runs, tmp_path):
+    import subprocess
+    import sys
+
+    from aldm.io.lock import FolderBusy
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from aldm.serve.app import create_app\n"
+        f"app = create_app([{tiny_runs['fewshot']!r}], out={str(tmp_path)!r}, start_worker=False)\n"
+        "print('serving', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "serving"
+        with pytest.raises(FolderBusy, match=f"PID {holder.pid}"):
+            create_app([tiny_runs["fewshot"]], out=str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_failing_job_fails_alone(tiny_runs, tmp_path, prepared_cache):

@@ -8,6 +8,7 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 * ``GET  /api/models``                         the served models (domain, sampler choices, T)
 * ``POST /api/jobs``                           queue a generation job (202; 429 when busy)
 * ``GET  /api/jobs``, ``GET /api/jobs/{id}``   status, progress and finished samples
+* ``POST /api/jobs/{id}/cancel``               cancel a queued or running job (409 once finished)
 * ``GET  /api/jobs/{id}/samples/{sample}/volume/{channel}?source=synthetic|reference``
   uint8 volume for the viewer (see :mod:`aldm.serve.volumes`)
 * ``GET  /api/jobs/{id}/samples/{sample}/files/{space}/{channel}.nii.gz``  one NIfTI
@@ -40,7 +41,7 @@ from .. import __version__
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..errors import AldmError
 from ..modalities import VOLUME_FILES
-from .jobs import JobQueue, QueueFull
+from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
 from .volumes import CHANNELS, SPACES, inside, reference_volume, synthetic_volume
 
@@ -93,7 +94,7 @@ class SampleInfo(BaseModel):
 class Job(BaseModel):
     """A generation job as the API reports it: request, status, progress, samples, error."""
     id: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
     model: str
     n: int
     guidance_scale: float
@@ -147,7 +148,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         if start_worker:
             queue.start()
         yield
-        queue.stop()
+        queue.close()  # drains: the running job stops at its next step and resumes at the next start
 
     app = FastAPI(title="aldm", version=__version__, lifespan=lifespan,
                   description="Anatomically-conditioned latent diffusion: on-demand 3D glioma MRI synthesis "
@@ -226,6 +227,17 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
             return queue.submit(params)
         except QueueFull as exc:
             return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": "10"})
+
+    @app.post("/api/jobs/{job_id}/cancel", response_model=Job,
+              responses={404: {"description": "unknown job"}, 409: {"description": "the job has finished"}})
+    def cancel_job(job_id: str = Path(pattern=JOB_ID)):
+        try:
+            job = queue.cancel(job_id)
+        except NotCancellable as exc:
+            raise HTTPException(409, str(exc)) from exc
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
 
     @app.get("/api/jobs", response_model=list[Job])
     def list_jobs():

@@ -5,16 +5,22 @@ Layout under the server's output folder::
     OUT/jobs/<job id>/job.json      request, status, progress, error (rewritten atomically)
     OUT/jobs/<job id>/samples/      an ``aldm generate`` output folder (sample-NNNN_<mask>/...)
 
-A job is ``queued`` -> ``running`` -> ``done`` | ``failed``. At start-up every job folder is read
-back: finished jobs are listed as they were, and jobs a stopped server left ``queued`` or
-``running`` are queued again; generation resumes from the samples already on disk (each sample
-is written to a temporary folder and renamed, so none is ever half there). At most
+A job is ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``cancelled``. At start-up every job
+folder is read back: finished jobs are listed as they were, and jobs a stopped server left
+``queued`` or ``running`` are queued again; generation resumes from the samples already on disk
+(each sample is written to a temporary folder and renamed, so none is ever half there). At most
 ``max_pending`` jobs wait or run at once; :meth:`JobQueue.submit` refuses more with
 :class:`QueueFull`, which the API answers with 429.
+
+:meth:`JobQueue.cancel` removes a queued job at once and stops a running one at its next denoising
+step (finished samples stay). :meth:`JobQueue.stop` drains: the running job stops at its next step
+and is saved as ``queued``, so the next server start resumes it. One server per output folder
+(:mod:`aldm.io.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +33,7 @@ from collections import deque
 from ..errors import AldmError
 from ..generate import generate
 from ..io.atomic import atomic_write_text
+from ..io.lock import exclusive_writer
 from ..io.samples import SAMPLE_DONE
 from .models import ModelEntry, PipelineSlot
 
@@ -36,6 +43,14 @@ log = logging.getLogger("aldm.serve")
 
 class QueueFull(Exception):
     """The bounded queue holds ``max_pending`` jobs already."""
+
+
+class NotCancellable(Exception):
+    """The job has already finished (done, failed or cancelled)."""
+
+
+class _Interrupted(Exception):
+    """Raised inside generation when the running job is cancelled or the server drains."""
 
 
 def new_job_id() -> str:
@@ -50,6 +65,8 @@ class JobQueue:
                  batch_size: int = 4):
         self.root = os.path.abspath(root)
         self.jobs_dir = os.path.join(self.root, "jobs")
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(exclusive_writer(self.root, "server folder"))  # released by close()
         os.makedirs(self.jobs_dir, exist_ok=True)
         self.models = models
         self.max_pending = max_pending
@@ -59,6 +76,7 @@ class JobQueue:
         self._pending: deque[str] = deque()
         self._cond = threading.Condition()
         self._stop = False
+        self._cancel: set[str] = set()
         self._thread: threading.Thread | None = None
         self._recover()
 
@@ -116,6 +134,23 @@ class JobQueue:
             self._pending.append(job_id)
             self._cond.notify()
             return self.view(job_id)
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel a job: a queued one leaves the queue now, a running one stops at its next denoising
+        step (its finished samples stay). None when unknown; :class:`NotCancellable` when finished."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job["status"] not in ("queued", "running"):
+                raise NotCancellable(f"job {job_id} is {job['status']}; only queued or running jobs can be cancelled")
+            if job["status"] == "queued":  # not picked by the worker yet (it marks jobs running under this lock)
+                self._pending.remove(job_id)
+                job.update(status="cancelled", finished=time.time())
+                self._save(job)
+            else:
+                self._cancel.add(job_id)  # the worker stops it at the next step and records it
+        return self.view(job_id)
 
     def view(self, job_id: str) -> dict | None:
         """The job as the API shows it, with its finished samples (None when unknown)."""
@@ -177,14 +212,20 @@ class JobQueue:
             self._thread = threading.Thread(target=self._work, name="aldm-jobs", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop after its current job and wait up to ``timeout`` seconds."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain: the running job stops at its next denoising step and is saved as queued (the next
+        start resumes it from its finished samples); waits up to ``timeout`` seconds for the worker."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop the worker and release the output folder for another server."""
+        self.stop()
+        self._lock.close()
 
     def _work(self) -> None:
         while True:
@@ -200,6 +241,11 @@ class JobQueue:
             try:
                 self._run(job)
                 job.update(status="done", finished=time.time())
+            except _Interrupted:
+                if job_id in self._cancel:
+                    job.update(status="cancelled", finished=time.time())
+                else:  # draining: the next server start resumes it
+                    job.update(status="queued", resumed=True)
             except AldmError as exc:
                 job.update(status="failed", error=str(exc), finished=time.time())
             except Exception as exc:  # a bug must fail the job, never the server
@@ -208,7 +254,10 @@ class JobQueue:
                            finished=time.time())
             with self._cond:
                 self._pending.popleft()
+                self._cancel.discard(job_id)
                 self._save(job)
+                if self._stop:
+                    return
 
     def _run(self, job: dict) -> None:
         entry = self.models[job["model"]]
@@ -219,6 +268,8 @@ class JobQueue:
         last_save = [0.0]
 
         def on_progress(done, total, step, steps):
+            if self._stop or job["id"] in self._cancel:
+                raise _Interrupted
             already = job["n"] - total  # samples finished before this (resumed) run
             progress.update(done=already + done, total=job["n"], step=step, steps=steps)
             now = time.monotonic()
