@@ -195,3 +195,15 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_anything_moves(tmp_path,
     with pytest.raises(WriteFailed, match=r"checkpoint at step 0 needs about \d+ MB but only 5 MB is free"):
         trainer.save_checkpoint()
     assert (tmp_path / "checkpoint.pt").read_bytes() == first and not (tmp_path / "checkpoint-prev.pt").exists()
+
+
+def test_samples_that_cannot_fit_are_refused_before_writing(tiny_runs, tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from aldm.generate import generate
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr("aldm.io.atomic.shutil.disk_usage", lambda p: usage._replace(free=2**20))
+    with pytest.raises(WriteFailed, match=r"1 more sample\(s\) needs about .* but only 1 MB is free"):
+        generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, batch_size=1, steps=2, progress=False)
+    assert not (tmp_path / "gen").exists()  # nothing was written: not even the folder stays

@@ -21,7 +21,7 @@ from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .distributed import DistInfo, barrier
 from .errors import AldmError
 from .interrupt import Stopped, graceful_stop
-from .io.atomic import remove_stale_temps
+from .io.atomic import remove_stale_temps, require_free_space
 from .io.lock import writes_folder
 from .io.samples import SAMPLE_DONE, write_sample, write_samples_index
 from .pipeline import load_pipeline
@@ -80,6 +80,8 @@ def _generate_batches(pipe, items: list, names: list[str], todo: list[int], out_
     written (each sample is written atomically) with :class:`~aldm.interrupt.Stopped`."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
+        require_free_space(out_dir, sum(_sample_bytes(items[i % len(items)], native) for i in chunk),
+                           f"{len(chunk)} more sample(s)")
         mask = np.stack([items[i % len(items)].mask for i in chunk]).astype(np.float32)
         step_callback = None
         if on_progress is not None:
@@ -102,3 +104,12 @@ def _generate_batches(pipe, items: list, names: list[str], todo: list[int], out_
         if stop.requested and start + batch_size < len(todo):
             raise Stopped(f"{out_dir}: stopped by {stop.requested} with {start + len(chunk)} of {len(todo)} samples "
                           "written; re-run the same command to finish the rest")
+
+
+def _sample_bytes(item, native: bool) -> int:
+    """An upper bound of one sample's files: 3 float32 volumes + a uint8 mask in model space, and the same on
+    the native grid when written (before gzip, which only makes them smaller)."""
+    model = item.mask[0].size * (3 * 4 + 1)
+    grid = int(np.prod(item.native_shape)) * (3 * 4 + 1) if native and item.native_shape is not None else 0
+    return model + grid
+
