@@ -86,6 +86,8 @@ def test_probes_log_held_out_figures_and_change_nothing_else(prepared_cache, tmp
     for key in ("psnr_t1", "ssim_flair"):
         assert all(float(r[key]) == float(r[key]) for r in rows)  # finite numbers, one per modality
     assert -1.0 <= float(rows[-1]["ssim_flair"]) <= 1.0
+    assert (tmp_path / "probed" / "probe.png").stat().st_size > 5000  # the curves, redrawn after each probe
+    assert not (tmp_path / "plain" / "probe.png").exists()
 
     # LDM probe: noise error per timestep band; resumed from step 2 it writes the same rows
     train_ldm(cache, str(tmp_path / "ldm"), _probe_profile(), vae_run=str(tmp_path / "plain"), steps=4,

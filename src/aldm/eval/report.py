@@ -224,32 +224,12 @@ def mask_swap_figure(npz_path: str, title: str, path: str) -> bool:
 
 
 def learning_figure(runs_dir: str, path: str) -> bool:
-    """Held-out learning probes of the ALDM stages (``probe.csv`` of runs/vae, runs/ldm and the few-shot
-    runs): VAE 3D SSIM per modality and LDM noise-prediction MSE per timestep band against training
-    step; False when no run has probes."""
-    found = []
-    for name in ["vae", "ldm"] + sorted(d for d in os.listdir(runs_dir) if d.startswith("aldm_k")):
-        probe = os.path.join(runs_dir, name, "probe.csv")
-        if os.path.exists(probe):
-            with open(probe, encoding="utf-8") as fh:
-                found.append((name, list(csv.DictReader(fh))))
-    found = [(n, rows) for n, rows in found if rows]
-    if not found:
-        return False
-    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], found):
-        steps = [int(r["step"]) for r in rows]
-        keys = [k for k in rows[0] if k.startswith("ssim_") or k.startswith("mse_")]
-        for key in keys:
-            ax.plot(steps, [float(r[key]) for r in rows], marker=".", label=key)
-        ax.set_title(f"{name}: {'3D SSIM (held out)' if keys and keys[0].startswith('ssim') else 'noise MSE'}",
-                     fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    """Held-out learning probes of the ALDM stages (runs/vae, runs/ldm and the few-shot runs) side by side
+    (:func:`aldm.io.curves.plot_probe_curves`); False when no run has probes."""
+    from ..io.curves import plot_probe_curves
+
+    names = ["vae", "ldm"] + sorted(d for d in os.listdir(runs_dir) if d.startswith("aldm_k"))
+    return plot_probe_curves([(n, os.path.join(runs_dir, n)) for n in names], path)
 
 
 def _segmentation_section(out: str) -> list[str]:

@@ -36,6 +36,7 @@ from ..distributed import DistInfo
 from ..errors import AldmError
 from ..interrupt import Stopped, graceful_stop
 from ..io.atomic import atomic_write_text, remove_stale_temps, require_free_space
+from ..io.curves import plot_probe_curves
 from ..precision import autocast, resolve_precision, training_fallback_note
 from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, load_checkpoint, save_checkpoint
 
@@ -290,6 +291,7 @@ class Trainer:
                 writer.writeheader()
             writer.writerow({"step": self.step, "train_s": f"{train_s:.1f}",
                              **{k: f"{v:.6g}" for k, v in figures.items()}})
+        plot_probe_curves([(self.name, self.run_dir)], os.path.join(self.run_dir, "probe.png"))
 
     def _non_finite_message(self) -> str:
         """Why training stopped after too many non-finite steps, with the likely cause and its fix."""
