@@ -143,3 +143,12 @@ def test_tumour_crops_and_deterministic_crop_training():
     a, b = train_segmenter(images, masks, config), train_segmenter(images, masks, config)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
+
+
+def test_a_bad_segmentation_section_names_the_config_file(tmp_path):
+    from aldm.experiment import ExperimentConfig
+
+    path = tmp_path / "exp.json"
+    path.write_text('{"source_cache": "a", "target_cache": "b", "out": "o", "segmentation": {"epochs": 3}}')
+    with pytest.raises(AldmError, match=r"exp.json: \"segmentation\": unknown segmentation setting.*epochs"):
+        ExperimentConfig.load(str(path))

@@ -31,6 +31,7 @@ from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import AldmError
 from .eval.classifier import ClassifierConfig, cross_validate
 from .eval.evaluate import evaluate, load_synthetic
+from .eval.segmentation import SegmentationSettings
 from .generate import generate
 from .io.atomic import atomic_write_text
 from .io.lock import exclusive_writer
@@ -78,11 +79,13 @@ class ExperimentConfig:
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
-            return cls(**data)
+            config = cls(**data)
         except FileNotFoundError:
             raise AldmError(f"{path}: experiment config not found") from None
         except (json.JSONDecodeError, TypeError) as exc:
             raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
+        SegmentationSettings.from_dict(config.segmentation, f"{path}: \"segmentation\"")  # fail early, name the file
+        return config
 
 
 def cells(cfg: ExperimentConfig) -> list[dict]:
