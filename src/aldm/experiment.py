@@ -11,8 +11,11 @@ Steps, each resumable (a finished stage or cell is never recomputed):
 3. per cell (model, K, s): generate one volume per held-out test patient from its own mask;
 4. per cell: fidelity (:func:`aldm.eval.evaluate.evaluate`) and the downstream classifier — TRTS
    (the paper) on classifiers trained once per fold on real data, and augmentation (K real +
-   synthetic vs K real alone), both over the CV folds;
-5. Table 1 (Markdown + CSV), Figures 2-5 (PNG) and an HTML report (:mod:`aldm.eval.report`).
+   synthetic vs K real alone), both over the CV folds; the mask-swap check (same seed, two held-out
+   masks; added to cells computed before it existed);
+5. Table 1 (Markdown + CSV), Figures 2-5, the mask-swap figure and learning curves (PNG) and an HTML
+   report (:mod:`aldm.eval.report`). The downstream segmentation experiment, on the same runs, is
+   :mod:`aldm.experiment_segmentation`.
 """
 
 from __future__ import annotations
