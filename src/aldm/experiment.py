@@ -40,6 +40,7 @@ from .io.atomic import atomic_write_text
 from .io.lock import exclusive_writer
 from .modalities import MODALITY_FILES
 from .models.baselines.generator import BASELINE_NAMES
+from .pipeline import load_pipeline
 from .runs import WEIGHTS, Run
 from .train.baselines import train_baseline
 from .train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
@@ -247,16 +248,15 @@ def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | 
     return folder
 
 
-def _mask_swap(cfg: ExperimentConfig, run: str, cell: dict, test_masks: list) -> dict:
+def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_masks: list) -> dict:
     """The mask-swap check of one cell (:mod:`aldm.eval.mask_swap`) on consecutive held-out masks; the
     first pair's volumes go to ``eval/<cell>/mask_swap.npz`` for the report's figure."""
     import numpy as np
 
     from .eval.mask_swap import mask_swap
-    from .pipeline import load_pipeline
 
     _log(f"cell {cell['name']}: mask-swap check")
-    out = mask_swap(load_pipeline(run), test_masks, seed=cfg.seed + 3000,
+    out = mask_swap(pipe, test_masks, seed=cfg.seed + 3000,
                     guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
                     sampler=cfg.sampler, pairs=cfg.mask_swap_pairs)
     example = out.pop("example", None)
@@ -297,12 +297,13 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             if "mask_swap" in result or not cfg.mask_swap_pairs:
                 continue
         run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
+        pipe = load_pipeline(run)  # one load for the cell's samples and its mask-swap check
         if result is None:
             _log(f"cell {cell['name']}: generate + evaluate")
             samples_dir = os.path.join(cfg.out, "samples", cell["id"])
             generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
                      guidance_scale=cell["s"] if cell["s"] is not None else 1.0, steps=cfg.sampler_steps,
-                     sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False)
+                     sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False, pipeline=pipe)
             fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
                                 inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
                                 diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
@@ -314,7 +315,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
             result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
         if cfg.mask_swap_pairs:
-            result["mask_swap"] = _mask_swap(cfg, run, cell, [real[s]["mask"] for s in test])
+            result["mask_swap"] = _mask_swap(cfg, pipe, cell, [real[s]["mask"] for s in test])
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if not os.path.exists(reference_path):
         # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone

@@ -17,6 +17,7 @@ each resumable (a finished segmenter's scores are never recomputed):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -105,11 +106,11 @@ def write_table(rows: list[dict], guidance: float, out_dir: str) -> tuple[str, s
     table = [[r["protocol"], generator_label(r["generator"], guidance), r["n"], r["dice_mean"], r["dice_std"],
               r["hd95_mean"], r["hd95_std"], r["misses"], r["runs"]] for r in rows]
     csv_path, md_path = os.path.join(out_dir, "segmentation.csv"), os.path.join(out_dir, "segmentation.md")
-    with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(TABLE_COLUMNS)
-        writer.writerows(table)
-    os.replace(csv_path + ".tmp", csv_path)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TABLE_COLUMNS)
+    writer.writerows(table)
+    atomic_write_text(csv_path, buf.getvalue())
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
     atomic_write_text(md_path, "\n".join(lines) + "\n")

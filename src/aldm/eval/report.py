@@ -237,8 +237,8 @@ def _segmentation_section(out: str) -> list[str]:
     summary_path = os.path.join(out, "segmentation", "summary.json")
     if not os.path.exists(summary_path):
         return []
-    with open(os.path.join(out, "segmentation", "segmentation.md"), encoding="utf-8") as fh:
-        lines = [line.strip().strip("|").split("|") for line in fh if line.strip() and "---" not in line]
+    with open(os.path.join(out, "segmentation", "segmentation.csv"), newline="", encoding="utf-8") as fh:
+        lines = list(csv.reader(fh))
     with open(summary_path, encoding="utf-8") as fh:
         summary = json.load(fh)
     parts = ["<h2>Downstream segmentation</h2>",
