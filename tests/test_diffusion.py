@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -56,14 +58,17 @@ def test_cfg_eq_3_8_every_scale_one_batched_forward(scale):
     assert calls[0] == (2 if scale in (0.0, 1.0) else 4)
 
 
+@pytest.mark.parametrize("input_control", [False, True])
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
 @torch.no_grad()
-def test_guided_noise_with_shared_prefix_and_cached_hint_equals_the_plain_batch(scale):
+def test_guided_noise_with_shared_prefix_and_cached_hint_equals_the_plain_batch(scale, input_control):
     """The sampling path (hint once per run, z_t / t layers shared by cond and null halves) computes
     the same eps_guided as stacking [cond, null] and running the whole denoiser, for a denoiser
-    whose weights are all random (the zero-initialised ControlNet outputs and FiLM would hide errors)."""
+    whose weights are all random (the zero-initialised ControlNet outputs and FiLM would hide errors);
+    also when the U-Net takes the control maps at its input (input_control)."""
     torch.manual_seed(0)
-    model = ConditionalDenoiser(tiny().unet, 4).eval()
+    config = dataclasses.replace(tiny().unet, input_control=input_control)
+    model = ConditionalDenoiser(config, 4).eval()
     for p in model.parameters():
         p.normal_(0.0, 0.2)
     z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])

@@ -154,3 +154,35 @@ def test_frd_orders_distributions():
     close = frd_scores(real, near, masks, masks, modalities=("flair",))["frd_flair"]
     distant = frd_scores(real, far, masks, masks, modalities=("flair",))["frd_flair"]
     assert 0 <= close < distant
+
+
+@pytest.mark.slow
+def test_frd_reuses_the_real_features_and_gives_the_same_value(monkeypatch):
+    """With a reference store, the real set's radiomics are extracted once for several synthetic sets and
+    each FRD equals the one computed from scratch (frd-score's joint normalisation still sees both sets)."""
+    from frd_score import frd as frd_module
+
+    from aldm.eval.frd import frd_scores
+
+    rng = np.random.default_rng(6)
+
+    def vol(shift, noise):
+        v = np.full((3, 24, 24, 24), -1.0, np.float32)
+        v[:, 4:20, 4:20, 4:20] = np.clip(shift + rng.normal(0, noise, size=(3, 16, 16, 16)), -1, 1)
+        return v
+
+    brain = np.zeros((24, 24, 24), np.uint8)
+    brain[4:20, 4:20, 4:20] = 1
+    real, masks = [vol(0.0, 0.2) for _ in range(5)], [brain] * 5
+    synthetic_sets = [[vol(0.0, 0.2) for _ in range(5)], [vol(0.4, 0.1) for _ in range(5)]]
+    fresh = [frd_scores(real, s, masks, masks, modalities=("flair",))["frd_flair"] for s in synthetic_sets]
+    extracted = []
+    original = frd_module.compute_features
+    monkeypatch.setattr(frd_module, "compute_features", lambda *a, **k: extracted.append(len(k["files"])) or
+                        original(*a, **k))
+    store: dict = {}
+    reused = [frd_scores(real, s, masks, masks, modalities=("flair",), reference=store)["frd_flair"]
+              for s in synthetic_sets]
+    assert reused == fresh and fresh[0] < fresh[1]
+    assert extracted == [5, 5, 5]  # real once, then each synthetic set
+    assert frd_module.compute_features.__name__ == "<lambda>"  # the hook is put back after each call

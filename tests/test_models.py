@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -179,3 +180,24 @@ def test_split_decode_equals_whole_volume_decode(channels_last):
                 assert split_error <= max(2 * whole_error, 1e-5), (slab, split_error, whole_error)
     with pytest.raises(ValueError, match="at least 1 plane"):
         vae.decode(z, cond, slab=-1)
+
+
+def test_input_control_is_the_concatenated_input_and_sees_the_mask_at_initialisation():
+    """input_control: the U-Net's stem acts on [z_t; control maps] (conv of the concatenation = the sum of
+    the two stems), so unlike the zero-initialised ControlNet it responds to the mask from step 0; the
+    default (the paper) does not have the extra stem."""
+    assert ConditionalDenoiser(tiny().unet, 4).unet.control_stem is None
+    cfg = dataclasses.replace(tiny().unet, input_control=True)
+    model = ConditionalDenoiser(cfg, 4).eval()
+    z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])
+    stats, control = torch.randn(2, 8), torch.rand(2, 3, 8, 8, 8)
+    with torch.no_grad():
+        concat = torch.nn.Conv3d(4 + 3, cfg.channels[0], 3, padding=1)
+        concat.weight.copy_(torch.cat([model.unet.stem.weight, model.unet.control_stem.weight], dim=1))
+        concat.bias.copy_(model.unet.stem.bias)
+        joint = concat(torch.cat([z, control], dim=1))
+        assert torch.allclose(joint, model.unet.stem(z) + model.unet.control_stem(control), atol=1e-5)
+        moved = model(z, t, torch.roll(control, 3, dims=2), stats)
+        assert (moved - model(z, t, control, stats)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="input_control"):
+        model.unet(z, t, stats, None)

@@ -47,6 +47,9 @@ class UNetConfig:
     control_channels: tuple = (64, 128, 256)  # ControlNet widths at 28, 14, 7
     control_in: int = 3  # [mask, edge, soft distance]
     lambda_ctrl: float = 1.0
+    # the control maps also enter the U-Net's own input, concatenated to z_t (as Med-DDPM, Dorjsembe et al.
+    # 2024, conditions on the mask); False = the ControlNet alone carries them (the paper)
+    input_control: bool = False
 
 
 @dataclass

@@ -288,6 +288,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
     segmenter = _train_segmenter(cfg, set(test), progress)
     rows = {r["subject"]: r for r in read_manifest(cfg.target_cache)}
     reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
+    real_scores: dict = {}  # what depends on the real test volumes alone, computed by the first cell (evaluate)
     for cell in cells(cfg):
         path = os.path.join(cfg.out, "cells", f"{cell['id']}.json")
         result = None
@@ -306,7 +307,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                      sampler=cfg.sampler, seed=cfg.seed + 1000, progress=progress, native=False, pipeline=pipe)
             fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
                                 inception=cfg.inception, log=_log, frd_modalities=tuple(cfg.frd_modalities),
-                                diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
+                                diversity_pairs=cfg.diversity_pairs, segmenter=segmenter, reference=real_scores)
             synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                           "mask": load_cached(cfg.target_cache, rows[s["mask_subject"]])["mask"],
                           "idh": rows[s["mask_subject"]]["idh"] or None,

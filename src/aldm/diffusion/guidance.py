@@ -52,10 +52,13 @@ class GuidedNoise:
             parts = [(control, stats), (torch.zeros_like(control), torch.zeros_like(stats))]
         self.copies = len(parts)
         self.stats = torch.cat([p[1] for p in parts])
-        self.hint = denoiser.controlnet.hint(torch.cat([p[0] for p in parts]))
+        control_stack = torch.cat([p[0] for p in parts])
+        self.hint = denoiser.controlnet.hint(control_stack)
+        # the U-Net's own input needs the maps too when it takes them (UNetConfig.input_control)
+        self.control = control_stack if denoiser.unet.control_stem is not None else None
 
     def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.denoiser(z_t, t, None, self.stats, hint=self.hint, copies=self.copies)
+        out = self.denoiser(z_t, t, self.control, self.stats, hint=self.hint, copies=self.copies)
         if self.copies == 1:
             return out
         eps_cond, eps_uncond = out.chunk(2)

@@ -45,10 +45,10 @@ def load_synthetic(folder: str) -> list[dict]:
     return rows
 
 
-def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str) -> dict:
+def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, reference: dict) -> dict:
     """Mask Dice of the samples against their own generation masks, the shuffled-mask floor, and the
     ceiling: the same segmenter on the real volumes of the mask subjects (which it must never have
-    been trained on)."""
+    been trained on; computed once per segmenter and subject set in ``reference``)."""
     from .segmenter import load_segmenter, mask_adherence
 
     model, config, info = load_segmenter(folder, device)
@@ -59,8 +59,11 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str) 
     synthetic = mask_adherence(model, config, np.stack([s["image"] for s in paired]),
                                np.stack([s["mask"] for s in paired]))
     subjects = sorted(cached)
-    real = mask_adherence(model, config, np.stack([cached[p]["image"] for p in subjects]),
-                          np.stack([cached[p]["mask"] for p in subjects]))
+    key = ("mask_adherence", os.path.abspath(folder), tuple(subjects))
+    if key not in reference:
+        reference[key] = mask_adherence(model, config, np.stack([cached[p]["image"] for p in subjects]),
+                                        np.stack([cached[p]["mask"] for p in subjects]))
+    real = reference[key]
     return {"mask_dice_mean": synthetic["mask_dice_mean"], "mask_dice_std": synthetic["mask_dice_std"],
             "shuffled_dice_mean": synthetic.get("shuffled_dice_mean"),
             "real_dice_mean": real["mask_dice_mean"], "real_dice_std": real["mask_dice_std"],
@@ -70,13 +73,18 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str) 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
              device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100,
-             segmenter: str | None = None) -> dict:
+             segmenter: str | None = None, reference: dict | None = None) -> dict:
     """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
     (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
     diversity and memorisation, and with ``segmenter`` (a folder of :mod:`aldm.eval.segmenter`) the
     mask adherence; samples from few-shot training masks are excluded. Writes
-    ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics."""
+    ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics.
+
+    ``reference``: a dict the caller keeps across evaluations (an experiment's cells): what depends on
+    the real volumes alone — their MS-SSIM diversity, the segmenter's ceiling on them, their FRD
+    features — is computed on first use and reused, keyed by the real subjects (same numbers)."""
     log = log or (lambda line: print(line, file=sys.stderr))
+    reference = {} if reference is None else reference
     samples = load_synthetic(synthetic_dir)
     rows = {r["subject"]: r for r in read_manifest(real_cache)}
     if not rows:
@@ -109,14 +117,17 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     real_vols = list(real.values())
     if len(synth_vols) >= 2 and len(real_vols) >= 2:
         result["ms_ssim_diversity_synthetic"] = ms_ssim_diversity(synth_vols, max_pairs=diversity_pairs)
-        result["ms_ssim_diversity_real"] = ms_ssim_diversity(real_vols, max_pairs=diversity_pairs)
+        key = ("ms_ssim_diversity", tuple(real), diversity_pairs)
+        if key not in reference:
+            reference[key] = ms_ssim_diversity(real_vols, max_pairs=diversity_pairs)
+        result["ms_ssim_diversity_real"] = reference[key]
     if split and split["k_shot"] and all(k in rows for k in split["k_shot"]):
         training = [load_cached(real_cache, rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
 
     if segmenter:
-        result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device)
+        result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
 
     if frd_modalities:
         from .frd import frd_scores
@@ -125,7 +136,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
             brains = {p: data["brain"][0] for p, data in cached.items()}
             result.update(frd_scores(real_vols, synth_vols, [brains[p] for p in real],
                                      [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
-                                     modalities=tuple(frd_modalities)))
+                                     modalities=tuple(frd_modalities), reference=reference))
         except AldmError as exc:
             result["frd_unavailable"] = str(exc)
             log(f"aldm: FRD skipped: {exc}")

@@ -76,10 +76,17 @@ def memorisation(synthetic: list[np.ndarray], training: list[np.ndarray], held_o
     of distinct real volumes in training + held-out)."""
     if not training or len(held_out) < 1:
         raise ValueError("memorisation needs training and held-out volumes")
-    real = training + held_out
-    real_nn = min(correlation_distance(real[i], real[j], brain) for i, j in itertools.combinations(range(len(real)), 2))
-    to_train = [min(correlation_distance(s, t, brain) for t in training) for s in synthetic]
-    to_held = [min(correlation_distance(s, h, brain) for h in held_out) for s in synthetic]
+    # every volume centred and normalised once: a distance is then 1 - one dot product
+    flat = [_flat(v, brain) for v in list(training) + list(held_out) + list(synthetic)]
+    n_train, n_real = len(training), len(training) + len(held_out)
+    real, train, held, synth = flat[:n_real], flat[:n_train], flat[n_train:n_real], flat[n_real:]
+
+    def distance(a, b):
+        return float(1.0 - a @ b)
+
+    real_nn = min(distance(real[i], real[j]) for i, j in itertools.combinations(range(len(real)), 2))
+    to_train = [min(distance(s, t) for t in train) for s in synth]
+    to_held = [min(distance(s, h) for h in held) for s in synth]
     return {
         "nn_distance_training_mean": float(np.mean(to_train)),
         "nn_distance_held_out_mean": float(np.mean(to_held)),

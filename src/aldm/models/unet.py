@@ -3,7 +3,8 @@
 Residual GroupNorm blocks at every level; the sinusoidal time embedding (Eq. 3.6) -> MLP ->
 feature-wise bias in every block; FiLM from global mask statistics (Eq. 3.7) in every block;
 ControlNet residuals added, scaled by lambda_ctrl, to the skip features at each level and to the
-bottleneck. No attention (as the paper and its reference).
+bottleneck. No attention (as the paper and its reference). With ``input_control`` the control maps
+are also concatenated to z_t at the U-Net's input (an option beside the paper's recipe, as Med-DDPM).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class UNet3D(nn.Module):
         c, g, td, sd = config.channels, config.groups, config.time_dim, config.stats_dim
         self.time = TimeEmbedding(td, td)
         self.stem = nn.Conv3d(latent_channels, c[0], 3, padding=1)
+        # conv([z_t; c]) = conv_z(z_t) + conv_c(c): the control maps' half of the concatenated input's stem
+        self.control_stem = nn.Conv3d(config.control_in, c[0], 3, padding=1, bias=False) \
+            if config.input_control else None
         self.down_blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
         ch = c[0]
@@ -52,15 +56,22 @@ class UNet3D(nn.Module):
         self.out = nn.Sequential(group_norm(c[0], g), nn.SiLU(), nn.Conv3d(c[0], latent_channels, 3, padding=1))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, stats: torch.Tensor,
-                control_residuals: list[torch.Tensor] | None = None, copies: int = 1) -> torch.Tensor:
+                control_residuals: list[torch.Tensor] | None = None, copies: int = 1,
+                control: torch.Tensor | None = None) -> torch.Tensor:
         """z_t (B, zC, s, s, s), t (B,), stats (copies * B, stats_dim) -> predicted noise (copies * B, zC, s, s, s).
 
         ``copies`` > 1 (classifier-free guidance): z_t and t are shared by ``copies`` conditions stacked
-        in ``stats`` and ``control_residuals``; the stem and the first block up to its FiLM run once on B
-        (equal to the forward of ``z_t`` and ``t`` repeated ``copies`` times).
+        in ``stats``, ``control_residuals`` and ``control``; the stem and the first block up to its FiLM run
+        once on B (equal to the forward of ``z_t`` and ``t`` repeated ``copies`` times). ``control``
+        (copies * B, 3, s, s, s): the control maps, required with ``input_control`` and ignored without.
         """
         temb = F.silu(self.time(t))
         h = self.stem(z_t)
+        if self.control_stem is not None:
+            if control is None:
+                raise ValueError("this U-Net takes the control maps at its input (input_control): pass control")
+            h = repeat_batch(h, copies) + self.control_stem(control)
+            temb, copies = repeat_batch(temb, copies), 1
         skips = []
         for level, (down, blocks) in enumerate(zip(self.downs, self.down_blocks)):
             h = down(h)
@@ -99,7 +110,8 @@ class ConditionalDenoiser(nn.Module):
         -> (copies * B, zC, s, s, s).
 
         ``hint``: ``controlnet.hint(control)``, computed once per sampling run (it depends on the control
-        maps only), in place of ``control``. ``copies``: see :meth:`UNet3D.forward`.
+        maps only), used by the ControlNet in place of ``control`` (which a U-Net with ``input_control``
+        still needs). ``copies``: see :meth:`UNet3D.forward`.
         """
         residuals = self.controlnet(z_t, t, control, hint=hint, copies=copies)
-        return self.unet(z_t, t, stats, residuals, copies=copies)
+        return self.unet(z_t, t, stats, residuals, copies=copies, control=control)
