@@ -11,7 +11,7 @@ import torch
 from aldm.config import paper, tiny
 from aldm.models.blocks import FiLM, sinusoidal_embedding
 from aldm.models.unet import ConditionalDenoiser
-from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, vae_loss
+from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, spectral_loss, vae_loss
 
 
 @pytest.mark.slow
@@ -201,3 +201,19 @@ def test_input_control_is_the_concatenated_input_and_sees_the_mask_at_initialisa
         assert (moved - model(z, t, control, stats)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="input_control"):
         model.unet(z, t, stats, None)
+
+
+def test_spectral_loss_hand_computed_and_added_when_weighted():
+    """JukeboxLoss with the orthonormal FFT: a constant offset c over M elements has one non-zero
+    amplitude, c sqrt(M), at DC, so the mean squared amplitude difference is c^2; a shift in space keeps
+    every amplitude, so it costs nothing (L1 would charge it)."""
+    x = torch.zeros(2, 3, 8, 8, 8)
+    assert spectral_loss(x + 0.5, x).item() == pytest.approx(0.25, rel=1e-5)
+    wave = torch.sin(torch.arange(8.0) * math.pi / 2).view(1, 1, 1, 1, 8).expand(1, 3, 8, 8, 8)
+    assert spectral_loss(torch.roll(wave, 1, dims=-1), wave).item() == pytest.approx(0.0, abs=1e-10)
+    cfg = dataclasses.replace(tiny().vae, spectral_weight=2.0)
+    mu, logvar = torch.zeros(2, 4, 2, 2, 2), torch.zeros(2, 4, 2, 2, 2)
+    with_spectral, parts = vae_loss(x, x + 0.5, mu, logvar, cfg, step=10, total_steps=10)
+    without, plain = vae_loss(x, x + 0.5, mu, logvar, tiny().vae, step=10, total_steps=10)
+    assert "spectral" not in plain and parts["spectral"].item() == pytest.approx(0.25, rel=1e-5)
+    assert (with_spectral - without).item() == pytest.approx(0.5, rel=1e-5)

@@ -30,6 +30,8 @@ class VAEConfig:
     kl_warmup_fraction: float = 0.35  # rho (Eq. 3.3)
     rec_weight: float = 1.0  # lambda_rec
     grad_weight: float = 1.0  # weight of the 3D gradient-consistency loss (Eq. 3.4)
+    # weight of a spectral (FFT amplitude) loss, MONAI's JukeboxLoss, beside L1 + gradient; 0 = off (the paper)
+    spectral_weight: float = 0.0
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
@@ -191,7 +193,8 @@ def paper() -> Profile:
 def small() -> Profile:
     """64^3 volumes and narrow networks: what the CPU demo trains. It takes what learned fastest per
     CPU-second on the phantom cohorts (docs/model.md, "Watching a model learn"): the VAE trains on
-    random 32^3 crops, and every stage's EMA warms up."""
+    random 32^3 crops, the source LDM on batches of 2 (more updates per second beat larger batches at
+    this budget), and every stage's EMA warms up."""
 
     def train(**kw) -> TrainConfig:
         return TrainConfig(ema_decay=0.99, ema_warmup=True, **kw)
@@ -201,7 +204,7 @@ def small() -> Profile:
         vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8, train_crop=32),
         unet=UNetConfig(channels=(32, 64, 128), control_channels=(16, 32, 64), time_dim=128),
         train_vae=train(steps=1500, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=250),
-        train_ldm=train(steps=600, batch_size=4, lr=1e-3, warmup_steps=20, checkpoint_every=100),
+        train_ldm=train(steps=800, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=100),
         train_fewshot=train(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50),
         baseline=BaselineConfig(gen_channels=(16, 32, 64), gen_res_blocks=1, disc_channels=(16, 32, 64)),
         train_baseline=train(steps=200, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=100),

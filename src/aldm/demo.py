@@ -18,10 +18,12 @@ from .experiment import ExperimentConfig, run_table1
 from .experiment_segmentation import run_segmentation
 
 SETTINGS = {
-    "full": {"profile": "small", "size": 64, "n_source": 12, "n_target": 26, "k": [10, 16], "n_test": 10,
-             "folds": 3, "repeats": 1, "steps": {"vae": 1200, "ldm": 600, "fewshot": 150, "baseline": 30,
-                                                 "baseline_fewshot": 15},
-             "guidance": [0.3, 1.0, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
+    # K = 16 only and two guidance scales: the cells that inform within 15 minutes on 2 CPU cores in fp32
+    # (the long benchmark, benchmarks/phantom-long.json, has K = 10 and s = 1 too)
+    "full": {"profile": "small", "size": 64, "n_source": 12, "n_target": 26, "k": [16], "n_test": 10,
+             "folds": 3, "repeats": 1, "steps": {"vae": 1100, "ldm": 800, "fewshot": 150, "baseline": 25,
+                                                 "baseline_fewshot": 12},
+             "guidance": [0.3, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
              "diversity_pairs": 20, "segmenter_steps": 100,
              "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 100, "width": 8, "crop": 32}},
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
