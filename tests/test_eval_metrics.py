@@ -134,23 +134,28 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     assert "no samples.csv" in capsys.readouterr().err
 
 
+def _frd_cube(rng, shift: float, noise: float) -> np.ndarray:
+    """A (3, 24, 24, 24) volume: background -1 around a 16^3 'brain' of Gaussian texture (mean shift)."""
+    v = np.full((3, 24, 24, 24), -1.0, np.float32)
+    v[:, 4:20, 4:20, 4:20] = np.clip(shift + rng.normal(0, noise, size=(3, 16, 16, 16)), -1, 1)
+    return v
+
+
+def _frd_brain() -> np.ndarray:
+    brain = np.zeros((24, 24, 24), np.uint8)
+    brain[4:20, 4:20, 4:20] = 1
+    return brain
+
+
 @pytest.mark.slow
 def test_frd_orders_distributions():
     from aldm.eval.frd import frd_scores
 
     rng = np.random.default_rng(5)
-
-    def vol(shift, noise):
-        v = np.full((3, 24, 24, 24), -1.0, np.float32)
-        v[:, 4:20, 4:20, 4:20] = np.clip(shift + rng.normal(0, noise, size=(3, 16, 16, 16)), -1, 1)
-        return v
-
-    brain = np.zeros((24, 24, 24), np.uint8)
-    brain[4:20, 4:20, 4:20] = 1
-    real = [vol(0.0, 0.2) for _ in range(6)]
-    near = [vol(0.0, 0.2) for _ in range(6)]
-    far = [vol(0.5, 0.05) for _ in range(6)]
-    masks = [brain] * 6
+    real = [_frd_cube(rng, 0.0, 0.2) for _ in range(6)]
+    near = [_frd_cube(rng, 0.0, 0.2) for _ in range(6)]
+    far = [_frd_cube(rng, 0.5, 0.05) for _ in range(6)]
+    masks = [_frd_brain()] * 6
     close = frd_scores(real, near, masks, masks, modalities=("flair",))["frd_flair"]
     distant = frd_scores(real, far, masks, masks, modalities=("flair",))["frd_flair"]
     assert 0 <= close < distant
@@ -165,16 +170,8 @@ def test_frd_reuses_the_real_features_and_gives_the_same_value(monkeypatch):
     from aldm.eval.frd import frd_scores
 
     rng = np.random.default_rng(6)
-
-    def vol(shift, noise):
-        v = np.full((3, 24, 24, 24), -1.0, np.float32)
-        v[:, 4:20, 4:20, 4:20] = np.clip(shift + rng.normal(0, noise, size=(3, 16, 16, 16)), -1, 1)
-        return v
-
-    brain = np.zeros((24, 24, 24), np.uint8)
-    brain[4:20, 4:20, 4:20] = 1
-    real, masks = [vol(0.0, 0.2) for _ in range(5)], [brain] * 5
-    synthetic_sets = [[vol(0.0, 0.2) for _ in range(5)], [vol(0.4, 0.1) for _ in range(5)]]
+    real, masks = [_frd_cube(rng, 0.0, 0.2) for _ in range(5)], [_frd_brain()] * 5
+    synthetic_sets = [[_frd_cube(rng, 0.0, 0.2) for _ in range(5)], [_frd_cube(rng, 0.4, 0.1) for _ in range(5)]]
     fresh = [frd_scores(real, s, masks, masks, modalities=("flair",))["frd_flair"] for s in synthetic_sets]
     extracted = []
     original = frd_module.compute_features
