@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .errors import AldmError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precision)
+PREDICTIONS = ("epsilon", "v")  # what the latent denoiser outputs (DiffusionConfig.prediction)
 
 
 @dataclass
@@ -64,6 +65,9 @@ class DiffusionConfig:
     tumour_weight: float = 2.0  # w(m) = 1 + tumour_weight * dilated latent mask (Eq. 3.9)
     # Min-SNR-gamma loss weighting (Hang et al. 2023): min(SNR_t, gamma) / SNR_t per sample; 0 = off (the paper)
     min_snr_gamma: float = 0.0
+    # what the denoiser outputs: "epsilon" (the noise, the paper) or "v" = sqrt(abar) eps - sqrt(1 - abar) z_0
+    # (Salimans & Ho 2022); samplers always receive eps, converted from v
+    prediction: str = "epsilon"
 
 
 @dataclass
@@ -146,6 +150,8 @@ class Profile:
             built = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
             if kind is TrainConfig and built.precision not in PRECISIONS:
                 raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {built.precision!r}")
+            if kind is DiffusionConfig and built.prediction not in PREDICTIONS:
+                raise AldmError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {built.prediction!r}")
             return built
 
         return cls(

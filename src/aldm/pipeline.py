@@ -120,7 +120,8 @@ class ALDMPipeline:
 
         def eps_fn(z, t):
             with autocast(self.device, self.precision):
-                eps = guided(z, t).float()
+                out = guided(z, t).float()
+            eps = self.schedule.as_noise(out, z, t)  # samplers take eps, whatever the denoiser predicts
             calls[0] += 1
             if step_callback is not None:
                 step_callback(calls[0], total_steps)

@@ -33,6 +33,23 @@ class NoiseSchedule:
         a = self.alpha_bar(t, z0)
         return a.sqrt() * z0 + (1.0 - a).sqrt() * noise
 
+    def v_target(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z_0 (Salimans & Ho 2022, §4), the target of a
+        v-predicting denoiser."""
+        a = self.alpha_bar(t, z0)
+        return a.sqrt() * noise - (1.0 - a).sqrt() * z0
+
+    def eps_from_v(self, v: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise implied by a v prediction at z_t: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) z_t
+        (affine in v for fixed z_t and t, so classifier-free guidance may combine v before converting)."""
+        a = self.alpha_bar(t, v)
+        return a.sqrt() * v + (1.0 - a).sqrt() * z_t
+
+    def as_noise(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A denoiser's output as the noise eps that samplers and probes use: itself under ``epsilon``
+        prediction, :meth:`eps_from_v` under ``v`` (DiffusionConfig.prediction)."""
+        return self.eps_from_v(output, z_t, t) if self.config.prediction == "v" else output
+
 
 def tumour_weighted_mse(eps: torch.Tensor, eps_hat: torch.Tensor, weight_mask: torch.Tensor,
                         tumour_weight: float, sample_weight: torch.Tensor | None = None) -> torch.Tensor:

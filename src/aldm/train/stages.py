@@ -237,7 +237,8 @@ def latent_statistics(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class LDMTask(nn.Module):
     """Eq. 3.5 + 3.9 with CFG dropout of all conditioning together (p_drop, §3.2.4); with
     ``min_snr_gamma`` > 0 each sample's loss is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma,
-    Hang et al. 2023, for noise prediction)."""
+    Hang et al. 2023, for noise prediction; min(SNR_t, gamma) / (SNR_t + 1) for v). Under the schedule's
+    ``prediction`` = "v" the loss of Eq. 3.9 is taken on v instead of eps (Salimans & Ho 2022)."""
 
     def __init__(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, tumour_weight: float,
                  latent_mean: torch.Tensor, latent_std: torch.Tensor, min_snr_gamma: float = 0.0):
@@ -249,8 +250,8 @@ class LDMTask(nn.Module):
         self.register_buffer("latent_mean", latent_mean.view(1, -1, 1, 1, 1).clone())
         self.register_buffer("latent_std", latent_std.view(1, -1, 1, 1, 1).clone())
 
-    def noise_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(eps, eps_theta(z_t, t, c), the batch on the device) for a batch of cached posteriors; z_0 is
+    def _denoise(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """(z_0, z_t, the denoiser's output, the batch on the device) for a batch of cached posteriors; z_0 is
         normalised with the source latent statistics and the conditioning zeroed where 'keep' is 0."""
         dev = self.latent_mean.device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
@@ -258,19 +259,27 @@ class LDMTask(nn.Module):
         z0 = (z - self.latent_mean) / self.latent_std
         z_t = self.schedule.q_sample(z0, b["t"], b["eps"])
         keep = b["keep"].view(-1, 1)
-        eps_hat = self.denoiser(z_t, b["t"], b["control"] * keep.view(-1, 1, 1, 1, 1), b["stats"] * keep)
-        return b["eps"], eps_hat.float(), b
+        out = self.denoiser(z_t, b["t"], b["control"] * keep.view(-1, 1, 1, 1, 1), b["stats"] * keep)
+        return z0, z_t, out.float(), b
+
+    def noise_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(eps, eps_theta(z_t, t, c), the batch on the device): the prediction as noise whatever the
+        denoiser outputs (what the held-out probes compare across recipes)."""
+        _, z_t, out, b = self._denoise(batch)
+        return b["eps"], self.schedule.as_noise(out, z_t, b["t"]), b
 
     def forward(self, batch: dict, step: int, total_steps: int):
         """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
         'stats', 'weight', 'keep'}; returns (loss, logs)."""
-        eps, eps_hat, b = self.noise_prediction(batch)
+        z0, _, out, b = self._denoise(batch)
+        v = self.schedule.config.prediction == "v"
+        target = self.schedule.v_target(z0, b["t"], b["eps"]) if v else b["eps"]
         sample_weight = None
         if self.min_snr_gamma > 0:
-            abar = self.schedule.alphas_cumprod.to(eps.device)[b["t"].long()]
+            abar = self.schedule.alphas_cumprod.to(out.device)[b["t"].long()]
             snr = abar / (1.0 - abar)
-            sample_weight = (snr.clamp(max=self.min_snr_gamma) / snr).float()
-        loss = tumour_weighted_mse(eps, eps_hat, b["weight"], self.tumour_weight, sample_weight)
+            sample_weight = (snr.clamp(max=self.min_snr_gamma) / (snr + 1.0 if v else snr)).float()
+        loss = tumour_weighted_mse(target, out, b["weight"], self.tumour_weight, sample_weight)
         return loss, {"dropped": 1.0 - b["keep"].mean()}
 
 
