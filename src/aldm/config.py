@@ -199,8 +199,9 @@ def paper() -> Profile:
 def small() -> Profile:
     """64^3 volumes and narrow networks: what the CPU demo trains. It takes what learned fastest per
     CPU-second on the phantom cohorts (docs/model.md, "Watching a model learn"): the VAE trains on
-    random 32^3 crops, the source LDM on batches of 2 (more updates per second beat larger batches at
-    this budget), and every stage's EMA warms up."""
+    random 32^3 crops, the LDM predicts v instead of the noise (at 1200 steps mask Dice 0.50 -> 0.82 and
+    samples with a head outline), the source LDM trains on batches of 2 (more updates per second beat
+    larger batches at this budget), and every stage's EMA warms up."""
 
     def train(**kw) -> TrainConfig:
         return TrainConfig(ema_decay=0.99, ema_warmup=True, **kw)
@@ -209,6 +210,7 @@ def small() -> Profile:
         name="small", image_size=64,
         vae=VAEConfig(channels=(16, 32, 64), refine_blocks=1, latent_channels=8, train_crop=32),
         unet=UNetConfig(channels=(32, 64, 128), control_channels=(16, 32, 64), time_dim=128),
+        diffusion=DiffusionConfig(prediction="v"),
         train_vae=train(steps=1500, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=250),
         train_ldm=train(steps=800, batch_size=2, lr=1e-3, warmup_steps=20, checkpoint_every=100),
         train_fewshot=train(steps=150, batch_size=4, lr=3e-4, warmup_steps=10, checkpoint_every=50),
