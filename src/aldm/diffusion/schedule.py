@@ -45,6 +45,17 @@ class NoiseSchedule:
         a = self.alpha_bar(t, v)
         return a.sqrt() * v + (1.0 - a).sqrt() * z_t
 
+    def training_target(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output (DiffusionConfig.prediction): eps, or :meth:`v_target`."""
+        return self.v_target(z0, t, noise) if self.config.prediction == "v" else noise
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma (Hang et al. 2023) per sample (B,) for the loss on :meth:`training_target`:
+        min(SNR_t, gamma) / SNR_t for eps, min(SNR_t, gamma) / (SNR_t + 1) for v."""
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        snr = abar / (1.0 - abar)
+        return (snr.clamp(max=gamma) / (snr + 1.0 if self.config.prediction == "v" else snr)).float()
+
     def as_noise(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A denoiser's output as the noise eps that samplers and probes use: itself under ``epsilon``
         prediction, :meth:`eps_from_v` under ``v`` (DiffusionConfig.prediction)."""

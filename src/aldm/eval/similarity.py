@@ -64,11 +64,6 @@ def _flat(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-12)
 
 
-def correlation_distance(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> float:
-    """1 - Pearson correlation of two volumes (C, ...) over the voxels where ``brain`` is true."""
-    return float(1.0 - _flat(a, brain) @ _flat(b, brain))
-
-
 def memorisation(synthetic: list[np.ndarray], training: list[np.ndarray], held_out: list[np.ndarray],
                  brain: np.ndarray) -> dict:
     """Nearest-neighbour distances of synthetic volumes to the few-shot training set and to held-out
@@ -76,21 +71,17 @@ def memorisation(synthetic: list[np.ndarray], training: list[np.ndarray], held_o
     of distinct real volumes in training + held-out)."""
     if not training or len(held_out) < 1:
         raise ValueError("memorisation needs training and held-out volumes")
-    # every volume centred and normalised once: a distance is then 1 - one dot product
-    flat = [_flat(v, brain) for v in list(training) + list(held_out) + list(synthetic)]
+    # every volume centred and normalised once: all pairwise distances (1 - Pearson r) are one matrix product
+    flat = np.stack([_flat(v, brain) for v in [*training, *held_out, *synthetic]])
+    distance = 1.0 - flat @ flat.T
     n_train, n_real = len(training), len(training) + len(held_out)
-    real, train, held, synth = flat[:n_real], flat[:n_train], flat[n_train:n_real], flat[n_real:]
-
-    def distance(a, b):
-        return float(1.0 - a @ b)
-
-    real_nn = min(distance(real[i], real[j]) for i, j in itertools.combinations(range(len(real)), 2))
-    to_train = [min(distance(s, t) for t in train) for s in synth]
-    to_held = [min(distance(s, h) for h in held) for s in synth]
+    real_nn = float(distance[:n_real, :n_real][np.triu_indices(n_real, k=1)].min())
+    to_train = distance[n_real:, :n_train].min(axis=1)
+    to_held = distance[n_real:, n_train:n_real].min(axis=1)
     return {
         "nn_distance_training_mean": float(np.mean(to_train)),
         "nn_distance_held_out_mean": float(np.mean(to_held)),
         "real_closest_pair_distance": real_nn,
-        "near_copy_fraction": float(np.mean([d < real_nn for d in to_train])),
-        "closer_to_training_fraction": float(np.mean([a < b for a, b in zip(to_train, to_held)])),
+        "near_copy_fraction": float(np.mean(to_train < real_nn)),
+        "closer_to_training_fraction": float(np.mean(to_train < to_held)),
     }

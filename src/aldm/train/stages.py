@@ -272,13 +272,8 @@ class LDMTask(nn.Module):
         """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
         'stats', 'weight', 'keep'}; returns (loss, logs)."""
         z0, _, out, b = self._denoise(batch)
-        v = self.schedule.config.prediction == "v"
-        target = self.schedule.v_target(z0, b["t"], b["eps"]) if v else b["eps"]
-        sample_weight = None
-        if self.min_snr_gamma > 0:
-            abar = self.schedule.alphas_cumprod.to(out.device)[b["t"].long()]
-            snr = abar / (1.0 - abar)
-            sample_weight = (snr.clamp(max=self.min_snr_gamma) / (snr + 1.0 if v else snr)).float()
+        target = self.schedule.training_target(z0, b["t"], b["eps"])
+        sample_weight = self.schedule.min_snr_weight(b["t"], self.min_snr_gamma) if self.min_snr_gamma > 0 else None
         loss = tumour_weighted_mse(target, out, b["weight"], self.tumour_weight, sample_weight)
         return loss, {"dropped": 1.0 - b["keep"].mean()}
 
