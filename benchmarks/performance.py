@@ -414,11 +414,11 @@ def section_scaling(device: torch.device, reps: int, sizes=(64, 96, 112, 128, 16
 def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> dict:
     import numpy as np
 
+    from aldm.artifacts.run import Run
     from aldm.data.masks import masks_from_cache
-    from aldm.eval.frd import frd_scores
-    from aldm.eval.similarity import ssim_3d
+    from aldm.metrics.frd import frd_scores
+    from aldm.metrics.similarity import ssim_3d
     from aldm.pipeline import ALDMPipeline
-    from aldm.runs import Run
 
     pipe = ALDMPipeline.from_pretrained(model, device=str(device), precision="fp32")
     items = masks_from_cache(pipe.info["data"], None, Run(model))[:n]

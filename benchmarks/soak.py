@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 
-JOB = {"n": 1, "guidance_scale": 2.0, "sampler": "dpmpp2m", "steps": 4, "seed": 0}
+JOB = {"n": 1, "guidance": 2.0, "sampler": "dpmpp2m", "steps": 4, "seed": 0}
 
 
 def _free_port() -> int:

@@ -69,11 +69,11 @@ def test_samples_come_from_noise_not_copies(baseline_runs, kind):
 def test_generate_through_the_shared_path(baseline_runs, tmp_path):
     rows = generate(baseline_runs["vaegan"], str(tmp_path / "g"), n=2, progress=False)
     split = json.load(open(os.path.join(baseline_runs["vaegan"], "split.json")))
-    assert {r["mask_subject"] for r in rows} <= set(split["test"])
-    sample = tmp_path / "g" / rows[0]["sample"]
+    assert {r.mask_subject for r in rows} <= set(split["test"])
+    sample = tmp_path / "g" / rows[0].sample
     for name in ("t1", "t2", "flair", "mask"):
         assert (sample / "model" / f"{name}.nii.gz").is_file() and (sample / "native" / f"{name}.nii.gz").is_file()
-    assert rows[0]["stage"] == "baseline"
+    assert rows[0].stage == "baseline"
 
 
 def test_discriminator_phase_does_not_train_the_generator():

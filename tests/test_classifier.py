@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aldm.eval.classifier import ClassifierConfig, binary_metrics, cross_validate, volume_slices
+from aldm.evaluators.classifier import ClassifierConfig, binary_metrics, cross_validate, volume_slices
 
 
 def test_binary_metrics_hand_computed():

@@ -11,13 +11,14 @@ import torch
 from skimage.metrics import structural_similarity
 
 from aldm.cli import main
+from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
-from aldm.eval.evaluate import evaluate
-from aldm.eval.fid import fid_scores
-from aldm.eval.frechet import feature_statistics, frechet_distance, frechet_distance_features
-from aldm.eval.inception import FIDInceptionV3, load_fid_inception
-from aldm.eval.similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
+from aldm.evaluate import evaluate
 from aldm.generate import generate
+from aldm.metrics.fid import fid_scores
+from aldm.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_features
+from aldm.metrics.inception import FIDInceptionV3, load_fid_inception
+from aldm.metrics.similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
 
 
 def test_frechet_distance_diagonal_closed_form():
@@ -105,10 +106,11 @@ def test_fid_inception_architecture_and_weight_loading(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_cache, tmp_path, capsys):
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, steps=2, progress=False)
+    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, settings=GenerationSettings(steps=2), progress=False)
     # one more sample whose mask is a few-shot training subject: must not be scored
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen_train"), n=1, steps=2, subjects=split["k_shot"][:1],
+    generate(tiny_runs["fewshot"], str(tmp_path / "gen_train"), n=1,
+             settings=GenerationSettings(steps=2), subjects=split["k_shot"][:1],
              masks=f"cache:{prepared_cache}", progress=False)
     sample = next(n for n in os.listdir(tmp_path / "gen_train") if n.startswith("sample-"))
     os.replace(tmp_path / "gen_train" / sample, tmp_path / "gen" / "extra")
@@ -149,7 +151,7 @@ def _frd_brain() -> np.ndarray:
 
 @pytest.mark.slow
 def test_frd_orders_distributions():
-    from aldm.eval.frd import frd_scores
+    from aldm.metrics.frd import frd_scores
 
     rng = np.random.default_rng(5)
     real = [_frd_cube(rng, 0.0, 0.2) for _ in range(6)]
@@ -167,7 +169,7 @@ def test_frd_reuses_the_real_features_and_gives_the_same_value(monkeypatch):
     each FRD equals the one computed from scratch (frd-score's joint normalisation still sees both sets)."""
     from frd_score import frd as frd_module
 
-    from aldm.eval.frd import frd_scores
+    from aldm.metrics.frd import frd_scores
 
     rng = np.random.default_rng(6)
     real, masks = [_frd_cube(rng, 0.0, 0.2) for _ in range(5)], [_frd_brain()] * 5

@@ -44,7 +44,7 @@ def test_report_files_hold_the_csv_numbers(quick_demo):
     for row in rows[:-1]:
         assert row["Swap locality"] == "" or 0.0 <= float(row["Swap locality"]) <= 1.0
     assert (t1 / "figures" / "mask_swap.png").is_file()
-    trained_on = set(json.load(open(t1 / "segmenter" / "segmenter.json"))["subjects"])
+    trained_on = set(json.load(open(t1 / "segmenter" / "run.json"))["subjects"])
     assert not trained_on & set(json.load(open(t1 / "splits.json"))["3"]["test"])  # never a test patient
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from aldm.artifacts.cache import PreparedCache
 from aldm.cli import main
-from aldm.data.cache import read_manifest
 from aldm.data.masks import relocate_mask
+from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
 from aldm.generate import generate
 from aldm.pipeline import ALDMPipeline
@@ -24,16 +25,17 @@ pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see
 
 def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=3, steps=4, progress=False)
-    used = {r["mask_subject"] for r in rows}
+    rows = generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=3,
+                    settings=GenerationSettings(steps=4), progress=False)
+    used = {r.mask_subject for r in rows}
     assert used == set(split["test"]) and not used & set(split["k_shot"])
-    sample = tmp_path / "gen" / rows[0]["sample"]
+    sample = tmp_path / "gen" / rows[0].sample
     model_t1 = nib.load(sample / "model" / "t1.nii.gz")
     assert model_t1.shape == (32, 32, 32)
     native_t1, native_mask = nib.load(sample / "native" / "t1.nii.gz"), nib.load(sample / "native" / "mask.nii.gz")
-    manifest = {r["subject"]: r for r in read_manifest(json.load(open(os.path.join(tiny_runs["fewshot"],
-                                                                                     "run.json")))["data"])}
-    subject = manifest[rows[0]["mask_subject"]]
+    manifest = {r["subject"]: r for r in PreparedCache(json.load(open(os.path.join(tiny_runs["fewshot"],
+                                                                                     "run.json")))["data"]).rows()}
+    subject = manifest[rows[0].mask_subject]
     assert native_t1.shape == tuple(json.loads(subject["native_shape"])) == (240, 240, 155)
     assert np.allclose(native_t1.affine, np.asarray(json.loads(subject["native_affine"])), atol=1e-4)
     assert np.asarray(native_mask.dataobj).sum() > 0
@@ -42,26 +44,26 @@ def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
 
 def test_same_seed_same_volume_and_resumption(tiny_runs, tmp_path):
     # fp32: the batch-1 regeneration below agrees to fp32 rounding (under bf16, to bf16 rounding)
-    kw = dict(steps=3, progress=False, precision="fp32")
-    a = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, seed=5, **kw)
-    generate(tiny_runs["fewshot"], str(tmp_path / "b"), n=2, seed=5, **kw)
-    generate(tiny_runs["fewshot"], str(tmp_path / "c"), n=1, seed=6, **kw)
+    five, six = (GenerationSettings(steps=3, seed=seed, precision="fp32") for seed in (5, 6))
+    a = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, settings=five, progress=False)
+    generate(tiny_runs["fewshot"], str(tmp_path / "b"), n=2, settings=five, progress=False)
+    generate(tiny_runs["fewshot"], str(tmp_path / "c"), n=1, settings=six, progress=False)
     vol = lambda d, name: np.asarray(nib.load(tmp_path / d / name / "model" / "flair.nii.gz").dataobj)  # noqa: E731
-    assert np.array_equal(vol("a", a[1]["sample"]), vol("b", a[1]["sample"]))
+    assert np.array_equal(vol("a", a[1].sample), vol("b", a[1].sample))
     first_c = os.listdir(tmp_path / "c")
     c_name = [n for n in first_c if n.startswith("sample-0000")][0]
-    assert not np.array_equal(vol("a", a[0]["sample"]), vol("c", c_name))
+    assert not np.array_equal(vol("a", a[0].sample), vol("c", c_name))
     # an interrupted run: sample 1 missing, a half-written temp folder left behind
     import shutil
 
-    keep = tmp_path / "a" / a[0]["sample"] / "sample.json"
+    keep = tmp_path / "a" / a[0].sample / "sample.json"
     stamp = os.path.getmtime(keep)
-    shutil.rmtree(tmp_path / "a" / a[1]["sample"])
-    os.makedirs(tmp_path / "a" / f".tmp-{a[1]['sample']}" / "model")
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, seed=5, **kw)
-    assert len(rows) == 2 and os.path.getmtime(keep) == stamp and rows[1]["precision"] == "fp32"
+    shutil.rmtree(tmp_path / "a" / a[1].sample)
+    os.makedirs(tmp_path / "a" / f".tmp-{a[1].sample}" / "model")
+    rows = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, settings=five, progress=False)
+    assert len(rows) == 2 and os.path.getmtime(keep) == stamp and rows[1].precision == "fp32"
     # regenerated alone (batch 1) instead of beside sample 0: equal up to float rounding of batched convs
-    assert np.allclose(vol("a", a[1]["sample"]), vol("b", a[1]["sample"]), atol=1e-4)
+    assert np.allclose(vol("a", a[1].sample), vol("b", a[1].sample), atol=1e-4)
     assert not [n for n in os.listdir(tmp_path / "a") if n.startswith(".tmp")]
 
 
@@ -78,15 +80,17 @@ def test_relocate_mask_stays_inside_the_host_brain():
 
 
 def test_relocated_and_folder_masks(tiny_runs, prepared_cache, tmp_path):
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "r"), n=2, steps=2, masks=f"relocated:{prepared_cache}",
+    rows = generate(tiny_runs["fewshot"], str(tmp_path / "r"), n=2,
+                    settings=GenerationSettings(steps=2), masks=f"relocated:{prepared_cache}",
                     progress=False)
-    assert all("-in-" in r["mask_subject"] and r["mask_source"].startswith("relocated:") for r in rows)
+    assert all("-in-" in r.mask_subject and r.mask_source.startswith("relocated:") for r in rows)
     mask = np.zeros((40, 44, 30), np.uint8)
     mask[10:20, 12:22, 8:16] = 1
     write_volume(tmp_path / "masks" / "lesion.nii.gz", mask, dtype=np.uint8)
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "f"), n=1, steps=2, masks=f"folder:{tmp_path / 'masks'}",
+    rows = generate(tiny_runs["fewshot"], str(tmp_path / "f"), n=1,
+                    settings=GenerationSettings(steps=2), masks=f"folder:{tmp_path / 'masks'}",
                     progress=False)
-    native = nib.load(tmp_path / "f" / rows[0]["sample"] / "native" / "mask.nii.gz")
+    native = nib.load(tmp_path / "f" / rows[0].sample / "native" / "mask.nii.gz")
     assert native.shape == (40, 44, 30)
     overlap = (np.asarray(native.dataobj) > 0) & (mask > 0)
     assert overlap.sum() > 0.8 * mask.sum()
@@ -112,26 +116,27 @@ def test_pipeline_api_and_errors(tiny_runs):
     pipe = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="fp32")
     masks = torch.zeros(2, 1, 32, 32, 32)
     masks[:, :, 8:16, 8:16, 8:16] = 1
-    out = pipe(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
+    three = GenerationSettings(guidance=3.0, steps=3, sampler="dpmpp2m")
+    out = pipe(masks, three, generator=[0, 1])
     assert out["image"].shape == (2, 3, 32, 32, 32) and out["image"].abs().max() <= 1.0
     split = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=5, precision="fp32")
-    again = split(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])
+    again = split(masks, three, generator=[0, 1])
     torch.testing.assert_close(again["image"], out["image"], rtol=1e-5, atol=1e-5)
     # bf16 autocast (the default where the CPU or GPU computes bf16 natively): the same volumes to bf16 rounding
     half = ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="bf16")
-    low = half(masks, guidance_scale=3.0, num_inference_steps=3, sampler="dpmpp2m", generator=[0, 1])["image"]
+    low = half(masks, three, generator=[0, 1])["image"]
     assert half.precision == "bf16" and not torch.equal(low, out["image"])
     assert (low - out["image"]).abs().mean() < 0.02 * out["image"].abs().mean() + 1e-3
     with pytest.raises(AldmError, match="decode slab must be 0"):
         ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", decode_slab=-1)
     with pytest.raises(AldmError, match="precision must be one of auto, fp32, bf16"):
         ALDMPipeline.from_pretrained(tiny_runs["fewshot"], device="cpu", precision="fp16")
-    with pytest.raises(AldmError, match="ancestral DDPM runs all 100 steps"):
-        pipe(masks, sampler="ddpm", num_inference_steps=50)
+    with pytest.raises(AldmError, match="ancestral DDPM runs all T = 100 steps"):
+        pipe(masks, GenerationSettings(sampler="ddpm", steps=50))
     with pytest.raises(AldmError, match=r"masks must be \(B, 1, 32, 32, 32\)"):
         pipe(torch.zeros(1, 1, 16, 16, 16))
     with pytest.raises(AldmError, match="finite"):
-        pipe(masks, guidance_scale=float("nan"))
+        pipe(masks, GenerationSettings(guidance=float("nan")))
     with pytest.raises(AldmError, match="a vae run cannot generate"):
         ALDMPipeline.from_pretrained(tiny_runs["vae"])
 

@@ -132,7 +132,7 @@ def test_every_training_stage_survives_kill_9(prepared_cache, kill_profile, tmp_
 
 
 def test_generate_survives_kill_9(tiny_runs, tmp_path):
-    from aldm.io.samples import verify_samples
+    from aldm.artifacts.samples import SampleSet
 
     rng = random.Random(KILL_SEED + 1)
     base = ("generate", "--model", tiny_runs["fewshot"], "--n", 5, "--steps", 8, "--batch-size", 1, "--seed", 3,
@@ -151,7 +151,7 @@ def test_generate_survives_kill_9(tiny_runs, tmp_path):
     names = sorted(n for n in os.listdir(cut) if n.startswith("sample-"))
     assert names == sorted(n for n in os.listdir(ref) if n.startswith("sample-")) and len(names) == 5
     assert not [n for n in os.listdir(cut) if n.startswith(".tmp")]
-    assert verify_samples(str(cut)) == (5, [])
+    assert SampleSet(str(cut)).verify() == (5, [])
     with open(cut / "samples.csv", newline="") as fh:
         assert sorted(r["sample"] for r in csv.DictReader(fh)) == names
     for name in names:

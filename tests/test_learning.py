@@ -13,6 +13,7 @@ import torch
 
 from aldm.config import tiny
 from aldm.diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
 from aldm.train.stages import LDMTask, ProbeSubjects, train_ldm, train_vae
 from aldm.train.trainer import EMA
@@ -99,9 +100,9 @@ def test_v_prediction_targets_conversion_and_loss_by_hand():
 
 
 def _targets(cache, n=2):
-    from aldm.data.cache import read_manifest
+    from aldm.artifacts.cache import PreparedCache
 
-    return sorted(r["subject"] for r in read_manifest(cache) if r["domain"] == "target")[:n]
+    return sorted(r["subject"] for r in PreparedCache(cache).rows("target"))[:n]
 
 
 def _probe_profile():
@@ -148,10 +149,10 @@ def test_probes_log_held_out_figures_and_change_nothing_else(prepared_cache, tmp
 
 @pytest.mark.slow
 def test_a_probe_of_training_subjects_is_refused(prepared_cache, tmp_path):
-    from aldm.data.cache import read_manifest
+    from aldm.artifacts.cache import PreparedCache
 
     cache = str(prepared_cache)
-    source = [r["subject"] for r in read_manifest(cache) if r["domain"] == "source"][:1]
+    source = [r["subject"] for r in PreparedCache(cache).rows("source")][:1]
     with pytest.raises(AldmError, match="are training subjects"):
         train_vae(cache, str(tmp_path / "vae"), _probe_profile(), steps=2, progress=False,
                   probe=ProbeSubjects(cache, source))
@@ -192,5 +193,5 @@ def test_a_v_predicting_ldm_trains_and_samples_through_the_pipeline(tiny_runs, p
     masks = torch.zeros(2, 1, 32, 32, 32)
     masks[:, :, 10:18, 10:18, 10:18] = 1
     for sampler in ("dpmpp2m", "ddim"):
-        image = pipe(masks, guidance_scale=3.0, num_inference_steps=3, sampler=sampler, generator=[0, 1])["image"]
+        image = pipe(masks, GenerationSettings(guidance=3.0, steps=3, sampler=sampler), generator=[0, 1])["image"]
         assert image.shape == (2, 3, 32, 32, 32) and torch.isfinite(image).all() and image.abs().max() <= 1

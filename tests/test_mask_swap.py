@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from aldm.eval.mask_swap import mask_swap, swap_region, swap_scores
+from aldm.diffusion.settings import GenerationSettings
+from aldm.metrics.mask_swap import mask_swap, swap_region, swap_scores
 
 S = 16
 
@@ -25,7 +26,7 @@ class _Generator:
     def __init__(self, kind):
         self.kind = kind
 
-    def __call__(self, masks, guidance_scale, num_inference_steps, sampler, generator):
+    def __call__(self, masks, settings, generator):
         out = []
         for m, seed in zip(masks, generator):
             x = 0.1 * torch.randn(3, S, S, S, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -38,6 +39,7 @@ class _Generator:
 
 
 MASKS = [_mask(2), _mask(8), _mask(12)]
+SETTINGS = GenerationSettings(guidance=3.0, steps=1, sampler="ddim", seed=0)
 
 
 def test_region_is_the_dilated_union():
@@ -48,7 +50,7 @@ def test_region_is_the_dilated_union():
 
 
 def test_a_mask_following_generator_changes_only_near_the_masks():
-    out = mask_swap(_Generator("local"), MASKS, seed=0, guidance_scale=3.0, steps=1, sampler="ddim", pairs=2)
+    out = mask_swap(_Generator("local"), MASKS, SETTINGS, pairs=2)
     assert out["pairs"] == 2 and out["locality"] > 0.99
     assert out["inside"] > 0.2 and out["outside"] == pytest.approx(0.0, abs=1e-6)
     assert out["chance"] < 0.2
@@ -56,12 +58,12 @@ def test_a_mask_following_generator_changes_only_near_the_masks():
 
 
 def test_a_mask_ignoring_generator_shows_no_difference():
-    out = mask_swap(_Generator("ignore"), MASKS, seed=0, guidance_scale=3.0, steps=1, sampler="ddim")
+    out = mask_swap(_Generator("ignore"), MASKS, SETTINGS)
     assert out["inside"] == 0.0 and out["outside"] == 0.0 and out["locality"] is None
 
 
 def test_a_global_change_scores_the_chance_level():
-    out = mask_swap(_Generator("global"), MASKS, seed=0, guidance_scale=3.0, steps=1, sampler="ddim")
+    out = mask_swap(_Generator("global"), MASKS, SETTINGS)
     assert out["locality"] == pytest.approx(out["chance"], abs=1e-6)
     x = np.zeros((3, S, S, S))
     assert swap_scores(x, x + 1.0, swap_region(MASKS[0], MASKS[1]))["locality"] == pytest.approx(

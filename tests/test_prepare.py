@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from aldm.data.cache import load_cached, prepare_dataset, read_manifest, verify_cache
+from aldm.artifacts.cache import PreparedCache
+from aldm.data.cache import prepare_dataset
 from aldm.data.cohorts import discover
 from aldm.data.geometry import to_native
 from aldm.data.preprocess import PrepConfig, load_and_verify, preprocess
@@ -20,7 +21,7 @@ from .conftest import write_volume
 
 
 def test_cache_contents(prepared_cache):
-    rows = read_manifest(str(prepared_cache))
+    rows = PreparedCache(str(prepared_cache)).rows()
     assert len(rows) == 8
     assert {r["domain"] for r in rows} == {"source", "target"}
     for row in rows:
@@ -75,18 +76,18 @@ def test_verify_cache_finds_damage(phantom_root, tmp_path):
     cache = tmp_path / "c"
     prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), PrepConfig(size=16), limit=2,
                     progress=False)
-    assert verify_cache(str(cache)) == []
-    victim = cache / read_manifest(str(cache))[0]["file"]
+    assert PreparedCache(str(cache)).verify() == []
+    victim = cache / PreparedCache(str(cache)).rows()[0]["file"]
     raw = bytearray(victim.read_bytes())
     raw[-10] ^= 0xFF
     victim.write_bytes(bytes(raw))
-    problems = verify_cache(str(cache))
+    problems = PreparedCache(str(cache)).verify()
     assert len(problems) == 1 and "checksum mismatch" in problems[0] and victim.name in problems[0]
     # a damaged file is re-made by the next prepare
     summary = prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), PrepConfig(size=16), limit=2,
                               progress=False)
-    assert summary.prepared == 1 and verify_cache(str(cache)) == []
-    assert load_cached(str(cache), read_manifest(str(cache))[0])["image"].dtype == np.float32
+    assert summary.prepared == 1 and PreparedCache(str(cache)).verify() == []
+    assert PreparedCache(str(cache)).load(PreparedCache(str(cache)).rows()[0])["image"].dtype == np.float32
 
 
 def _good_subject(folder, name, shape=(24, 24, 20), affine=None):
@@ -157,7 +158,7 @@ def test_bad_inputs_each_give_one_line_and_good_subjects_survive(bad_folder, tmp
     summary = prepare_dataset("folder", str(bad_folder), str(cache), PrepConfig(size=16), progress=False,
                               log=lines.append)
     assert summary.prepared == 2
-    assert sorted(r["subject"] for r in read_manifest(str(cache))) == ["good_a", "good_b"]
+    assert sorted(r["subject"] for r in PreparedCache(str(cache)).rows()) == ["good_a", "good_b"]
     assert set(summary.failed) == set(BAD_CASES)
     for name, (filename, message) in BAD_CASES.items():
         problems = summary.failed[name]
@@ -192,5 +193,5 @@ def test_brats_layouts_and_label_remap(tmp_path):
         cache = tmp_path / f"cache_{dataset}"
         summary = prepare_dataset(dataset, str(root), str(cache), PrepConfig(size=16), progress=False)
         assert summary.prepared == 1, summary.failed
-        row = read_manifest(str(cache))[0]
+        row = PreparedCache(str(cache)).rows()[0]
         assert set(np.unique(np.load(cache / row["file"])["labels"])) == {0, 2, 4}

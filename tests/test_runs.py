@@ -1,4 +1,4 @@
-"""aldm.runs (one owner of run folders), the generate folder's index, and the single definitions of
+"""aldm.artifacts.run (one owner of run folders), the generate folder's index, and the single definitions of
 names and defaults that every entry point shares."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from importlib.metadata import version
 
 import pytest
 
+from aldm.artifacts.run import Run
 from aldm.errors import AldmError
-from aldm.runs import Run
 
 
 def test_run_describes_each_stage(tiny_runs):
@@ -60,7 +60,7 @@ def test_create_refuses_to_overwrite_or_to_resume_another_stage(tiny_runs, tmp_p
 
 
 def test_inference_imports_no_training_code():
-    code = ("import sys, aldm.pipeline, aldm.generate, aldm.eval.evaluate, aldm.serve.app, aldm.data.masks; "
+    code = ("import sys, aldm.pipeline, aldm.generate, aldm.evaluate, aldm.serve.app, aldm.data.masks; "
             "print(sorted(m for m in sys.modules if m.startswith('aldm.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -68,42 +68,50 @@ def test_inference_imports_no_training_code():
 
 
 def test_older_generate_folders_are_still_read(tiny_runs, tmp_path):
-    from aldm.eval.evaluate import load_synthetic
+    from aldm.artifacts.samples import SampleSet
+    from aldm.diffusion.settings import GenerationSettings
+    from aldm.evaluate import load_synthetic
     from aldm.generate import generate
-    from aldm.io.samples import is_samples_folder, read_samples_index, verify_samples
 
     out = tmp_path / "gen"
-    rows = generate(tiny_runs["fewshot"], str(out), n=2, steps=2, progress=False, native=False)
-    assert is_samples_folder(str(out)) and len(read_samples_index(str(out))) == 2
+    rows = generate(tiny_runs["fewshot"], str(out), n=2, settings=GenerationSettings(steps=2), progress=False,
+                    native=False)
+    assert SampleSet.is_sample_set(str(out)) and len(SampleSet(str(out)).records()) == 2
     os.replace(out / "samples.csv", out / "manifest.csv")  # what versions before 0.2 wrote
-    assert is_samples_folder(str(out))
-    assert [r["sample"] for r in load_synthetic(str(out))] == [r["sample"] for r in rows]
-    assert verify_samples(str(out)) == (2, [])
+    assert SampleSet.is_sample_set(str(out))
+    assert [r["sample"] for r in load_synthetic(str(out))] == [r.sample for r in rows]
+    assert SampleSet(str(out)).verify() == (2, [])
     with open(out / "manifest.csv", newline="") as fh:
         assert "sample" in csv.DictReader(fh).fieldnames
 
 
 def test_a_cache_is_not_a_samples_folder(prepared_cache):
-    from aldm.io.samples import is_samples_folder
+    from aldm.artifacts.cache import PreparedCache
+    from aldm.artifacts.samples import SampleSet
 
-    assert not is_samples_folder(str(prepared_cache))
+    assert not SampleSet.is_sample_set(str(prepared_cache)) and PreparedCache.is_cache(str(prepared_cache))
 
 
 def test_one_default_sampler_and_version_everywhere():
     from aldm import __version__
     from aldm.cli import build_parser
     from aldm.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-    from aldm.experiment import ExperimentConfig
+    from aldm.experiments.table1 import ExperimentConfig
     from aldm.pipeline import ALDMPipeline
     from aldm.serve.app import JobRequest
 
     assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpmpp2m", 20) and SAMPLERS[0] == DEFAULT_SAMPLER
+    from aldm.diffusion.settings import DEFAULT_GUIDANCE, GenerationSettings
+
     args = build_parser().parse_args(["generate", "--model", "m", "--out", "o"])
-    assert (args.sampler, args.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert (args.sampler, args.steps, args.guidance) == (DEFAULT_SAMPLER, None, DEFAULT_GUIDANCE)
+    settings = GenerationSettings()
+    assert (settings.sampler, settings.validate(1000).steps, settings.guidance) == (DEFAULT_SAMPLER, DEFAULT_STEPS,
+                                                                                    DEFAULT_GUIDANCE)
     request = JobRequest(model="m")
     assert (request.sampler, request.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
     cfg = ExperimentConfig(source_cache="s", target_cache="t", out="o")
     assert (cfg.sampler, cfg.sampler_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
     params = inspect.signature(ALDMPipeline.__call__).parameters
-    assert (params["sampler"].default, params["num_inference_steps"].default) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert params["settings"].default is None  # None: GenerationSettings()
     assert __version__ == version("aldm") != "0+unknown"  # pyproject.toml's, through the package metadata

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aldm.errors import AldmError
-from aldm.eval.segmentation import (
+from aldm.evaluators.segmentation_protocols import (
     Job,
     SegmentationSettings,
     check_no_leak,
@@ -20,7 +20,7 @@ from aldm.eval.segmentation import (
     summarise,
     training_items,
 )
-from aldm.eval.segmenter import SegmenterConfig, random_crops, train_segmenter
+from aldm.evaluators.segmenter import SegmenterConfig, random_crops, train_segmenter
 
 SHOTS = ["s1", "s2"]
 FOLDS = [{"repeat": 0, "fold": 0, "train": ["p3", "p4"], "test": ["p1", "p2"]},
@@ -146,7 +146,7 @@ def test_tumour_crops_and_deterministic_crop_training():
 
 
 def test_a_bad_segmentation_section_names_the_config_file(tmp_path):
-    from aldm.experiment import ExperimentConfig
+    from aldm.experiments.table1 import ExperimentConfig
 
     path = tmp_path / "exp.json"
     path.write_text('{"source_cache": "a", "target_cache": "b", "out": "o", "segmentation": {"epochs": 3}}')

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
-from aldm.eval.segmenter import (
+from aldm.evaluators.segmenter import (
     SegmenterConfig,
     dice,
     fit_on_caches,
@@ -48,9 +49,9 @@ def test_shuffled_masks_never_keep_their_own():
 @pytest.fixture(scope="module")
 def trained(prepared_cache, tmp_path_factory):
     """A small segmenter on the tiny cache with two target subjects held out."""
-    from aldm.data.cache import read_manifest
+    from aldm.artifacts.cache import PreparedCache
 
-    rows = read_manifest(str(prepared_cache))
+    rows = PreparedCache(str(prepared_cache)).rows()
     held = {r["subject"] for r in rows if r["domain"] == "target"}
     held = set(sorted(held)[:2])
     folder = tmp_path_factory.mktemp("segmenter")
@@ -61,12 +62,13 @@ def trained(prepared_cache, tmp_path_factory):
 
 @pytest.mark.slow
 def test_real_volumes_score_high_and_a_constant_volume_near_zero(prepared_cache, trained):
-    from aldm.data.cache import load_cached, read_manifest
+    from aldm.artifacts.cache import PreparedCache
 
     folder, held = trained
     model, config, info = load_segmenter(str(folder))
     assert not set(info["subjects"]) & held and len(info["subjects"]) == 6
-    data = [load_cached(str(prepared_cache), r) for r in read_manifest(str(prepared_cache)) if r["subject"] in held]
+    data = [PreparedCache(str(prepared_cache)).load(r) for r in PreparedCache(str(prepared_cache)).rows()
+            if r["subject"] in held]
     images = np.stack([d["image"] for d in data])
     masks = np.stack([d["mask"] for d in data]).astype(np.uint8)
     real = mask_adherence(model, config, images, masks)
@@ -77,10 +79,11 @@ def test_real_volumes_score_high_and_a_constant_volume_near_zero(prepared_cache,
 
 @pytest.mark.slow
 def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prepared_cache, tmp_path):
-    from aldm.eval.evaluate import evaluate
+    from aldm.evaluate import evaluate
     from aldm.generate import generate
 
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, steps=2, progress=False, native=False)
+    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2,
+             settings=GenerationSettings(steps=2), progress=False, native=False)
     leaky = tmp_path / "leaky"
     fit_on_caches([str(prepared_cache)], str(leaky), SegmenterConfig(init_filters=4, steps=2), held_out=set(),
                   progress=False)
@@ -98,6 +101,6 @@ def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prep
 
 
 def tiny_runs_test_subjects(tiny_runs):
-    from aldm.runs import Run
+    from aldm.artifacts.run import Run
 
     return Run(tiny_runs["fewshot"]).split()["test"]

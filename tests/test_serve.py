@@ -17,7 +17,7 @@ from aldm.errors import AldmError
 from aldm.serve.app import create_app
 from aldm.serve.volumes import inside
 
-GOOD = {"n": 3, "guidance_scale": 2.0, "sampler": "dpmpp2m", "steps": 3, "seed": 5}
+GOOD = {"n": 3, "guidance": 2.0, "sampler": "dpmpp2m", "steps": 3, "seed": 5}
 
 
 def wait_for(client, job_id, timeout=120.0):
@@ -105,7 +105,7 @@ def test_downloads_are_the_written_niftis(served):
     ({"model": "fewshot", "steps": 101}, 422, "at most T = 100"),
     ({"model": "fewshot", "sampler": "ddpm", "steps": 20}, 422, "all T = 100"),
     ({"model": "fewshot", "sampler": "euler"}, 422, "sampler"),
-    ({"model": "fewshot", "guidance_scale": -1}, 422, "guidance_scale"),
+    ({"model": "fewshot", "guidance": -1}, 422, "guidance"),
     ({"model": "fewshot", "seed": "abc"}, 422, "seed"),
     ({"model": "fewshot", "extra": 1}, 422, "extra"),
     ({"model": "no-such-model"}, 404, "unknown model"),
@@ -120,7 +120,7 @@ def test_bad_parameters_get_4xx_with_a_message(served, body, status, words):
 
 def test_nan_guidance_and_oversized_bodies_are_refused(served):
     client, _, _ = served
-    resp = client.post("/api/jobs", content=b'{"model": "fewshot", "guidance_scale": NaN}',
+    resp = client.post("/api/jobs", content=b'{"model": "fewshot", "guidance": NaN}',
                        headers={"content-type": "application/json"})
     assert resp.status_code == 422
     resp = client.post("/api/jobs", content=b"{" + b" " * (70 * 1024) + b"}",

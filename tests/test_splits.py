@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aldm.data.splits import few_shot_split, load_split, repeated_kfold, save_split
+from aldm.artifacts.split import load_split, save_split
+from aldm.data.splits import few_shot_split, repeated_kfold
 from aldm.errors import AldmError
 
 

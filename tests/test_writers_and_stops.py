@@ -23,10 +23,11 @@ import time
 import pytest
 import torch
 
+from aldm.artifacts.samples import SampleSet
+from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
 from aldm.io.atomic import WriteFailed
 from aldm.io.lock import LOCK_FILE, FolderBusy, exclusive_writer
-from aldm.io.samples import verify_samples
 
 pytestmark = pytest.mark.slow  # real subprocesses; see pyproject.toml
 
@@ -144,7 +145,7 @@ def test_sigterm_during_generation_keeps_whole_samples(tiny_runs, tmp_path):
     done = len(list(out.glob("sample-*/sample.json")))
     assert 1 <= done < 6 and len(list(out.glob("sample-*"))) == done
     subprocess.run(_aldm(*args), check=True, capture_output=True, timeout=300)
-    assert verify_samples(str(out)) == (6, [])
+    assert SampleSet(str(out)).verify() == (6, [])
 
 
 def _file_size_limit(limit):
@@ -163,7 +164,7 @@ def test_a_failed_write_is_one_line_and_the_same_command_resumes(tiny_runs, prep
         lines[0], limited.stderr
     assert not list(out.glob(".tmp-*")) and not list(out.glob("sample-*/**/.tmp-*"))
     subprocess.run(_aldm(*args), check=True, capture_output=True, timeout=300)
-    assert verify_samples(str(out)) == (3, [])
+    assert SampleSet(str(out)).verify() == (3, [])
     # training: the checkpoint cannot be written; one line; the same command with --resume continues
     run = tmp_path / "run"
     train = ("train", "vae", "--data", prepared_cache, "--profile", long_profile, "--out", run, "--quiet")
@@ -205,5 +206,6 @@ def test_samples_that_cannot_fit_are_refused_before_writing(tiny_runs, tmp_path,
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr("aldm.io.atomic.shutil.disk_usage", lambda p: usage._replace(free=2**20))
     with pytest.raises(WriteFailed, match=r"1 more sample\(s\) needs about .* but only 1 MB is free"):
-        generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, batch_size=1, steps=2, progress=False)
+        generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, batch_size=1,
+                 settings=GenerationSettings(steps=2), progress=False)
     assert not (tmp_path / "gen").exists()  # nothing was written: not even the folder stays

@@ -69,15 +69,16 @@ def _cmd_data_prepare(args) -> int:
 
 
 def _cmd_data_verify(args) -> int:
-    from .data.cache import read_manifest, verify_cache
-    from .io.samples import is_samples_folder, verify_samples
+    from .artifacts.cache import PreparedCache
+    from .artifacts.samples import SampleSet
 
-    if not is_samples_folder(args.cache) and os.path.isfile(os.path.join(args.cache, "manifest.csv")):
-        problems = verify_cache(args.cache)
-        n = len(read_manifest(args.cache))
+    if PreparedCache.is_cache(args.cache):
+        cache = PreparedCache(args.cache)
+        problems = cache.verify()
+        n = len(cache.rows())
         what = "cached subjects"
     else:
-        n, problems = verify_samples(args.cache)
+        n, problems = SampleSet(args.cache).verify()
         for line in problems:
             print(line, file=sys.stderr)
         print(f"{n} generated samples checked: {len(problems)} problem(s)")
@@ -89,14 +90,11 @@ def _cmd_data_verify(args) -> int:
 
 
 def _cmd_data_split(args) -> int:
-    from .data.cache import read_manifest
-    from .data.splits import few_shot_split, save_split, with_cv_folds
+    from .artifacts.cache import PreparedCache
+    from .artifacts.split import save_split
+    from .data.splits import few_shot_split, with_cv_folds
 
-    rows = read_manifest(args.cache)
-    if not rows:
-        raise AldmError(f"{args.cache}: no manifest.csv; run aldm data prepare first")
-    if args.domain:
-        rows = [r for r in rows if r["domain"] == args.domain]
+    rows = PreparedCache(args.cache).require().rows(args.domain)
     stratify = None if args.stratify == "none" else args.stratify
     split = few_shot_split(rows, args.k, args.n_test, seed=args.seed, stratify=stratify)
     split = with_cv_folds(rows, split, args.folds, args.repeats, args.seed) if args.folds else {**split, "cv": []}
@@ -131,8 +129,8 @@ def _finite_float(text: str) -> float:
 def _probe_subjects(args):
     """The held-out probe of ``aldm train --probe-every``: --probe-subjects of --probe-data (default
     --data), or 2 test subjects of the few-shot split (--split, or the run's own when resuming)."""
-    from .data.splits import load_split
-    from .runs import Run
+    from .artifacts.run import Run
+    from .artifacts.split import load_split
     from .train.stages import ProbeSubjects
 
     if not args.probe_every:
@@ -147,9 +145,9 @@ def _probe_subjects(args):
 
 
 def _cmd_train(args) -> int:
+    from .artifacts.run import Run
     from .config import get_profile
     from .distributed import init_distributed, shutdown
-    from .runs import Run
     from .train.stages import train_ldm, train_vae, with_probe_every
 
     info = init_distributed()
@@ -190,16 +188,18 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from .diffusion.settings import GenerationSettings
     from .distributed import init_distributed, shutdown
     from .generate import generate
 
+    settings = GenerationSettings(guidance=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                  precision=args.precision)
     info = init_distributed()
     try:
         start = time.perf_counter()
-        rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects,
-                        guidance_scale=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
+        rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects, settings=settings,
                         batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet,
-                        decode_slab=args.decode_slab, precision=args.precision)
+                        decode_slab=args.decode_slab)
         elapsed = time.perf_counter() - start
     finally:
         shutdown(info)
@@ -211,9 +211,9 @@ def _cmd_generate(args) -> int:
 def _cmd_evaluate(args) -> int:
     import json
 
-    from .eval.evaluate import evaluate
+    from .evaluate import evaluate
 
-    modalities = () if args.frd == "none" else tuple(args.frd.split(","))
+    modalities = None if args.frd is None else () if args.frd == "none" else tuple(args.frd.split(","))
     result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device,
                       frd_modalities=modalities, segmenter=args.segmenter)
     shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
@@ -223,16 +223,17 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_segmenter(args) -> int:
-    from .eval.segmenter import SegmenterConfig, fit_on_caches, held_out_subjects
+    from .evaluators.segmenter import SegmenterConfig, fit_on_caches, held_out_subjects
 
     config = SegmenterConfig(init_filters=args.width, steps=args.steps, seed=args.seed, device=args.device)
-    done = fit_on_caches(args.data, args.out, config, held_out_subjects(args.holdout), progress=not args.quiet)
+    done = fit_on_caches(args.data, args.out, config, held_out_subjects(args.holdout), progress=not args.quiet,
+                         resume=args.resume)
     print(f"segmenter trained on {done['subjects']} subjects ({done['held_out']} held out): {done['out']}")
     return 0
 
 
 def _cmd_experiment(args) -> int:
-    from .experiment import ExperimentConfig, run_table1
+    from .experiments.table1 import ExperimentConfig, run_table1
 
     report = run_table1(ExperimentConfig.load(args.config), progress=not args.quiet)
     print(f"report: {os.path.abspath(report)}")
@@ -240,8 +241,8 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_segmentation_experiment(args) -> int:
-    from .experiment import ExperimentConfig
-    from .experiment_segmentation import run_segmentation
+    from .experiments.segmentation import run_segmentation
+    from .experiments.table1 import ExperimentConfig
 
     table = run_segmentation(ExperimentConfig.load(args.config), progress=not args.quiet)
     print(f"segmentation table: {os.path.abspath(table)}")
@@ -263,7 +264,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     start = time.perf_counter()
     report = run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet,
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cohorts import DATASETS
     from .data.preprocess import MODES
     from .diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+    from .diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 
     parser = argparse.ArgumentParser(
         prog="aldm",
@@ -386,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: the model's held-out subjects")
     gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")
     gen.add_argument("--n", type=_positive_int, default=8, help="number of samples")
-    gen.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale s")
-    gen.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="sampler steps (DDPM: all T)")
+    gen.add_argument("--guidance", type=_finite_float, default=DEFAULT_GUIDANCE,
+                     help=f"classifier-free guidance scale s (Eq. 3.8), {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g}")
+    gen.add_argument("--steps", type=_positive_int, default=None,
+                     help=f"sampler steps (default {DEFAULT_STEPS}; DDPM: all T)")
     gen.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                      help="dpmpp2m (DPM-Solver++ 2M, best per step; default), ddim, or ddpm (ancestral, all T steps)")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
@@ -409,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for metrics.json and per_patient.csv")
     ev.add_argument("--inception", default=None, help="FID Inception weights file (pt_inception-2015-12-05)")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--frd", default="t1,t2,flair", help="modalities for FRD (comma-separated) or none")
+    ev.add_argument("--frd", default=None,
+                    help="modalities for FRD (comma-separated file stems, e.g. t1,flair) or none; default: all of the "
+                         "cache's")
     ev.add_argument("--segmenter", default=None,
                     help="a folder of aldm segmenter train: adds mask Dice (ceiling: the real volumes; floor: "
                          "shuffled masks)")
@@ -420,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg_commands.required = True
     seg_train = seg_commands.add_parser("train", help="train it on real cached volumes, held-out patients excluded")
     seg_train.add_argument("--data", required=True, nargs="+", help="prepared caches (one size)")
-    seg_train.add_argument("--out", required=True, help="folder for segmenter.pt and segmenter.json")
+    seg_train.add_argument("--out", required=True, help="the segmenter's run folder (run.json, weights.pt)")
+    seg_train.add_argument("--resume", action="store_true", help="continue the segmenter in --out exactly")
     seg_train.add_argument("--holdout", nargs="*", default=[],
                            help="few-shot runs or split JSON files whose held-out test subjects are left out")
     seg_train.add_argument("--steps", type=_positive_int, default=300)

@@ -1,8 +1,8 @@
 """``ALDMPipeline``: mask -> synthetic T1/T2/FLAIR volume, from a finished LDM run directory.
 
     pipe = ALDMPipeline.from_pretrained("runs/fewshot_k16")
-    out = pipe(masks, guidance_scale=3.0, num_inference_steps=20, sampler="dpmpp2m", generator=seeds)
-    out["image"]  # (B, 3, S, S, S) in [-1, 1], channels T1, T2, FLAIR
+    out = pipe(masks, GenerationSettings(guidance=3.0, sampler="dpmpp2m", steps=20), generator=seeds)
+    out["image"]  # (B, C, S, S, S) in [-1, 1], channels pipe.modalities (the paper's: T1, T2, FLAIR)
 
 Eq. 3.10: z_T ~ N(0, I) -> reverse diffusion with classifier-free guidance (Eq. 3.8) conditioned on
 c = f(m) (:mod:`aldm.data.control`, the functions training used) -> un-normalise with the source
@@ -11,38 +11,33 @@ latent statistics -> frozen VAE decoder.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from .artifacts.run import Run
 from .config import Profile
 from .data.control import control_maps, mask_statistics
 from .diffusion.guidance import GuidedNoise
-from .diffusion.samplers import (
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
-    SAMPLERS,
-    initial_noise,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
-)
+from .diffusion.samplers import initial_noise, run_sampler
 from .diffusion.schedule import NoiseSchedule
+from .diffusion.settings import GenerationSettings
 from .errors import AldmError
+from .modalities import DEFAULT_MODALITIES
 from .models.baselines.generator import BaselineGenerator
 from .models.unet import ConditionalDenoiser
+from .models.vae import frozen_vae
 from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
-from .runs import Run
 
 
 class ALDMPipeline:
-    """Masks (B, 1, S, S, S) -> synthetic volumes (B, 3, S, S, S) with a trained ALDM (Eq. 3.10; see the
+    """Masks (B, 1, S, S, S) -> synthetic volumes (B, C, S, S, S) with a trained ALDM (Eq. 3.10; see the
     module docstring). Build it from a run with :meth:`from_pretrained`."""
+
+    kind = "aldm"
 
     def __init__(self, profile: Profile, vae, denoiser: ConditionalDenoiser, latent_mean: torch.Tensor,
                  latent_std: torch.Tensor, device="cpu", info: dict | None = None, model_hash: str = "",
-                 decode_slab: int = 0, precision: str = "auto"):
+                 decode_slab: int = 0, precision: str = "auto", modalities=DEFAULT_MODALITIES):
         """``decode_slab`` > 0: decode the VAE's full-resolution stage in depth slabs of that many planes
         (:func:`aldm.models.split_decode.decode_in_slabs`: the same volumes, about half the decoder's peak
         memory); 0 decodes the whole volume at once. ``precision``: "auto" (bf16 autocast for the
@@ -66,6 +61,11 @@ class ALDMPipeline:
         self.schedule = NoiseSchedule(profile.diffusion)
         self.info = info or {}
         self.model_hash = model_hash
+        self.modalities = tuple(modalities)
+
+    def validate(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` checked against this model (T of its schedule), steps resolved."""
+        return settings.validate(self.schedule.timesteps)
 
     def _denoiser(self) -> ConditionalDenoiser:
         """The denoiser for this pipeline's precision: under bf16, a copy with bf16 weights (made once)."""
@@ -85,38 +85,39 @@ class ALDMPipeline:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         profile, weights = run.profile, run.weights()
         denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
-        denoiser.load_state_dict(weights["denoiser"])
-        return cls(profile, run.load_vae(device), denoiser, weights["latent_mean"], weights["latent_std"],
-                   device, run.info, run.weights_hash(), decode_slab, precision)
+        _load_state(denoiser, weights, "denoiser", run)
+        for key in ("latent_mean", "latent_std"):
+            if key not in weights:
+                raise AldmError(f"{run.file('weights.pt')}: not the weights of an ALDM run (no {key})")
+        vae = frozen_vae(profile.vae, run.vae_state(), device, run.path)
+        return cls(profile, vae, denoiser, weights["latent_mean"], weights["latent_std"], device, run.info,
+                   run.weights_hash(), decode_slab, precision, run.modalities)
 
     @torch.inference_mode()
-    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = DEFAULT_STEPS,
-                 sampler: str = DEFAULT_SAMPLER,
-                 generator=None, progress: bool = False, step_callback=None) -> dict:
-        """Generate one volume per mask.
+    def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
+                 step_callback=None) -> dict:
+        """Generate one volume per mask with ``settings`` (guidance s, sampler, steps; default
+        :class:`GenerationSettings`).
 
         ``masks`` (B, 1, S, S, S) or (B, S, S, S), binary, in model space; ``generator``: a list of
-        ``torch.Generator`` (one per mask), a list of int seeds, one int seed, or None;
-        ``step_callback(step, steps)``: called after each guided denoiser evaluation (1-based).
-        Returns {'image': (B, 3, S, S, S) float32 in [-1, 1], 'latent': (B, zC, s, s, s)}.
+        ``torch.Generator`` (one per mask), a list of int seeds, one int seed, or None (seeds
+        settings.seed + i); ``step_callback(step, steps)``: called after each guided denoiser evaluation
+        (1-based). Returns {'image': (B, C, S, S, S) float32 in [-1, 1], 'latent': (B, zC, s, s, s)}.
         """
-        if not math.isfinite(guidance_scale):
-            raise AldmError(f"guidance scale must be a finite number, got {guidance_scale}")
-        if sampler not in SAMPLERS:
-            raise AldmError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        settings = self.validate(settings or GenerationSettings())
         m = _check_masks(masks, self.profile.image_size)
-        generators = _generators(generator, m.shape[0])
+        generators = _generators(settings.seed if generator is None else generator, m.shape[0])
         s = self.profile.latent_size
         control = control_maps(m, s).to(self.device)
         stats = mask_statistics(m).to(self.device)
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
         z_T = initial_noise(shape, generators, self.device)
 
-        total_steps = self.schedule.timesteps if sampler == "ddpm" else num_inference_steps
+        total_steps = settings.steps
         calls = [0]
 
         with autocast(self.device, self.precision):
-            guided = GuidedNoise(self._denoiser(), control, stats, guidance_scale)
+            guided = GuidedNoise(self._denoiser(), control, stats, settings.guidance)
 
         def eps_fn(z, t):
             with autocast(self.device, self.precision):
@@ -127,16 +128,7 @@ class ALDMPipeline:
                 step_callback(calls[0], total_steps)
             return eps
 
-        if sampler == "ddpm":
-            if num_inference_steps not in (None, self.schedule.timesteps):
-                raise AldmError(f"ancestral DDPM runs all {self.schedule.timesteps} steps; use --sampler ddim "
-                                "for fewer")
-            z0 = sample_ddpm(eps_fn, self.schedule, z_T, generators, progress)
-        else:
-            if not 1 <= num_inference_steps <= self.schedule.timesteps:
-                raise AldmError(f"steps must be between 1 and {self.schedule.timesteps}, got {num_inference_steps}")
-            solver = sample_dpmpp_2m if sampler == "dpmpp2m" else sample_ddim
-            z0 = solver(eps_fn, self.schedule, z_T, num_inference_steps, progress=progress)
+        z0 = run_sampler(settings.sampler, eps_fn, self.schedule, z_T, settings.steps, generators, progress)
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
         with autocast(self.device, self.precision):
@@ -148,10 +140,13 @@ class ALDMPipeline:
 class BaselinePipeline:
     """The same call as :class:`ALDMPipeline` for a CGAN / 3M-CGAN / VAE-GAN run: one generator pass
     per batch from per-sample noise (z ~ N(0, I): prior samples, never reconstructions). Guidance,
-    steps and sampler do not apply to these models and are recorded as given."""
+    steps and sampler do not apply to these models; their samples record them as not applicable
+    (:meth:`GenerationSettings.recorded`)."""
 
     def __init__(self, profile: Profile, generator, domain: float, device="cpu", info: dict | None = None,
-                 model_hash: str = ""):
+                 model_hash: str = "", kind: str = "baseline", modalities=DEFAULT_MODALITIES):
+        self.kind = kind
+        self.modalities = tuple(modalities)
         self.profile = profile
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
@@ -165,15 +160,21 @@ class BaselinePipeline:
         run = Run(run_dir).require_generator()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         generator = BaselineGenerator(run.kind, run.profile)
-        generator.load_state_dict(run.weights()["generator"])
-        return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, run.info, run.weights_hash())
+        _load_state(generator, run.weights(), "generator", run)
+        return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, run.info, run.weights_hash(),
+                   run.kind, run.modalities)
+
+    def validate(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` as they are: guidance, sampler and steps do not apply to a baseline."""
+        return settings
 
     @torch.inference_mode()
-    def __call__(self, masks, guidance_scale: float = 3.0, num_inference_steps: int = DEFAULT_STEPS,
-                 sampler: str = DEFAULT_SAMPLER,
-                 generator=None, progress: bool = False, step_callback=None) -> dict:
+    def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
+                 step_callback=None) -> dict:
+        """One volume per mask (see :meth:`ALDMPipeline.__call__`; only ``settings.seed`` applies)."""
+        settings = settings or GenerationSettings()
         m = _check_masks(masks, self.profile.image_size)
-        generators = _generators(generator, m.shape[0])
+        generators = _generators(settings.seed if generator is None else generator, m.shape[0])
         noise = initial_noise((m.shape[0], *self.generator.noise_shape), generators, self.device)
         control = control_maps(m).to(self.device)
         domain = torch.full((m.shape[0],), self.domain, device=self.device)
@@ -190,6 +191,18 @@ def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: st
     if Run(run_dir).require_generator().kind == "aldm":
         return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
     return BaselinePipeline.from_pretrained(run_dir, device)
+
+
+def _load_state(module: torch.nn.Module, weights: dict, key: str, run: Run) -> None:
+    """Load ``weights[key]`` into ``module``; an AldmError naming the run's weights file when they are not
+    this model's (another kind of run, or another profile's shapes)."""
+    path = run.file("weights.pt")
+    if not isinstance(weights, dict) or key not in weights:
+        raise AldmError(f"{path}: not the weights of a {run.kind} run (no {key!r})")
+    try:
+        module.load_state_dict(weights[key])
+    except RuntimeError as exc:
+        raise AldmError(f"{path}: weights do not fit the run's config.json ({str(exc).splitlines()[0]})") from exc
 
 
 def _check_masks(masks, size: int) -> torch.Tensor:

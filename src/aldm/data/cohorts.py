@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import AldmError
-from ..modalities import MODALITIES
+from ..modalities import DEFAULT_MODALITIES
 from . import layouts
 from .labels import parse_codeletion, parse_grade, parse_idh
 
@@ -106,7 +106,7 @@ def discover_upenn(root: str, sessions: str = "baseline", domain: str = "source"
             patient="UPENN-GBM-" + layouts.UPENN_ID.match(scan).group(1),
             dataset="upenn-gbm",
             domain=domain,
-            images={m: layouts.upenn_image(root, scan, m) for m in MODALITIES},
+            images={m: layouts.upenn_image(root, scan, m) for m in DEFAULT_MODALITIES},
             mask=mask if os.path.isfile(mask) else None,
             idh=meta["idh"],
             grade=meta["grade"],
@@ -152,7 +152,7 @@ def discover_ucsf(root: str, domain: str = "target") -> list[SubjectRecord]:
             patient=layouts.ucsf_study(number),
             dataset="ucsf-pdgm",
             domain=domain,
-            images={m: layouts.ucsf_file(root, study, m) for m in MODALITIES},
+            images={m: layouts.ucsf_file(root, study, m) for m in DEFAULT_MODALITIES},
             mask=layouts.ucsf_file(root, study, "tumor_segmentation"),
             idh=meta.get("idh"),
             grade=meta.get("grade"),
@@ -184,7 +184,7 @@ def discover_brats(root: str, year: int, domain: str = "source") -> list[Subject
             patient=patient,
             dataset=f"brats{year}",
             domain=domain,
-            images={m: layouts.brats_file(root, subject, suffix[m], sep) for m in MODALITIES},
+            images={m: layouts.brats_file(root, subject, suffix[m], sep) for m in DEFAULT_MODALITIES},
             mask=layouts.brats_file(root, subject, suffix["seg"], sep),
         )
         record.check_files()
@@ -215,7 +215,7 @@ def discover_folder(root: str, domain: str = "target") -> list[SubjectRecord]:
             patient=(meta.get("patient") or subject).strip(),
             dataset="folder",
             domain=domain,
-            images={m: os.path.join(root, subject, layouts.FOLDER_FILES[m]) for m in MODALITIES},
+            images={m: os.path.join(root, subject, layouts.FOLDER_FILES[m]) for m in DEFAULT_MODALITIES},
             mask=os.path.join(root, subject, layouts.FOLDER_FILES["seg"]),
             idh=parse_idh(meta.get("idh")),
             grade=parse_grade(meta.get("grade")),

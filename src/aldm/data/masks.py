@@ -1,6 +1,6 @@
 """Where the masks of synthetic samples come from (``aldm generate --masks``), in model space.
 
-* ``cache:PATH`` (or a path holding ``manifest.csv``): masks of a prepared cache. For the model's
+* ``cache:PATH`` (or the path of a prepared cache): masks of a prepared cache. For the model's
   own target cache the held-out test subjects of its split are used by default (never the K
   few-shot subjects); ``--subjects`` picks others.
 * ``folder:PATH``: NIfTI masks (``*.nii.gz``, any label > 0 is tumour). Masks already at the model's
@@ -22,9 +22,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
 from ..errors import AldmError
-from ..runs import Run
-from .cache import load_cached, read_manifest
 
 
 @dataclass
@@ -46,7 +46,7 @@ APPENDIX_GROUND_TRUTH = 16  # paper Appendix A: the first 16 samples reuse the t
 
 
 def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) -> MaskItem:
-    data = load_cached(cache, row)
+    data = PreparedCache(cache).load(row)
     return MaskItem(
         name=name or row["subject"], mask=data["mask"] if mask is None else mask,
         model_affine=np.asarray(json.loads(row["model_affine"])),
@@ -58,7 +58,8 @@ def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) ->
 
 def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator) -> MaskItem:
     """``row``'s mask moved into ``host``'s brain; the item takes the host's geometry."""
-    moved = relocate_mask(load_cached(cache, row)["mask"][0], load_cached(cache, host)["brain"][0], rng)
+    prepared = PreparedCache(cache)
+    moved = relocate_mask(prepared.load(row)["mask"][0], prepared.load(host)["brain"][0], rng)
     item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", mask=moved[None])
     item.source = f"relocated:{row['subject']}->{host['subject']}"
     return item
@@ -67,20 +68,15 @@ def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator)
 def cache_rows(cache: str, subjects: list | None = None, model: Run | None = None) -> list[dict]:
     """Manifest rows of the mask subjects: ``subjects``, else the ``model`` run's held-out test subjects
     when ``cache`` is the model's own data and it has a split (never the few-shot subjects), else all."""
-    rows = read_manifest(cache)
-    if not rows:
-        raise AldmError(f"{cache}: no manifest.csv; not a prepared cache")
+    prepared = PreparedCache(cache).require()
+    rows = prepared.rows()
     split = model.split() if model is not None and os.path.abspath(cache) == model.data else None
     if subjects is None and split is not None:
         subjects = split["test"]  # held out: never the few-shot subjects
         if not subjects:
             raise AldmError(f"{model.split_path}: the split has no held-out test subjects; pass --subjects")
     if subjects is not None:
-        by_name = {r["subject"]: r for r in rows}
-        missing = [s for s in subjects if s not in by_name]
-        if missing:
-            raise AldmError(f"{cache}: unknown subject(s) {', '.join(missing[:5])}")
-        rows = [by_name[s] for s in subjects]
+        rows = prepared.subject_rows(subjects)
     return rows
 
 
@@ -174,7 +170,7 @@ def relocate_mask(mask: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
 
 def relocated_masks(cache: str, subjects: list | None, seed: int) -> list[MaskItem]:
     """Each subject's mask moved into the next subject's brain (a cyclic pairing), host geometry."""
-    rows = read_manifest(cache)
+    rows = PreparedCache(cache).require().rows()
     if subjects is not None:
         rows = [r for r in rows if r["subject"] in set(subjects)]
     if len(rows) < 2:
@@ -194,7 +190,7 @@ def resolve_masks(spec: str | None, model: Run, image_size: int, subjects: list 
         spec = "cache:" + model.data
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in MASK_KINDS else ("", "", spec)
     if not kind:
-        kind = "cache" if os.path.exists(os.path.join(spec, "manifest.csv")) else "folder"
+        kind = "cache" if PreparedCache.is_cache(spec) else "folder"
     if kind == "cache":
         return masks_from_cache(path, subjects, model)
     if kind == "relocated":

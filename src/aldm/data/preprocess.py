@@ -34,7 +34,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from ..modalities import MODALITIES
+from ..modalities import DEFAULT_MODALITIES
 from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, SubjectRecord
 
 MODES = ("resize", "crop-pad")
@@ -48,10 +48,12 @@ class PrepConfig:
     mode: str = "resize"
     spacing: float = 1.5  # crop-pad mode only (mm); 112 x 1.5 mm = 168 mm covers an adult brain
     percentiles: tuple = (1.0, 99.0)
+    modalities: tuple = DEFAULT_MODALITIES  # the cache's channels, in order (aldm.modalities)
 
     def as_dict(self) -> dict:
         """The settings as JSON-able data (saved as the cache's ``prepare.json``)."""
-        return {"size": self.size, "mode": self.mode, "spacing": self.spacing, "percentiles": list(self.percentiles)}
+        return {"size": self.size, "mode": self.mode, "spacing": self.spacing, "percentiles": list(self.percentiles),
+                "modalities": list(self.modalities)}
 
 
 @dataclass
@@ -83,17 +85,17 @@ def _load(path: str, problems: list) -> tuple[np.ndarray, np.ndarray] | None:
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def load_and_verify(record: SubjectRecord) -> tuple[NativeVolume | None, list[str]]:
+def load_and_verify(record: SubjectRecord, modalities=DEFAULT_MODALITIES) -> tuple[NativeVolume | None, list[str]]:
     """Load a subject's files and check them; returns (volume or None, problems)."""
     problems = list(record.problems)
     if problems:
         return None, problems
-    loaded = {m: _load(record.images[m], problems) for m in MODALITIES}
+    loaded = {m: _load(record.images[m], problems) for m in modalities}
     mask = _load(record.mask, problems)
     if problems:
         return None, problems
     ref_shape, ref_affine = loaded["T1"][0].shape, loaded["T1"][1]
-    for name, path, (data, affine) in [(m, record.images[m], loaded[m]) for m in MODALITIES] + [
+    for name, path, (data, affine) in [(m, record.images[m], loaded[m]) for m in modalities] + [
         ("mask", record.mask, mask)
     ]:
         if data.shape != ref_shape:
@@ -125,7 +127,7 @@ def load_and_verify(record: SubjectRecord) -> tuple[NativeVolume | None, list[st
     labels = seg.astype(np.uint8)
     if record.dataset == "brats2023":
         labels[labels == 3] = 4  # BraTS 2023 enhancing tumour -> the 2021 / UPENN / UCSF label 4
-    images = np.stack([loaded[m][0] for m in MODALITIES])
+    images = np.stack([loaded[m][0] for m in modalities])
     return NativeVolume(images=images, labels=labels, affine=ref_affine), problems
 
 

@@ -1,20 +1,16 @@
 """Patient-level splits: K-shot selection, held-out test subjects, repeated stratified k-fold.
 
 All splits work on patients (a patient's scans never fall on both sides), are seeded, and are
-saved as JSON with the run that uses them. Stratification uses a clinical label (IDH by
-default); patients without it form their own stratum.
+saved as JSON with the run that uses them (the file: :mod:`aldm.artifacts.split`). Stratification uses
+a clinical label (IDH by default); patients without it form their own stratum.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import AldmError
-from ..io.atomic import atomic_write_text
 
 
 def _patients(rows: list[dict], stratify: str | None) -> tuple[list, dict, dict]:
@@ -112,19 +108,3 @@ def with_cv_folds(rows: list[dict], split: dict, n_splits: int = 5, n_repeats: i
     folds = repeated_kfold([r for r in rows if r["subject"] in keep], n_splits=n_splits, n_repeats=n_repeats,
                            seed=seed, stratify=split.get("stratify", "idh"))
     return {**split, "cv": folds}
-
-
-def save_split(path: str, split) -> None:
-    """Write a split (dict or list of folds) as JSON, atomically."""
-    atomic_write_text(path, json.dumps(split, indent=2) + "\n")
-
-
-def load_split(path: str):
-    """A split written by :func:`save_split` (an AldmError naming the file when missing or damaged)."""
-    if not os.path.isfile(path):
-        raise AldmError(f"{path}: split file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise AldmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc

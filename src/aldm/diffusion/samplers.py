@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from .schedule import NoiseSchedule
 
-SAMPLERS = ("dpmpp2m", "ddim", "ddpm")  # the default first
 # DPM-Solver++(2M) at 20 steps matches 1000-step DDPM's FRD at ~40x less time (docs/performance.md)
 DEFAULT_SAMPLER = "dpmpp2m"
 DEFAULT_STEPS = 20
@@ -129,3 +128,22 @@ def sample_dpmpp_2m(eps_fn: Callable, schedule: NoiseSchedule, z_T: torch.Tensor
         z = (sigma_n / sigma) * z - alpha_n * torch.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return z.to(z_T.dtype)
+
+
+# name -> sampler with one signature (eps_fn, schedule, z_T, steps, generators, progress); the default first.
+# Ancestral DDPM always runs all T steps (``steps`` is checked by GenerationSettings.validate, not used).
+SAMPLER_FUNCTIONS: dict[str, Callable] = {
+    "dpmpp2m": lambda eps_fn, schedule, z_T, steps, generators, progress: sample_dpmpp_2m(
+        eps_fn, schedule, z_T, steps, progress=progress),
+    "ddim": lambda eps_fn, schedule, z_T, steps, generators, progress: sample_ddim(
+        eps_fn, schedule, z_T, steps, generators=generators, progress=progress),
+    "ddpm": lambda eps_fn, schedule, z_T, steps, generators, progress: sample_ddpm(
+        eps_fn, schedule, z_T, generators, progress),
+}
+SAMPLERS = tuple(SAMPLER_FUNCTIONS)  # the names, the default first
+
+
+def run_sampler(name: str, eps_fn: Callable, schedule: NoiseSchedule, z_T: torch.Tensor, steps: int,
+                generators: list[torch.Generator], progress: bool = False) -> torch.Tensor:
+    """z_0 from z_T (B, zC, s, s, s) by the sampler called ``name`` (:data:`SAMPLER_FUNCTIONS`)."""
+    return SAMPLER_FUNCTIONS[name](eps_fn, schedule, z_T, steps, generators, progress)

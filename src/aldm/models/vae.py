@@ -151,3 +151,16 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: tor
         loss = loss + config.spectral_weight * spectral
         parts["spectral"] = spectral.detach()
     return loss, parts
+
+
+def frozen_vae(config: VAEConfig, state: dict, device="cpu", where: str = "the VAE weights") -> VAE3D:
+    """A VAE3D of ``config`` with ``state`` loaded, in eval mode and without gradients, on ``device``;
+    an AldmError naming ``where`` when the weights do not fit the config."""
+    from ..errors import AldmError
+
+    vae = VAE3D(config)
+    try:
+        vae.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise AldmError(f"{where}: do not fit the run's config.json ({str(exc).splitlines()[0]})") from exc
+    return vae.to(device).eval().requires_grad_(False)

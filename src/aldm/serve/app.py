@@ -39,17 +39,18 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
-from ..modalities import VOLUME_FILES
+from ..modalities import KNOWN_MODALITIES, volume_files
 from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
-from .volumes import CHANNELS, SPACES, inside, reference_volume, synthetic_volume
+from .volumes import CHANNEL_PATTERN, SPACES, inside, reference_volume, synthetic_volume
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SAMPLES = 64
 JOB_ID = r"^[0-9a-f]{12}$"
 SAMPLE = r"^sample-[0-9]{4}_[A-Za-z0-9._-]{1,160}$"
-Channel = Literal[VOLUME_FILES]
+VolumeFile = Literal[tuple(f"{name}.nii.gz" for name in volume_files(KNOWN_MODALITIES))]
 
 
 class JobRequest(BaseModel):
@@ -58,16 +59,17 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
     n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
-    guidance_scale: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance scale s (Eq. 3.8)")
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
+                            description="classifier-free guidance scale s (Eq. 3.8)")
     sampler: Literal[SAMPLERS] = DEFAULT_SAMPLER
     steps: int = Field(DEFAULT_STEPS, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
-    @field_validator("guidance_scale")
+    @field_validator("guidance")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError("guidance_scale must be a finite number")
+            raise ValueError("guidance must be a finite number")
         return value
 
 
@@ -89,6 +91,7 @@ class SampleInfo(BaseModel):
     ground_truth_mask: bool
     seed: int | None
     native: bool
+    modalities: list[str]
 
 
 class Job(BaseModel):
@@ -97,9 +100,9 @@ class Job(BaseModel):
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     model: str
     n: int
-    guidance_scale: float
+    guidance: float | None
     sampler: str
-    steps: int
+    steps: int | None
     seed: int
     created: float
     started: float | None
@@ -122,6 +125,7 @@ class ModelInfo(BaseModel):
     image_size: int
     timesteps: int
     samplers: list[str]
+    modalities: list[str]
     k: int | None
 
 
@@ -217,12 +221,13 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
             raise HTTPException(404, f"unknown model {request.model!r}; GET /api/models lists them")
         params = request.model_dump()
         if entry.kind != "aldm":
-            params.update(sampler="none", steps=1, guidance_scale=0.0)  # one generator pass
-        elif request.sampler == "ddpm" and request.steps != entry.timesteps:
-            raise HTTPException(422, f"ancestral DDPM runs all T = {entry.timesteps} steps; set steps to "
-                                     f"{entry.timesteps} or choose ddim / dpmpp2m")
-        elif request.steps > entry.timesteps:
-            raise HTTPException(422, f"steps must be at most T = {entry.timesteps} for model {entry.id}")
+            params.update(GenerationSettings().recorded(entry.kind))  # one generator pass: none of them applies
+        else:
+            try:
+                GenerationSettings(guidance=request.guidance, sampler=request.sampler, steps=request.steps,
+                                   seed=request.seed).validate(entry.timesteps)
+            except AldmError as exc:
+                raise HTTPException(422, f"{exc} (model {entry.id})") from exc
         try:
             return queue.submit(params)
         except QueueFull as exc:
@@ -251,16 +256,19 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
              responses={200: {"content": {"application/octet-stream": {}},
                               "description": "uint8 (X, Y, Z) C-order volume; shape in X-Volume-Shape"},
                         404: {"description": "unknown job, sample or reference subject"}})
-    def volume(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE), channel: Channel = Path(),
+    def volume(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
+               channel: str = Path(pattern=CHANNEL_PATTERN),
                source: Literal["synthetic", "reference"] = Query("synthetic")):
         folder = sample_dir_or_404(job_id, sample)
+        meta = queue.sample_meta(job_id, sample)
+        if channel != "mask" and channel not in [m.lower() for m in meta.channels]:
+            raise HTTPException(404, f"sample {sample} has no {channel}")
         try:
             if source == "synthetic":
                 array = synthetic_volume(folder, channel)
                 subject = ""
             else:
-                meta = queue.sample_meta(job_id, sample)
-                cache, subject = meta.get("mask_cache", ""), meta.get("context_subject", "")
+                cache, subject = meta.mask_cache, meta.context_subject
                 if not subject or cache not in caches:
                     raise HTTPException(404, f"sample {sample} has no real reference volume")
                 array = reference_volume(cache, subject, channel)
@@ -275,7 +283,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
              responses={200: {"content": {"application/gzip": {}}}, 404: {"description": "no such file"}})
     def nifti_file(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
                    space: Literal["model", "native"] = Path(),
-                   filename: Literal["t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "mask.nii.gz"] = Path()):
+                   filename: VolumeFile = Path()):
         folder = sample_dir_or_404(job_id, sample)
         try:
             path = inside(folder, space, filename)
@@ -290,10 +298,11 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
     def download(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
                  space: Literal["model", "native", "all"] = Query("all")):
         folder = sample_dir_or_404(job_id, sample)
+        channels = volume_files(queue.sample_meta(job_id, sample).channels)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:  # .nii.gz is compressed already
             for sp in (SPACES if space == "all" else (space,)):
-                for channel in CHANNELS:
+                for channel in channels:
                     path = inside(folder, sp, f"{channel}.nii.gz")
                     if os.path.isfile(path):
                         zf.write(path, f"{sample}/{sp}/{channel}.nii.gz")

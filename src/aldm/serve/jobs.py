@@ -30,11 +30,12 @@ import time
 import traceback
 from collections import deque
 
+from ..artifacts.samples import SampleSet
+from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
-from ..io.samples import SAMPLE_DONE
 from .models import ModelEntry, PipelineSlot
 
 JOB_FILE = "job.json"
@@ -102,9 +103,11 @@ class JobQueue:
             except (OSError, ValueError):
                 log.warning("skipping %s: no readable %s", os.path.join(self.jobs_dir, name), JOB_FILE)
                 continue
-            if job.get("id") != name:
+            if not isinstance(job, dict) or job.get("id") != name:
                 log.warning("skipping %s: its job.json names another job", path)
                 continue
+            if "guidance" not in job and "guidance_scale" in job:  # jobs written by 0.2
+                job["guidance"] = job.pop("guidance_scale")
             found.append(job)
         for job in sorted(found, key=lambda j: j.get("created", 0)):
             if job["status"] in ("queued", "running"):
@@ -119,7 +122,7 @@ class JobQueue:
 
     # -- API side ------------------------------------------------------------------------------
     def submit(self, request: dict) -> dict:
-        """Queue a job for ``request`` (already validated: model, n, guidance_scale, sampler, steps, seed)."""
+        """Queue a job for ``request`` (already validated: model, n, guidance, sampler, steps, seed)."""
         with self._cond:
             if len(self._pending) >= self.max_pending:
                 raise QueueFull(f"busy: {len(self._pending)} job(s) queued or running (limit {self.max_pending}); "
@@ -177,26 +180,29 @@ class JobQueue:
             return []
         out = []
         for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name, SAMPLE_DONE)
-            if name.startswith("sample-") and os.path.isfile(path):
-                try:
-                    with open(path, encoding="utf-8") as fh:
-                        meta = json.load(fh)
-                except (OSError, ValueError):
-                    continue
-                out.append({"sample": name, "index": meta.get("index"), "mask_subject": meta.get("mask_subject"),
-                            "mask_source": meta.get("mask_source"), "context_subject": meta.get("context_subject"),
-                            "ground_truth_mask": str(meta.get("mask_source", "")).startswith("cache:"),
-                            "seed": meta.get("seed"), "native": os.path.isdir(os.path.join(folder, name, "native"))})
-        return sorted(out, key=lambda s: s["index"] if s["index"] is not None else 0)
+            if not name.startswith("sample-"):
+                continue
+            try:
+                record = SampleSet(folder).read_record(name)
+            except AldmError as exc:
+                log.warning("skipping %s", exc)
+                continue
+            if record is None:
+                continue
+            out.append({"sample": name, "index": record.index, "mask_subject": record.mask_subject,
+                        "mask_source": record.mask_source, "context_subject": record.context_subject,
+                        "ground_truth_mask": record.mask_source.startswith("cache:"), "seed": record.seed,
+                        "native": os.path.isdir(os.path.join(folder, name, "native")),
+                        "modalities": [m.lower() for m in record.channels]})
+        return sorted(out, key=lambda s: s["index"])
 
-    def sample_meta(self, job_id: str, sample: str) -> dict | None:
-        """The ``sample.json`` of a finished sample of a job, or None."""
-        path = os.path.join(self.samples_dir(job_id), sample, SAMPLE_DONE)
-        if not os.path.isfile(path):
+    def sample_meta(self, job_id: str, sample: str):
+        """The :class:`~aldm.artifacts.samples.SampleRecord` of a finished sample of a job, or None (also
+        when its sample.json is damaged)."""
+        try:
+            return SampleSet(self.samples_dir(job_id)).read_record(sample)
+        except AldmError:
             return None
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
 
     @property
     def pending(self) -> int:
@@ -278,8 +284,10 @@ class JobQueue:
                 with self._cond:
                     self._save(job)
 
-        sampler = job["sampler"] if entry.kind == "aldm" else "ddim"
-        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=f"appendix:{entry.data}",
-                 guidance_scale=job["guidance_scale"], steps=job["steps"], sampler=sampler, seed=job["seed"],
+        settings = GenerationSettings(seed=job["seed"])  # a baseline: only the seed applies
+        if entry.kind == "aldm":
+            settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
+                                          seed=job["seed"])
+        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=f"appendix:{entry.data}", settings=settings,
                  batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
         progress.update(done=job["n"], step=0, steps=0)

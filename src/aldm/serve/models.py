@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
 from ..diffusion.samplers import SAMPLERS
 from ..errors import AldmError
+from ..modalities import file_stems
 from ..models.baselines.generator import BASELINE_NAMES
-from ..runs import Run
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelEntry:
     image_size: int
     timesteps: int      # the diffusion T (the only step count ancestral DDPM accepts)
     samplers: tuple
+    modalities: tuple   # file stems of its channels (t1, t2, flair, ...)
     data: str           # the prepared cache the run was trained on ('' when it is gone)
     k: int | None
 
@@ -44,6 +47,7 @@ class ModelEntry:
         out.pop("path")
         out.pop("data")
         out["samplers"] = list(self.samplers)
+        out["modalities"] = list(self.modalities)
         return out
 
 
@@ -54,13 +58,17 @@ def describe_model(run_dir: str, model_id: str, data_override: str | None = None
     name = {"aldm": "ALDM", **BASELINE_NAMES}.get(kind, kind)
     where = f"PDGM few-shot (K={k})" if run.fewshot else "GBM source"
     data = data_override or run.data
-    if data and not os.path.isfile(os.path.join(data, "manifest.csv")):
+    if data and not PreparedCache.is_cache(data):
         raise AldmError(f"{data}: no manifest.csv; --data must be a prepared cache")
+    if data and PreparedCache(data).modalities != run.modalities:
+        raise AldmError(f"{data}: holds {', '.join(PreparedCache(data).modalities)}, but model {run_dir} makes "
+                        f"{', '.join(run.modalities)}; give a cache of the model's modalities")
     return ModelEntry(
         id=model_id, path=os.path.abspath(run_dir), stage=run.stage, kind=kind,
         domain="target" if run.fewshot else "source",
         label=f"{where} - {name}", image_size=profile.image_size, timesteps=profile.diffusion.timesteps,
-        samplers=SAMPLERS if kind == "aldm" else ("none",), data=os.path.abspath(data) if data else "", k=k,
+        samplers=SAMPLERS if kind == "aldm" else ("none",), modalities=file_stems(run.modalities),
+        data=os.path.abspath(data) if data else "", k=k,
     )
 
 

@@ -16,12 +16,12 @@ import os
 import nibabel as nib
 import numpy as np
 
-from ..data.cache import load_cached, read_manifest
+from ..artifacts.cache import PreparedCache
+from ..artifacts.samples import SPACES  # noqa: F401 - the spaces a sample is written in, for the routes
 from ..errors import AldmError
-from ..modalities import VOLUME_FILES
+from ..modalities import KNOWN_MODALITIES, file_stems, volume_files
 
-CHANNELS = VOLUME_FILES
-SPACES = ("model", "native")
+CHANNEL_PATTERN = "^(" + "|".join(volume_files(KNOWN_MODALITIES)) + ")$"  # any channel name aldm knows
 
 
 def inside(root: str, *parts: str) -> str:
@@ -55,10 +55,14 @@ def synthetic_volume(sample_dir: str, channel: str) -> np.ndarray:
 def reference_volume(cache: str, subject: str, channel: str) -> np.ndarray:
     """The real subject's model-space channel from a prepared cache as uint8 (X, Y, Z); ``mask`` gives
     its BraTS label map (0/1/2/4). Cache arrays are already RAS+ (see aldm.data.preprocess)."""
-    rows = {r["subject"]: r for r in read_manifest(cache)}
+    prepared = PreparedCache(cache)
+    rows = prepared.by_subject()
     if subject not in rows:
         raise AldmError(f"{cache}: no subject {subject!r}")
-    data = load_cached(cache, rows[subject])
+    stems = file_stems(prepared.modalities)
+    if channel != "mask" and channel not in stems:
+        raise AldmError(f"{cache}: holds no {channel} (its modalities: {', '.join(stems)})")
+    data = prepared.load(rows[subject])
     if channel == "mask":
         return np.asarray(data["labels"][0], dtype=np.uint8)
-    return to_uint8(data["image"][CHANNELS.index(channel)])
+    return to_uint8(data["image"][stems.index(channel)])

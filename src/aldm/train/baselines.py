@@ -17,13 +17,16 @@ norm, EMA of the generator, DiffAugment in the few-shot stage).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
 from ..config import Profile, small
-from ..data.cache import load_cached
 from ..data.control import control_maps
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
@@ -31,7 +34,6 @@ from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.vae import kl_divergence
-from ..runs import Run
 from .stages import FewShot, _override, open_run
 from .trainer import Trainer, step_generator
 
@@ -131,8 +133,9 @@ class GANTask(nn.Module):
 
 def _load_images(cache: str, rows: list[dict]) -> dict:
     images, masks, controls = [], [], []
+    prepared = PreparedCache(cache)
     for row in rows:
-        data = load_cached(cache, row)
+        data = prepared.load(row)
         mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
         images.append(torch.from_numpy(data["image"]).half())
         masks.append(mask[0].half())
@@ -158,16 +161,14 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         parent = source.weights()
         profile = profile or source.profile
     profile = profile or small()
-    cfg = _override(profile.train_baseline_fewshot if fewshot else profile.train_baseline, steps, seed,
-                    precision)
-    if fewshot:
-        profile.train_baseline_fewshot = cfg
-    else:
-        profile.train_baseline = cfg
+    stage_config = "train_baseline_fewshot" if fewshot else "train_baseline"
+    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
+    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
     domain = "target" if fewshot else "source"
     run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
                          resume=resume, extra={"model": kind, "fewshot": fewshot},
-                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None)
+                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None,
+                         parent=Run(init_run) if fewshot else None)
 
     data = _load_images(cache, rows)
     torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only

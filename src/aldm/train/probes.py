@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..modalities import MODALITY_FILES
+from ..modalities import file_stems
 
 
-def vae_probe(images: torch.Tensor) -> Callable:
-    """Probe of a VAE task on held-out volumes ``images`` (P, 3, S, S, S) in [-1, 1]."""
+def vae_probe(images: torch.Tensor, modalities) -> Callable:
+    """Probe of a VAE task on held-out volumes ``images`` (P, C, S, S, S) in [-1, 1], channel c being
+    ``modalities[c]``: PSNR and 3D SSIM of the reconstruction per modality."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
     psnr, ssim = PSNRMetric(max_val=2.0), SSIMMetric(spatial_dims=3, data_range=2.0)
@@ -34,7 +35,7 @@ def vae_probe(images: torch.Tensor) -> Callable:
             x = images[i:i + 1].to(device)
             mu, _ = task.vae.encode(x)
             x_hat = task.vae.decode(mu).float().clamp(-1, 1).cpu()
-            for c, name in enumerate(MODALITY_FILES):
+            for c, name in enumerate(file_stems(modalities)):
                 a, b = x_hat[:, c:c + 1].cpu(), images[i:i + 1, c:c + 1]
                 out.setdefault(f"psnr_{name}", []).append(float(psnr(a, b).mean()))
                 out.setdefault(f"ssim_{name}", []).append(float(ssim(a, b).mean()))

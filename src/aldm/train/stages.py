@@ -8,41 +8,38 @@
 4. ``train_ldm(init=...)``: few-shot adaptation of the whole denoiser on K target subjects of a
    saved patient-level split (zero-shot = use stage 3 directly).
 
-Each stage writes a run folder (:mod:`aldm.runs`: what it holds and how it is read back). LDM runs
+Each stage writes a run folder (:mod:`aldm.artifacts.run`: what it holds and how it is read back). LDM runs
 also hold ``vae.pt`` and the latent statistics, so a finished LDM run is all that generation needs.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import SPLIT, Run
+from ..artifacts.split import load_split, save_split
 from ..config import Profile, TrainConfig
-from ..data.cache import load_cached, read_manifest
 from ..data.control import control_maps, latent_tumour_weight_mask, mask_statistics
-from ..data.splits import few_shot_split, load_split, save_split
+from ..data.splits import few_shot_split
 from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
-from ..models.vae import VAE3D, vae_loss
-from ..runs import SPLIT, VAE_WEIGHTS, Run, save_checkpoint
+from ..models.vae import VAE3D, frozen_vae, vae_loss
 from .probes import ldm_probe, vae_probe
 from .trainer import Trainer, step_generator
 
 
 # ------------------------------------------------------------------------------------------------ run dirs
 def _rows(cache: str, domain: str | None, subjects: list | None = None) -> list[dict]:
-    rows = read_manifest(cache)
-    if not rows:
-        raise AldmError(f"{cache}: no manifest.csv; run aldm data prepare first")
-    if domain:
-        rows = [r for r in rows if r["domain"] == domain]
+    rows = PreparedCache(cache).require().rows(domain)
     if subjects is not None:
         keep = set(subjects)
         rows = [r for r in rows if r["subject"] in keep]
@@ -51,11 +48,20 @@ def _rows(cache: str, domain: str | None, subjects: list | None = None) -> list[
     return rows
 
 
-def _check_size(cache: str, rows: list[dict], profile: Profile) -> None:
-    size = load_cached(cache, rows[0])["image"].shape[-1]
+def _check_data(cache: str, rows: list[dict], profile: Profile, modalities: tuple | None = None) -> None:
+    """The cache's volumes fit ``profile`` (size, channels) and, for a run built on another
+    (``modalities``: the parent run's), hold the same modalities; else an AldmError saying what to do."""
+    data = PreparedCache(cache)
+    size = data.load(rows[0])["image"].shape[-1]
     if size != profile.image_size:
         raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
                         f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
+    if modalities is not None and tuple(modalities) != data.modalities:
+        raise AldmError(f"{cache}: holds {', '.join(data.modalities)} but the parent run was trained on "
+                        f"{', '.join(modalities)}; use a cache of the same modalities")
+    if len(data.modalities) != profile.vae.in_channels:
+        raise AldmError(f"{cache}: holds {len(data.modalities)} modalities ({', '.join(data.modalities)}) but "
+                        f"profile {profile.name!r} has a VAE of {profile.vae.in_channels} input channels")
 
 
 @dataclass
@@ -67,11 +73,15 @@ class ProbeSubjects:
 
     def rows(self) -> list[dict]:
         """Their manifest rows (an AldmError naming a subject that is not in the cache)."""
-        by_name = {r["subject"]: r for r in read_manifest(self.cache)}
+        by_name = PreparedCache(self.cache).require().by_subject()
         missing = [s for s in self.subjects if s not in by_name]
         if missing:
             raise AldmError(f"{self.cache}: probe subject(s) {', '.join(missing)} not in the cache")
         return [by_name[s] for s in self.subjects]
+
+    def modalities(self) -> tuple:
+        """The channels of the probe's cache."""
+        return PreparedCache(self.cache).modalities
 
     def check_held_out(self, training_rows: list[dict]) -> ProbeSubjects:
         """This probe, if none of its subjects is trained on (else an AldmError naming them)."""
@@ -82,13 +92,14 @@ class ProbeSubjects:
 
 
 def with_probe_every(profile: Profile | None, every: int | None) -> Profile | None:
-    """``profile`` with every ALDM stage's ``probe_every`` set to ``every`` (unchanged when None or 0)."""
+    """A copy of ``profile`` with every ALDM stage's ``probe_every`` set to ``every`` (``profile`` itself
+    when None or 0; the given profile is never changed)."""
     from dataclasses import replace
 
-    if profile is not None and every:
-        for stage in ("train_vae", "train_ldm", "train_fewshot"):
-            setattr(profile, stage, replace(getattr(profile, stage), probe_every=every))
-    return profile
+    if profile is None or not every:
+        return profile
+    return replace(profile, **{stage: replace(getattr(profile, stage), probe_every=every)
+                               for stage in ("train_vae", "train_ldm", "train_fewshot")})
 
 
 @dataclass
@@ -124,11 +135,13 @@ def select_fewshot(cache: str, rows: list[dict], run: Run, resume: bool, fewshot
 
 
 def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: int, domain: str,
-             dist_info: DistInfo, resume: bool, extra: dict, fewshot: FewShot | None = None) -> tuple[Run, list]:
-    """Check the data, create (or re-open) a run folder and return it with the rows to train on: the
-    ``domain`` subjects of ``cache``, or, with ``fewshot``, the K few-shot subjects of the run's split."""
+             dist_info: DistInfo, resume: bool, extra: dict, fewshot: FewShot | None = None,
+             parent: Run | None = None) -> tuple[Run, list]:
+    """Check the data (against ``parent``'s modalities when the run builds on another), create (or
+    re-open) a run folder and return it with the rows to train on: the ``domain`` subjects of
+    ``cache``, or, with ``fewshot``, the K few-shot subjects of the run's split."""
     rows = _rows(cache, domain)
-    _check_size(cache, rows, profile)
+    _check_data(cache, rows, profile, parent.modalities if parent is not None else None)
     info = Run.describe(stage, profile, cache, seed, dist_info.world_size, domain=domain, **extra)
     split = None
     if fewshot is not None:
@@ -168,13 +181,14 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     reconstruction is measured every ``probe_every`` steps (probe.csv)."""
     dist_info = dist_info or DistInfo()
     cfg = _override(profile.train_vae, steps, seed, precision)
-    profile.train_vae = cfg
+    profile = replace(profile, train_vae=cfg)  # the caller's profile is left as it was
     crop = profile.vae.train_crop
     if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
         raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
     run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
                          resume=resume, extra={})
-    images = torch.stack([torch.from_numpy(load_cached(cache, r)["image"]).half() for r in rows])
+    data = PreparedCache(cache)
+    images = torch.stack([torch.from_numpy(data.load(r)["image"]).half() for r in rows])
     latent_shape = (profile.vae.latent_channels,) + ((crop or profile.image_size) // 4,) * 3
 
     def sampler(step: int, rank: int) -> dict:
@@ -190,8 +204,9 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     probe_fn = None
     if probe is not None:
         probe.check_held_out(rows)
-        held = torch.stack([torch.from_numpy(load_cached(probe.cache, r)["image"]) for r in probe.rows()])
-        probe_fn = vae_probe(held)
+        probe_data = PreparedCache(probe.cache)
+        held = torch.stack([torch.from_numpy(probe_data.load(r)["image"]) for r in probe.rows()])
+        probe_fn = vae_probe(held, probe_data.modalities)
     trainer = Trainer(VAETask(VAE3D(profile.vae)), sampler, cfg, run_dir, dist_info, progress=progress, name="vae",
                       probe=probe_fn)
     if resume:
@@ -213,8 +228,9 @@ def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, 
     the same functions sampling uses.
     """
     out = {"mu": [], "logvar": [], "control": [], "stats": [], "weight": []}
+    prepared = PreparedCache(cache)
     for row in rows:
-        data = load_cached(cache, row)
+        data = prepared.load(row)
         x = torch.from_numpy(data["image"])[None].to(device)
         mu, logvar = vae.encode(x)
         mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
@@ -280,8 +296,6 @@ class LDMTask(nn.Module):
 
 def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: str | None = None) -> TrainConfig:
     """``cfg`` with the command line's --steps, --seed and --precision where given."""
-    from dataclasses import replace
-
     if steps is not None and steps < 1:
         raise AldmError(f"--steps must be at least 1, got {steps}")
     changes = {key: value for key, value in (("steps", steps), ("seed", seed), ("precision", precision))
@@ -305,16 +319,15 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     vae_source = Run(init_run if fewshot else vae_run)
     profile = profile or vae_source.profile
     parent = vae_source.require_finished().weights() if fewshot else None
-    if fewshot:
-        cfg = profile.train_fewshot = _override(profile.train_fewshot, steps, seed, precision)
-    else:
-        cfg = profile.train_ldm = _override(profile.train_ldm, steps, seed, precision)
+    stage_config = "train_fewshot" if fewshot else "train_ldm"
+    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
+    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
     device = dist_info.device
-    vae = vae_source.load_vae(device)
+    vae = frozen_vae(vae_source.profile.vae, vae_source.vae_state(), device, vae_source.path)
     run, rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
                          domain="target" if fewshot else "source", dist_info=dist_info, resume=resume,
                          extra={"vae_run": os.path.abspath(vae_source.path)},
-                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None)
+                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None, parent=vae_source)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
     if fewshot:
@@ -350,7 +363,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         trainer.resume()
     last = trainer.run()
     if dist_info.is_main:
-        save_checkpoint(run.file(VAE_WEIGHTS), {"vae": vae.state_dict()})
+        run.save_vae(vae.state_dict())
         ema = trainer.ema.shadow
         run.save_weights({"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(), "latent_std": std.cpu()})
     barrier(dist_info)

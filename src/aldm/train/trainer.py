@@ -31,14 +31,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..artifacts.run import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE
 from ..config import TrainConfig
 from ..distributed import DistInfo
 from ..errors import AldmError
 from ..interrupt import Stopped, graceful_stop
 from ..io.atomic import atomic_write_text, remove_stale_temps, require_free_space
+from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.curves import plot_probe_curves
 from ..precision import autocast, resolve_precision, training_fallback_note
-from ..runs import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, load_checkpoint, save_checkpoint
 
 
 class EMA:
@@ -74,9 +75,11 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torc
 
 
 class Trainer:
-    """Runs ``config.steps`` optimisation steps of ``task`` and writes into ``run_dir``."""
+    """Runs ``config.steps`` optimisation steps of ``task`` and writes into ``run_dir`` (None: trains in
+    memory, for evaluators that train for seconds: no checkpoints, logs or probes, nothing to resume).
+    ``config.grad_clip`` <= 0 clips nothing; ``config.ema_decay`` 0 makes the EMA the weights themselves."""
 
-    def __init__(self, task: nn.Module, sampler: Callable, config: TrainConfig, run_dir: str,
+    def __init__(self, task: nn.Module, sampler: Callable, config: TrainConfig, run_dir: str | None,
                  dist_info: DistInfo | None = None, device: torch.device | None = None, progress: bool = True,
                  name: str = "train", probe: Callable | None = None):
         self.config = config
@@ -130,7 +133,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` atomically (rank 0), keeping the previous one as fallback."""
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.run_dir is None:
             return
         path = os.path.join(self.run_dir, CHECKPOINT)
         state = self.state()
@@ -141,6 +144,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint of ``run_dir``; falls back to the previous one."""
+        if self.run_dir is None:
+            raise AldmError(f"{self.name}: trained in memory; there is no checkpoint to resume from")
         errors = []
         for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
             path = os.path.join(self.run_dir, name)
@@ -207,9 +212,10 @@ class Trainer:
 
     def _run(self, stop: graceful_stop) -> dict:
         cfg = self.config
-        fh, new = self._log_writer() if self.dist.is_main else (None, False)
+        writes = self.dist.is_main and self.run_dir is not None
+        fh, new = self._log_writer() if writes else (None, False)
         writer = None
-        tb = _tensorboard(self.run_dir) if self.dist.is_main else None
+        tb = _tensorboard(self.run_dir) if writes else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step", disable=not self.progress)
         # a run resumed after its last step (killed before it wrote weights.pt) trains nothing more
         last = {"step": self.step, "loss": float("nan"), "sec_per_step": 0.0}
@@ -250,7 +256,7 @@ class Trainer:
                         for k, v in last.items():
                             if k != "step":
                                 tb.add_scalar(f"{self.name}/{k}", v, self.step)
-                if self.probe is not None and cfg.probe_every and self.dist.is_main and (
+                if self.probe is not None and cfg.probe_every and writes and (
                         self.step % cfg.probe_every == 0 or self.step == cfg.steps):
                     self._run_probe(time.perf_counter() - t0)
                 shown = {k: f"{v:.3f}" for k, v in list(self.last_probe.items())[:2]}
@@ -262,6 +268,9 @@ class Trainer:
                 if self.step < cfg.steps and _any_rank(stop.requested is not None, self.device, self.dist):
                     if not saved:
                         self.save_checkpoint()
+                    if self.run_dir is None:
+                        raise Stopped(f"{self.name}: stopped by {stop.requested} after step {self.step}/{cfg.steps} "
+                                      "(trained in memory; re-run the same command)")
                     raise Stopped(f"{self.run_dir}: stopped by {stop.requested or 'another rank'} after step "
                                   f"{self.step}/{cfg.steps}; checkpoint written; continue with the same command "
                                   "and --resume")
@@ -318,7 +327,8 @@ class Trainer:
             finite = finite and bool(torch.isfinite(loss.detach()))
             loss.backward()
             total += float(loss.detach())
-        norm = torch.nn.utils.clip_grad_norm_(self.params[phase], cfg.grad_clip)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: the norm, grads unchanged
+        norm = torch.nn.utils.clip_grad_norm_(self.params[phase], max_norm)
         finite = _all_ranks_finite(finite and bool(torch.isfinite(norm)), self.device, self.dist)
         if finite:
             optimizer.step()

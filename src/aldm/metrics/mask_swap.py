@@ -35,10 +35,10 @@ def swap_scores(x_a: np.ndarray, x_b: np.ndarray, region: np.ndarray) -> dict:
             "chance": float(region.mean())}
 
 
-def mask_swap(pipe, masks: list[np.ndarray], seed: int, guidance_scale: float, steps: int, sampler: str,
-              pairs: int = 3, margin: int = 2) -> dict:
-    """The check on ``pairs`` consecutive pairs of ``masks`` (each (1, S, S, S)), both samples of a pair
-    from seed ``seed + pair``; returns the means over pairs, the per-pair scores and the first pair's
+def mask_swap(pipe, masks: list[np.ndarray], settings, pairs: int = 3, margin: int = 2) -> dict:
+    """The check on ``pairs`` consecutive pairs of ``masks`` (each (1, S, S, S)) with ``settings``
+    (:class:`aldm.diffusion.settings.GenerationSettings`), both samples of a pair from seed
+    ``settings.seed + pair``; returns the means over pairs, the per-pair scores and the first pair's
     volumes and masks (for the figure). ``pipe``: a loaded ALDM or baseline pipeline."""
     n = min(pairs, len(masks) - 1)
     if n < 1:
@@ -46,8 +46,8 @@ def mask_swap(pipe, masks: list[np.ndarray], seed: int, guidance_scale: float, s
     scores, example = [], None
     for p in range(n):
         a, b = masks[p], masks[p + 1]
-        out = pipe(np.stack([a, b]).astype(np.float32), guidance_scale=guidance_scale, num_inference_steps=steps,
-                   sampler=sampler, generator=[seed + p, seed + p])["image"].numpy()
+        out = pipe(np.stack([a, b]).astype(np.float32), settings,
+                   generator=[settings.seed + p, settings.seed + p])["image"].numpy()
         scores.append(swap_scores(out[0], out[1], swap_region(a, b, margin)))
         if example is None:
             example = {"x_a": out[0].astype(np.float16), "x_b": out[1].astype(np.float16),

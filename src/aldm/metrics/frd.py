@@ -25,8 +25,6 @@ import numpy as np
 
 from ..errors import AldmError
 
-MODALITY_INDEX = {"t1": 0, "t2": 1, "flair": 2}
-
 
 def _frd_module():
     try:
@@ -74,8 +72,9 @@ def _first_set_features_from(frd, store: dict, key: str):
 
 def frd_scores(real: list[np.ndarray], synthetic: list[np.ndarray], real_masks: list[np.ndarray] | None = None,
                synthetic_masks: list[np.ndarray] | None = None, modalities=("t1", "t2", "flair"),
-               reference: dict | None = None) -> dict:
-    """FRD per modality between volume sets (3, S, S, S) in [-1, 1]; masks (S, S, S) restrict the features.
+               modality_names=("t1", "t2", "flair"), reference: dict | None = None) -> dict:
+    """FRD per modality between volume sets (C, S, S, S) in [-1, 1] whose channel c is ``modality_names[c]``
+    (file stems, :mod:`aldm.modalities`); ``modalities``: the ones scored; masks (S, S, S) restrict the features.
 
     ``reference``: a dict kept by the caller across calls with the same real set; the real volumes'
     features are extracted on the first call and reused after (same values, about half the time).
@@ -96,7 +95,9 @@ def frd_scores(real: list[np.ndarray], synthetic: list[np.ndarray], real_masks: 
             masks = [[write("rm", i, m, np.uint8) for i, m in enumerate(real_masks)],
                      [write("sm", i, m, np.uint8) for i, m in enumerate(synthetic_masks)]]
         for modality in modalities:
-            c = MODALITY_INDEX[modality]
+            if modality not in modality_names:
+                raise AldmError(f"FRD of {modality!r}: the volumes hold {', '.join(modality_names)}")
+            c = list(modality_names).index(modality)
             paths = [[write(f"r{modality}", i, v[c], np.float32) for i, v in enumerate(real)],
                      [write(f"s{modality}", i, v[c], np.float32) for i, v in enumerate(synthetic)]]
             reuse = contextlib.nullcontext() if reference is None else \

@@ -15,6 +15,9 @@ A run folder holds
 * ``vae.pt`` — LDM runs: the frozen VAE they were trained with, so a finished LDM run is all that
   generation needs.
 
+``run.json`` also records ``modalities``, the channels of the cache the run was trained on (runs of
+0.2 have none: T1, T2, FLAIR). A trained segmenter is a run too (:mod:`aldm.artifacts.segmenter`).
+
 Training creates and resumes runs through :meth:`Run.create`; inference (pipeline, generate,
 evaluate, experiment, serve) reads them through :class:`Run` and imports no training module.
 """
@@ -23,18 +26,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
 import subprocess
 import time
 
-import torch
-
-from . import __version__
-from .config import Profile
-from .errors import AldmError
-from .io.atomic import atomic_path, atomic_write_text, sha256_file
+from .. import __version__
+from ..config import Profile
+from ..distributed import DistInfo, barrier
+from ..errors import AldmError
+from ..io.atomic import atomic_write_text
+from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..modalities import parse_modalities
+from .cache import PreparedCache
+from .split import load_split
 
 RUN_INFO = "run.json"
 CONFIG = "config.json"
@@ -46,49 +51,8 @@ PROBE = "probe.csv"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
 
-STAGES = ("vae", "ldm", "fewshot", "baseline")
+STAGES = ("vae", "ldm", "fewshot", "baseline", "segmenter")
 GENERATING_STAGES = ("ldm", "fewshot", "baseline")
-
-
-def load_checkpoint(path: str) -> dict:
-    """Load a torch file safely (``weights_only``: never unpickles arbitrary objects); a damaged or
-    foreign file is an AldmError naming it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupted or foreign file
-        raise AldmError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
-
-
-class _WriteRecorder(io.RawIOBase):
-    """A writable file wrapper that remembers the first OSError of a write: ``torch.save`` reports a
-    full disk as a RuntimeError ("unexpected pos"); the OSError behind it is what the user needs."""
-
-    def __init__(self, fh):
-        super().__init__()
-        self.fh, self.error = fh, None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """``torch.save`` through a temporary file and a rename: a reader never sees half a file; a write that
-    fails for lack of space or rights raises :class:`aldm.io.atomic.WriteFailed` naming ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        recorder = _WriteRecorder(fh)
-        try:
-            torch.save(state, recorder)
-        except RuntimeError:
-            if recorder.error is not None:
-                raise recorder.error from None
-            raise
 
 
 def code_version() -> str:
@@ -121,11 +85,16 @@ class Run:
         path = self.file(RUN_INFO)
         try:
             with open(path, encoding="utf-8") as fh:
-                return json.load(fh)
+                info = json.load(fh)
         except FileNotFoundError:
             raise AldmError(f"{self.path}: not an aldm run (no {RUN_INFO})") from None
         except json.JSONDecodeError as exc:
             raise AldmError(f"{path}: damaged run description ({exc.msg})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AldmError(f"{path}: unreadable run description ({type(exc).__name__})") from exc
+        if not isinstance(info, dict) or info.get("stage") not in STAGES:
+            raise AldmError(f"{path}: damaged run description (not an object with a stage of {', '.join(STAGES)})")
+        return info
 
     @property
     def exists(self) -> bool:
@@ -154,6 +123,11 @@ class Run:
     def k(self) -> int | None:
         """K of a few-shot run, else None."""
         return self.info.get("k") if self.fewshot else None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The channels the run's volumes hold (those of its training cache; runs of 0.2: T1, T2, FLAIR)."""
+        return parse_modalities(self.info.get("modalities"), self.file(RUN_INFO))
 
     @property
     def data(self) -> str:
@@ -212,40 +186,42 @@ class Run:
 
     def split(self) -> dict | None:
         """The few-shot split saved with the run, or None."""
-        from .data.splits import load_split
-
         return load_split(self.split_path) if os.path.exists(self.split_path) else None
 
-    def load_vae(self, device="cpu"):
-        """The frozen VAE of a stage-1 run (its EMA weights) or of an LDM run (its copy in ``vae.pt``)."""
-        from .models.vae import VAE3D
-
-        vae = VAE3D(self.profile.vae)
+    def vae_state(self) -> dict:
+        """The state dict of the run's VAE: a stage-1 run's EMA weights, or an LDM run's copy in ``vae.pt``
+        (:func:`aldm.models.vae.frozen_vae` builds the network)."""
         own = self.file(VAE_WEIGHTS)
-        state = load_checkpoint(own)["vae"] if os.path.exists(own) else self.weights()["vae"]
-        vae.load_state_dict(state)
-        return vae.to(device).eval().requires_grad_(False)
+        state = load_checkpoint(own) if os.path.exists(own) else self.weights()
+        if not isinstance(state, dict) or "vae" not in state:
+            raise AldmError(f"{own if os.path.exists(own) else self.file(WEIGHTS)}: holds no VAE weights")
+        return state["vae"]
+
+    def save_vae(self, state: dict) -> None:
+        """Write ``vae.pt``: the frozen VAE an LDM run was trained with."""
+        save_checkpoint(self.file(VAE_WEIGHTS), {"vae": state})
 
     # ------------------------------------------------------------------------------------ creating one
     @staticmethod
-    def describe(stage: str, profile: Profile, cache: str, seed: int, world_size: int = 1, **extra) -> dict:
-        """The ``run.json`` of a new run of ``stage`` on ``cache`` (plus ``extra`` fields)."""
+    def describe(stage: str, profile: Profile | None, cache: str, seed: int, world_size: int = 1, **extra) -> dict:
+        """The ``run.json`` of a new run of ``stage`` on ``cache`` (plus ``extra`` fields); it records the
+        cache's modalities."""
+        data = PreparedCache(cache).require()
         return {
-            "stage": stage, "profile": profile.name, "seed": seed, "world_size": world_size,
-            "data": os.path.abspath(cache),
-            "data_manifest_sha256": sha256_file(os.path.join(cache, "manifest.csv")), "code_version": code_version(),
+            "stage": stage, "profile": profile.name if profile is not None else None, "seed": seed,
+            "world_size": world_size, "data": os.path.abspath(cache), "modalities": list(data.modalities),
+            "data_manifest_sha256": data.manifest_sha256(), "code_version": code_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra,
         }
 
     @classmethod
-    def create(cls, path: str, info: dict, profile: Profile, resume: bool, dist_info=None) -> Run:
+    def create(cls, path: str, info: dict, profile: Profile | None, resume: bool,
+               dist_info: DistInfo | None = None) -> Run:
         """Create the run folder, or re-open it with ``resume``; refuse to overwrite a run, to resume a
         run of another stage, or one whose data changed since it started.
 
         Under ``torchrun`` every rank looks before rank 0 writes (a barrier after the look), so all
-        ranks decide alike."""
-        from .distributed import DistInfo, barrier
-
+        ranks decide alike. ``profile`` None: a run without a profile (a segmenter)."""
         dist_info = dist_info or DistInfo()
         run = cls(path)
         exists = run.exists
@@ -261,7 +237,8 @@ class Run:
             return run
         if dist_info.is_main:
             os.makedirs(path, exist_ok=True)
-            profile.save(run.file(CONFIG))
+            if profile is not None:
+                profile.save(run.file(CONFIG))
             atomic_write_text(run.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
         barrier(dist_info)
         return cls(path)

@@ -7,8 +7,8 @@ each resumable (a finished segmenter's scores are never recomputed):
 
 1. per generator (ALDM at K = max(K) and guidance s, each baseline at K = max(K)): N_max synthetic
    volumes from the few-shot patients' masks (paper Appendix A: own masks, then relocated ones);
-2. per protocol, seed (and fold, for the ceiling) — :mod:`aldm.eval.segmentation` — a segmenter
-   (:mod:`aldm.eval.segmenter`) trained on its set after the leak check, scored per test patient
+2. per protocol, seed (and fold, for the ceiling) — :mod:`aldm.evaluators.segmentation_protocols` — a segmenter
+   (:mod:`aldm.evaluators.segmenter`) trained on its set after the leak check, scored per test patient
    (Dice, HD95) into ``OUT/segmentation/results/<job>.json``;
 3. the table (``segmentation.csv`` / ``.md``), the augmentation figure (Dice against N per generator,
    with the K-real baseline and the all-real ceiling) and the report's segmentation section.
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from .errors import AldmError
-from .eval.evaluate import load_synthetic
-from .eval.segmentation import (
+from ..errors import AldmError
+from ..evaluate import load_synthetic
+from ..evaluators.segmentation_protocols import (
     Job,
     SegmentationSettings,
     check_no_leak,
@@ -36,22 +36,17 @@ from .eval.segmentation import (
     summarise,
     training_items,
 )
-from .eval.segmenter import SegmenterConfig, segment, train_segmenter
-from .experiment import ExperimentConfig, make_splits, real_items, train_all, write_table1_report
-from .generate import generate
-from .io.atomic import atomic_write_text
-from .io.lock import exclusive_writer
-from .models.baselines.generator import BASELINE_NAMES
+from ..evaluators.segmenter import SegmenterConfig, segment, train_segmenter
+from ..generate import generate
+from ..io.atomic import atomic_write_text
+from ..io.lock import exclusive_writer
+from ..models.baselines.generator import BASELINE_NAMES
+from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
+from .table1 import write_table1_report
 
 FOLDER = "segmentation"
 TABLE_COLUMNS = ["Training set", "Generator", "N synthetic", "Dice", "Dice std", "HD95", "HD95 std",
                  "Empty predictions", "Segmenters"]
-
-
-def _log(text: str) -> None:
-    import sys
-
-    print(f"[segmentation {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def generator_label(generator: str | None, guidance: float) -> str:
@@ -69,10 +64,11 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
     for g in settings.generators:
         run = runs[f"aldm_k{k_max}"] if g == "aldm" else runs[g]
         folder = os.path.join(cfg.out, FOLDER, "samples", g)
-        _log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks")
+        log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks",
+            "segmentation")
         generate(run, folder, n=n_max, masks=f"appendix:{cfg.target_cache}", subjects=shots,
-                 guidance_scale=guidance if g == "aldm" else 1.0, steps=cfg.sampler_steps, sampler=cfg.sampler,
-                 seed=cfg.seed + 2000, progress=progress, native=False)
+                 settings=generation_settings(cfg, guidance if g == "aldm" else None, cfg.seed + 2000),
+                 progress=progress, native=False)
         samples = sorted(load_synthetic(folder), key=lambda r: int(r["index"]))
         out[g] = [s for s in samples if int(s["index"]) < n_max]
     return out
@@ -190,7 +186,7 @@ def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     for i, job in enumerate(jobs, 1):
         path = os.path.join(out_dir, "results", f"{job.key}.json")
         if not os.path.exists(path):
-            _log(f"segmenter {i}/{len(jobs)}: {job.key}")
+            log(f"segmenter {i}/{len(jobs)}: {job.key}", "segmentation")
             atomic_write_text(path, json.dumps(_run_job(job, settings, real, shots, synthetic, folds, progress),
                                                indent=2) + "\n")
         with open(path, encoding="utf-8") as fh:

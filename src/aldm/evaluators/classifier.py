@@ -101,29 +101,60 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
             "auc": None if auc is None else float(auc)}
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, config: ClassifierConfig) -> AlexNet2D:
-    """Train on slices x (N, 3, H, W) with labels y (N,); class-balanced BCE, AdamW, light flips."""
-    torch.manual_seed(config.seed)
+class ClassifierTask(nn.Module):
+    """The trainer's task: class-balanced BCE (``pos_weight``) of the classifier on a batch {'x', 'y'}."""
+
+    def __init__(self, network: AlexNet2D, pos_weight: torch.Tensor):
+        super().__init__()
+        self.network = network
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, batch: dict, step: int, total_steps: int):
+        """(loss, logs) of a batch {'x' (B, C, H, W), 'y' (B,)}."""
+        device = next(self.network.parameters()).device
+        return self.loss(self.network(batch["x"].to(device)), batch["y"].to(device)), {}
+
+
+def epoch_plan(n: int, config: ClassifierConfig) -> list[tuple[torch.Tensor, bool]]:
+    """The classifier's batches, drawn up front from one generator seeded by ``config.seed``: per epoch a
+    permutation of the ``n`` slices cut into batches, and for each batch whether it is flipped. Step i of
+    training is entry i, so the training is a pure function of the step (as every aldm training)."""
     g = torch.Generator().manual_seed(config.seed)
-    model = AlexNet2D(config.width).to(config.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    plan = []
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, config.batch_size):
+            plan.append((order[i:i + config.batch_size], bool(torch.rand(1, generator=g) < 0.5)))
+    return plan
+
+
+def train_classifier(x: np.ndarray, y: np.ndarray, config: ClassifierConfig) -> AlexNet2D:
+    """Train on slices x (N, C, H, W) with labels y (N,) through the one trainer, in memory: class-balanced
+    BCE, AdamW (weight decay 1e-4, no warm-up, clipping or averaging), light flips (:func:`epoch_plan`)."""
+    from ..config import TrainConfig
+    from ..train.trainer import Trainer
+
+    torch.manual_seed(config.seed)
+    network = AlexNet2D(config.width, in_channels=x.shape[1] if x.ndim == 4 else 3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     pos = float(yt.mean()) if len(yt) else 0.5
-    pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.1, 10.0).to(config.device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i:i + config.batch_size]
-            xb = xt[idx]
-            if torch.rand(1, generator=g) < 0.5:
-                xb = xb.flip(-1)
-            loss = loss_fn(model(xb.to(config.device)), yt[idx].to(config.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model.eval()
+    pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.1, 10.0)
+    plan = epoch_plan(len(xt), config)
+    if not plan:
+        return network.eval()
+    train = TrainConfig(steps=len(plan), batch_size=config.batch_size, lr=config.lr, weight_decay=1e-4,
+                        warmup_steps=0, grad_clip=0.0, ema_decay=0.0, precision="fp32", seed=config.seed,
+                        checkpoint_every=len(plan), log_every=len(plan))
+
+    def sampler(step: int, rank: int) -> dict:
+        idx, flip = plan[step]
+        xb = xt[idx]
+        return {"x": xb.flip(-1) if flip else xb, "y": yt[idx]}
+
+    task = ClassifierTask(network, pos_weight.to(config.device))
+    Trainer(task, sampler, train, None, device=torch.device(config.device), progress=False,
+            name="classifier").run()
+    return task.network.eval()
 
 
 @torch.inference_mode()

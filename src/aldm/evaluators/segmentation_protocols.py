@@ -1,7 +1,7 @@
 """Downstream segmentation protocols: does a tumour segmenter trained on few real target patients get
 better when synthetic volumes are added?
 
-Every protocol trains the same 3D whole-tumour segmenter (:mod:`aldm.eval.segmenter`: MONAI SegResNet,
+Every protocol trains the same 3D whole-tumour segmenter (:mod:`aldm.evaluators.segmenter`: MONAI SegResNet,
 DiceCELoss, sliding-window inference) and tests it on real target patients that no generator and no
 segmenter of that protocol has seen (the experiment's patient-grouped CV folds over the held-out test
 and pool patients; the K few-shot patients are never in a fold):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import time
 
-from .data.cache import prepare_dataset
-from .data.preprocess import PrepConfig
-from .data.synth import synth_cohorts
-from .experiment import ExperimentConfig, run_table1
-from .experiment_segmentation import run_segmentation
+from ..data.cache import prepare_dataset
+from ..data.preprocess import PrepConfig
+from ..data.synth import synth_cohorts
+from .common import ExperimentConfig
+from .segmentation import run_segmentation
+from .table1 import run_table1
 
 SETTINGS = {
     # K = 16 only and two guidance scales: the cells that inform within 15 minutes on 2 CPU cores in fp32

@@ -12,28 +12,29 @@ points make the number readable:
 
 The network is MONAI's SegResNet (Myronenko 2018) with one sigmoid output (whole tumour), trained
 with MONAI's DiceCELoss on whole volumes or on random crops (half of them centred on a tumour voxel,
-as MONAI's RandCropByPosNegLabel); a crop-trained segmenter predicts by MONAI's sliding-window
-inference. Dice and HD95 come from MONAI's metrics. Every random choice is seeded. The downstream
-segmentation experiment (:mod:`aldm.experiment_segmentation`) trains the same network.
+as MONAI's RandCropByPosNegLabel) through the one trainer (:class:`aldm.train.trainer.Trainer`: its
+seeded per-step streams, progress bar, and — in a folder — checkpoints, resume and SIGTERM); a
+crop-trained segmenter predicts by MONAI's sliding-window inference. Dice and HD95 come from MONAI's
+metrics. The saved segmenter is a run (:class:`aldm.artifacts.segmenter.SegmenterRun`). The downstream
+segmentation experiment (:mod:`aldm.experiments.segmentation`) trains the same network.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run, code_version
+from ..artifacts.segmenter import SegmenterRun
+from ..config import TrainConfig
 from ..errors import AldmError
-from ..io.atomic import atomic_write_text
-from ..runs import load_checkpoint, save_checkpoint
-
-WEIGHTS = "segmenter.pt"
-INFO = "segmenter.json"
 
 
 @dataclass
@@ -49,14 +50,21 @@ class SegmenterConfig:
     threshold: float = 0.5
     seed: int = 0
     device: str = "cpu"
+    in_channels: int = 3  # the modalities of the volumes it segments
+
+    def training(self) -> TrainConfig:
+        """The trainer's settings: AdamW (weight decay 1e-4), no warm-up, no clipping, no averaging, fp32."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=1e-4,
+                           warmup_steps=0, grad_clip=0.0, ema_decay=0.0, precision="fp32",
+                           checkpoint_every=max(1, self.steps // 4), log_every=10, seed=self.seed)
 
 
 def build_segmenter(config: SegmenterConfig) -> torch.nn.Module:
-    """SegResNet: (B, 3, S, S, S) in [-1, 1] -> (B, 1, S, S, S) tumour logits (S divisible by 8)."""
+    """SegResNet: (B, C, S, S, S) in [-1, 1] -> (B, 1, S, S, S) tumour logits (S divisible by 8)."""
     from monai.networks.nets import SegResNet
 
     groups = math.gcd(8, config.init_filters)  # GroupNorm(8) as MONAI's default, narrower widths allowed
-    return SegResNet(spatial_dims=3, in_channels=3, out_channels=1, init_filters=config.init_filters,
+    return SegResNet(spatial_dims=3, in_channels=config.in_channels, out_channels=1, init_filters=config.init_filters,
                      blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), norm=("GROUP", {"num_groups": groups}))
 
 
@@ -81,36 +89,54 @@ def random_crops(x: torch.Tensor, y: torch.Tensor, size: int,
     return torch.stack(xs), torch.stack(ys)
 
 
-def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig,
-                    progress: bool = False) -> torch.nn.Module:
-    """Train on volumes (N, 3, S, S, S) and masks (N, 1, S, S, S) with DiceCELoss (sigmoid), AdamW,
-    random crops (``config.crop``, :func:`random_crops`) and random flips along each axis; batches,
-    crops and flips are drawn from generators seeded by (seed, step)."""
-    from monai.losses import DiceCELoss
-    from tqdm import tqdm
+class SegmenterTask(torch.nn.Module):
+    """The trainer's task: MONAI DiceCELoss (sigmoid) of the segmenter on a batch {'image', 'mask'}."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        self.network = network
+        self.loss = DiceCELoss(sigmoid=True)
+
+    def forward(self, batch: dict, step: int, total_steps: int):
+        """(loss, logs) of a batch {'image' (B, C, s, s, s), 'mask' (B, 1, s, s, s)}."""
+        device = next(self.network.parameters()).device
+        return self.loss(self.network(batch["image"].to(device)), batch["mask"].to(device)), {}
+
+
+def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig, progress: bool = False,
+                    run_dir: str | None = None, resume: bool = False) -> torch.nn.Module:
+    """Train on volumes (N, C, S, S, S) and masks (N, 1, S, S, S) through the one trainer (AdamW,
+    :meth:`SegmenterConfig.training`) with random crops (``config.crop``, :func:`random_crops`) and random
+    flips along each axis, all drawn from the trainer's stream of each step. ``run_dir``: the folder whose
+    checkpoints it writes and, with ``resume``, continues from (None: in memory)."""
+    from ..train.trainer import Trainer, step_generator
 
     if len(images) == 0 or len(images) != len(masks):
         raise AldmError(f"segmenter training needs volumes and masks in equal numbers, got {len(images)} and "
                         f"{len(masks)}")
     torch.manual_seed(config.seed)
-    model = build_segmenter(config).to(config.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    loss_fn = DiceCELoss(sigmoid=True)
+    task = SegmenterTask(build_segmenter(config))
     x_all = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     y_all = torch.as_tensor(np.asarray(masks) > 0, dtype=torch.float32)
-    model.train()
-    for step in tqdm(range(config.steps), desc="segmenter", unit="step", disable=not progress):
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        idx = torch.randint(len(x_all), (config.batch_size,), generator=g)
+    train = config.training()
+
+    def sampler(step: int, rank: int) -> dict:
+        g = step_generator(train.seed, step, rank)
+        idx = torch.randint(len(x_all), (train.batch_size,), generator=g)
         x, y = random_crops(x_all[idx], y_all[idx], config.crop, g)
         for axis in (2, 3, 4):
             if torch.rand(1, generator=g) < 0.5:
                 x, y = x.flip(axis), y.flip(axis)
-        loss = loss_fn(model(x.to(config.device)), y.to(config.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+        return {"image": x, "mask": y}
+
+    trainer = Trainer(task, sampler, train, run_dir, device=torch.device(config.device), progress=progress,
+                      name="segmenter")
+    if resume:
+        trainer.resume()
+    trainer.run()
+    return task.network.eval()
 
 
 @torch.inference_mode()
@@ -179,35 +205,26 @@ def mask_adherence(model: torch.nn.Module, config: SegmenterConfig, volumes: np.
     return out
 
 
-def save_segmenter(folder: str, model: torch.nn.Module, config: SegmenterConfig, subjects: list[str],
-                   caches: list[str]) -> None:
-    """Write the weights and ``segmenter.json`` (config, the subjects it was trained on, their caches)."""
-    os.makedirs(folder, exist_ok=True)
-    save_checkpoint(os.path.join(folder, WEIGHTS), model.state_dict())
-    info = {"config": asdict(config), "subjects": sorted(subjects), "caches": [os.path.abspath(c) for c in caches]}
-    atomic_write_text(os.path.join(folder, INFO), json.dumps(info, indent=2) + "\n")
-
-
 def load_segmenter(folder: str, device: str = "cpu") -> tuple[torch.nn.Module, SegmenterConfig, dict]:
-    """(model, config, info) of a folder written by :func:`save_segmenter`."""
-    path = os.path.join(folder, INFO)
+    """(model, config, description) of a finished segmenter folder (:class:`SegmenterRun`)."""
+    run = SegmenterRun(folder)
+    info = run.description()
     try:
-        with open(path, encoding="utf-8") as fh:
-            info = json.load(fh)
         config = SegmenterConfig(**{**info["config"], "device": device})
-    except FileNotFoundError:
-        raise AldmError(f"{folder}: not a segmenter folder (no {INFO}); train one with aldm segmenter train") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AldmError(f"{path}: damaged segmenter description ({exc})") from exc
+    except TypeError as exc:
+        raise AldmError(f"{folder}: damaged segmenter description ({exc})") from exc
     model = build_segmenter(config)
-    model.load_state_dict(load_checkpoint(os.path.join(folder, WEIGHTS)))
+    try:
+        model.load_state_dict(run.state_dict())
+    except RuntimeError as exc:
+        raise AldmError(f"{folder}: weights do not fit its description ({str(exc).splitlines()[0]})") from exc
     return model.to(device).eval(), config, info
 
 
 def held_out_subjects(sources: list[str]) -> set[str]:
     """The held-out test subjects named by run folders (their ``split.json``) or split JSON files."""
-    from ..data.splits import load_split
-    from ..runs import Run
+    from ..artifacts.run import Run
+    from ..artifacts.split import load_split
 
     held = set()
     for source in sources:
@@ -219,24 +236,37 @@ def held_out_subjects(sources: list[str]) -> set[str]:
 
 
 def fit_on_caches(caches: list[str], out: str, config: SegmenterConfig, held_out: set[str],
-                  progress: bool = True) -> dict:
-    """Train a segmenter on every subject of ``caches`` except ``held_out`` and save it in ``out``;
-    returns its description (subjects, caches)."""
-    from ..data.cache import load_cached, read_manifest
+                  progress: bool = True, resume: bool = False) -> dict:
+    """Train a segmenter on every subject of ``caches`` except ``held_out`` into the run folder ``out``
+    (``resume``: continue the one there); returns {subjects, held_out, out}."""
+    from ..io.lock import exclusive_writer
 
-    images, masks, subjects = [], [], []
-    for cache in caches:
-        rows = read_manifest(cache)
-        if not rows:
-            raise AldmError(f"{cache}: no manifest.csv; not a prepared cache")
-        for row in rows:
+    images, masks, subjects, modalities = [], [], [], set()
+    for path in caches:
+        cache = PreparedCache(path).require()
+        modalities.add(cache.modalities)
+        for row in cache.rows():
             if row["subject"] not in held_out:
-                data = load_cached(cache, row)
+                data = cache.load(row)
                 images.append(data["image"])
                 masks.append(data["mask"].astype(np.uint8))
                 subjects.append(row["subject"])
+    if len(modalities) > 1:
+        raise AldmError(f"{', '.join(caches)}: caches of different modalities ({sorted(modalities)}); give one kind")
     if len({m.shape for m in masks}) > 1:
         raise AldmError(f"{', '.join(caches)}: volumes of different sizes; prepare the caches with one --size")
-    model = train_segmenter(np.stack(images), np.stack(masks), config, progress=progress)
-    save_segmenter(out, model, config, subjects, caches)
+    if not images:
+        raise AldmError(f"{', '.join(caches)}: no subjects left to train on after the held-out ones")
+    config = SegmenterConfig(**{**asdict(config), "in_channels": images[0].shape[0]})
+    info = {"stage": "segmenter", "seed": config.seed, "modalities": list(modalities.pop()),
+            "segmenter": {k: v for k, v in asdict(config).items() if k != "device"}, "subjects": sorted(subjects),
+            "caches": [os.path.abspath(c) for c in caches], "code_version": code_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with exclusive_writer(out, "segmenter"):
+        run = SegmenterRun(Run.create(out, info, None, resume).path)
+        if run.stage != "segmenter":
+            raise AldmError(f"{out}: holds a {run.stage} run, not a segmenter")
+        model = train_segmenter(np.stack(images), np.stack(masks), config, progress=progress, run_dir=out,
+                                resume=resume)
+        run.save_weights({"segmenter": model.state_dict()})
     return {"subjects": len(subjects), "held_out": len(held_out), "out": os.path.abspath(out)}

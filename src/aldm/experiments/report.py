@@ -16,10 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..data.cache import load_cached  # noqa: E402
+from ..artifacts.cache import PreparedCache  # noqa: E402
+from ..artifacts.samples import SampleSet  # noqa: E402
+from ..errors import AldmError  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
@@ -128,10 +129,14 @@ def _axial(volume: np.ndarray, mask: np.ndarray) -> int:
     return int(idx[:, 2].mean()) if len(idx) else volume.shape[-1] // 2
 
 
-def _load_sample(folder: str) -> tuple[np.ndarray, np.ndarray]:
-    vol = np.stack([np.asarray(nib.load(os.path.join(folder, "model", f"{m}.nii.gz")).dataobj) for m in
-                    ("t1", "t2", "flair")])
-    return vol, np.asarray(nib.load(os.path.join(folder, "model", "mask.nii.gz")).dataobj)
+def _load_sample(folder: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(image (C, S, S, S), mask (S, S, S), modalities) of one sample folder."""
+    samples = SampleSet(os.path.dirname(folder))
+    record = samples.read_record(os.path.basename(folder))
+    if record is None:
+        raise AldmError(f"{folder}: not a finished sample (no sample.json)")
+    vol, mask = samples.load_volumes(record)
+    return vol, mask[0], record.channels
 
 
 def figure4(figure4_dir: str, path: str) -> bool:
@@ -144,9 +149,9 @@ def figure4(figure4_dir: str, path: str) -> bool:
     fig, axes = plt.subplots(3, len(snaps), figsize=(2.4 * len(snaps), 7), squeeze=False)
     for j, snap in enumerate(snaps):
         sample = [d for d in os.listdir(os.path.join(figure4_dir, snap)) if d.startswith("sample-")][0]
-        vol, mask = _load_sample(os.path.join(figure4_dir, snap, sample))
+        vol, mask, channels = _load_sample(os.path.join(figure4_dir, snap, sample))
         z = _axial(vol, mask)
-        for i, name in enumerate(("T1", "T2", "FLAIR")):
+        for i, name in enumerate(channels[:3]):
             axes[i, j].imshow(vol[i, :, :, z].T, cmap="gray", origin="lower", vmin=-1, vmax=1)
             axes[i, j].axis("off")
             if j == 0:
@@ -164,19 +169,22 @@ def figure5(results: list[dict], target_cache: str, path: str) -> None:
     first = results[0]
     sample = sorted(d for d in os.listdir(first["samples"]) if d.startswith("sample-"))[0]
     subject = sample.split("_", 1)[1]
-    real = load_cached(target_cache, subject)
+    cache = PreparedCache(target_cache)
+    real = cache.load(subject)
+    channels = cache.modalities
+    shown = [m for m in ("FLAIR", "T1", "T1c", "T2") if m in channels]
     rows = [("Ground truth", real["image"], real["mask"][0])]
     for r in results:
         match = [d for d in os.listdir(r["samples"]) if d.endswith(subject)]
         if match:
-            vol, mask = _load_sample(os.path.join(r["samples"], match[0]))
+            vol, mask, _ = _load_sample(os.path.join(r["samples"], match[0]))
             rows.append((r["name"], vol, mask))
     z = _axial(real["image"], real["mask"][0])
     idx = np.argwhere(real["mask"][0][:, :, z] > 0)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(6.5, 2.1 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(shown), figsize=(2.17 * len(shown), 2.1 * len(rows)), squeeze=False)
     for i, (name, vol, _mask) in enumerate(rows):
-        for j, mod in enumerate(("FLAIR", "T1", "T2")):
-            c = {"T1": 0, "T2": 1, "FLAIR": 2}[mod]
+        for j, mod in enumerate(shown):
+            c = channels.index(mod)
             ax = axes[i, j]
             ax.imshow(vol[c, :, :, z].T, cmap="gray", origin="lower", vmin=-1, vmax=1)
             if len(idx):

@@ -17,39 +17,33 @@ import json
 import os
 import sys
 
-import nibabel as nib
 import numpy as np
 
-from ..data.cache import load_cached, read_manifest
-from ..errors import AldmError
-from ..io.atomic import atomic_write_text
-from ..io.samples import read_samples_index
-from ..modalities import MASK_FILE, MODALITY_FILES
-from ..runs import Run
-from .similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
+from .artifacts.cache import PreparedCache
+from .artifacts.run import Run
+from .artifacts.samples import SampleSet
+from .errors import AldmError
+from .io.atomic import atomic_write_text
+from .metrics.similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
+from .modalities import file_stems
 
 
 def load_synthetic(folder: str) -> list[dict]:
-    """Samples of an ``aldm generate`` folder: index rows + 'image' (3, S, S, S) float32 + 'mask'
-    (1, S, S, S) uint8, the mask the sample was generated from."""
-    rows = read_samples_index(folder)
-    for row in rows:
-        sample = os.path.join(folder, row["sample"], "model")
-        try:
-            row["image"] = np.stack([np.asarray(nib.load(os.path.join(sample, f"{m}.nii.gz")).dataobj,
-                                                dtype=np.float32) for m in MODALITY_FILES])
-            row["mask"] = np.asarray(nib.load(os.path.join(sample, f"{MASK_FILE}.nii.gz")).dataobj,
-                                     dtype=np.uint8)[None]
-        except (OSError, FileNotFoundError) as exc:
-            raise AldmError(f"{sample}: unreadable synthetic sample ({exc})") from exc
-    return rows
+    """Samples of an ``aldm generate`` folder: their record's fields + 'image' (C, S, S, S) float32 +
+    'mask' (1, S, S, S) uint8, the mask the sample was generated from."""
+    samples = SampleSet(folder)
+    out = []
+    for record in samples.records():
+        image, mask = samples.load_volumes(record)
+        out.append({**record.as_dict(), "modalities": list(record.channels), "image": image, "mask": mask})
+    return out
 
 
 def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, reference: dict) -> dict:
     """Mask Dice of the samples against their own generation masks, the shuffled-mask floor, and the
     ceiling: the same segmenter on the real volumes of the mask subjects (which it must never have
     been trained on; computed once per segmenter and subject set in ``reference``)."""
-    from .segmenter import load_segmenter, mask_adherence
+    from .evaluators.segmenter import load_segmenter, mask_adherence
 
     model, config, info = load_segmenter(folder, device)
     seen = sorted(set(info["subjects"]) & set(cached))
@@ -72,11 +66,11 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, 
 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None, frd_modalities=MODALITY_FILES, diversity_pairs: int = 100,
+             device: str = "cpu", log=None, frd_modalities=None, diversity_pairs: int = 100,
              segmenter: str | None = None, reference: dict | None = None) -> dict:
     """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
     (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
-    diversity and memorisation, and with ``segmenter`` (a folder of :mod:`aldm.eval.segmenter`) the
+    diversity and memorisation, and with ``segmenter`` (a folder of :mod:`aldm.evaluators.segmenter`) the
     mask adherence; samples from few-shot training masks are excluded. Writes
     ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics.
 
@@ -86,9 +80,17 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     log = log or (lambda line: print(line, file=sys.stderr))
     reference = {} if reference is None else reference
     samples = load_synthetic(synthetic_dir)
-    rows = {r["subject"]: r for r in read_manifest(real_cache)}
-    if not rows:
-        raise AldmError(f"{real_cache}: no manifest.csv; not a prepared cache")
+    cache = PreparedCache(real_cache).require()
+    rows = cache.by_subject()
+    channels = {tuple(s["modalities"]) for s in samples}
+    if channels and channels != {cache.modalities}:
+        raise AldmError(f"{synthetic_dir}: samples of {', '.join('/'.join(c) for c in sorted(channels))} cannot be "
+                        f"scored against {real_cache}, which holds {'/'.join(cache.modalities)}")
+    frd_modalities = file_stems(cache.modalities) if frd_modalities is None else tuple(frd_modalities)
+    unknown = sorted(set(frd_modalities) - set(file_stems(cache.modalities)))
+    if unknown:
+        raise AldmError(f"FRD modality {', '.join(unknown)} is not one of {real_cache}'s "
+                        f"({', '.join(file_stems(cache.modalities))})")
     split = Run(samples[0]["model"]).split() if samples and samples[0]["model"] else None
     excluded = []
     if split:
@@ -100,7 +102,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     paired = [s for s in samples if s["mask_subject"] in rows]
     if not paired:
         raise AldmError(f"{synthetic_dir}: no sample's mask subject is in {real_cache}; nothing to pair")
-    cached = {s["mask_subject"]: load_cached(real_cache, rows[s["mask_subject"]]) for s in paired}
+    cached = {s["mask_subject"]: cache.load(rows[s["mask_subject"]]) for s in paired}
     real = {p: data["image"] for p, data in cached.items()}
 
     per_patient: dict = {}
@@ -122,7 +124,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
             reference[key] = ms_ssim_diversity(real_vols, max_pairs=diversity_pairs)
         result["ms_ssim_diversity_real"] = reference[key]
     if split and split["k_shot"] and all(k in rows for k in split["k_shot"]):
-        training = [load_cached(real_cache, rows[k])["image"] for k in split["k_shot"]]
+        training = [cache.load(rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
 
@@ -130,20 +132,21 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
 
     if frd_modalities:
-        from .frd import frd_scores
+        from .metrics.frd import frd_scores
 
         try:
             brains = {p: data["brain"][0] for p, data in cached.items()}
             result.update(frd_scores(real_vols, synth_vols, [brains[p] for p in real],
                                      [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
-                                     modalities=tuple(frd_modalities), reference=reference))
+                                     modalities=frd_modalities, modality_names=file_stems(cache.modalities),
+                                     reference=reference))
         except AldmError as exc:
             result["frd_unavailable"] = str(exc)
             log(f"aldm: FRD skipped: {exc}")
 
     try:
-        from .fid import fid_scores, slice_features
-        from .inception import load_fid_inception
+        from .metrics.fid import fid_scores, slice_features
+        from .metrics.inception import load_fid_inception
 
         net = load_fid_inception(inception, device)
     except AldmError as exc:

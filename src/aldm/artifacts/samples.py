@@ -1,0 +1,244 @@
+"""A sample set: the folder ``aldm generate`` writes, its one metadata schema, and reading it back.
+
+``OUT/sample-IIII_<mask subject>/`` holds ``model/{<channel>,mask}.nii.gz`` (model space; one file per
+channel of the model's modalities), ``native/...`` (the mask subject's native grid and intensities, when
+written) and ``sample.json``: its :class:`SampleRecord` and the SHA-256 of every file. A sample is written
+in a ``.tmp-`` folder renamed at the end, so an interrupted run leaves no half-written sample.
+``OUT/samples.csv`` indexes the finished samples (``manifest.csv`` in folders written before version
+0.2; still read). It is not the prepared cache's ``manifest.csv`` (:mod:`aldm.artifacts.cache`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import AldmError
+from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
+from ..io.nifti import save_nifti
+from ..modalities import MASK_FILE, file_stems, parse_modalities
+
+SAMPLE_DONE = "sample.json"
+SAMPLES_INDEX = "samples.csv"
+LEGACY_SAMPLES_INDEX = "manifest.csv"
+SPACES = ("model", "native")
+
+
+@dataclass
+class SampleRecord:
+    """How one sample was made: what ``sample.json`` holds (besides the checksums) and ``samples.csv``
+    indexes. ``guidance``, ``sampler`` and ``steps`` as :meth:`GenerationSettings.recorded` gives them
+    (a baseline's: None, "not applicable", None)."""
+
+    sample: str
+    index: int
+    mask_subject: str
+    mask_source: str = ""
+    context_subject: str = ""
+    mask_cache: str = ""
+    seed: int = 0
+    guidance: float | None = None
+    steps: int | None = None
+    sampler: str = ""
+    precision: str = "fp32"
+    model: str = ""
+    model_hash: str = ""
+    stage: str = ""
+    modalities: list = field(default_factory=list)
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The index's columns: every field."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def as_dict(self) -> dict:
+        """The record as JSON-able data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> SampleRecord:
+        """A record from ``sample.json`` or an index row (CSV strings converted; the key ``guidance_scale``
+        of 0.2 read as ``guidance``; a baseline's 0.0 / 1.0 / 3.0 of 0.2 kept as written); an AldmError
+        naming ``where`` when it is not one."""
+        if not isinstance(data, dict):
+            raise AldmError(f"{where}: not a sample description (a JSON object)")
+        values = dict(data)
+        if "guidance" not in values and "guidance_scale" in values:
+            values["guidance"] = values.pop("guidance_scale")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        try:
+            for name in ("index", "seed"):
+                values[name] = int(values[name]) if name in values else 0
+            for name, kind in (("guidance", float), ("steps", int)):
+                text = values.get(name)
+                values[name] = None if text in (None, "") else kind(float(text)) if kind is int else kind(text)
+            if isinstance(values.get("modalities"), str):
+                values["modalities"] = values["modalities"].split(";") if values["modalities"] else []
+            record = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise AldmError(f"{where}: damaged sample description ({exc})") from exc
+        if not record.sample or not record.mask_subject:
+            raise AldmError(f"{where}: damaged sample description (no sample or mask_subject)")
+        return record
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The sample's modalities (samples of 0.2 record none: T1, T2, FLAIR)."""
+        return parse_modalities(self.modalities or None, f"sample {self.sample}")
+
+
+class SampleSet:
+    """One ``aldm generate`` output folder. ``SampleSet(path)`` touches no file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"SampleSet({self.path!r})"
+
+    def sample_dir(self, name: str) -> str:
+        """The folder of sample ``name``."""
+        return os.path.join(self.path, name)
+
+    # ------------------------------------------------------------------------------------ what it is
+    @staticmethod
+    def is_sample_set(path: str) -> bool:
+        """Whether ``path`` is an ``aldm generate`` output (its index, or the index name of older versions
+        with the generation columns)."""
+        if os.path.isfile(os.path.join(path, SAMPLES_INDEX)):
+            return True
+        legacy = os.path.join(path, LEGACY_SAMPLES_INDEX)
+        if not os.path.isfile(legacy):
+            return False
+        with open(legacy, newline="", encoding="utf-8") as fh:
+            return "sample" in (csv.DictReader(fh).fieldnames or [])
+
+    def require(self) -> SampleSet:
+        """This sample set, or an AldmError saying it is not one."""
+        if not self.is_sample_set(self.path):
+            raise AldmError(f"{self.path}: no {SAMPLES_INDEX}; not an aldm generate output folder")
+        return self
+
+    def is_finished(self, name: str) -> bool:
+        """Whether sample ``name`` has been written completely (its ``sample.json`` exists)."""
+        return os.path.exists(os.path.join(self.sample_dir(name), SAMPLE_DONE))
+
+    # ------------------------------------------------------------------------------------ writing
+    def prepare(self) -> None:
+        """Create the folder and remove what an interrupted writer left (call with no other writer active)."""
+        os.makedirs(self.path, exist_ok=True)
+        remove_stale_temps(self.path)
+
+    def write_sample(self, record: SampleRecord, volumes: dict) -> None:
+        """All files of one sample, into a temp folder renamed at the end (no half-written samples).
+
+        ``volumes``: {space ("model" / "native"): {file stem: (array (X, Y, Z), affine (4, 4), on-disk dtype)}};
+        ``sample.json`` gets ``record`` and every file's checksum."""
+        final = self.sample_dir(record.sample)
+        tmp = os.path.join(self.path, f".tmp-{record.sample}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for space, files in volumes.items():
+                if space not in SPACES:
+                    raise ValueError(f"unknown sample space {space!r}")
+                os.makedirs(os.path.join(tmp, space))
+                for stem, (array, affine, dtype) in files.items():
+                    save_nifti(os.path.join(tmp, space, f"{stem}.nii.gz"), array, affine, dtype)
+            sums = {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))
+                    for d, _, names in sorted(os.walk(tmp)) for f in sorted(names)}
+            atomic_write_text(os.path.join(tmp, SAMPLE_DONE),
+                              json.dumps({**record.as_dict(), "sha256": sums}, indent=2) + "\n")
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+            if isinstance(exc, WriteFailed):  # name the sample, not its temporary folder
+                raise WriteFailed(str(exc).replace(tmp, final)) from exc
+            if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+                raise write_failure(final, exc) from exc
+            raise
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def write_index(self, records: list[SampleRecord]) -> None:
+        """``samples.csv``: one row per finished sample (modalities joined by ';')."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=SampleRecord.columns(), lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            row = record.as_dict()
+            row["modalities"] = ";".join(row["modalities"])
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        atomic_write_text(os.path.join(self.path, SAMPLES_INDEX), buf.getvalue())
+
+    # ------------------------------------------------------------------------------------ reading
+    def read_record(self, name: str) -> SampleRecord | None:
+        """The record in sample ``name``'s ``sample.json`` (None when not finished); an AldmError when damaged."""
+        path = os.path.join(self.sample_dir(name), SAMPLE_DONE)
+        if not os.path.isfile(path):
+            return None
+        return SampleRecord.from_dict(self._read_json(path), path)
+
+    @staticmethod
+    def _read_json(path: str) -> dict:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AldmError(f"{path}: damaged sample description ({type(exc).__name__})") from exc
+
+    def records(self) -> list[SampleRecord]:
+        """The index's records (``samples.csv``; ``manifest.csv`` of older versions)."""
+        self.require()
+        name = SAMPLES_INDEX if os.path.isfile(os.path.join(self.path, SAMPLES_INDEX)) else LEGACY_SAMPLES_INDEX
+        path = os.path.join(self.path, name)
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [SampleRecord.from_dict(row, f"{path} row {i + 2}") for i, row in enumerate(csv.DictReader(fh))]
+
+    def load_volumes(self, record: SampleRecord, space: str = "model") -> tuple[np.ndarray, np.ndarray]:
+        """(image (C, S, S, S) float32 in the record's channel order, mask (1, S, S, S) uint8) of a sample."""
+        folder = os.path.join(self.sample_dir(record.sample), space)
+        try:
+            image = np.stack([np.asarray(nib.load(os.path.join(folder, f"{m}.nii.gz")).dataobj, dtype=np.float32)
+                              for m in file_stems(record.channels)])
+            mask = np.asarray(nib.load(os.path.join(folder, f"{MASK_FILE}.nii.gz")).dataobj, dtype=np.uint8)[None]
+        except (OSError, EOFError, ValueError) as exc:
+            raise AldmError(f"{folder}: unreadable synthetic sample ({exc})") from exc
+        return image, mask
+
+    def verify(self) -> tuple[int, list[str]]:
+        """(finished samples, problems): files missing or not matching the checksums their sample.json
+        records, and half-written ``.tmp-`` folders a kill left behind."""
+        if not os.path.isdir(self.path):
+            raise AldmError(f"{self.path}: not a folder")
+        problems, n = [], 0
+        for name in sorted(os.listdir(self.path)):
+            folder = self.sample_dir(name)
+            if name.startswith(".tmp-"):
+                problems.append(f"{folder}: unfinished sample (interrupted); re-run aldm generate to finish it")
+                continue
+            if not (name.startswith("sample-") and os.path.isdir(folder)):
+                continue
+            try:
+                sums = self._read_json(os.path.join(folder, SAMPLE_DONE)).get("sha256", {})
+            except (AldmError, AttributeError):
+                problems.append(f"{os.path.join(folder, SAMPLE_DONE)}: missing or damaged")
+                continue
+            n += 1
+            for rel, digest in sums.items():
+                path = os.path.join(folder, rel)
+                if not os.path.isfile(path):
+                    problems.append(f"{path}: missing")
+                elif sha256_file(path) != digest:
+                    problems.append(f"{path}: checksum mismatch (damaged or modified)")
+        if n == 0 and not problems:
+            raise AldmError(f"{self.path}: no generated samples (sample-*/{SAMPLE_DONE})")
+        return n, problems

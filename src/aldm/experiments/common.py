@@ -1,0 +1,252 @@
+"""What the experiments share: their JSON config (validated when loaded, before any training), the
+patient-level splits, every training run (resumable) and the real target volumes.
+
+:mod:`aldm.experiments.table1` (Table 1), :mod:`aldm.experiments.segmentation` (downstream segmentation)
+and :mod:`aldm.experiments.demo` build on these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import WEIGHTS, Run
+from ..artifacts.split import save_split
+from ..config import PROFILES, get_profile
+from ..data.splits import MAX_TEST_PATIENTS, few_shot_split, with_cv_folds
+from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..diffusion.settings import GenerationSettings
+from ..errors import AldmError
+from ..evaluators.classifier import TASKS
+from ..evaluators.segmentation_protocols import SegmentationSettings
+from ..generate import generate
+from ..models.baselines.generator import BASELINE_NAMES
+from ..train.baselines import train_baseline
+from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
+
+STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot")
+
+
+@dataclass
+class ExperimentConfig:
+    """The JSON config of ``aldm experiment table1``: caches, output folder, profile, K values,
+    guidance scales, baselines, test size, sampler, CV folds, classifier and evaluation settings."""
+    source_cache: str
+    target_cache: str
+    out: str
+    profile: str = "small"
+    k: list = field(default_factory=lambda: [10, 16])
+    guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
+    baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
+    n_test: int = MAX_TEST_PATIENTS
+    seed: int = 0
+    sampler: str = DEFAULT_SAMPLER
+    sampler_steps: int = DEFAULT_STEPS
+    folds: int = 5
+    repeats: int = 3
+    classifier_task: str = "tumour-slice"
+    classifier_epochs: int = 6
+    classifier_width: int = 16
+    inception: str | None = None
+    frd_modalities: list | None = None  # file stems (t1, flair, ...); None: every modality of the target cache
+    diversity_pairs: int = 100
+    figure4_snapshots: int = 3
+    probe_every: int = 0  # held-out learning probes of the ALDM stages every N steps (probe.csv; 0: none)
+    segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
+    segmenter_width: int = 8
+    mask_swap_pairs: int = 3  # same seed, two held-out masks: where the difference lies (0: skip)
+    steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
+    segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (SegmentationSettings)
+
+    def __post_init__(self):
+        """Refuse, before any work, what would fail later: an unknown profile, sampler, baseline, classifier
+        task, FRD modality or steps key, K or test sizes that are not positive, guidance outside its range,
+        a bad segmentation section (an AldmError naming the key)."""
+        def positive_ints(key, values, allow_zero=False):
+            low = 0 if allow_zero else 1
+            if not isinstance(values, list) or not values or any(
+                    isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+                raise AldmError(f'"{key}": expected a non-empty list of whole numbers >= {low}, got {values!r}')
+
+        if self.profile not in PROFILES and not str(self.profile).endswith(".json"):
+            raise AldmError(f'"profile": unknown profile {self.profile!r}; choose one of {", ".join(PROFILES)} '
+                            "or a JSON config file")
+        positive_ints("k", self.k)
+        if not isinstance(self.guidance, list) or not self.guidance:
+            raise AldmError(f'"guidance": expected a non-empty list of guidance scales, got {self.guidance!r}')
+        for g in self.guidance:
+            try:
+                GenerationSettings(guidance=g, sampler=self.sampler, steps=self.sampler_steps)
+            except AldmError as exc:
+                key = "guidance" if "guidance" in str(exc) else "sampler" if "sampler" in str(exc) else "sampler_steps"
+                raise AldmError(f'"{key}": {exc}') from None
+        unknown = [b for b in self.baselines if b not in BASELINE_NAMES] if isinstance(self.baselines, list) else [0]
+        if unknown:
+            raise AldmError(f'"baselines": unknown baseline(s) {unknown}; choose from {", ".join(BASELINE_NAMES)}')
+        if self.classifier_task not in TASKS:
+            raise AldmError(f'"classifier_task": unknown task {self.classifier_task!r}; '
+                            f'choose one of {", ".join(TASKS)}')
+        for key in ("n_test", "folds", "repeats", "classifier_epochs", "classifier_width", "diversity_pairs",
+                    "figure4_snapshots", "probe_every", "segmenter_steps", "segmenter_width", "mask_swap_pairs"):
+            positive_ints(key, [getattr(self, key)], allow_zero=key not in ("repeats", "classifier_width",
+                                                                            "segmenter_width", "classifier_epochs"))
+        if self.frd_modalities is not None:
+            from ..modalities import KNOWN_MODALITIES, file_stems
+
+            known = file_stems(KNOWN_MODALITIES)
+            bad = [m for m in self.frd_modalities if m not in known] if isinstance(self.frd_modalities, list) else [0]
+            if bad:
+                raise AldmError(f'"frd_modalities": unknown modality {bad}; choose from {", ".join(known)}')
+        bad = sorted(set(self.steps) - set(STEP_KEYS)) if isinstance(self.steps, dict) else ["(not an object)"]
+        if bad:
+            raise AldmError(f'"steps": unknown stage(s) {bad}; known: {", ".join(STEP_KEYS)}')
+        positive_ints("steps", list(self.steps.values()) or [1])
+        SegmentationSettings.from_dict(self.segmentation, '"segmentation"')
+
+    @classmethod
+    def load(cls, path: str) -> ExperimentConfig:
+        """The config in ``path``, validated (one AldmError naming the file and the key when missing or invalid)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise AldmError(f"{path}: experiment config not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
+        if not isinstance(data, dict):
+            raise AldmError(f"{path}: not a valid experiment config (not a JSON object)")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise AldmError(f"{path}: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
+        except AldmError as exc:
+            raise AldmError(f"{path}: {exc}") from None
+
+
+def finished(run: str) -> bool:
+    """Whether the run in ``run`` has finished training."""
+    return Run(run).finished
+
+
+def started(run: str) -> bool:
+    """Whether ``run`` holds a run (finished or not): training it again resumes it."""
+    return Run(run).exists
+
+
+def log(text: str, experiment: str = "table1") -> None:
+    """One progress line of ``experiment`` on stderr, with the time."""
+    print(f"[{experiment} {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def make_splits(cfg: ExperimentConfig) -> dict:
+    """{k: split} with a shared test set and nested few-shot subjects; CV folds over non-shot patients."""
+    path = os.path.join(cfg.out, "splits.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return {int(k): v for k, v in json.load(fh).items()}
+    rows = PreparedCache(cfg.target_cache).require().rows("target")
+    if not rows:
+        raise AldmError(f"{cfg.target_cache}: no target-domain subjects")
+    k_max = max(cfg.k)
+    patients = len({r["patient"] for r in rows})
+    n_test = min(cfg.n_test, patients - k_max)
+    if n_test < cfg.folds:
+        raise AldmError(f"{cfg.target_cache}: {patients} target patients leave {n_test} for testing after K={k_max}; "
+                        f"need at least {cfg.folds}")
+    base = with_cv_folds(rows, few_shot_split(rows, k_max, n_test, seed=cfg.seed), cfg.folds, cfg.repeats, cfg.seed)
+    splits = {k_max: base}
+    shot_rows = [r for r in rows if r["subject"] in set(base["k_shot"])]
+    for k in cfg.k:
+        if k != k_max:
+            sub = few_shot_split(shot_rows, k, 0, seed=cfg.seed)
+            splits[k] = {**base, "k_shot": sub["k_shot"], "k": k,
+                         "pool": sorted(set(base["pool"]) | (set(base["k_shot"]) - set(sub["k_shot"])))}
+    os.makedirs(cfg.out, exist_ok=True)
+    save_split(path, {str(k): v for k, v in splits.items()})
+    for k, split in splits.items():
+        save_split(os.path.join(cfg.out, f"split_k{k}.json"), split)
+    return splits
+
+
+def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dict:
+    """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
+    runs_dir = os.path.join(cfg.out, "runs")
+    profile = get_profile(cfg.profile)  # the stages copy what they change: it stays as loaded
+    probe = None
+    if cfg.probe_every:
+        profile = with_probe_every(profile, cfg.probe_every)
+        probe = ProbeSubjects(cfg.target_cache, splits[max(cfg.k)]["test"][:2])  # held out from every stage
+    steps = cfg.steps or {}
+    runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
+    if not finished(runs["vae"]):
+        log("stage 1: VAE")
+        train_vae(cfg.source_cache, runs["vae"], profile, steps=steps.get("vae"), seed=cfg.seed,
+                  resume=started(runs["vae"]), progress=progress, probe=probe)
+    if not finished(runs["ldm"]):
+        log("stages 2-3: source LDM")
+        train_ldm(cfg.source_cache, runs["ldm"], profile, vae_run=runs["vae"],
+                  steps=steps.get("ldm"), seed=cfg.seed, resume=started(runs["ldm"]), progress=progress, probe=probe)
+    total = steps.get("fewshot") or profile.train_fewshot.steps
+    for k in sorted(cfg.k):
+        run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
+        split_path = os.path.join(cfg.out, f"split_k{k}.json")
+        if finished(run) and (k != max(cfg.k) or os.path.exists(os.path.join(cfg.out, "figure4", f"k{k}_step{total}"))):
+            continue
+        log(f"stage 4: few-shot LDM, K={k}")
+        chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) else 1
+        for i in range(1, chunks + 1):
+            target = max(1, round(total * i / chunks))
+            snap = os.path.join(cfg.out, "figure4", f"k{k}_step{target}")
+            if os.path.exists(snap):
+                continue
+            # LDM losses do not depend on the total length, so chunked training equals one run
+            train_ldm(cfg.target_cache, run, profile, init_run=runs["ldm"], split_path=split_path,
+                      steps=target, seed=cfg.seed, resume=started(run), progress=progress, probe=probe)
+            if k == max(cfg.k):
+                generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
+                         settings=generation_settings(cfg, max(cfg.guidance), cfg.seed), progress=False, native=False)
+            if Run(run).finished and i < chunks:
+                os.remove(Run(run).file(WEIGHTS))  # not finished yet: the next chunk continues
+    k_max = max(cfg.k)
+    for b in cfg.baselines:
+        src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
+        runs[b] = few
+        if not finished(src):
+            log(f"baseline {b}: source training")
+            train_baseline(b, cfg.source_cache, src, profile, steps=steps.get("baseline"),
+                           seed=cfg.seed, resume=started(src), progress=progress)
+        if not finished(few):
+            log(f"baseline {b}: few-shot K={k_max}")
+            train_baseline(b, cfg.target_cache, few, profile, init_run=src,
+                           split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
+                           steps=steps.get("baseline_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
+    return runs
+
+
+def generation_settings(cfg: ExperimentConfig, guidance: float | None, seed: int) -> GenerationSettings:
+    """The experiment's sampler and steps at ``guidance`` (None: a baseline's cell, where it does not apply)
+    from ``seed``."""
+    return GenerationSettings(sampler=cfg.sampler, steps=cfg.sampler_steps, seed=seed,
+                              **({} if guidance is None else {"guidance": guidance}))
+
+
+def real_items(cache: str, subjects: list) -> list[dict]:
+    """Cached target volumes of ``subjects``: dicts with subject, image (C, S, S, S), mask (1, S, S, S),
+    idh and grade."""
+    prepared = PreparedCache(cache)
+    rows = prepared.by_subject()
+    items = []
+    for s in subjects:
+        data = prepared.load(rows[s])
+        items.append({"subject": s, "image": data["image"], "mask": data["mask"], "idh": rows[s]["idh"] or None,
+                      "grade": rows[s]["grade"] or None})
+    return items
+
+

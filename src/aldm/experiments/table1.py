@@ -1,0 +1,180 @@
+"""``aldm experiment table1``: the paper's whole comparison (§4, Table 1, Figures 2-5) in one command.
+
+Steps, each resumable (a finished stage or cell is never recomputed):
+
+1. one patient-level split of the target cache: held-out test patients + K = max(K) few-shot
+   patients; smaller K are stratified subsets of the same shots, so every cell is tested on the
+   same held-out patients; 3 x 5-fold CV folds over the non-few-shot patients;
+2. ALDM: VAE -> source LDM -> few-shot LDM per K; baselines: source -> few-shot at K = max(K)
+   with the same split; ALDM few-shot training in chunks, with a fixed-seed sample after each
+   chunk (Figure 4);
+3. per cell (model, K, s): generate one volume per held-out test patient from its own mask;
+4. per cell: fidelity (:func:`aldm.evaluate.evaluate`) and the downstream classifier — TRTS
+   (the paper) on classifiers trained once per fold on real data, and augmentation (K real +
+   synthetic vs K real alone), both over the CV folds; the mask-swap check (same seed, two held-out
+   masks; added to cells computed before it existed);
+5. Table 1 (Markdown + CSV), Figures 2-5, the mask-swap figure and learning curves (PNG) and an HTML
+   report (:mod:`aldm.experiments.report`). The downstream segmentation experiment, on the same runs, is
+   :mod:`aldm.experiments.segmentation`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+from ..artifacts.cache import PreparedCache
+from ..artifacts.segmenter import SegmenterRun
+from ..evaluate import evaluate, load_synthetic
+from ..evaluators.classifier import ClassifierConfig, cross_validate
+from ..generate import generate
+from ..io.atomic import atomic_write_text
+from ..io.lock import exclusive_writer
+from ..models.baselines.generator import BASELINE_NAMES
+from ..pipeline import load_pipeline
+from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
+
+__all__ = ["ExperimentConfig", "cells", "run_table1", "write_table1_report"]
+
+
+def cells(cfg: ExperimentConfig) -> list[dict]:
+    """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
+    the largest s (as the paper's ablations)."""
+    k_max, s_max = max(cfg.k), max(cfg.guidance)
+    rows = [{"name": f"{BASELINE_NAMES[b]}", "model": b, "k": k_max, "s": None} for b in cfg.baselines]
+    rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
+             for k in sorted(cfg.k) if k != k_max]
+    rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
+    for row in rows:
+        row["id"] = row["name"].lower().replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_") \
+            .replace("=", "").replace(".", "p")
+    return rows
+
+
+def _classifier_scores(cfg: ExperimentConfig, split: dict, real: dict, synthetic: list[dict],
+                       fold_models: dict) -> dict:
+    """TRTS and augmentation of one cell over the CV folds, by the tested protocol
+    (:func:`aldm.evaluators.classifier.cross_validate`, leak checks included); classifiers trained on real
+    data are shared between cells through ``fold_models``."""
+    ccfg = _classifier_config(cfg)
+    items = list(real.values())
+    return {protocol: cross_validate(items, synthetic, split["cv"], protocol, ccfg, split["k_shot"], fold_models)
+            for protocol in ("trts", "augment")}
+
+
+def _classifier_config(cfg: ExperimentConfig) -> ClassifierConfig:
+    return ClassifierConfig(task=cfg.classifier_task, epochs=cfg.classifier_epochs, width=cfg.classifier_width,
+                            seed=cfg.seed)
+
+
+def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | None:
+    """The mask-adherence segmenter (once): trained on the source cache and the target subjects outside
+    the held-out test set; its folder, or None when ``segmenter_steps`` is 0."""
+    from ..evaluators.segmenter import SegmenterConfig, fit_on_caches
+
+    if not cfg.segmenter_steps:
+        return None
+    folder = os.path.join(cfg.out, "segmenter")
+    run = SegmenterRun(folder)
+    if not run.finished:
+        log("mask-adherence segmenter on real training volumes")
+        caches = [cfg.source_cache] + ([cfg.target_cache] if cfg.target_cache != cfg.source_cache else [])
+        config = SegmenterConfig(init_filters=cfg.segmenter_width, steps=cfg.segmenter_steps, seed=cfg.seed)
+        fit_on_caches(caches, folder, config, held_out=test, progress=progress, resume=run.exists)
+    return folder
+
+
+def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_masks: list) -> dict:
+    """The mask-swap check of one cell (:mod:`aldm.metrics.mask_swap`) on consecutive held-out masks; the
+    first pair's volumes go to ``eval/<cell>/mask_swap.npz`` for the report's figure."""
+    import numpy as np
+
+    from ..metrics.mask_swap import mask_swap
+
+    log(f"cell {cell['name']}: mask-swap check")
+    out = mask_swap(pipe, test_masks, generation_settings(cfg, cell["s"], cfg.seed + 3000), pairs=cfg.mask_swap_pairs)
+    example = out.pop("example", None)
+    if example is not None:
+        folder = os.path.join(cfg.out, "eval", cell["id"])
+        os.makedirs(folder, exist_ok=True)
+        np.savez_compressed(os.path.join(folder, "mask_swap.npz"), **example)
+    return out
+
+
+def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
+    """Run (or resume) the whole experiment; returns the path of the HTML report. One process at a time
+    per experiment folder (:mod:`aldm.io.lock`)."""
+    with exclusive_writer(cfg.out, "experiment"):
+        return _run_table1(cfg, progress)
+
+
+def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
+    os.makedirs(cfg.out, exist_ok=True)
+    atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(asdict(cfg), indent=2) + "\n")
+    splits = make_splits(cfg)
+    runs = train_all(cfg, splits, progress)
+    k_max = max(cfg.k)
+    test = splits[k_max]["test"]
+    cv_subjects = {s for f in splits[k_max]["cv"] for s in f["train"] + f["test"]}
+    all_subjects = sorted(cv_subjects | set(splits[k_max]["k_shot"]))
+    real = {i["subject"]: i for i in real_items(cfg.target_cache, all_subjects)}
+    fold_models: dict = {}
+    segmenter = _train_segmenter(cfg, set(test), progress)
+    target = PreparedCache(cfg.target_cache)
+    rows = target.by_subject()
+    reference_path = os.path.join(cfg.out, "cells", "real-reference.json")
+    real_scores: dict = {}  # what depends on the real test volumes alone, computed by the first cell (evaluate)
+    for cell in cells(cfg):
+        path = os.path.join(cfg.out, "cells", f"{cell['id']}.json")
+        result = None
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                result = json.load(fh)
+            if "mask_swap" in result or not cfg.mask_swap_pairs:
+                continue
+        run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
+        pipe = load_pipeline(run)  # one load for the cell's samples and its mask-swap check
+        if result is None:
+            log(f"cell {cell['name']}: generate + evaluate")
+            samples_dir = os.path.join(cfg.out, "samples", cell["id"])
+            generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
+                     settings=generation_settings(cfg, cell["s"], cfg.seed + 1000), progress=progress, native=False,
+                     pipeline=pipe)
+            fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
+                                inception=cfg.inception, log=log, frd_modalities=cfg.frd_modalities,
+                                diversity_pairs=cfg.diversity_pairs, segmenter=segmenter, reference=real_scores)
+            synthetic = [{"subject": s["mask_subject"], "image": s["image"],
+                          "mask": target.load(rows[s["mask_subject"]])["mask"],
+                          "idh": rows[s["mask_subject"]]["idh"] or None,
+                          "grade": rows[s["mask_subject"]]["grade"] or None}
+                         for s in load_synthetic(samples_dir)]
+            classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
+            result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
+        if cfg.mask_swap_pairs:
+            result["mask_swap"] = _mask_swap(cfg, pipe, cell, [real[s]["mask"] for s in test])
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    if not os.path.exists(reference_path):
+        # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone
+        split, ccfg, items = splits[k_max], _classifier_config(cfg), list(real.values())
+        reference = {"trtr": cross_validate(items, [], split["cv"], "trtr", ccfg, models=fold_models),
+                     "few_shot_only": cross_validate(items, [], split["cv"], "few-shot-only", ccfg, split["k_shot"],
+                                                     fold_models)}
+        atomic_write_text(reference_path, json.dumps(reference, indent=2) + "\n")
+    return write_table1_report(cfg, splits)
+
+
+def write_table1_report(cfg: ExperimentConfig, splits: dict) -> str | None:
+    """The report from the finished cells on disk (with the segmentation section when that experiment has
+    run); None while a cell or the reference rows are missing."""
+    from .report import write_report
+
+    paths = [os.path.join(cfg.out, "cells", f"{cell['id']}.json") for cell in cells(cfg)]
+    paths.append(os.path.join(cfg.out, "cells", "real-reference.json"))
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    loaded = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            loaded.append(json.load(fh))
+    return write_report(cfg, loaded[:-1], loaded[-1], splits)
