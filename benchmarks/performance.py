@@ -125,7 +125,7 @@ def aldm_inputs(size: int, batch: int, device: torch.device):
 def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
     """fp32, and bf16 autocast where the device computes bf16 natively (aldm.precision; what
     ``--precision auto`` picks there). Keys of the bf16 figures end in ``_bf16``."""
-    from aldm.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, sample_dpmpp_2m
+    from aldm.diffusion.samplers import initial_noise, run_sampler
     from aldm.diffusion.schedule import NoiseSchedule
 
     prof, _, control, stats, z, t = aldm_inputs(112, 1, device)
@@ -185,12 +185,7 @@ def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
                         with autocast(device, precision):
                             return guided_run(a, b).float()
 
-                    if sampler == "ddpm":
-                        z0 = sample_ddpm(eps, schedule, zt, gens)
-                    elif sampler == "ddim":
-                        z0 = sample_ddim(eps, schedule, zt, steps)
-                    else:
-                        z0 = sample_dpmpp_2m(eps, schedule, zt, steps)
+                    z0 = run_sampler(sampler, eps, schedule, zt, steps, gens)
                     with autocast(device, precision):
                         return vae.decode(z0.contiguous(memory_format=torch.channels_last_3d))
 
@@ -416,6 +411,7 @@ def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> 
 
     from aldm.artifacts.run import Run
     from aldm.data.masks import masks_from_cache
+    from aldm.diffusion.settings import GenerationSettings
     from aldm.metrics.frd import frd_scores
     from aldm.metrics.similarity import ssim_3d
     from aldm.pipeline import ALDMPipeline
@@ -436,7 +432,8 @@ def section_quality(device: torch.device, model: str, n: int, seed: int = 0) -> 
     for name, sampler, steps, run_seeds, precision in runs:
         pipe.precision = precision
         start = time.perf_counter()
-        sets[name] = [v.numpy() for v in pipe(masks, 3.0, steps, sampler, generator=run_seeds)["image"]]
+        settings = GenerationSettings(guidance=3.0, sampler=sampler, steps=steps)
+        sets[name] = [v.numpy() for v in pipe(masks, settings, generator=run_seeds)["image"]]
         seconds[name] = (time.perf_counter() - start) / len(items)
     ref, ode = sets["ddpm1000"], sets["ddim1000"]
     out = {"model": os.path.abspath(model), "n": len(items), "image_size": pipe.profile.image_size}

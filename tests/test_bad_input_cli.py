@@ -87,7 +87,7 @@ CASES = {
     "steps_zero": (["generate", "--model", "{root}/runs/fewshot", "--out", "{root}/gen", "--steps", "0"],
                    "must be at least 1"),
     "steps_over_T": (["generate", "--model", "{root}/runs/fewshot", "--out", "{root}/gen", "--steps", "5000"],
-                     "steps must be between 1 and 100"),
+                     "steps must be at most T = 100"),
     "ddpm_partial": (["generate", "--model", "{root}/runs/fewshot", "--out", "{root}/gen", "--sampler", "ddpm",
                       "--steps", "10"], "ancestral DDPM runs all"),
     "n_negative": (["generate", "--model", "{root}/runs/fewshot", "--out", "{root}/gen", "--n", "-2"],

@@ -114,16 +114,12 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
              masks=f"cache:{prepared_cache}", progress=False)
     sample = next(n for n in os.listdir(tmp_path / "gen_train") if n.startswith("sample-"))
     os.replace(tmp_path / "gen_train" / sample, tmp_path / "gen" / "extra")
-    import csv
+    from aldm.artifacts.samples import SampleRecord, SampleSet
 
-    rows = list(csv.DictReader(open(tmp_path / "gen" / "samples.csv")))
-    extra = json.load(open(tmp_path / "gen" / "extra" / "sample.json"))
-    extra["sample"] = "extra"
-    rows.append({k: extra.get(k, "") for k in rows[0]})
-    with open(tmp_path / "gen" / "samples.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    samples = SampleSet(str(tmp_path / "gen"))
+    extra = SampleRecord.from_dict({**json.load(open(tmp_path / "gen" / "extra" / "sample.json")), "sample": "extra"},
+                                   "extra")
+    samples.write_index(samples.records() + [extra])
     result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
                       inception=str(tmp_path / "none.pth"))
     assert result["excluded_few_shot_samples"] == 1 and result["n_samples"] == 2

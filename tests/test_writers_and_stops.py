@@ -31,7 +31,7 @@ from aldm.io.lock import LOCK_FILE, FolderBusy, exclusive_writer
 
 pytestmark = pytest.mark.slow  # real subprocesses; see pyproject.toml
 
-STEPS = 40
+STEPS = 120  # ~4 s of training at 32^3: longer than a second aldm process takes to start (~5 s under load)
 
 
 def _aldm(*args):

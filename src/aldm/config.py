@@ -19,6 +19,28 @@ PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precisi
 PREDICTIONS = ("epsilon", "v")  # what the latent denoiser outputs (DiffusionConfig.prediction)
 
 
+def _whole(config, name: str, low: int = 1) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise AldmError(f"{type(config).__name__}.{name} must be a whole number >= {low}, got {value!r}")
+
+
+def _widths(config, name: str, groups: int = 1) -> None:
+    value = getattr(config, name)
+    if (not isinstance(value, tuple) or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % groups for v in value)):
+        rule = f"multiples of {groups}" if groups > 1 else "whole numbers >= 1"
+        raise AldmError(f"{type(config).__name__}.{name} must be a list of {rule}, got {value!r}")
+
+
+def _number(config, name: str, low: float = 0.0, high: float = float("inf"), open_low: bool = False) -> None:
+    value = getattr(config, name)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+            or value < low or value > high or (open_low and value == low)):
+        bound = f"{'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")
+        raise AldmError(f"{type(config).__name__}.{name} must be a number {bound}, got {value!r}")
+
+
 @dataclass
 class VAEConfig:
     """The 3D VAE of §3.1 (Eq. 3.1-3.4): widths at S, S/2, S/4, latent channels zC and loss weights."""
@@ -37,6 +59,21 @@ class VAEConfig:
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
 
+    def __post_init__(self):
+        """Refuse widths, channels or weights that cannot build or train a VAE (an AldmError naming the field)."""
+        for name in ("in_channels", "latent_channels"):
+            _whole(self, name)
+        _whole(self, "refine_blocks", 0)
+        _widths(self, "channels")
+        if len(self.channels) != 3:
+            raise AldmError(f"VAEConfig.channels must give 3 widths (at S, S/2, S/4), got {self.channels!r}")
+        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight"):
+            _number(self, name)
+        _number(self, "kl_warmup_fraction", 0.0, 1.0)
+        _whole(self, "train_crop", 0)
+        if self.train_crop % 4:
+            raise AldmError(f"VAEConfig.train_crop must be a multiple of 4 (0: whole volumes), got {self.train_crop}")
+
 
 @dataclass
 class UNetConfig:
@@ -54,6 +91,17 @@ class UNetConfig:
     # 2024, conditions on the mask); False = the ControlNet alone carries them (the paper)
     input_control: bool = False
 
+    def __post_init__(self):
+        """Refuse widths that cannot build the U-Net or its ControlNet (GroupNorm needs multiples of ``groups``)."""
+        for name in ("res_blocks", "groups", "time_dim", "stats_dim", "control_in"):
+            _whole(self, name)
+        _widths(self, "channels", self.groups)
+        _widths(self, "control_channels", self.groups)
+        if len(self.channels) != len(self.control_channels):
+            raise AldmError(f"UNetConfig.control_channels must have one width per U-Net level ({len(self.channels)}), "
+                            f"got {self.control_channels!r}")
+        _number(self, "lambda_ctrl")
+
 
 @dataclass
 class DiffusionConfig:
@@ -68,6 +116,22 @@ class DiffusionConfig:
     # what the denoiser outputs: "epsilon" (the noise, the paper) or "v" = sqrt(abar) eps - sqrt(1 - abar) z_0
     # (Salimans & Ho 2022); samplers always receive eps, converted from v
     prediction: str = "epsilon"
+
+    def __post_init__(self):
+        """Refuse an unknown prediction, a schedule that is not 0 < beta_start < beta_end < 1, or a dropout
+        outside [0, 1)."""
+        if self.prediction not in PREDICTIONS:
+            raise AldmError(f"DiffusionConfig.prediction must be one of {', '.join(PREDICTIONS)}, got "
+                            f"{self.prediction!r}")
+        _whole(self, "timesteps", 2)
+        _number(self, "beta_start", 0.0, 1.0, open_low=True)
+        _number(self, "beta_end", 0.0, 1.0, open_low=True)
+        if not self.beta_start < self.beta_end < 1.0:
+            raise AldmError(f"DiffusionConfig: need beta_start < beta_end < 1, got {self.beta_start} and "
+                            f"{self.beta_end}")
+        _number(self, "cond_dropout", 0.0, 0.999)
+        _number(self, "tumour_weight")
+        _number(self, "min_snr_gamma")
 
 
 @dataclass
@@ -85,6 +149,15 @@ class BaselineConfig:
     vaegan_kl: float = 1e-3
     diffaugment: bool = True  # translation + intensity augmentation of D's inputs in the few-shot stage
     adam_betas: tuple = (0.5, 0.999)
+
+    def __post_init__(self):
+        """Refuse widths or weights that cannot build or train the baselines."""
+        _widths(self, "gen_channels")
+        _widths(self, "disc_channels")
+        for name in ("gen_res_blocks", "noise_channels"):
+            _whole(self, name)
+        for name in ("adv_weight", "l1_weight", "tumour_consistency", "vaegan_rec", "vaegan_kl"):
+            _number(self, name)
 
 
 @dataclass
@@ -110,6 +183,21 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        """Refuse an unknown precision and lengths, rates or decays a stage cannot run with."""
+        if self.precision not in PRECISIONS:
+            raise AldmError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            _whole(self, name)
+        for name in ("warmup_steps", "probe_every"):
+            _whole(self, name, 0)
+        _number(self, "lr", 0.0, open_low=True)
+        _number(self, "weight_decay")
+        _number(self, "grad_clip")
+        _number(self, "ema_decay", 0.0, 1.0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise AldmError(f"TrainConfig.seed must be a whole number, got {self.seed!r}")
+
 
 @dataclass
 class Profile:
@@ -126,6 +214,13 @@ class Profile:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     train_baseline: TrainConfig = field(default_factory=TrainConfig)
     train_baseline_fewshot: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        """Refuse an image size the networks cannot take: the VAE downsamples by 4 and the U-Net's latent by
+        4 again, so S must be a positive multiple of 16."""
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 16 \
+                or self.image_size % 16:
+            raise AldmError(f"Profile.image_size must be a positive multiple of 16, got {self.image_size!r}")
 
     @property
     def latent_size(self) -> int:
@@ -147,15 +242,14 @@ class Profile:
             unknown = set(values) - names
             if unknown:
                 raise AldmError(f"unknown {kind.__name__} field(s): {sorted(unknown)}")
-            built = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-            if kind is TrainConfig and built.precision not in PRECISIONS:
-                raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {built.precision!r}")
-            if kind is DiffusionConfig and built.prediction not in PREDICTIONS:
-                raise AldmError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {built.prediction!r}")
-            return built
+            if not isinstance(values, dict):
+                raise AldmError(f"{kind.__name__}: expected an object, got {values!r}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+        if not isinstance(data, dict):
+            raise AldmError(f"expected a JSON object, got {type(data).__name__}")
         return cls(
-            name=data["name"], image_size=int(data["image_size"]),
+            name=str(data["name"]), image_size=data["image_size"],
             vae=build(VAEConfig, data.get("vae", {})), unet=build(UNetConfig, data.get("unet", {})),
             diffusion=build(DiffusionConfig, data.get("diffusion", {})),
             train_vae=build(TrainConfig, data.get("train_vae", {})),
@@ -180,8 +274,10 @@ class Profile:
                 return cls.from_dict(json.load(fh))
         except FileNotFoundError:
             raise AldmError(f"{path}: config not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise AldmError(f"{path}: not a valid aldm config ({exc})") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise AldmError(f"{path}: not a valid aldm config ({type(exc).__name__}: {exc})") from exc
+        except AldmError as exc:
+            raise AldmError(f"{path}: {exc}") from None
 
 
 def paper() -> Profile:

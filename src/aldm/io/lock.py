@@ -78,17 +78,15 @@ def exclusive_writer(folder: str, what: str = "folder", enabled: bool = True) ->
 
 def writes_folder(argument: str, what: str) -> Callable:
     """Decorator: the function holds the writer lock of the folder passed as ``argument`` while it runs
-    (rank 0 only, from its ``dist_info`` argument when it has one)."""
+    (rank 0 only: a ``dist_info`` argument whose ``is_main`` is false skips the lock; none means one process)."""
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from ..distributed import DistInfo
-
             bound = signature.bind(*args, **kwargs)
-            dist_info = bound.arguments.get("dist_info") or DistInfo()
-            with exclusive_writer(bound.arguments[argument], what, enabled=dist_info.is_main):
+            dist_info = bound.arguments.get("dist_info")
+            with exclusive_writer(bound.arguments[argument], what, enabled=dist_info is None or dist_info.is_main):
                 return fn(*args, **kwargs)
         return wrapper
     return decorate
