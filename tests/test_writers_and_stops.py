@@ -31,23 +31,30 @@ from aldm.io.lock import LOCK_FILE, FolderBusy, exclusive_writer
 
 pytestmark = pytest.mark.slow  # real subprocesses; see pyproject.toml
 
-STEPS = 120  # ~4 s of training at 32^3: longer than a second aldm process takes to start (~5 s under load)
+STEPS = 40
+WRITER_STEPS = 400  # ~14 s of training: the first writer is still at work when a second process has started (~5 s)
 
 
 def _aldm(*args):
     return [sys.executable, "-m", "aldm.cli", *map(str, args)]
 
 
-@pytest.fixture(scope="module")
-def long_profile(tmp_path_factory):
-    """The tiny profile with 40 VAE steps, checkpoints only at the end and one log row per step."""
+def _profile(folder, steps: int) -> str:
+    """The tiny profile with ``steps`` VAE steps, checkpoints only at the end and one log row per step."""
     from aldm.config import tiny
 
     profile = tiny()
-    profile.train_vae = dataclasses.replace(profile.train_vae, steps=STEPS, checkpoint_every=1000, log_every=1)
-    path = tmp_path_factory.mktemp("stops") / "profile.json"
+    profile = dataclasses.replace(profile, train_vae=dataclasses.replace(profile.train_vae, steps=steps,
+                                                                         checkpoint_every=1000, log_every=1))
+    path = folder / "profile.json"
     profile.save(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def long_profile(tmp_path_factory):
+    """The tiny profile with STEPS VAE steps (see :func:`_profile`)."""
+    return _profile(tmp_path_factory.mktemp("stops"), STEPS)
 
 
 def _wait_for_rows(path: str, rows: int, proc, timeout: float = 120) -> None:
@@ -71,9 +78,10 @@ def _same(a, b):
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
-def test_a_second_writer_is_refused_and_touches_nothing(prepared_cache, long_profile, tmp_path):
+def test_a_second_writer_is_refused_and_touches_nothing(prepared_cache, tmp_path):
     run = tmp_path / "run"
-    args = ("train", "vae", "--data", prepared_cache, "--profile", long_profile, "--out", run, "--quiet")
+    args = ("train", "vae", "--data", prepared_cache, "--profile", _profile(tmp_path, WRITER_STEPS), "--out", run,
+            "--quiet")
     first = subprocess.Popen(_aldm(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(str(run / "metrics.csv"), 2, first)
     before = sorted(os.listdir(run))
@@ -85,7 +93,7 @@ def test_a_second_writer_is_refused_and_touches_nothing(prepared_cache, long_pro
     after = set(os.listdir(run))
     assert set(before) <= after and after - set(before) <= {"weights.pt", "vae.pt", "checkpoint.pt"}
     with open(run / "metrics.csv") as fh:
-        assert [line.split(",")[0] for line in fh][1:] == [str(s) for s in range(1, STEPS + 1)]  # one writer's log
+        assert [line.split(",")[0] for line in fh][1:] == [str(s) for s in range(1, WRITER_STEPS + 1)]  # one log
 
 
 def test_the_lock_dies_with_its_process_and_is_reentrant(tmp_path):
