@@ -18,8 +18,10 @@ from aldm.diffusion.samplers import (
     sample_dpmpp_2m,
 )
 from aldm.diffusion.schedule import NoiseSchedule, tumour_weighted_mse
+from aldm.errors import AldmError
 from aldm.models.blocks import ResBlock
 from aldm.models.unet import ConditionalDenoiser
+from aldm.train.stages import LDMTask
 
 SCHEDULE = NoiseSchedule(DiffusionConfig())
 
@@ -97,6 +99,45 @@ def test_tumour_weighted_mse_eq_3_9():
     eps, eps_hat = torch.zeros(1, 1, 2, 1, 1), torch.ones(1, 1, 2, 1, 1)
     weight = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
     assert tumour_weighted_mse(eps, eps_hat, weight, 2.0) == pytest.approx((3.0 + 1.0) / 2)
+
+
+def test_v_prediction_targets_conversion_and_loss_by_hand():
+    """v = sqrt(abar) eps - sqrt(1 - abar) z_0; eps_from_v inverts it at z_t (what samplers and probes see);
+    a v-predicting LDM's loss is the tumour-weighted MSE on v, with Min-SNR weight min(SNR, gamma) / (SNR + 1)."""
+    profile = tiny()
+    profile.diffusion = dataclasses.replace(profile.diffusion, prediction="v")
+    schedule = NoiseSchedule(profile.diffusion)
+    t = torch.tensor([0, 50, 99])
+    abar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1, 1)
+    torch.manual_seed(0)
+    z0, eps = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2)
+    v = schedule.v_target(z0, t, eps)
+    torch.testing.assert_close(v, abar.sqrt() * eps - (1 - abar).sqrt() * z0)
+    z_t = schedule.q_sample(z0, t, eps)
+    torch.testing.assert_close(schedule.eps_from_v(v, z_t, t), eps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(schedule.as_noise(v, z_t, t), eps, rtol=1e-5, atol=1e-5)
+    assert torch.equal(NoiseSchedule(tiny().diffusion).as_noise(v, z_t, t), v)  # epsilon: unchanged
+
+    class Zero(torch.nn.Module):
+        def forward(self, z_t, t, control, stats):
+            return torch.zeros_like(z_t)
+
+    mask = torch.zeros(3, 1, 2, 2, 2)
+    batch = {"mu": z0, "logvar": torch.full_like(z0, -60.0), "eps_posterior": torch.zeros_like(z0), "eps": eps,
+             "t": t, "control": torch.zeros(3, 3, 2, 2, 2), "stats": torch.zeros(3, 8), "weight": mask,
+             "keep": torch.ones(3)}
+    per_sample = v.square().mean(dim=(1, 2, 3, 4))  # the zero denoiser's error on v
+    loss, _ = LDMTask(Zero(), schedule, 0.0, torch.zeros(4), torch.ones(4))(batch, 0, 1)
+    assert float(loss) == pytest.approx(float(per_sample.mean()), rel=1e-4)
+    snr = abar.flatten() / (1 - abar.flatten())
+    weight = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
+    loss, _ = LDMTask(Zero(), schedule, 0.0, torch.zeros(4), torch.ones(4), min_snr_gamma=5.0)(batch, 0, 1)
+    assert float(loss) == pytest.approx(float((per_sample * weight).mean()), rel=1e-4)
+    # the probes' view: the zero v-prediction means eps_hat = sqrt(1 - abar) z_t
+    eps_true, eps_hat, _ = LDMTask(Zero(), schedule, 0.0, torch.zeros(4), torch.ones(4)).noise_prediction(batch)
+    torch.testing.assert_close(eps_hat, (1 - abar).sqrt() * z_t, rtol=1e-4, atol=1e-5)
+    with pytest.raises(AldmError, match="prediction must be one of"):
+        type(profile).from_dict({**profile.to_dict(), "diffusion": {"prediction": "x0"}})
 
 
 def _gaussian_eps(mu: float, sigma: float):

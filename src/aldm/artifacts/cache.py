@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import AldmError
 from ..io.atomic import atomic_path, atomic_write_text, sha256_file
 from ..modalities import DEFAULT_MODALITIES, file_stems, parse_modalities
+from .folder import ArtifactFolder
 
 MANIFEST = "manifest.csv"
 PREPARE_CONFIG = "prepare.json"
@@ -39,19 +40,10 @@ def manifest_columns(modalities=DEFAULT_MODALITIES) -> tuple[str, ...]:
     return (*SUBJECT_COLUMNS, *file_stems(modalities), "mask", *GEOMETRY_COLUMNS)
 
 
-class PreparedCache:
+class PreparedCache(ArtifactFolder):
     """One prepared cache folder. ``PreparedCache(path)`` touches no file; reads are cached per object
     (make a new one to see a cache that another process changed)."""
 
-    def __init__(self, path: str):
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"PreparedCache({self.path!r})"
-
-    def file(self, name: str) -> str:
-        """The path of ``name`` inside the cache."""
-        return os.path.join(self.path, name)
 
     # ------------------------------------------------------------------------------------ what it is
     @staticmethod

@@ -39,6 +39,7 @@ from ..io.atomic import atomic_write_text
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..modalities import parse_modalities
 from .cache import PreparedCache
+from .folder import ArtifactFolder
 from .split import load_split
 
 RUN_INFO = "run.json"
@@ -65,18 +66,9 @@ def code_version() -> str:
     return f"aldm {__version__}" + (f" ({sha})" if sha else "")
 
 
-class Run:
+class Run(ArtifactFolder):
     """One run folder (see the module docstring). Reading is lazy: ``Run(path)`` touches no file."""
 
-    def __init__(self, path: str):
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"Run({self.path!r})"
-
-    def file(self, name: str) -> str:
-        """The path of ``name`` inside the run folder."""
-        return os.path.join(self.path, name)
 
     # ------------------------------------------------------------------------------------ what it is
     @functools.cached_property

@@ -25,6 +25,7 @@ from ..errors import AldmError
 from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
 from ..io.nifti import save_nifti
 from ..modalities import MASK_FILE, file_stems, parse_modalities
+from .folder import ArtifactFolder
 
 SAMPLE_DONE = "sample.json"
 SAMPLES_INDEX = "samples.csv"
@@ -96,14 +97,8 @@ class SampleRecord:
         return parse_modalities(self.modalities or None, f"sample {self.sample}")
 
 
-class SampleSet:
+class SampleSet(ArtifactFolder):
     """One ``aldm generate`` output folder. ``SampleSet(path)`` touches no file."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"SampleSet({self.path!r})"
 
     def sample_dir(self, name: str) -> str:
         """The folder of sample ``name``."""

@@ -7,26 +7,26 @@ from collections.abc import Callable
 import torch
 
 
-def combine_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def combine_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Eq. 3.8: eps_uncond + s (eps_cond - eps_uncond), for every s (s < 1 included)."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
 def guided_noise(model: Callable, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor, stats: torch.Tensor,
-                 scale: float) -> torch.Tensor:
+                 guidance: float) -> torch.Tensor:
     """eps_guided for a batch; ``model(z, t, control, stats)`` is the conditional denoiser.
 
     The conditional and null-conditioned inputs are stacked into one forward of batch 2B. At s = 1
     Eq. 3.8 reduces exactly to eps_cond, and at s = 0 to eps_uncond: one pass of batch B suffices.
     """
-    if scale == 1.0:
+    if guidance == 1.0:
         return model(z_t, t, control, stats)
-    if scale == 0.0:
+    if guidance == 0.0:
         return model(z_t, t, torch.zeros_like(control), torch.zeros_like(stats))
     both = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([control, torch.zeros_like(control)]),
                  torch.cat([stats, torch.zeros_like(stats)]))
     eps_cond, eps_uncond = both.chunk(2)
-    return combine_guidance(eps_cond, eps_uncond, scale)
+    return combine_guidance(eps_cond, eps_uncond, guidance)
 
 
 class GuidedNoise:
@@ -42,11 +42,11 @@ class GuidedNoise:
     control (B, 3, s, s, s), stats (B, stats_dim); ``__call__(z_t (B, zC, s, s, s), t (B,))`` -> (B, zC, s, s, s).
     """
 
-    def __init__(self, denoiser, control: torch.Tensor, stats: torch.Tensor, scale: float):
-        self.denoiser, self.scale = denoiser, scale
-        if scale == 1.0:
+    def __init__(self, denoiser, control: torch.Tensor, stats: torch.Tensor, guidance: float):
+        self.denoiser, self.guidance = denoiser, guidance
+        if guidance == 1.0:
             parts = [(control, stats)]
-        elif scale == 0.0:
+        elif guidance == 0.0:
             parts = [(torch.zeros_like(control), torch.zeros_like(stats))]
         else:
             parts = [(control, stats), (torch.zeros_like(control), torch.zeros_like(stats))]
@@ -62,4 +62,4 @@ class GuidedNoise:
         if self.copies == 1:
             return out
         eps_cond, eps_uncond = out.chunk(2)
-        return combine_guidance(eps_cond, eps_uncond, self.scale)
+        return combine_guidance(eps_cond, eps_uncond, self.guidance)
