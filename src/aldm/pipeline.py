@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .artifacts.run import Run
+from .artifacts.run import WEIGHTS, Run
 from .config import Profile
 from .data.control import control_maps, mask_statistics
 from .diffusion.guidance import GuidedNoise
@@ -88,7 +88,7 @@ class ALDMPipeline:
         _load_state(denoiser, weights, "denoiser", run)
         for key in ("latent_mean", "latent_std"):
             if key not in weights:
-                raise AldmError(f"{run.file('weights.pt')}: not the weights of an ALDM run (no {key})")
+                raise AldmError(f"{run.file(WEIGHTS)}: not the weights of an ALDM run (no {key})")
         vae = frozen_vae(profile.vae, run.vae_state(), device, run.path)
         return cls(profile, vae, denoiser, weights["latent_mean"], weights["latent_std"], device, run.info,
                    run.weights_hash(), decode_slab, precision, run.modalities)
@@ -196,7 +196,7 @@ def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: st
 def _load_state(module: torch.nn.Module, weights: dict, key: str, run: Run) -> None:
     """Load ``weights[key]`` into ``module``; an AldmError naming the run's weights file when they are not
     this model's (another kind of run, or another profile's shapes)."""
-    path = run.file("weights.pt")
+    path = run.file(WEIGHTS)
     if not isinstance(weights, dict) or key not in weights:
         raise AldmError(f"{path}: not the weights of a {run.kind} run (no {key!r})")
     try:

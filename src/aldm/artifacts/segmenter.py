@@ -14,7 +14,7 @@ import os
 
 from ..errors import AldmError
 from ..io.checkpoint import load_checkpoint
-from .run import RUN_INFO, Run
+from .run import RUN_INFO, WEIGHTS, Run
 
 LEGACY_INFO = "segmenter.json"
 LEGACY_WEIGHTS = "segmenter.pt"
@@ -67,5 +67,5 @@ class SegmenterRun(Run):
             return load_checkpoint(self.file(LEGACY_WEIGHTS))
         weights = self.weights()
         if not isinstance(weights, dict) or "segmenter" not in weights:
-            raise AldmError(f"{self.file('weights.pt')}: not a segmenter's weights (no 'segmenter')")
+            raise AldmError(f"{self.file(WEIGHTS)}: not a segmenter's weights (no 'segmenter')")
         return weights["segmenter"]

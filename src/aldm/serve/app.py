@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from ..artifacts.samples import SAMPLE_DONE
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
@@ -306,7 +307,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
                     path = inside(folder, sp, f"{channel}.nii.gz")
                     if os.path.isfile(path):
                         zf.write(path, f"{sample}/{sp}/{channel}.nii.gz")
-            zf.write(inside(folder, "sample.json"), f"{sample}/sample.json")
+            zf.write(inside(folder, SAMPLE_DONE), f"{sample}/{SAMPLE_DONE}")
         return Response(buf.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{sample}.zip"'})
 

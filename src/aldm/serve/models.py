@@ -58,8 +58,8 @@ def describe_model(run_dir: str, model_id: str, data_override: str | None = None
     name = {"aldm": "ALDM", **BASELINE_NAMES}.get(kind, kind)
     where = f"PDGM few-shot (K={k})" if run.fewshot else "GBM source"
     data = data_override or run.data
-    if data and not PreparedCache.is_cache(data):
-        raise AldmError(f"{data}: no manifest.csv; --data must be a prepared cache")
+    if data:
+        PreparedCache(data).require()
     if data and PreparedCache(data).modalities != run.modalities:
         raise AldmError(f"{data}: holds {', '.join(PreparedCache(data).modalities)}, but model {run_dir} makes "
                         f"{', '.join(run.modalities)}; give a cache of the model's modalities")
