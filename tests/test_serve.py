@@ -35,7 +35,7 @@ def served(tiny_runs, tmp_path_factory):
     """A server over the tiny source LDM and few-shot model, with one finished 3-sample job."""
     out = tmp_path_factory.mktemp("serve")
     app = create_app([tiny_runs["ldm"], tiny_runs["fewshot"]], out=str(out))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         job = client.post("/api/jobs", json={"model": "fewshot", **GOOD})
         assert job.status_code == 202, job.text
         done = wait_for(client, job.json()["id"])
@@ -108,6 +108,12 @@ def test_downloads_are_the_written_niftis(served):
     ({"model": "fewshot", "guidance": -1}, 422, "guidance"),
     ({"model": "fewshot", "seed": "abc"}, 422, "seed"),
     ({"model": "fewshot", "extra": 1}, 422, "extra"),
+    ({"model": "fewshot", "n": "1"}, 422, "n"),  # strict: no string, boolean or float for a whole number
+    ({"model": "fewshot", "n": True}, 422, "n"),
+    ({"model": "fewshot", "n": 1.0}, 422, "n"),
+    ({"model": "fewshot", "guidance": "3"}, 422, "guidance"),
+    ({"model": "fewshot", "guidance": False}, 422, "guidance"),
+    ({"model": "fewshot", "steps": "20"}, 422, "steps"),
     ({"model": "no-such-model"}, 404, "unknown model"),
     ({}, 422, "model"),
 ])
@@ -116,6 +122,54 @@ def test_bad_parameters_get_4xx_with_a_message(served, body, status, words):
     resp = client.post("/api/jobs", json=body)
     assert resp.status_code == status
     assert words in json.dumps(resp.json())
+
+
+def test_errors_do_not_echo_the_request(served):
+    client, _, _ = served
+    resp = client.post("/api/jobs", json={"model": "<script>alert(1)</script>"})
+    assert resp.status_code == 404 and "script" not in resp.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused_unread(served):
+    client, _, _ = served
+
+    def chunks(total, size=8192):
+        yield b'{"model": "fewshot", "pad": "'
+        for _ in range(total // size):
+            yield b"x" * size
+        yield b'"}'
+
+    for total in (4 * 1024**2, 1900 * 1024):  # no Content-Length: the limit holds on the stream
+        resp = client.post("/api/jobs", content=chunks(total), headers={"content-type": "application/json"})
+        assert resp.status_code == 413, (total, resp.status_code, resp.text[:200])
+    small = client.post("/api/jobs", content=iter([b'{"model": "fewshot", ', b'"n": 0}']),
+                        headers={"content-type": "application/json"})
+    assert small.status_code == 422  # a small chunked body is read and validated as usual
+
+
+def test_security_headers_on_every_response(served):
+    client, job, _ = served
+    sample = job["samples"][0]["sample"]
+    for path in ("/", "/api/health", "/api/models", f"/api/jobs/{job['id']}",
+                 f"/api/jobs/{job['id']}/samples/{sample}/volume/t1", "/api/jobs/000000000000", "/nothing"):
+        resp = client.get(path)
+        assert resp.headers["x-content-type-options"] == "nosniff", path
+        assert "frame-ancestors 'none'" in resp.headers["content-security-policy"], path
+        assert resp.headers["x-frame-options"] == "DENY", path
+    page = client.get("/").headers["content-security-policy"]
+    assert "script-src 'sha256-" in page and "connect-src 'self'" in page and "unsafe-eval" not in page
+
+
+def test_only_the_bound_address_and_allowed_hosts_are_served(tiny_runs, tmp_path):
+    app = create_app([tiny_runs["fewshot"]], out=str(tmp_path), start_worker=False, allowed_hosts=("aldm.lab",))
+    hosts = (("http://127.0.0.1:8000", 200), ("http://localhost", 200), ("http://[::1]:8000", 200),
+             ("http://aldm.lab", 200), ("http://evil.example", 400), ("http://127.0.0.1.evil.example", 400))
+    for base, status in hosts:
+        with TestClient(app, base_url=base) as client:
+            resp = client.get("/api/health")
+            assert resp.status_code == status, (base, resp.status_code)
+            if status == 400:
+                assert "evil" not in resp.text and resp.headers["x-content-type-options"] == "nosniff"
 
 
 def test_nan_guidance_and_oversized_bodies_are_refused(served):
@@ -157,7 +211,7 @@ def test_inside_refuses_symlinks_that_escape(tmp_path):
 
 def test_queue_is_bounded_and_survives_a_restart(tiny_runs, tmp_path):
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path), max_pending=1, start_worker=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         first = client.post("/api/jobs", json={"model": "fewshot", **GOOD, "n": 1})
         assert first.status_code == 202
         busy = client.post("/api/jobs", json={"model": "fewshot", **GOOD})
@@ -167,13 +221,13 @@ def test_queue_is_bounded_and_survives_a_restart(tiny_runs, tmp_path):
     assert json.load(open(tmp_path / "jobs" / job_id / "job.json"))["status"] == "queued"
     # a new server over the same folder picks the unfinished job up and finishes it
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path), max_pending=1)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         job = wait_for(client, job_id)
         assert job["status"] == "done" and job["resumed"] and len(job["samples"]) == 1
     # and a third start still lists it, finished, without running it again
     before = os.path.getmtime(tmp_path / "jobs" / job_id / "samples" / job["samples"][0]["sample"] / "sample.json")
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         again = client.get(f"/api/jobs/{job_id}").json()
         assert again["status"] == "done" and len(again["samples"]) == 1
         assert [j["id"] for j in client.get("/api/jobs").json()] == [job_id]
@@ -196,7 +250,7 @@ LONG = {**GOOD, "n": 8, "steps": 40}  # long enough to be caught running
 
 def test_jobs_can_be_cancelled_queued_or_running(tiny_runs, tmp_path):
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "q"), start_worker=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         a, b = (client.post("/api/jobs", json={"model": "fewshot", **GOOD}).json()["id"] for _ in range(2))
         cancelled = client.post(f"/api/jobs/{a}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -206,7 +260,7 @@ def test_jobs_can_be_cancelled_queued_or_running(tiny_runs, tmp_path):
         assert client.post("/api/jobs/0123456789ab/cancel").status_code == 404
         assert client.get(f"/api/jobs/{b}").json()["status"] == "queued"
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "r"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         job_id = client.post("/api/jobs", json={"model": "fewshot", **LONG}).json()["id"]
         _wait_running(client, job_id)
         assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
@@ -220,7 +274,7 @@ def test_jobs_can_be_cancelled_queued_or_running(tiny_runs, tmp_path):
 
 def test_shutdown_drains_the_running_job_and_the_next_start_resumes_it(tiny_runs, tmp_path):
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         job_id = client.post("/api/jobs", json={"model": "fewshot", **LONG}).json()["id"]
         _wait_running(client, job_id)
         started = time.monotonic()
@@ -228,7 +282,7 @@ def test_shutdown_drains_the_running_job_and_the_next_start_resumes_it(tiny_runs
     saved = json.load(open(tmp_path / "jobs" / job_id / "job.json"))
     assert saved["status"] == "queued" and saved["resumed"]
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         job = wait_for(client, job_id, timeout=300)
         assert job["status"] == "done" and len(job["samples"]) == LONG["n"]
 
@@ -259,7 +313,7 @@ def test_a_failing_job_fails_alone(tiny_runs, tmp_path, prepared_cache):
     cache = tmp_path / "cache"
     shutil.copytree(prepared_cache, cache)
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path / "out"), data=[str(cache)])
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         for name in os.listdir(cache):
             if name.endswith(".npz"):
                 (cache / name).write_bytes(b"not an npz")

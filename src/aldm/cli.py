@@ -144,32 +144,59 @@ def _probe_subjects(args):
     return ProbeSubjects(args.probe_data or args.data, list(subjects))
 
 
+# what a --profile given with --resume must agree on with the run's own config.json (the rest: the
+# run's settings, --steps / --seed / --precision overrides and probes, may differ)
+PROFILE_IDENTITY = ("name", "image_size", "vae", "unet", "diffusion", "baseline")
+
+
+def _resumed_profile(args):
+    """With ``--resume`` on an existing run: the run's own profile (its ``config.json``; damaged: one line),
+    refusing a ``--profile`` that contradicts it; else None."""
+    from .artifacts.run import Run
+    from .config import get_profile
+
+    run = Run(args.out)
+    if not (args.resume and run.exists):
+        return None
+    own = run.profile
+    if args.profile:
+        given = get_profile(args.profile)
+        differs = [k for k in PROFILE_IDENTITY if given.to_dict()[k] != own.to_dict()[k]]
+        if differs:
+            raise AldmError(f"{run.file('config.json')}: the run was started with profile {own.name!r}; --profile "
+                            f"{args.profile} differs in {', '.join(differs)}; resume without --profile (the run's "
+                            "own is used) or choose another --out")
+    return own
+
+
 def _cmd_train(args) -> int:
     from .artifacts.run import Run
     from .config import get_profile
     from .distributed import init_distributed, shutdown
     from .train.stages import train_ldm, train_vae, with_probe_every
 
+    resumed = _resumed_profile(args)
     info = init_distributed()
     try:
         probe = _probe_subjects(args) if args.stage != "baseline" else None
         if args.stage == "baseline":
             from .train.baselines import train_baseline
 
-            profile = get_profile(args.profile) if args.profile else (Run(args.init).profile if args.init
-                                                                       else get_profile("small"))
+            profile = resumed or (get_profile(args.profile) if args.profile else (Run(args.init).profile if args.init
+                                                                                  else get_profile("small")))
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                                   resume=args.resume, dist_info=info, progress=not args.quiet,
                                   precision=args.precision)
         elif args.stage == "vae":
-            profile = get_profile(args.profile or "small")
+            profile = resumed or get_profile(args.profile or "small")
             profile = with_probe_every(profile, args.probe_every)
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
                              dist_info=info, progress=not args.quiet, precision=args.precision, probe=probe)
         else:
             parent = args.init or args.vae
-            profile = get_profile(args.profile) if args.profile else (Run(parent).profile if parent else None)
+            profile = resumed or (get_profile(args.profile) if args.profile else (Run(parent).profile if parent
+                                                                                  else None))
             profile = with_probe_every(profile, args.probe_every)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
@@ -199,7 +226,7 @@ def _cmd_generate(args) -> int:
         start = time.perf_counter()
         rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects, settings=settings,
                         batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet,
-                        decode_slab=args.decode_slab)
+                        decode_slab=args.decode_slab, overwrite=args.overwrite)
         elapsed = time.perf_counter() - start
     finally:
         shutdown(info)
@@ -257,7 +284,8 @@ def _cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"aldm: serving on {args.host}: anyone who can reach this address can generate and download",
               file=sys.stderr)
-    app = create_app(args.model, out=args.out, data=args.data, max_pending=args.max_queue, device=args.device)
+    app = create_app(args.model, out=args.out, data=args.data, max_pending=args.max_queue, device=args.device,
+                     allowed_hosts=(args.host, *(args.allow_host or ())))
     print(f"aldm: http://{args.host}:{args.port}/  (jobs and samples in {os.path.abspath(args.out)})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -404,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "about half the decoder's peak memory, a little slower; 0 = whole volume)")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--out", required=True)
+    gen.add_argument("--overwrite", action="store_true",
+                     help="remove the samples already in --out first (a re-run otherwise continues them only when "
+                          "they were made with the same model, settings, seeds and masks)")
     gen.add_argument("--quiet", action="store_true")
     gen.set_defaults(func=_cmd_generate)
 
@@ -462,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--out", default="aldm-serve", help="jobs and samples, kept across restarts")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                       help="also answer requests for this Host name (a reverse proxy's; repeatable); others get 400 "
+                            "(DNS-rebinding guard)")
     serve.add_argument("--max-queue", type=_positive_int, default=4, help="jobs queued or running at most")
     serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     serve.set_defaults(func=_cmd_serve)

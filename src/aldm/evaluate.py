@@ -33,7 +33,7 @@ def load_synthetic(folder: str) -> list[dict]:
     'mask' (1, S, S, S) uint8, the mask the sample was generated from."""
     samples = SampleSet(folder)
     out = []
-    for record in samples.records():
+    for record in samples.checked_records():  # every file against its checksum first
         image, mask = samples.load_volumes(record)
         out.append({**record.as_dict(), "modalities": list(record.channels), "image": image, "mask": mask})
     return out

@@ -12,6 +12,8 @@ interrupted run leaves no half-written sample and a re-run continues where it st
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -24,25 +26,33 @@ from .diffusion.settings import GenerationSettings
 from .distributed import DistInfo, barrier
 from .errors import AldmError
 from .interrupt import Stopped, graceful_stop
-from .io.atomic import require_free_space
+from .io.atomic import free_bytes, require_free_space
 from .io.lock import writes_folder
-from .modalities import MASK_FILE, file_stems
+from .modalities import DEFAULT_MODALITIES, MASK_FILE, file_stems
 from .pipeline import load_pipeline
+
+# what a re-run must ask the same as the samples already there (the request; precision may differ by machine)
+REQUEST_FIELDS = ("model_hash", "guidance", "sampler", "steps", "seed", "mask_subject", "mask_source", "modalities")
 
 
 @writes_folder("out_dir", "sample folder")
 def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
              settings: GenerationSettings | None = None, batch_size: int = 4, dist_info: DistInfo | None = None,
              device=None, progress: bool = True, native: bool = True, pipeline=None, on_progress=None,
-             decode_slab: int = 0) -> list[SampleRecord]:
+             decode_slab: int = 0, overwrite: bool = False, log=None) -> list[SampleRecord]:
     """Generate ``n`` samples with ``settings`` (default :class:`GenerationSettings`); returns the records
     of all samples (finished earlier ones included).
 
+    A folder that already holds samples is continued only when they are what this call asks for (same
+    model weights, guidance, sampler, steps, seeds and masks: :data:`REQUEST_FIELDS`); otherwise an
+    AldmError names what differs, and ``overwrite`` removes them and starts afresh.
     ``native=False`` writes model-space files only (what evaluation needs; much faster).
     ``pipeline``: an already loaded pipeline of ``model_dir`` (the web server keeps one in memory).
     ``decode_slab``: VAE decoding in depth slabs of that many planes (:class:`aldm.pipeline.ALDMPipeline`;
     ignored when ``pipeline`` is given). ``on_progress(done, total, step, steps)``: called after every
-    denoising step and every written batch, ``done``/``total`` counting this rank's samples of this call."""
+    denoising step and every written batch, ``done``/``total`` counting this rank's samples of this call.
+    ``log(line)``: where the estimate of size and time (after the first batch) goes (default: stderr when
+    ``progress``)."""
     dist_info = dist_info or DistInfo()
     settings = settings or GenerationSettings()
     if n < 1:
@@ -52,22 +62,61 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     settings = pipe.validate(settings)
     items = resolve_masks(masks, Run(model_dir), pipe.profile.image_size, subjects, settings.seed, n)
     samples = SampleSet(out_dir)
+    plan = [_planned(i, items[i % len(items)], pipe, settings, model_dir) for i in range(n)]
     os.makedirs(out_dir, exist_ok=True)
     if dist_info.is_main:
+        if overwrite:
+            samples.remove_samples()
         samples.prepare()  # half-written samples of an interrupted run are removed; redone below
+        _check_same_request(samples, plan)
     barrier(dist_info)
-    names = [f"sample-{i:04d}_{items[i % len(items)].name}" for i in range(n)]
-    todo = [i for i in range(n) if i % dist_info.world_size == dist_info.rank and not samples.is_finished(names[i])]
+    todo = [i for i in range(n)
+            if i % dist_info.world_size == dist_info.rank and not samples.is_finished(plan[i].sample)]
     bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not (progress and dist_info.is_main))
+    if log is None:
+        shown = progress and dist_info.is_main
+        log = (lambda line: tqdm.write(line, file=sys.stderr)) if shown else (lambda line: None)
     with graceful_stop() as stop:
-        _generate_batches(pipe, items, names, todo, samples, bar, stop, model_dir=model_dir, batch_size=batch_size,
-                          settings=settings, native=native, on_progress=on_progress)
+        _generate_batches(pipe, items, plan, todo, samples, bar, stop, batch_size=batch_size, settings=settings,
+                          native=native, on_progress=on_progress, log=log)
     bar.close()
     barrier(dist_info)
-    records = [r for r in (samples.read_record(name) for name in names) if r is not None]
+    records = [r for r in (samples.read_record(p.sample) for p in plan) if r is not None]
     if dist_info.is_main:
         samples.write_index(records)
     return records
+
+
+def _planned(i: int, item, pipe, settings: GenerationSettings, model_dir: str) -> SampleRecord:
+    """The record sample ``i`` will have: its mask, seed settings.seed + i, the settings as they apply to
+    the model (a baseline's: not applicable), the model and its weights' hash."""
+    return SampleRecord(
+        sample=f"sample-{i:04d}_{item.name}", index=i, mask_subject=item.name, mask_source=item.source,
+        context_subject=item.context_subject, mask_cache=item.cache, seed=settings.seed + i,
+        **settings.recorded(pipe.kind), precision=getattr(pipe, "precision", "fp32"),
+        model=os.path.abspath(model_dir), model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""),
+        modalities=list(pipe.modalities))
+
+
+def _check_same_request(samples: SampleSet, plan: list[SampleRecord]) -> None:
+    """Refuse to continue a folder whose finished samples another request made: one line naming the sample
+    and what differs, or the samples this request would not make."""
+    planned = {p.sample: p for p in plan}
+    for name in samples.finished_names():
+        if name not in planned:
+            raise AldmError(f"{samples.sample_dir(name)}: made by another request (other masks or more samples); "
+                            "pass --overwrite to start afresh or choose another --out")
+        have, want = samples.read_record(name), planned[name]
+        differs = [f"{k} {getattr(have, k)!r} here, {getattr(want, k)!r} asked"
+                   for k in REQUEST_FIELDS if _comparable(getattr(have, k)) != _comparable(getattr(want, k))]
+        if differs:
+            raise AldmError(f"{samples.sample_dir(name)}: made with other settings ({'; '.join(differs)}); pass "
+                            "--overwrite to start afresh or choose another --out")
+
+
+def _comparable(value):
+    """Values as a request compares them (a 0.2 sample records no modalities: the paper's three)."""
+    return list(DEFAULT_MODALITIES) if value == [] else value
 
 
 def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> dict:
@@ -90,13 +139,14 @@ def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> 
     return volumes
 
 
-def _generate_batches(pipe, items: list, names: list[str], todo: list[int], samples: SampleSet, bar,
-                      stop: graceful_stop, *, model_dir: str, batch_size: int, settings: GenerationSettings,
-                      native: bool, on_progress) -> None:
-    """Generate and write the samples ``todo`` in batches; on SIGTERM / SIGINT stop after the batch being
-    written (each sample is written atomically) with :class:`~aldm.interrupt.Stopped`."""
+def _generate_batches(pipe, items: list, plan: list[SampleRecord], todo: list[int], samples: SampleSet, bar,
+                      stop: graceful_stop, *, batch_size: int, settings: GenerationSettings, native: bool,
+                      on_progress, log) -> None:
+    """Generate and write the samples ``todo`` in batches; after the first, say what all will take (bytes
+    and time, measured) and refuse to go on when the disk cannot hold the rest; on SIGTERM / SIGINT stop
+    after the batch being written (each sample is written atomically) with :class:`~aldm.interrupt.Stopped`."""
     out_dir = samples.path
-    recorded = settings.recorded(pipe.kind)
+    start_time = time.perf_counter()
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         require_free_space(out_dir, sum(_sample_bytes(items[i % len(items)], native, len(pipe.modalities))
@@ -108,19 +158,46 @@ def _generate_batches(pipe, items: list, names: list[str], todo: list[int], samp
                 on_progress(done, len(todo), step, total_steps)
         out = pipe(mask, settings, generator=[settings.seed + i for i in chunk], step_callback=step_callback)
         for j, i in enumerate(chunk):
-            item = items[i % len(items)]
-            record = SampleRecord(
-                sample=names[i], index=i, mask_subject=item.name, mask_source=item.source,
-                context_subject=item.context_subject, mask_cache=item.cache, seed=settings.seed + i, **recorded,
-                precision=getattr(pipe, "precision", "fp32"), model=os.path.abspath(model_dir),
-                model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""), modalities=list(pipe.modalities))
-            samples.write_sample(record, sample_volumes(out["image"][j].numpy(), item, pipe.modalities, native))
+            samples.write_sample(plan[i], sample_volumes(out["image"][j].numpy(), items[i % len(items)],
+                                                        pipe.modalities, native))
         bar.update(len(chunk))
         if on_progress is not None:
             on_progress(start + len(chunk), len(todo), 0, 0)
-        if stop.requested and start + batch_size < len(todo):
+        left = len(todo) - start - len(chunk)
+        if start == 0 and left:
+            _estimate(samples, [plan[i].sample for i in chunk], left, time.perf_counter() - start_time, log)
+        if stop.requested and left:
             raise Stopped(f"{out_dir}: stopped by {stop.requested} with {start + len(chunk)} of {len(todo)} samples "
                           "written; re-run the same command to finish the rest")
+
+
+def _estimate(samples: SampleSet, written: list[str], left: int, seconds: float, log) -> None:
+    """After the first batch: the measured bytes and seconds per sample, what the ``left`` samples will take,
+    and an AldmError (the written samples stay; a re-run continues) when the disk cannot hold them."""
+    size = sum(os.path.getsize(os.path.join(d, f)) for name in written
+               for d, _, files in os.walk(samples.sample_dir(name)) for f in files) / len(written)
+    per_sample = seconds / len(written)
+    need = size * left
+    log(f"aldm: {left} more sample(s): about {_human(need)} and {_duration(per_sample * left)} here "
+        f"({_human(size)} and {per_sample:.1f} s per sample, measured on the first batch)")
+    free = free_bytes(samples.path)
+    if free is not None and need > free:
+        raise AldmError(f"{samples.path}: the {left} remaining samples need about {_human(need)} but only "
+                        f"{_human(free)} is free; free space, lower --n or choose another --out (the "
+                        f"{len(written)} written samples stay and a re-run continues)")
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _sample_bytes(item, native: bool, channels: int) -> int:

@@ -30,6 +30,7 @@ from .folder import ArtifactFolder
 MANIFEST = "manifest.csv"
 PREPARE_CONFIG = "prepare.json"
 SUBJECT_COLUMNS = ("subject", "patient", "dataset", "domain", "idh", "grade", "codeletion")
+SUBJECT_ARRAYS = ("image", "mask", "labels", "brain")  # what every subject's npz holds (and its affine)
 GEOMETRY_COLUMNS = ("native_shape", "native_affine", "model_affine", "brain_box", "intensity_ranges",
                     "tumour_voxels", "file", "sha256")
 
@@ -101,8 +102,18 @@ class PreparedCache(ArtifactFolder):
         path = self.file(MANIFEST)
         if not os.path.isfile(path):
             return []
-        with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                columns = reader.fieldnames or []
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise AldmError(f"{path}: unreadable manifest ({type(exc).__name__}); re-run aldm data prepare") from exc
+        missing = [c for c in ("subject", "domain", "file", "sha256") if c not in columns]
+        if missing or any(None in row or not row.get("subject") for row in rows):
+            what = f"no {', '.join(missing)} column" if missing else "a row with too many fields or no subject"
+            raise AldmError(f"{path}: damaged manifest ({what}); re-run aldm data prepare")
+        return rows
 
     def rows(self, domain: str | None = None) -> list[dict]:
         """Manifest rows (all, or those of ``domain``); empty when there is no manifest."""
@@ -150,14 +161,25 @@ class PreparedCache(ArtifactFolder):
 
     def load(self, row_or_subject) -> dict:
         """Arrays of one subject: image float32 (C,S,S,S), mask/labels/brain uint8 (1,S,S,S), affine."""
-        name = row_or_subject["file"] if isinstance(row_or_subject, dict) else f"{row_or_subject}.npz"
+        name = row_or_subject.get("file", "") if isinstance(row_or_subject, dict) else f"{row_or_subject}.npz"
         path = self.file(name)
+        if not name or os.path.basename(name) != name or not name.endswith(".npz"):
+            raise AldmError(f"{self.file(MANIFEST)}: names {name!r}, not a subject file of the cache; re-run aldm "
+                            "data prepare")
         try:
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
                 out = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as exc:
+        except Exception as exc:  # missing, truncated (BadZipFile), corrupt member (zlib, CRC), not an npz at all
             raise AldmError(f"{path}: unreadable cache file ({type(exc).__name__}); re-run aldm data prepare") from exc
-        out["image"] = out["image"].astype(np.float32)
+        missing = [k for k in SUBJECT_ARRAYS if k not in out]
+        image = out.get("image")
+        if missing or image.ndim != 4 or image.shape[0] != len(self.modalities) or \
+                any(out[k].shape != (1, *image.shape[1:]) for k in ("mask", "labels", "brain")):
+            shapes = [out[k].shape for k in SUBJECT_ARRAYS] if not missing else []
+            what = f"no {', '.join(missing)}" if missing else f"arrays of shapes {shapes}"
+            raise AldmError(f"{path}: damaged cache file ({what}; expected {len(self.modalities)} channels and masks "
+                            "of the same size); re-run aldm data prepare")
+        out["image"] = image.astype(np.float32)
         return out
 
     def image_size(self) -> int:

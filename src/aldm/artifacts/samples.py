@@ -10,6 +10,7 @@ in a ``.tmp-`` folder renamed at the end, so an interrupted run leaves no half-w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -18,12 +19,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 
 from ..errors import AldmError
 from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
-from ..io.nifti import save_nifti
+from ..io.nifti import load_nifti, save_nifti
 from ..modalities import MASK_FILE, file_stems, parse_modalities
 from .folder import ArtifactFolder
 
@@ -123,6 +123,23 @@ class SampleSet(ArtifactFolder):
             raise AldmError(f"{self.path}: no {SAMPLES_INDEX}; not an aldm generate output folder")
         return self
 
+    def finished_names(self) -> list[str]:
+        """The names of the finished samples in the folder (those with their ``sample.json``), sorted."""
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(n for n in os.listdir(self.path) if n.startswith("sample-") and self.is_finished(n))
+
+    def remove_samples(self) -> None:
+        """Remove every sample and the index (``--overwrite``); other files in the folder stay."""
+        if not os.path.isdir(self.path):
+            return
+        for name in os.listdir(self.path):
+            if name.startswith(("sample-", ".tmp-sample-")):
+                shutil.rmtree(self.sample_dir(name), ignore_errors=True)
+        for name in (SAMPLES_INDEX,):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.path, name))
+
     def is_finished(self, name: str) -> bool:
         """Whether sample ``name`` has been written completely (its ``sample.json`` exists)."""
         return os.path.exists(os.path.join(self.sample_dir(name), SAMPLE_DONE))
@@ -195,19 +212,46 @@ class SampleSet(ArtifactFolder):
         self.require()
         name = SAMPLES_INDEX if os.path.isfile(os.path.join(self.path, SAMPLES_INDEX)) else LEGACY_SAMPLES_INDEX
         path = os.path.join(self.path, name)
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [SampleRecord.from_dict(row, f"{path} row {i + 2}") for i, row in enumerate(csv.DictReader(fh))]
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise AldmError(f"{path}: unreadable sample index ({type(exc).__name__})") from exc
+        records = [SampleRecord.from_dict(row, f"{path} row {i + 2}") for i, row in enumerate(rows)]
+        if not records:
+            raise AldmError(f"{path}: lists no samples; re-run aldm generate")
+        return records
 
     def load_volumes(self, record: SampleRecord, space: str = "model") -> tuple[np.ndarray, np.ndarray]:
         """(image (C, S, S, S) float32 in the record's channel order, mask (1, S, S, S) uint8) of a sample."""
         folder = os.path.join(self.sample_dir(record.sample), space)
-        try:
-            image = np.stack([np.asarray(nib.load(os.path.join(folder, f"{m}.nii.gz")).dataobj, dtype=np.float32)
-                              for m in file_stems(record.channels)])
-            mask = np.asarray(nib.load(os.path.join(folder, f"{MASK_FILE}.nii.gz")).dataobj, dtype=np.uint8)[None]
-        except (OSError, EOFError, ValueError) as exc:
-            raise AldmError(f"{folder}: unreadable synthetic sample ({exc})") from exc
-        return image, mask
+        channels = [load_nifti(os.path.join(folder, f"{m}.nii.gz"), scaled=False)[0]
+                    for m in file_stems(record.channels)]
+        mask = load_nifti(os.path.join(folder, f"{MASK_FILE}.nii.gz"), scaled=False)[0]
+        if len({c.shape for c in channels} | {mask.shape}) != 1 or mask.ndim != 3:
+            raise AldmError(f"{folder}: its volumes differ in shape or are not 3D; regenerate the sample")
+        return np.stack(channels), (mask > 0).astype(np.uint8)[None]
+
+    def checked_records(self) -> list[SampleRecord]:
+        """The index's records, each sample checked first: its ``sample.json`` must exist and be readable and
+        every file must match the checksum recorded there; an AldmError naming the first damaged file."""
+        records = self.records()
+        for record in records:
+            path = os.path.join(self.sample_dir(record.sample), SAMPLE_DONE)
+            if not os.path.isfile(path):
+                raise AldmError(f"{path}: missing: not a finished sample of aldm generate; re-run aldm generate to "
+                                "finish it")
+            info = self._read_json(path)
+            sums = info.get("sha256") if isinstance(info, dict) else None
+            if not isinstance(sums, dict) or not sums:
+                raise AldmError(f"{path}: damaged sample description (no checksums)")
+            for rel, digest in sums.items():
+                file = os.path.join(self.sample_dir(record.sample), rel)
+                if not os.path.isfile(file):
+                    raise AldmError(f"{file}: missing (listed in {SAMPLE_DONE})")
+                if sha256_file(file) != digest:
+                    raise AldmError(f"{file}: checksum mismatch (damaged or modified); regenerate the sample")
+        return records
 
     def verify(self) -> tuple[int, list[str]]:
         """(finished samples, problems): files missing or not matching the checksums their sample.json

@@ -18,13 +18,13 @@ import json
 import os
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..errors import AldmError
+from ..io.nifti import load_nifti
 
 
 @dataclass
@@ -115,26 +115,22 @@ def masks_from_folder(folder: str, size: int) -> list[MaskItem]:
     items = []
     for name in files:
         path = os.path.join(folder, name)
-        try:
-            img = nib.load(path)
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:
-            raise AldmError(f"{path}: unreadable NIfTI mask ({type(exc).__name__})") from exc
+        data, native_affine = load_nifti(path, scaled=False)  # the header is checked before any voxel is read
         if data.ndim != 3 or not np.isfinite(data).all():
             raise AldmError(f"{path}: a mask must be a finite 3D volume, got shape {data.shape}")
         mask = (data > 0).astype(np.float32)
         if not mask.any():
             raise AldmError(f"{path}: empty mask")
         if mask.shape == (size,) * 3:
-            model, affine = mask, img.affine
+            model, affine = mask, native_affine
         else:
-            t = MetaTensor(torch.from_numpy(mask)[None], affine=torch.as_tensor(img.affine, dtype=torch.float64))
+            t = MetaTensor(torch.from_numpy(mask)[None], affine=torch.as_tensor(native_affine, dtype=torch.float64))
             t = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
             t = Resize((size,) * 3, mode="nearest-exact")(t)
             model, affine = t.numpy()[0], np.asarray(t.affine)
         items.append(MaskItem(name=name.split(".")[0], mask=(model[None] > 0.5).astype(np.uint8),
                               model_affine=np.asarray(affine, dtype=np.float64), native_shape=tuple(data.shape),
-                              native_affine=np.asarray(img.affine), source=f"folder:{path}"))
+                              native_affine=np.asarray(native_affine), source=f"folder:{path}"))
     return items
 
 

@@ -18,10 +18,8 @@ The model-space affine (model voxel -> native world mm) travels through every tr
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -34,6 +32,8 @@ from monai.transforms import (
     Spacingd,
 )
 
+from ..errors import AldmError
+from ..io.nifti import load_nifti
 from ..modalities import DEFAULT_MODALITIES
 from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, SubjectRecord
 
@@ -67,22 +67,20 @@ class NativeVolume:
 
 
 def _load(path: str, problems: list) -> tuple[np.ndarray, np.ndarray] | None:
-    """Read one NIfTI fully; on failure append a one-line problem and return None."""
+    """Read one NIfTI fully, its header checked first (:func:`aldm.io.nifti.load_nifti`: a declared size
+    over the limit or beyond the file is refused before any voxel is read); on failure append a one-line
+    problem and return None."""
     try:
-        img = nib.load(path)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except FileNotFoundError:
-        problems.append(f"{path}: file not found")
-        return None
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        problems.append(f"{path}: unreadable NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        data, affine = load_nifti(path)
+    except AldmError as exc:
+        problems.append(str(exc))
         return None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         problems.append(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
         return None
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, affine
 
 
 def load_and_verify(record: SubjectRecord, modalities=DEFAULT_MODALITIES) -> tuple[NativeVolume | None, list[str]]:

@@ -22,6 +22,7 @@ and jobs live on disk (:mod:`aldm.serve.jobs`).
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import zipfile
@@ -43,10 +44,12 @@ from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
 from ..modalities import KNOWN_MODALITIES, volume_files
+from .guard import LOCAL_HOSTS, RequestGuard, page_policy
 from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
 from .volumes import CHANNEL_PATTERN, SPACES, inside, reference_volume, synthetic_volume
 
+log = logging.getLogger("aldm.serve")
 MAX_BODY_BYTES = 64 * 1024
 MAX_SAMPLES = 64
 JOB_ID = r"^[0-9a-f]{12}$"
@@ -57,7 +60,7 @@ VolumeFile = Literal[tuple(f"{name}.nii.gz" for name in volume_files(KNOWN_MODAL
 class JobRequest(BaseModel):
     """A generation request; sample i uses seed + i (paper Appendix A mask order)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" or true is not a number here
     model: str = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
     n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
     guidance: float = Field(DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
@@ -142,8 +145,10 @@ def _page() -> str:
 
 
 def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] | None = None,
-               max_pending: int = 4, device=None, start_worker: bool = True) -> FastAPI:
-    """The FastAPI app serving ``model_runs``; jobs and samples go under ``out``."""
+               max_pending: int = 4, device=None, start_worker: bool = True, allowed_hosts=()) -> FastAPI:
+    """The FastAPI app serving ``model_runs``; jobs and samples go under ``out``. It answers requests
+    whose Host is 127.0.0.1, localhost, [::1] or one of ``allowed_hosts`` (the bound address, a reverse
+    proxy's name); :mod:`aldm.serve.guard`."""
     entries = model_entries(model_runs, data)
     queue = JobQueue(out, entries, max_pending=max_pending, device=device)
     caches = {e.data for e in entries.values() if e.data}
@@ -178,27 +183,23 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
             headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(RequestGuard, allowed_hosts=(*LOCAL_HOSTS, *(allowed_hosts or ())), max_body=MAX_BODY_BYTES,
+                       page_csp=page_policy(_page()))
 
     def job_or_404(job_id: str) -> dict:
         job = queue.view(job_id)
         if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise HTTPException(404, "no such job")
         return job
 
     def sample_dir_or_404(job_id: str, sample: str) -> str:
         job_or_404(job_id)
         if queue.sample_meta(job_id, sample) is None:
-            raise HTTPException(404, f"job {job_id} has no finished sample {sample}")
+            raise HTTPException(404, "the job has no such finished sample")
         try:
             return inside(queue.samples_dir(job_id), sample)
         except AldmError as exc:
-            raise HTTPException(404, str(exc)) from exc
+            raise HTTPException(404, "no such sample") from exc
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -219,7 +220,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
     def create_job(request: JobRequest):
         entry = entries.get(request.model)
         if entry is None:
-            raise HTTPException(404, f"unknown model {request.model!r}; GET /api/models lists them")
+            raise HTTPException(404, "unknown model; GET /api/models lists them")
         params = request.model_dump()
         if entry.kind != "aldm":
             params.update(GenerationSettings().recorded(entry.kind))  # one generator pass: none of them applies
@@ -242,7 +243,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         except NotCancellable as exc:
             raise HTTPException(409, str(exc)) from exc
         if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise HTTPException(404, "no such job")
         return job
 
     @app.get("/api/jobs", response_model=list[Job])
@@ -273,8 +274,9 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
                 if not subject or cache not in caches:
                     raise HTTPException(404, f"sample {sample} has no real reference volume")
                 array = reference_volume(cache, subject, channel)
-        except AldmError as exc:
-            raise HTTPException(404, str(exc)) from exc
+        except AldmError as exc:  # the reason (with server paths) goes to the log, not to the client
+            log.warning("%s", exc)
+            raise HTTPException(404, "this volume cannot be read on the server") from exc
         array = np.ascontiguousarray(array)
         return Response(array.tobytes(), media_type="application/octet-stream",
                         headers={"X-Volume-Shape": ",".join(map(str, array.shape)), "X-Subject": subject,
@@ -289,7 +291,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         try:
             path = inside(folder, space, filename)
         except AldmError as exc:
-            raise HTTPException(404, str(exc)) from exc
+            raise HTTPException(404, "no such file") from exc
         if not os.path.isfile(path):
             raise HTTPException(404, f"sample {sample} has no {space}/{filename}")
         return FileResponse(path, media_type="application/gzip", filename=f"{sample}_{space}_{filename}")

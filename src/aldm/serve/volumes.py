@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts.cache import PreparedCache
 from ..artifacts.samples import SPACES  # noqa: F401 - the spaces a sample is written in, for the routes
 from ..errors import AldmError
+from ..io.nifti import load_nifti
 from ..modalities import KNOWN_MODALITIES, file_stems, volume_files
 
 CHANNEL_PATTERN = "^(" + "|".join(volume_files(KNOWN_MODALITIES)) + ")$"  # any channel name aldm knows
@@ -38,17 +39,11 @@ def to_uint8(volume: np.ndarray) -> np.ndarray:
     return np.round((np.clip(volume, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def _canonical(img: nib.Nifti1Image) -> np.ndarray:
-    return np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32)
-
-
 def synthetic_volume(sample_dir: str, channel: str) -> np.ndarray:
     """A sample's model-space channel as uint8 (X, Y, Z), RAS+."""
     path = os.path.join(sample_dir, "model", f"{channel}.nii.gz")
-    try:
-        data = _canonical(nib.load(path))
-    except Exception as exc:
-        raise AldmError(f"{path}: unreadable NIfTI ({type(exc).__name__})") from exc
+    array, affine = load_nifti(path, scaled=False)  # header checked first; any damage is one AldmError
+    data = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(array, affine)).dataobj, dtype=np.float32)
     return (data > 0).astype(np.uint8) if channel == "mask" else to_uint8(data)
 
 

@@ -160,9 +160,9 @@ class Trainer:
                     self.schedulers[phase].load_state_dict(sched)
                 torch.set_rng_state(state["rng_torch"])
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
-            except (AldmError, KeyError, RuntimeError) as exc:
-                errors.append(str(exc).splitlines()[0])
-                print(f"aldm: warning: {path}: cannot resume from it ({errors[-1]}); trying an older one",
+            except (AldmError, KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
+                errors.append(f"{name}: {_checkpoint_problem(exc)}")
+                print(f"aldm: warning: {path}: cannot resume from it ({_checkpoint_problem(exc)}); trying an older one",
                       file=sys.stderr)
                 continue
             self._trim_log()
@@ -335,6 +335,18 @@ class Trainer:
             self.schedulers[phase].step()
         optimizer.zero_grad(set_to_none=True)
         return total, logs, float(norm), finite
+
+
+def _checkpoint_problem(exc: Exception) -> str:
+    """What is wrong with a checkpoint, in words, from the exception loading it raised."""
+    if isinstance(exc, AldmError):
+        return "unreadable: truncated, damaged or not a torch file"
+    if isinstance(exc, KeyError):
+        return f"not a training checkpoint of aldm (it has no {exc.args[0]!r} entry)"
+    if isinstance(exc, RuntimeError) and ("size mismatch" in str(exc) or "Missing key" in str(exc)
+                                          or "Unexpected key" in str(exc)):
+        return "saved by a run of other networks (its weights do not fit this run's config.json)"
+    return f"not a checkpoint this run can continue from ({type(exc).__name__})"
 
 
 def _pinned(batch, device):
