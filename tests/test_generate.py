@@ -155,3 +155,52 @@ def test_four_stages_and_generate_from_the_cli(prepared_cache, tmp_path, capsys)
     assert main(["train", "ldm", "--data", c, "--out", str(r / "fs2"), "--init", str(r / "ldm"), "--k", "50",
                  "--quiet"]) == 2
     assert "--k 50 exceeds the 5 target patients" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_rerun_continues_only_the_same_request(tiny_runs, prepared_cache, tmp_path, capsys):
+    from aldm.cli import main
+
+    out = str(tmp_path / "gen")
+    test = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))["test"]
+    request = {"--model": tiny_runs["fewshot"], "--out": out, "--n": "1", "--steps": "2", "--subjects": test[0],
+               "--masks": f"cache:{prepared_cache}"}
+
+    def argv(**change):
+        asked = {**request, **{f"--{k}": v for k, v in change.items()}}
+        return ["generate", *[x for kv in asked.items() for x in kv if x is not True], "--quiet"]
+
+    assert main(argv()) == 0
+    first = sorted(n for n in os.listdir(out) if n.startswith("sample-"))[0]
+    stamp = os.path.getmtime(os.path.join(out, first, "sample.json"))
+    for change, words in (({"seed": "1"}, "seed 0 here, 1 asked"), ({"guidance": "2"}, "guidance 3.0 here, 2.0 asked"),
+                          ({"steps": "3"}, "steps 2 here, 3 asked"), ({"sampler": "ddim"}, "sampler 'dpmpp2m' here"),
+                          ({"model": tiny_runs["ldm"]}, "model_hash"),
+                          ({"subjects": test[1]}, "made by another request")):
+        capsys.readouterr()
+        assert main(argv(**change)) == 2, change
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "--overwrite" in err[0], (change, err)
+    assert os.path.getmtime(os.path.join(out, first, "sample.json")) == stamp  # nothing was touched
+    assert main(argv()) == 0 and os.path.getmtime(os.path.join(out, first, "sample.json")) == stamp  # same: kept
+    assert main(argv(n="2")) == 0  # more samples of the same request: continued
+    assert len([n for n in os.listdir(out) if n.startswith("sample-")]) == 2
+    assert main([*argv(seed="7"), "--overwrite"]) == 0
+    seeds = sorted(json.load(open(os.path.join(out, n, "sample.json")))["seed"] for n in os.listdir(out)
+                   if n.startswith("sample-"))
+    assert seeds == [7]
+
+
+def test_generate_says_what_it_will_take_and_refuses_a_disk_too_small(tiny_runs, tmp_path, monkeypatch):
+    from aldm.artifacts.samples import SampleSet
+    from aldm.errors import AldmError
+
+    lines = []
+    generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=3, batch_size=1, settings=GenerationSettings(steps=2),
+             native=False, progress=False, log=lines.append)
+    assert len(lines) == 1 and "2 more sample(s): about" in lines[0] and "measured on the first batch" in lines[0]
+    monkeypatch.setattr("aldm.generate.free_bytes", lambda path: 1000)  # room for the first batch's check only
+    with pytest.raises(AldmError, match=r"the 2 remaining samples need about .* but only 1.0 kB is free"):
+        generate(tiny_runs["fewshot"], str(tmp_path / "b"), n=3, batch_size=1, settings=GenerationSettings(steps=2),
+                 native=False, progress=False, log=lines.append)
+    assert len(SampleSet(str(tmp_path / "b")).finished_names()) == 1  # what was written stays; a re-run continues

@@ -195,3 +195,83 @@ def test_brats_layouts_and_label_remap(tmp_path):
         assert summary.prepared == 1, summary.failed
         row = PreparedCache(str(cache)).rows()[0]
         assert set(np.unique(np.load(cache / row["file"])["labels"])) == {0, 2, 4}
+
+
+def _header_only(path, shape, dtype=np.int16, gz=True, payload: int = 0):
+    """A NIfTI-1 file whose header declares ``shape`` x ``dtype`` and whose data are ``payload`` zero bytes
+    (a header bomb with none; a gzip bomb with far more than the file's size)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    head = header.binaryblock + b"\0" * 4  # no extensions
+    if not gz:
+        path.write_bytes(head + b"\0" * payload)
+        return
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(head)
+        block = b"\0" * (1 << 24)
+        for _ in range(payload // len(block)):
+            fh.write(block)
+
+
+BOMBS = {  # name -> (shape, dtype, zero bytes after the header, the one line that skips the subject); all .nii.gz,
+    # as every dataset layout names its files
+    "header_bomb": ((32767, 32767, 32767), np.int16, 0, ("over the limit of 2.1 GB",)),
+    "inflates_to_1024_cubed": ((1024, 1024, 1024), np.uint8, 1 << 28, ("over the limit of 2.1 GB",)),
+    # read up to its declared 24x24x20 zeros, no further: a constant image, or an empty mask
+    "gzip_longer_than_declared": ((24, 24, 20), np.float32, 1 << 28, ("image is constant", "empty tumour mask")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["t1", "t2", "flair", "mask"])
+def test_header_and_gzip_bombs_skip_their_subject_within_a_memory_bound(tmp_path, modality):
+    """Each bomb replaces one modality (or the mask) of its own subject; prepare, in a subprocess whose peak
+    memory is measured, skips those subjects with one line each and prepares the good one."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "dataset"
+    _good_subject(root, "good")
+    for name, (shape, dtype, payload, _) in BOMBS.items():
+        _good_subject(root, name)
+        target = root / name / f"{modality}.nii.gz"
+        target.unlink()
+        _header_only(target, shape, dtype, True, payload)
+    code = ("import json, resource, sys\n"
+            "from aldm.data.cache import prepare_dataset\nfrom aldm.data.preprocess import PrepConfig\n"
+            "lines = []\n"
+            f"s = prepare_dataset('folder', {str(root)!r}, {str(tmp_path / 'cache')!r}, PrepConfig(size=16), "
+            "progress=False, log=lines.append)\n"
+            "print(json.dumps({'prepared': s.prepared, 'failed': s.failed, 'lines': lines,"
+            " 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["prepared"] == 1 and set(result["failed"]) == set(BOMBS)
+    for name, (*_, words) in BOMBS.items():
+        problems = result["failed"][name]
+        assert f"{name}/{modality}.nii.gz" in problems[0] and any(w in p for w in words for p in problems), problems
+    assert result["peak_mb"] < 1500, result["peak_mb"]  # the bombs inflate to 256 MB - 65 TB; none of it is read
+
+
+def test_the_nifti_reader_checks_the_header_before_any_voxel(tmp_path, monkeypatch):
+    from aldm.errors import AldmError
+    from aldm.io.nifti import load_nifti
+
+    _header_only(tmp_path / "bomb.nii", (32767, 32767, 32767), np.int16, gz=False)
+    with pytest.raises(AldmError, match=r"bomb.nii: the header declares a 32767x32767x32767 volume .* over the limit"):
+        load_nifti(str(tmp_path / "bomb.nii"))
+    _header_only(tmp_path / "short.nii", (64, 64, 64), np.float32, gz=False, payload=1000)
+    with pytest.raises(AldmError, match=r"short.nii: truncated: the header declares 1.0 MB of data, the file holds"):
+        load_nifti(str(tmp_path / "short.nii"))
+    _header_only(tmp_path / "big.nii.gz", (1024, 1024, 1024), np.uint8)
+    monkeypatch.setenv("ALDM_MAX_VOLUME_GB", "0.001")
+    with pytest.raises(AldmError, match="over the limit of 1.1 MB; set ALDM_MAX_VOLUME_GB"):
+        load_nifti(str(tmp_path / "big.nii.gz"))
+    monkeypatch.setenv("ALDM_MAX_VOLUME_GB", "8")  # raised: the header passes, the data (none) do not
+    with pytest.raises(AldmError, match="big.nii.gz: unreadable NIfTI data"):
+        load_nifti(str(tmp_path / "big.nii.gz"))

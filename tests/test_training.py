@@ -166,3 +166,24 @@ def test_resume_after_the_last_step_only_writes_weights(prepared_cache, tmp_path
                  "2", "--resume", "--quiet"]) == 0
     assert "all 2 steps were done" in capsys.readouterr().out
     assert _equal_state(expected, _weights(run))
+
+
+def test_resume_takes_the_runs_own_profile(prepared_cache, tmp_path, capsys):
+    from aldm.cli import main
+
+    run = tmp_path / "run"
+    train_vae(str(prepared_cache), str(run), tiny(), steps=2, progress=False)
+    os.remove(run / "weights.pt")
+    # no --profile: the run's own (tiny), not the default (small, 64^3, which would not fit the 32^3 cache)
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(run), "--resume", "--quiet"]) == 0
+    os.remove(run / "weights.pt")
+    capsys.readouterr()
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(run), "--resume", "--profile", "small",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "started with profile 'tiny'" in err[0] and "image_size" in err[0]
+    config = run / "config.json"
+    config.write_text(config.read_text()[:200])
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(config) in err[0] and "not a valid aldm config" in err[0]

@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import os
+import re
 
 import numpy as np
 
@@ -30,9 +31,19 @@ from .folder import ArtifactFolder
 MANIFEST = "manifest.csv"
 PREPARE_CONFIG = "prepare.json"
 SUBJECT_COLUMNS = ("subject", "patient", "dataset", "domain", "idh", "grade", "codeletion")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SUBJECT_ARRAYS = ("image", "mask", "labels", "brain")  # what every subject's npz holds (and its affine)
 GEOMETRY_COLUMNS = ("native_shape", "native_affine", "model_affine", "brain_box", "intensity_ranges",
                     "tumour_voxels", "file", "sha256")
+
+
+def csv_columns(path: str) -> list[str]:
+    """The header of a CSV file ([] when it is empty, unreadable or not text)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return csv.DictReader(fh).fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def manifest_columns(modalities=DEFAULT_MODALITIES) -> tuple[str, ...]:
@@ -54,8 +65,7 @@ class PreparedCache(ArtifactFolder):
         manifest = os.path.join(path, MANIFEST)
         if not os.path.isfile(manifest):
             return False
-        with open(manifest, newline="", encoding="utf-8") as fh:
-            return "sample" not in (csv.DictReader(fh).fieldnames or [])
+        return "sample" not in csv_columns(manifest)  # unreadable: a damaged cache, as reading it will say
 
     def require(self) -> PreparedCache:
         """This cache, or an AldmError saying how to make one."""
@@ -110,8 +120,10 @@ class PreparedCache(ArtifactFolder):
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise AldmError(f"{path}: unreadable manifest ({type(exc).__name__}); re-run aldm data prepare") from exc
         missing = [c for c in ("subject", "domain", "file", "sha256") if c not in columns]
-        if missing or any(None in row or not row.get("subject") for row in rows):
-            what = f"no {', '.join(missing)} column" if missing else "a row with too many fields or no subject"
+        bad = [i + 2 for i, row in enumerate(rows)
+               if None in row or None in row.values() or not row["subject"] or not _SHA256.match(row["sha256"])]
+        if missing or bad:
+            what = f"no {', '.join(missing)} column" if missing else f"row {bad[0]} is cut short or malformed"
             raise AldmError(f"{path}: damaged manifest ({what}); re-run aldm data prepare")
         return rows
 
@@ -192,6 +204,7 @@ class PreparedCache(ArtifactFolder):
     def verify(self) -> list[str]:
         """Problems of the cache: missing or damaged npz files (checksum mismatch)."""
         rows = self.require().rows()
+        self.modalities  # noqa: B018 - a damaged prepare.json is one line too
         problems = []
         for row in rows:
             path = self.file(row["file"])

@@ -177,8 +177,13 @@ class Run(ArtifactFolder):
         return self.file(SPLIT)
 
     def split(self) -> dict | None:
-        """The few-shot split saved with the run, or None."""
-        return load_split(self.split_path) if os.path.exists(self.split_path) else None
+        """The few-shot split saved with the run, or None (an AldmError naming the file when it is damaged)."""
+        if not os.path.exists(self.split_path):
+            return None
+        split = load_split(self.split_path)
+        if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("k_shot", "test")):
+            raise AldmError(f"{self.split_path}: damaged split (no lists of k_shot and test subjects)")
+        return split
 
     def vae_state(self) -> dict:
         """The state dict of the run's VAE: a stage-1 run's EMA weights, or an LDM run's copy in ``vae.pt``

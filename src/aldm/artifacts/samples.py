@@ -25,6 +25,7 @@ from ..errors import AldmError
 from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
 from ..io.nifti import load_nifti, save_nifti
 from ..modalities import MASK_FILE, file_stems, parse_modalities
+from .cache import csv_columns
 from .folder import ArtifactFolder
 
 SAMPLE_DONE = "sample.json"
@@ -112,10 +113,7 @@ class SampleSet(ArtifactFolder):
         if os.path.isfile(os.path.join(path, SAMPLES_INDEX)):
             return True
         legacy = os.path.join(path, LEGACY_SAMPLES_INDEX)
-        if not os.path.isfile(legacy):
-            return False
-        with open(legacy, newline="", encoding="utf-8") as fh:
-            return "sample" in (csv.DictReader(fh).fieldnames or [])
+        return os.path.isfile(legacy) and "sample" in csv_columns(legacy)
 
     def require(self) -> SampleSet:
         """This sample set, or an AldmError saying it is not one."""
