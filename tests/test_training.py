@@ -72,6 +72,19 @@ def test_corrupted_checkpoint_falls_back_to_previous(prepared_cache, tmp_path, c
     assert rows[-1]["step"] == "4" and rows[-2]["step"] == "3"  # resumed from step 2 (the previous checkpoint)
 
 
+def test_unusable_checkpoints_say_what_is_wrong_in_words(tmp_path):
+    from aldm.errors import AldmError
+
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")  # a torch file, but not a checkpoint
+    (tmp_path / "checkpoint-prev.pt").write_bytes(b"cut short")
+    trainer = Trainer(_NaNOnce(), lambda step, rank: torch.ones(3), TrainConfig(steps=1), str(tmp_path), progress=False)
+    with pytest.raises(AldmError) as caught:
+        trainer.resume()
+    message = str(caught.value)
+    assert "no usable checkpoint" in message and "checkpoint.pt: not a training checkpoint of aldm" in message
+    assert "checkpoint-prev.pt: unreadable: truncated, damaged or not a torch file" in message
+
+
 class _NaNOnce(torch.nn.Module):
     def __init__(self):
         super().__init__()
