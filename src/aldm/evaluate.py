@@ -65,6 +65,21 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, 
             "per_sample": dict(zip([s["sample"] for s in paired], synthetic["mask_dice"]))}
 
 
+def _frd_channels(cache: PreparedCache, samples: list[dict], synthetic_dir: str, frd_modalities) -> tuple:
+    """The file stems FRD scores (default: all of the cache's), after checking that the samples hold the
+    cache's modalities; an AldmError naming the folders otherwise."""
+    channels = {tuple(s["modalities"]) for s in samples}
+    if channels and channels != {cache.modalities}:
+        raise AldmError(f"{synthetic_dir}: samples of {', '.join('/'.join(c) for c in sorted(channels))} cannot be "
+                        f"scored against {cache.path}, which holds {'/'.join(cache.modalities)}")
+    stems = file_stems(cache.modalities)
+    chosen = stems if frd_modalities is None else tuple(frd_modalities)
+    unknown = sorted(set(chosen) - set(stems))
+    if unknown:
+        raise AldmError(f"FRD modality {', '.join(unknown)} is not one of {cache.path}'s ({', '.join(stems)})")
+    return chosen
+
+
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
              device: str = "cpu", log=None, frd_modalities=None, diversity_pairs: int = 100,
              segmenter: str | None = None, reference: dict | None = None) -> dict:
@@ -82,15 +97,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
     samples = load_synthetic(synthetic_dir)
     cache = PreparedCache(real_cache).require()
     rows = cache.by_subject()
-    channels = {tuple(s["modalities"]) for s in samples}
-    if channels and channels != {cache.modalities}:
-        raise AldmError(f"{synthetic_dir}: samples of {', '.join('/'.join(c) for c in sorted(channels))} cannot be "
-                        f"scored against {real_cache}, which holds {'/'.join(cache.modalities)}")
-    frd_modalities = file_stems(cache.modalities) if frd_modalities is None else tuple(frd_modalities)
-    unknown = sorted(set(frd_modalities) - set(file_stems(cache.modalities)))
-    if unknown:
-        raise AldmError(f"FRD modality {', '.join(unknown)} is not one of {real_cache}'s "
-                        f"({', '.join(file_stems(cache.modalities))})")
+    frd_modalities = _frd_channels(cache, samples, synthetic_dir, frd_modalities)
     split = Run(samples[0]["model"]).split() if samples and samples[0]["model"] else None
     excluded = []
     if split:
