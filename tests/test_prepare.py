@@ -241,13 +241,15 @@ def test_header_and_gzip_bombs_skip_their_subject_within_a_memory_bound(tmp_path
         target = root / name / f"{modality}.nii.gz"
         target.unlink()
         _header_only(target, shape, dtype, True, payload)
-    code = ("import json, resource, sys\n"
+    # peak memory of this process alone: VmHWM starts afresh at exec (ru_maxrss would carry the forking
+    # pytest process's own size over exec on Linux)
+    code = ("import json, sys\n"
             "from aldm.data.cache import prepare_dataset\nfrom aldm.data.preprocess import PrepConfig\n"
             "lines = []\n"
             f"s = prepare_dataset('folder', {str(root)!r}, {str(tmp_path / 'cache')!r}, PrepConfig(size=16), "
             "progress=False, log=lines.append)\n"
-            "print(json.dumps({'prepared': s.prepared, 'failed': s.failed, 'lines': lines,"
-            " 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+            "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "print(json.dumps({'prepared': s.prepared, 'failed': s.failed, 'lines': lines, 'peak_mb': hwm / 1024}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

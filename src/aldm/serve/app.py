@@ -60,7 +60,7 @@ VolumeFile = Literal[tuple(f"{name}.nii.gz" for name in volume_files(KNOWN_MODAL
 class JobRequest(BaseModel):
     """A generation request; sample i uses seed + i (paper Appendix A mask order)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # "1" or true is not a number here
+    model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
     n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
     guidance: float = Field(DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
@@ -68,6 +68,14 @@ class JobRequest(BaseModel):
     sampler: Literal[SAMPLERS] = DEFAULT_SAMPLER
     steps: int = Field(DEFAULT_STEPS, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("n", "guidance", "steps", "seed", mode="before")
+    @classmethod
+    def _a_json_number(cls, value):
+        """Numbers only: "1" or true is refused, not coerced (1948.0 is the integer JSON Schema says it is)."""
+        if isinstance(value, (str, bool)) or value is None:
+            raise ValueError("must be a JSON number")
+        return value
 
     @field_validator("guidance")
     @classmethod

@@ -52,16 +52,16 @@ def _check_data(cache: str, rows: list[dict], profile: Profile, modalities: tupl
     """The cache's volumes fit ``profile`` (size, channels) and, for a run built on another
     (``modalities``: the parent run's), hold the same modalities; else an AldmError saying what to do."""
     data = PreparedCache(cache)
-    size = data.load(rows[0])["image"].shape[-1]
-    if size != profile.image_size:
-        raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
-                        f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
     if modalities is not None and tuple(modalities) != data.modalities:
         raise AldmError(f"{cache}: holds {', '.join(data.modalities)} but the parent run was trained on "
                         f"{', '.join(modalities)}; use a cache of the same modalities")
     if len(data.modalities) != profile.vae.in_channels:
         raise AldmError(f"{cache}: holds {len(data.modalities)} modalities ({', '.join(data.modalities)}) but "
                         f"profile {profile.name!r} has a VAE of {profile.vae.in_channels} input channels")
+    size = data.load(rows[0])["image"].shape[-1]
+    if size != profile.image_size:
+        raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
+                        f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
 
 
 @dataclass
