@@ -129,6 +129,7 @@ def test_the_cli_refuses_a_guidance_outside_the_range_before_loading_anything(tm
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # the baseline runs take ~30 s to train
 def test_baseline_samples_record_guidance_as_not_applicable(baseline_runs, tmp_path):
     from aldm.generate import generate
 

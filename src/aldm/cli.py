@@ -282,8 +282,8 @@ def _cmd_serve(args) -> int:
     from .serve.app import create_app
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"aldm: serving on {args.host}: anyone who can reach this address can generate and download",
-              file=sys.stderr)
+        print(f"aldm: serving on {args.host}: anyone who can reach this address can generate and download; "
+              "requests must name it (or a --allow-host name) in their Host header", file=sys.stderr)
     app = create_app(args.model, out=args.out, data=args.data, max_pending=args.max_queue, device=args.device,
                      allowed_hosts=(args.host, *(args.allow_host or ())))
     print(f"aldm: http://{args.host}:{args.port}/  (jobs and samples in {os.path.abspath(args.out)})")
