@@ -54,8 +54,10 @@ def _cmd_data_synth(args) -> int:
 def _cmd_data_prepare(args) -> int:
     from .data.cache import prepare_dataset
     from .data.preprocess import PrepConfig
+    from .modalities import parse_modalities
 
-    config = PrepConfig(size=args.size, mode=args.mode, spacing=args.spacing)
+    config = PrepConfig(size=args.size, mode=args.mode, spacing=args.spacing,
+                        modalities=parse_modalities(args.modalities, "--modalities"))
     start = time.perf_counter()
     summary = prepare_dataset(args.dataset, args.root, args.out, config, domain=args.domain,
                               sessions=args.sessions, workers=args.workers, strict=args.strict, limit=args.limit,
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--mode", choices=MODES, default="resize",
                       help="resize: brain box resized to the cube (paper reference); crop-pad: fixed spacing")
     prep.add_argument("--spacing", type=float, default=1.5, help="mm, crop-pad mode")
+    prep.add_argument("--modalities", default="t1,t2,flair",
+                      help="the cache's channels, in order: any of t1, t1c, t2, flair (default: the paper's "
+                           "t1,t2,flair); the VAE and the baselines trained on the cache take as many")
     prep.add_argument("--domain", choices=("source", "target"), default=None,
                       help="override the dataset's default domain")
     prep.add_argument("--sessions", choices=("baseline", "all"), default="baseline",

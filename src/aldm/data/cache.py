@@ -80,7 +80,8 @@ def prepare_dataset(dataset: str, root: str, cache: str, config: PrepConfig | No
     """Verify, preprocess and cache every subject of ``dataset`` under ``root`` into ``cache``."""
     config = config or PrepConfig()
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    records: list[SubjectRecord] = discover(dataset, root, domain=domain, sessions=sessions)
+    records: list[SubjectRecord] = discover(dataset, root, domain=domain, sessions=sessions,
+                                           modalities=config.modalities)
     if limit is not None:
         records = records[:limit]
     if strict:

@@ -17,7 +17,8 @@ from . import layouts
 from .labels import parse_codeletion, parse_grade, parse_idh
 
 DATASETS = ("upenn-gbm", "ucsf-pdgm", "brats2021", "brats2023", "folder")
-#: the modalities ALDM models, in channel order. T1 is native T1, never T1-contrast.
+#: which dataset each reader assumes by default. Every reader finds T1 (native, never T1-contrast), T1c
+#: (UPENN-GBM T1GD, UCSF-PDGM T1c, BraTS 2021 t1ce, BraTS 2023 t1c, folder t1c.nii.gz), T2 and FLAIR.
 DEFAULT_DOMAIN = {"upenn-gbm": "source", "ucsf-pdgm": "target", "brats2021": "source", "brats2023": "source",
                   "folder": "target"}
 #: tumour labels each dataset may use (BraTS 2023 uses 3 for enhancing tumour)
@@ -72,7 +73,8 @@ def _require_dir(path: str, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- UPENN
-def discover_upenn(root: str, sessions: str = "baseline", domain: str = "source") -> list[SubjectRecord]:
+def discover_upenn(root: str, sessions: str = "baseline", domain: str = "source",
+                   modalities=DEFAULT_MODALITIES) -> list[SubjectRecord]:
     """UPENN-GBM: ``images_structural/<ID>/``, masks flat in ``images_segm`` (manual, preferred) or
     ``automated_segm``; labels from ``UPENN-GBM_clinical_info_v2.1.csv``.
 
@@ -106,7 +108,7 @@ def discover_upenn(root: str, sessions: str = "baseline", domain: str = "source"
             patient="UPENN-GBM-" + layouts.UPENN_ID.match(scan).group(1),
             dataset="upenn-gbm",
             domain=domain,
-            images={m: layouts.upenn_image(root, scan, m) for m in DEFAULT_MODALITIES},
+            images={m: layouts.upenn_image(root, scan, m) for m in modalities},
             mask=mask if os.path.isfile(mask) else None,
             idh=meta["idh"],
             grade=meta["grade"],
@@ -117,7 +119,7 @@ def discover_upenn(root: str, sessions: str = "baseline", domain: str = "source"
 
 
 # ---------------------------------------------------------------------------------------------- UCSF
-def discover_ucsf(root: str, domain: str = "target") -> list[SubjectRecord]:
+def discover_ucsf(root: str, domain: str = "target", modalities=DEFAULT_MODALITIES) -> list[SubjectRecord]:
     """UCSF-PDGM v5: ``UCSF-PDGM-v5/UCSF-PDGM-NNNN_nifti/``; labels from ``UCSF-PDGM-metadata_v5.csv``
     whose IDs have three digits (``UCSF-PDGM-004``) where folders have four."""
     _require_dir(root, "UCSF-PDGM root")
@@ -152,7 +154,7 @@ def discover_ucsf(root: str, domain: str = "target") -> list[SubjectRecord]:
             patient=layouts.ucsf_study(number),
             dataset="ucsf-pdgm",
             domain=domain,
-            images={m: layouts.ucsf_file(root, study, m) for m in DEFAULT_MODALITIES},
+            images={m: layouts.ucsf_file(root, study, m) for m in modalities},
             mask=layouts.ucsf_file(root, study, "tumor_segmentation"),
             idh=meta.get("idh"),
             grade=meta.get("grade"),
@@ -164,7 +166,7 @@ def discover_ucsf(root: str, domain: str = "target") -> list[SubjectRecord]:
 
 
 # ---------------------------------------------------------------------------------------------- BraTS
-def discover_brats(root: str, year: int, domain: str = "source") -> list[SubjectRecord]:
+def discover_brats(root: str, year: int, domain: str = "source", modalities=DEFAULT_MODALITIES) -> list[SubjectRecord]:
     """BraTS 2021 (``BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t2,flair,seg}``) or 2023
     (``BraTS-GLI-NNNNN-TTT/...-{t1n,t2w,t2f,seg}``); no clinical labels."""
     _require_dir(root, f"BraTS {year} root")
@@ -184,7 +186,7 @@ def discover_brats(root: str, year: int, domain: str = "source") -> list[Subject
             patient=patient,
             dataset=f"brats{year}",
             domain=domain,
-            images={m: layouts.brats_file(root, subject, suffix[m], sep) for m in DEFAULT_MODALITIES},
+            images={m: layouts.brats_file(root, subject, suffix[m], sep) for m in modalities},
             mask=layouts.brats_file(root, subject, suffix["seg"], sep),
         )
         record.check_files()
@@ -193,7 +195,7 @@ def discover_brats(root: str, year: int, domain: str = "source") -> list[Subject
 
 
 # ---------------------------------------------------------------------------------------------- folder
-def discover_folder(root: str, domain: str = "target") -> list[SubjectRecord]:
+def discover_folder(root: str, domain: str = "target", modalities=DEFAULT_MODALITIES) -> list[SubjectRecord]:
     """A plain ``<subject>/{t1,t2,flair,mask}.nii.gz`` tree, with an optional ``labels.csv``
     (columns ``subject`` and any of ``patient``, ``idh``, ``grade``, ``codeletion``)."""
     _require_dir(root, "dataset folder")
@@ -215,7 +217,7 @@ def discover_folder(root: str, domain: str = "target") -> list[SubjectRecord]:
             patient=(meta.get("patient") or subject).strip(),
             dataset="folder",
             domain=domain,
-            images={m: os.path.join(root, subject, layouts.FOLDER_FILES[m]) for m in DEFAULT_MODALITIES},
+            images={m: os.path.join(root, subject, layouts.FOLDER_FILES[m]) for m in modalities},
             mask=os.path.join(root, subject, layouts.FOLDER_FILES["seg"]),
             idh=parse_idh(meta.get("idh")),
             grade=parse_grade(meta.get("grade")),
@@ -226,15 +228,17 @@ def discover_folder(root: str, domain: str = "target") -> list[SubjectRecord]:
     return records
 
 
-def discover(dataset: str, root: str, domain: str | None = None, sessions: str = "baseline") -> list[SubjectRecord]:
-    """Subjects of ``dataset`` (one of :data:`DATASETS`) under ``root``."""
+def discover(dataset: str, root: str, domain: str | None = None, sessions: str = "baseline",
+             modalities=DEFAULT_MODALITIES) -> list[SubjectRecord]:
+    """Subjects of ``dataset`` (one of :data:`DATASETS`) under ``root``, each with the files of
+    ``modalities`` (a missing one is a problem of its record)."""
     if dataset not in DATASETS:
         raise AldmError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     domain = domain or DEFAULT_DOMAIN[dataset]
     if dataset == "upenn-gbm":
-        return discover_upenn(root, sessions=sessions, domain=domain)
+        return discover_upenn(root, sessions=sessions, domain=domain, modalities=modalities)
     if dataset == "ucsf-pdgm":
-        return discover_ucsf(root, domain=domain)
+        return discover_ucsf(root, domain=domain, modalities=modalities)
     if dataset == "folder":
-        return discover_folder(root, domain=domain)
-    return discover_brats(root, 2021 if dataset == "brats2021" else 2023, domain=domain)
+        return discover_folder(root, domain=domain, modalities=modalities)
+    return discover_brats(root, 2021 if dataset == "brats2021" else 2023, domain=domain, modalities=modalities)

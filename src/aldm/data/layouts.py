@@ -111,5 +111,6 @@ def brats_file(root: str, subject: str, suffix: str, separator: str) -> str:
 
 
 # ---------------------------------------------------------------- plain folder
-FOLDER_FILES = {"T1": "t1.nii.gz", "T2": "t2.nii.gz", "FLAIR": "flair.nii.gz", "seg": "mask.nii.gz"}
+FOLDER_FILES = {"T1": "t1.nii.gz", "T1c": "t1c.nii.gz", "T2": "t2.nii.gz", "FLAIR": "flair.nii.gz",
+                "seg": "mask.nii.gz"}
 FOLDER_LABELS_CSV = "labels.csv"  # optional: subject, idh, grade, codeletion

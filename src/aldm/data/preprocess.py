@@ -58,7 +58,7 @@ class PrepConfig:
 
 @dataclass
 class NativeVolume:
-    """A verified subject on its native grid: images (3, X, Y, Z) float32 in T1, T2, FLAIR order,
+    """A verified subject on its native grid: images (C, X, Y, Z) float32 in the order of its modalities,
     labels (X, Y, Z) uint8 tumour sub-regions, affine 4x4 (voxel -> world, RAS mm)."""
 
     images: np.ndarray
@@ -92,7 +92,7 @@ def load_and_verify(record: SubjectRecord, modalities=DEFAULT_MODALITIES) -> tup
     mask = _load(record.mask, problems)
     if problems:
         return None, problems
-    ref_shape, ref_affine = loaded["T1"][0].shape, loaded["T1"][1]
+    ref_shape, ref_affine = loaded[modalities[0]][0].shape, loaded[modalities[0]][1]
     for name, path, (data, affine) in [(m, record.images[m], loaded[m]) for m in modalities] + [
         ("mask", record.mask, mask)
     ]:
@@ -179,7 +179,7 @@ def scale_to_unit(images: np.ndarray, brain: np.ndarray, percentiles=(1.0, 99.0)
 def preprocess(volume: NativeVolume, config: PrepConfig) -> dict:
     """Model-space arrays of a verified subject.
 
-    Returns ``image`` float32 (3, S, S, S) in [-1, 1]; ``mask`` uint8 (1, S, S, S) binary tumour;
+    Returns ``image`` float32 (C, S, S, S) in [-1, 1]; ``mask`` uint8 (1, S, S, S) binary tumour;
     ``labels`` uint8 (1, S, S, S) sub-regions {0, 1, 2, 4}; ``brain`` uint8 (1, S, S, S);
     ``affine`` float64 (4, 4) model voxel -> native world (RAS mm); ``intensity_ranges``;
     ``brain_box`` native voxel index bounds [[lo, hi) per axis] of the brain.

@@ -34,7 +34,7 @@ from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.vae import kl_divergence
-from .stages import FewShot, _override, open_run
+from .stages import FewShot, _override, open_run, with_cache_channels
 from .trainer import Trainer, step_generator
 
 
@@ -50,9 +50,11 @@ class GANTask(nn.Module):
         self.adam_betas = tuple(cfg.adam_betas)
         self.generator = BaselineGenerator(kind, profile)
         if kind == "cgan3m":
-            self.discriminators = nn.ModuleList(PatchDiscriminator3D(1, cfg.disc_channels) for _ in range(3))
+            # 3M-CGAN: one single-channel discriminator per modality
+            self.discriminators = nn.ModuleList(PatchDiscriminator3D(1, cfg.disc_channels)
+                                                for _ in range(profile.vae.in_channels))
         else:
-            self.discriminators = nn.ModuleList([PatchDiscriminator3D(3, cfg.disc_channels)])
+            self.discriminators = nn.ModuleList([PatchDiscriminator3D(profile.vae.in_channels, cfg.disc_channels)])
         self.vae_cfg = profile.vae
 
     def parameter_groups(self) -> dict:
@@ -122,7 +124,8 @@ class GANTask(nn.Module):
                 loss = loss + self.cfg.l1_weight * torch.mean(torch.abs(fake - b["image"]))
             if self.kind == "cgan3m":
                 region = F.max_pool3d(mask, 5, stride=1, padding=2)
-                consistency = (torch.abs(fake - b["image"]) * region).sum() / (3 * region.sum()).clamp(min=1.0)
+                voxels = (fake.shape[1] * region.sum()).clamp(min=1.0)  # tumour voxels over every channel
+                consistency = (torch.abs(fake - b["image"]) * region).sum() / voxels
                 loss = loss + self.cfg.tumour_consistency * consistency
                 logs["tumour_l1"] = consistency.detach()
         finally:
@@ -161,6 +164,8 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         parent = source.weights()
         profile = profile or source.profile
     profile = profile or small()
+    if not fewshot:  # trained from scratch: as many channels as the cache holds (few-shot: the source run's)
+        profile = with_cache_channels(profile, cache)
     stage_config = "train_baseline_fewshot" if fewshot else "train_baseline"
     cfg = _override(getattr(profile, stage_config), steps, seed, precision)
     profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was

@@ -91,6 +91,15 @@ class ProbeSubjects:
         return self
 
 
+def with_cache_channels(profile: Profile, cache: str) -> Profile:
+    """``profile`` with ``vae.in_channels`` set to the number of modalities ``cache`` holds (a copy when
+    that changes it): what a model trained from scratch on the cache takes."""
+    channels = len(PreparedCache(cache).require().modalities)
+    if channels == profile.vae.in_channels:
+        return profile
+    return replace(profile, vae=replace(profile.vae, in_channels=channels))
+
+
 def with_probe_every(profile: Profile | None, every: int | None) -> Profile | None:
     """A copy of ``profile`` with every ALDM stage's ``probe_every`` set to ``every`` (``profile`` itself
     when None or 0; the given profile is never changed)."""
@@ -181,7 +190,8 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     reconstruction is measured every ``probe_every`` steps (probe.csv)."""
     dist_info = dist_info or DistInfo()
     cfg = _override(profile.train_vae, steps, seed, precision)
-    profile = replace(profile, train_vae=cfg)  # the caller's profile is left as it was
+    # the caller's profile is left as it was; the VAE takes as many channels as the cache holds
+    profile = with_cache_channels(replace(profile, train_vae=cfg), cache)
     crop = profile.vae.train_crop
     if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
         raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
@@ -317,7 +327,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     if fewshot == (vae_run is not None):
         raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
     vae_source = Run(init_run if fewshot else vae_run)
-    profile = profile or vae_source.profile
+    # the LDM's VAE is the parent's, whatever profile is given: its config (channels, widths) comes along
+    profile = replace(profile or vae_source.profile, vae=vae_source.profile.vae)
     parent = vae_source.require_finished().weights() if fewshot else None
     stage_config = "train_fewshot" if fewshot else "train_ldm"
     cfg = _override(getattr(profile, stage_config), steps, seed, precision)

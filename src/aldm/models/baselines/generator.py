@@ -17,8 +17,9 @@ BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
 
 class BaselineGenerator(nn.Module):
     """Control maps (B, 3, S, S, S) + domain flag (B,) + per-sample noise (B, *noise_shape) -> volumes
-    (B, 3, S, S, S) in [-1, 1]. CGAN and 3M-CGAN: the U-Net generator :class:`Generator3D`; VAE-GAN: the
-    conditional decoder of a :class:`VAE3D` sampled from its prior (never a reconstruction)."""
+    (B, C, S, S, S) in [-1, 1], C = ``profile.vae.in_channels`` (the cache's modalities). CGAN and 3M-CGAN:
+    the U-Net generator :class:`Generator3D`; VAE-GAN: the conditional decoder of a :class:`VAE3D` sampled
+    from its prior (never a reconstruction)."""
 
     def __init__(self, kind: str, profile: Profile):
         super().__init__()
@@ -29,7 +30,7 @@ class BaselineGenerator(nn.Module):
             self.net = VAE3D(profile.vae, cond_channels=4)
             self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
         else:
-            self.net = Generator3D(cfg)
+            self.net = Generator3D(cfg, out_channels=profile.vae.in_channels)
             self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
 
     def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
