@@ -35,6 +35,7 @@ def test_parse_modalities_names_what_is_wrong():
         parse_modalities(["T1", "t1"])
 
 
+@pytest.mark.slow  # prepares both phantom cohorts again
 def test_a_four_modality_cache(cache4):
     cache = PreparedCache(str(cache4))
     assert cache.modalities == FOUR and cache.verify() == []
