@@ -272,6 +272,7 @@ def test_jobs_can_be_cancelled_queued_or_running(tiny_runs, tmp_path):
         assert done["status"] == "done"
 
 
+@pytest.mark.slow  # a server started, drained mid-job and started again (~25 s)
 def test_shutdown_drains_the_running_job_and_the_next_start_resumes_it(tiny_runs, tmp_path):
     app = create_app([tiny_runs["fewshot"]], out=str(tmp_path))
     with TestClient(app, base_url="http://127.0.0.1") as client:
