@@ -26,7 +26,7 @@ from .diffusion.settings import GenerationSettings
 from .distributed import DistInfo, barrier
 from .errors import AldmError
 from .interrupt import Stopped, graceful_stop
-from .io.atomic import free_bytes, require_free_space
+from .io.atomic import free_bytes, human_bytes, require_free_space
 from .io.lock import writes_folder
 from .modalities import DEFAULT_MODALITIES, MASK_FILE, file_stems
 from .pipeline import load_pipeline
@@ -178,20 +178,13 @@ def _estimate(samples: SampleSet, written: list[str], left: int, seconds: float,
                for d, _, files in os.walk(samples.sample_dir(name)) for f in files) / len(written)
     per_sample = seconds / len(written)
     need = size * left
-    log(f"aldm: {left} more sample(s): about {_human(need)} and {_duration(per_sample * left)} here "
-        f"({_human(size)} and {per_sample:.1f} s per sample, measured on the first batch)")
+    log(f"aldm: {left} more sample(s): about {human_bytes(need)} and {_duration(per_sample * left)} here "
+        f"({human_bytes(size)} and {per_sample:.1f} s per sample, measured on the first batch)")
     free = free_bytes(samples.path)
     if free is not None and need > free:
-        raise AldmError(f"{samples.path}: the {left} remaining samples need about {_human(need)} but only "
-                        f"{_human(free)} is free; free space, lower --n or choose another --out (the "
+        raise AldmError(f"{samples.path}: the {left} remaining samples need about {human_bytes(need)} but only "
+                        f"{human_bytes(free)} is free; free space, lower --n or choose another --out (the "
                         f"{len(written)} written samples stay and a re-run continues)")
-
-
-def _human(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} bytes"
 
 
 def _duration(seconds: float) -> str:

@@ -38,6 +38,14 @@ def free_bytes(path: str) -> int | None:
         return None
 
 
+def human_bytes(n: float) -> str:
+    """A byte count in decimal units with one decimal ("3.5 TB", "1.0 kB", "512 bytes")."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
 def _size(n: int | None) -> str:
     return "unknown" if n is None else f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
 

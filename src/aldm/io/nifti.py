@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import AldmError
-from .atomic import atomic_path
+from .atomic import atomic_path, human_bytes
 
 # a BraTS / UPENN-GBM / UCSF-PDGM volume is 240 x 240 x 155 = 8.9 M voxels (36 MB as float32): 2 GiB is ~60x that
 MAX_VOLUME_BYTES = 2 * 1024**3
@@ -37,13 +37,6 @@ def max_volume_bytes() -> int:
     return int(value * 1024**3)
 
 
-def _size(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
-
-
 def check_header(path: str, img) -> tuple[int, ...]:
     """The declared shape of ``img`` (loaded from ``path``, header only) if reading it is safe, else an
     AldmError naming the file: a shape that is not 2D-4D with positive sizes, a float32 copy over
@@ -54,16 +47,17 @@ def check_header(path: str, img) -> tuple[int, ...]:
     voxels = int(np.prod(shape, dtype=np.float64))
     limit = max_volume_bytes()
     if voxels * 4 > limit:
-        raise AldmError(f"{path}: the header declares a {'x'.join(map(str, shape))} volume ({_size(voxels * 4)} as "
-                        f"float32), over the limit of {_size(limit)}; set ALDM_MAX_VOLUME_GB to read it anyway")
+        declared = "x".join(map(str, shape))
+        raise AldmError(f"{path}: the header declares a {declared} volume ({human_bytes(voxels * 4)} as "
+                        f"float32), over the limit of {human_bytes(limit)}; set ALDM_MAX_VOLUME_GB to read it anyway")
     if not path.endswith(".gz"):
         itemsize = np.dtype(img.get_data_dtype()).itemsize
         offset = int(img.header.get("vox_offset", 0)) if hasattr(img.header, "get") else 0
         need = offset + voxels * itemsize
         have = os.path.getsize(path)
         if have < need:
-            raise AldmError(f"{path}: truncated: the header declares {_size(need)} of data, the file holds "
-                            f"{_size(have)}")
+            raise AldmError(f"{path}: truncated: the header declares {human_bytes(need)} of data, the file holds "
+                            f"{human_bytes(have)}")
     return shape
 
 

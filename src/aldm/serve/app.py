@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
-from ..artifacts.samples import SAMPLE_DONE
+from ..artifacts.samples import SAMPLE_DONE, SPACES
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
@@ -47,7 +47,7 @@ from ..modalities import KNOWN_MODALITIES, volume_files
 from .guard import LOCAL_HOSTS, RequestGuard, page_policy
 from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
-from .volumes import CHANNEL_PATTERN, SPACES, inside, reference_volume, synthetic_volume
+from .volumes import CHANNEL_PATTERN, inside, reference_volume, synthetic_volume
 
 log = logging.getLogger("aldm.serve")
 MAX_BODY_BYTES = 64 * 1024

@@ -17,7 +17,6 @@ import nibabel as nib
 import numpy as np
 
 from ..artifacts.cache import PreparedCache
-from ..artifacts.samples import SPACES  # noqa: F401 - the spaces a sample is written in, for the routes
 from ..errors import AldmError
 from ..io.nifti import load_nifti
 from ..modalities import KNOWN_MODALITIES, file_stems, volume_files
