@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import __version__
+from .conditions import CONDITIONS
 from .config import PRECISIONS
 from .errors import AldmError
 
@@ -148,21 +149,25 @@ def _probe_subjects(args):
 
 # what a --profile given with --resume must agree on with the run's own config.json (the rest: the
 # run's settings, --steps / --seed / --precision overrides and probes, may differ)
-PROFILE_IDENTITY = ("name", "image_size", "vae", "unet", "diffusion", "baseline")
+PROFILE_IDENTITY = ("name", "image_size", "condition", "vae", "unet", "diffusion", "baseline")
 
 
 def _resumed_profile(args):
     """With ``--resume`` on an existing run: the run's own profile (its ``config.json``; damaged: one line),
     refusing a ``--profile`` that contradicts it; else None."""
     from .artifacts.run import Run
-    from .config import get_profile
+    from .config import get_profile, with_condition
 
     run = Run(args.out)
     if not (args.resume and run.exists):
         return None
     own = run.profile
+    condition = getattr(args, "condition", None)
+    if condition is not None and condition != own.condition:
+        raise AldmError(f"{run.file('config.json')}: the run is conditioned on {own.condition!r}, not {condition!r}; "
+                        "resume without --condition or choose another --out")
     if args.profile:
-        given = get_profile(args.profile)
+        given = with_condition(get_profile(args.profile), own.condition)
         differs = [k for k in PROFILE_IDENTITY if given.to_dict()[k] != own.to_dict()[k]]
         if differs:
             raise AldmError(f"{run.file('config.json')}: the run was started with profile {own.name!r}; --profile "
@@ -189,7 +194,7 @@ def _cmd_train(args) -> int:
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                                   resume=args.resume, dist_info=info, progress=not args.quiet,
-                                  precision=args.precision)
+                                  precision=args.precision, condition=args.condition)
         elif args.stage == "vae":
             profile = resumed or get_profile(args.profile or "small")
             profile = with_probe_every(profile, args.probe_every)
@@ -203,7 +208,7 @@ def _cmd_train(args) -> int:
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,
-                             precision=args.precision, probe=probe)
+                             precision=args.precision, probe=probe, condition=args.condition)
     finally:
         shutdown(info)
     if info.is_main:
@@ -412,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--n-test", type=_non_negative_int, default=None,
                              help="held-out target test patients (default: min(64, all but K))")
             sub.add_argument("--split", default=None, help="a saved split JSON instead of --k")
+            sub.add_argument("--condition", choices=CONDITIONS, default=None,
+                             help="what the generator is conditioned on: mask (the paper's binary tumour mask), "
+                                  "regions (the BraTS regions WT/TC/ET of the label map) or regions+brain (and the "
+                                  "brain mask); default mask, or the source run's for few-shot")
         sub.set_defaults(func=_cmd_train)
 
     gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .conditions import DEFAULT_CONDITION, control_channel_count, parse_condition, statistic_count
 from .errors import AldmError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precision)
@@ -83,9 +84,9 @@ class UNetConfig:
     res_blocks: int = 1
     groups: int = 8
     time_dim: int = 256  # sinusoidal embedding size d (Eq. 3.6)
-    stats_dim: int = 8  # global mask statistics for FiLM (aldm.data.control.STATISTICS)
+    stats_dim: int = 8  # global mask statistics for FiLM (aldm.data.control.STATISTICS), 8 per condition mask
     control_channels: tuple = (64, 128, 256)  # ControlNet widths at 28, 14, 7
-    control_in: int = 3  # [mask, edge, soft distance]
+    control_in: int = 3  # [mask, edge, soft distance] per condition mask (Profile.condition)
     lambda_ctrl: float = 1.0
     # the control maps also enter the U-Net's own input, concatenated to z_t (as Med-DDPM, Dorjsembe et al.
     # 2024, conditions on the mask); False = the ControlNet alone carries them (the paper)
@@ -206,6 +207,9 @@ class Profile:
     name: str
     image_size: int
     vae: VAEConfig = field(default_factory=VAEConfig)
+    # what the generators (ALDM and the baselines) are conditioned on (aldm.conditions): "mask" (the paper),
+    # "regions" (the BraTS regions WT / TC / ET) or "regions+brain"; unet.control_in / stats_dim follow it
+    condition: str = DEFAULT_CONDITION
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train_vae: TrainConfig = field(default_factory=TrainConfig)
@@ -221,6 +225,12 @@ class Profile:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 16 \
                 or self.image_size % 16:
             raise AldmError(f"Profile.image_size must be a positive multiple of 16, got {self.image_size!r}")
+        parse_condition(self.condition, "Profile.condition")
+        want = (control_channel_count(self.condition), statistic_count(self.condition))
+        if (self.unet.control_in, self.unet.stats_dim) != want:
+            raise AldmError(f"Profile: condition {self.condition!r} takes unet.control_in {want[0]} and "
+                            f"unet.stats_dim {want[1]}, got {self.unet.control_in} and {self.unet.stats_dim} "
+                            "(aldm.config.with_condition sets them)")
 
     @property
     def latent_size(self) -> int:
@@ -249,7 +259,7 @@ class Profile:
         if not isinstance(data, dict):
             raise AldmError(f"expected a JSON object, got {type(data).__name__}")
         return cls(
-            name=str(data["name"]), image_size=data["image_size"],
+            name=str(data["name"]), image_size=data["image_size"], condition=data.get("condition", DEFAULT_CONDITION),
             vae=build(VAEConfig, data.get("vae", {})), unet=build(UNetConfig, data.get("unet", {})),
             diffusion=build(DiffusionConfig, data.get("diffusion", {})),
             train_vae=build(TrainConfig, data.get("train_vae", {})),
@@ -337,6 +347,17 @@ def tiny() -> Profile:
         train_baseline=train(steps=4, lr=2e-4, warmup_steps=0),
         train_baseline_fewshot=train(steps=4, lr=2e-4, warmup_steps=0),
     )
+
+
+def with_condition(profile: Profile, condition: str | None) -> Profile:
+    """``profile`` conditioned on ``condition`` (None: as it is): the U-Net's control channels and FiLM
+    statistics sized for it (a copy when that changes anything)."""
+    if condition is None or condition == profile.condition:
+        return profile
+    condition = parse_condition(condition, "--condition")
+    unet = dataclasses.replace(profile.unet, control_in=control_channel_count(condition),
+                               stats_dim=statistic_count(condition))
+    return dataclasses.replace(profile, condition=condition, unet=unet)
 
 
 PROFILES = {"paper": paper, "small": small, "tiny": tiny}

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .artifacts.run import Run
 from .artifacts.samples import SampleRecord, SampleSet
+from .conditions import SEG_FILE, needs_brain
 from .data.geometry import to_native, unscale_intensities
 from .data.masks import resolve_masks
 from .diffusion.settings import GenerationSettings
@@ -60,7 +61,8 @@ def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, sub
     pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device, decode_slab=decode_slab,
                                      precision=settings.precision)
     settings = pipe.validate(settings)
-    items = resolve_masks(masks, Run(model_dir), pipe.profile.image_size, subjects, settings.seed, n)
+    items = resolve_masks(masks, Run(model_dir), pipe.profile.image_size, subjects, settings.seed, n,
+                          pipe.profile.condition)
     samples = SampleSet(out_dir)
     plan = [_planned(i, items[i % len(items)], pipe, settings, model_dir) for i in range(n)]
     os.makedirs(out_dir, exist_ok=True)
@@ -95,7 +97,7 @@ def _planned(i: int, item, pipe, settings: GenerationSettings, model_dir: str) -
         context_subject=item.context_subject, mask_cache=item.cache, seed=settings.seed + i,
         **settings.recorded(pipe.kind), precision=getattr(pipe, "precision", "fp32"),
         model=os.path.abspath(model_dir), model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""),
-        modalities=list(pipe.modalities))
+        modalities=list(pipe.modalities), condition=pipe.profile.condition)
 
 
 def _check_same_request(samples: SampleSet, plan: list[SampleRecord]) -> None:
@@ -120,12 +122,15 @@ def _comparable(value):
 
 
 def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> dict:
-    """The files of one sample for :meth:`SampleSet.write_sample`: ``image`` (C, S, S, S) in [-1, 1] and the
-    item's mask in model space, and with ``native`` the same resampled to the mask subject's native grid
-    and intensities (background 0, the skull-stripped convention of the downloads)."""
+    """The files of one sample for :meth:`SampleSet.write_sample`: ``image`` (C, S, S, S) in [-1, 1], the
+    item's mask and, when known, its label map (``seg``, BraTS labels) in model space, and with ``native``
+    the same resampled to the mask subject's native grid and intensities (background 0, the skull-stripped
+    convention of the downloads)."""
     stems = file_stems(modalities)
     volumes = {"model": {**{m: (image[c], item.model_affine, np.float32) for c, m in enumerate(stems)},
                          MASK_FILE: (item.mask[0], item.model_affine, np.uint8)}}
+    if item.labels is not None:
+        volumes["model"][SEG_FILE] = (item.labels[0], item.model_affine, np.uint8)
     if native and item.native_shape is not None:
         grid = to_native(image, item.model_affine, item.native_shape, item.native_affine, order=1, fill=-1.0)
         background = grid[0] <= -0.999
@@ -136,6 +141,10 @@ def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> 
                          order=0)
         volumes["native"] = {**{m: (grid[c], item.native_affine, np.float32) for c, m in enumerate(stems)},
                              MASK_FILE: (mask.astype(np.uint8), item.native_affine, np.uint8)}
+        if item.labels is not None:
+            labels = to_native(item.labels[0].astype(np.float32), item.model_affine, item.native_shape,
+                               item.native_affine, order=0)
+            volumes["native"][SEG_FILE] = (np.rint(labels).astype(np.uint8), item.native_affine, np.uint8)
     return volumes
 
 
@@ -151,12 +160,14 @@ def _generate_batches(pipe, items: list, plan: list[SampleRecord], todo: list[in
         chunk = todo[start:start + batch_size]
         require_free_space(out_dir, sum(_sample_bytes(items[i % len(items)], native, len(pipe.modalities))
                                         for i in chunk), f"{len(chunk)} more sample(s)")
-        mask = np.stack([items[i % len(items)].mask for i in chunk]).astype(np.float32)
+        mask = np.stack([items[i % len(items)].condition() for i in chunk]).astype(np.float32)
+        brain = _brains([items[i % len(items)] for i in chunk]) if needs_brain(pipe.condition) else None
         step_callback = None
         if on_progress is not None:
             def step_callback(step, total_steps, done=start):
                 on_progress(done, len(todo), step, total_steps)
-        out = pipe(mask, settings, generator=[settings.seed + i for i in chunk], step_callback=step_callback)
+        out = pipe(mask, settings, generator=[settings.seed + i for i in chunk], step_callback=step_callback,
+                   brain=brain)
         for j, i in enumerate(chunk):
             samples.write_sample(plan[i], sample_volumes(out["image"][j].numpy(), items[i % len(items)],
                                                         pipe.modalities, native))
@@ -169,6 +180,15 @@ def _generate_batches(pipe, items: list, plan: list[SampleRecord], todo: list[in
         if stop.requested and left:
             raise Stopped(f"{out_dir}: stopped by {stop.requested} with {start + len(chunk)} of {len(todo)} samples "
                           "written; re-run the same command to finish the rest")
+
+
+def _brains(items: list) -> np.ndarray:
+    """The brain masks (B, 1, S, S, S) of ``items``, for a model conditioned on the brain (one line naming an
+    item without one)."""
+    missing = [item.source for item in items if item.brain is None]
+    if missing:
+        raise AldmError(f"{missing[0]}: this model is conditioned on the brain too, and the mask has no brain mask")
+    return np.stack([item.brain for item in items]).astype(np.float32)
 
 
 def _estimate(samples: SampleSet, written: list[str], left: int, seconds: float, log) -> None:
@@ -196,7 +216,8 @@ def _duration(seconds: float) -> str:
 def _sample_bytes(item, native: bool, channels: int) -> int:
     """An upper bound of one sample's files: ``channels`` float32 volumes + a uint8 mask in model space, and the
     same on the native grid when written (before gzip, which only makes them smaller)."""
-    model = item.mask[0].size * (channels * 4 + 1)
-    grid = int(np.prod(item.native_shape)) * (channels * 4 + 1) if native and item.native_shape is not None else 0
+    per_voxel = channels * 4 + 1 + (item.labels is not None)
+    model = item.mask[0].size * per_voxel
+    grid = int(np.prod(item.native_shape)) * per_voxel if native and item.native_shape is not None else 0
     return model + grid
 

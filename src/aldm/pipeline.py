@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from .artifacts.run import WEIGHTS, Run
+from .conditions import brats_label_map, needs_brain
 from .config import Profile
-from .data.control import control_maps, mask_statistics
+from .data.control import condition_control, condition_statistics
 from .diffusion.guidance import GuidedNoise
 from .diffusion.samplers import initial_noise, run_sampler
 from .diffusion.schedule import NoiseSchedule
@@ -93,23 +94,30 @@ class ALDMPipeline:
         return cls(profile, vae, denoiser, weights["latent_mean"], weights["latent_std"], device, run.info,
                    run.weights_hash(), decode_slab, precision, run.modalities)
 
+    @property
+    def condition(self) -> str:
+        """What this model is conditioned on (:mod:`aldm.conditions`)."""
+        return self.profile.condition
+
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
-                 step_callback=None) -> dict:
+                 step_callback=None, brain=None) -> dict:
         """Generate one volume per mask with ``settings`` (guidance s, sampler, steps; default
         :class:`GenerationSettings`).
 
-        ``masks`` (B, 1, S, S, S) or (B, S, S, S), binary, in model space; ``generator``: a list of
+        ``masks`` (B, 1, S, S, S) or (B, S, S, S) in model space: binary tumour masks or BraTS label maps
+        {0, 1, 2, 4} (a ``regions`` model needs label maps; a ``mask`` model reads labels > 0 as tumour);
+        ``brain`` (same shape): brain masks, needed by a ``regions+brain`` model; ``generator``: a list of
         ``torch.Generator`` (one per mask), a list of int seeds, one int seed, or None (seeds
         settings.seed + i); ``step_callback(step, steps)``: called after each guided denoiser evaluation
         (1-based). Returns {'image': (B, C, S, S, S) float32 in [-1, 1], 'latent': (B, zC, s, s, s)}.
         """
         settings = self.validate(settings or GenerationSettings())
-        m = _check_masks(masks, self.profile.image_size)
+        m, b = _check_condition(masks, brain, self.profile)
         generators = _generators(settings.seed if generator is None else generator, m.shape[0])
         s = self.profile.latent_size
-        control = control_maps(m, s).to(self.device)
-        stats = mask_statistics(m).to(self.device)
+        control = condition_control(m, self.condition, s, b).to(self.device)
+        stats = condition_statistics(m, self.condition, b).to(self.device)
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
         z_T = initial_noise(shape, generators, self.device)
 
@@ -168,15 +176,17 @@ class BaselinePipeline:
         """``settings`` as they are: guidance, sampler and steps do not apply to a baseline."""
         return settings
 
+    condition = ALDMPipeline.condition
+
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
-                 step_callback=None) -> dict:
+                 step_callback=None, brain=None) -> dict:
         """One volume per mask (see :meth:`ALDMPipeline.__call__`; only ``settings.seed`` applies)."""
         settings = settings or GenerationSettings()
-        m = _check_masks(masks, self.profile.image_size)
+        m, b = _check_condition(masks, brain, self.profile)
         generators = _generators(settings.seed if generator is None else generator, m.shape[0])
         noise = initial_noise((m.shape[0], *self.generator.noise_shape), generators, self.device)
-        control = control_maps(m).to(self.device)
+        control = condition_control(m, self.condition, None, b).to(self.device)
         domain = torch.full((m.shape[0],), self.domain, device=self.device)
         image = self.generator(control, domain, noise).float().clamp(-1, 1)
         if step_callback is not None:
@@ -205,13 +215,29 @@ def _load_state(module: torch.nn.Module, weights: dict, key: str, run: Run) -> N
         raise AldmError(f"{path}: weights do not fit the run's config.json ({str(exc).splitlines()[0]})") from exc
 
 
-def _check_masks(masks, size: int) -> torch.Tensor:
+def _check_masks(masks, size: int, what: str = "masks") -> torch.Tensor:
     m = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
     if m.ndim == 4:
         m = m[:, None]
     if m.ndim != 5 or tuple(m.shape[1:]) != (1, size, size, size):
-        raise AldmError(f"masks must be (B, 1, {size}, {size}, {size}) for this model, got {tuple(m.shape)}")
+        raise AldmError(f"{what} must be (B, 1, {size}, {size}, {size}) for this model, got {tuple(m.shape)}")
     return m
+
+
+def _check_condition(masks, brain, profile: Profile) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(masks or label maps, brain masks or None) as (B, 1, S, S, S) float tensors for ``profile``'s condition:
+    a regions model's label maps must hold BraTS labels, a model with the brain needs ``brain``."""
+    m = _check_masks(masks, profile.image_size)
+    if profile.condition != "mask":
+        m = torch.from_numpy(brats_label_map(m.numpy(), "label maps").astype(np.float32))
+    if not needs_brain(profile.condition):
+        return m, None
+    if brain is None:
+        raise AldmError(f"this model is conditioned on {profile.condition!r}: pass the brain masks too")
+    b = _check_masks(brain, profile.image_size, "brain masks")
+    if b.shape[0] != m.shape[0]:
+        raise AldmError(f"got {b.shape[0]} brain masks for {m.shape[0]} label maps")
+    return m, b
 
 
 def _generators(generator, n: int) -> list[torch.Generator]:

@@ -1,9 +1,11 @@
 """A sample set: the folder ``aldm generate`` writes, its one metadata schema, and reading it back.
 
 ``OUT/sample-IIII_<mask subject>/`` holds ``model/{<channel>,mask}.nii.gz`` (model space; one file per
-channel of the model's modalities), ``native/...`` (the mask subject's native grid and intensities, when
-written) and ``sample.json``: its :class:`SampleRecord` and the SHA-256 of every file. A sample is written
-in a ``.tmp-`` folder renamed at the end, so an interrupted run leaves no half-written sample.
+channel of the model's modalities) and ``model/seg.nii.gz`` (the tumour's BraTS label map, when the mask
+came with one: always from a cache and under a ``regions`` model), ``native/...`` (the mask subject's
+native grid and intensities, when written) and ``sample.json``: its :class:`SampleRecord` and the SHA-256
+of every file. A sample is written in a ``.tmp-`` folder renamed at the end, so an interrupted run leaves
+no half-written sample.
 ``OUT/samples.csv`` indexes the finished samples (``manifest.csv`` in folders written before version
 0.2; still read). It is not the prepared cache's ``manifest.csv`` (:mod:`aldm.artifacts.cache`).
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conditions import DEFAULT_CONDITION, SEG_FILE
 from ..errors import AldmError
 from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
 from ..io.nifti import load_nifti, save_nifti
@@ -55,6 +58,7 @@ class SampleRecord:
     model_hash: str = ""
     stage: str = ""
     modalities: list = field(default_factory=list)
+    condition: str = DEFAULT_CONDITION  # what the model was conditioned on (aldm.conditions)
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -229,6 +233,14 @@ class SampleSet(ArtifactFolder):
         if len({c.shape for c in channels} | {mask.shape}) != 1 or mask.ndim != 3:
             raise AldmError(f"{folder}: its volumes differ in shape or are not 3D; regenerate the sample")
         return np.stack(channels), (mask > 0).astype(np.uint8)[None]
+
+    def load_labels(self, record: SampleRecord, space: str = "model") -> np.ndarray | None:
+        """The sample's BraTS label map (1, S, S, S) uint8 {0, 1, 2, 4}, or None when it has none (its mask
+        was a plain binary mask, or it was written before version 0.3)."""
+        path = os.path.join(self.sample_dir(record.sample), space, f"{SEG_FILE}.nii.gz")
+        if not os.path.isfile(path):
+            return None
+        return np.rint(load_nifti(path, scaled=False)[0]).astype(np.uint8)[None]
 
     def checked_records(self) -> list[SampleRecord]:
         """The index's records, each sample checked first: its ``sample.json`` must exist and be readable and

@@ -7,7 +7,10 @@ them (the paper's reference code computed them differently in the two places).
   image resolution and area-pooled to the resolution asked for (e.g. the 28^3 latent grid);
 * :func:`mask_statistics`: global mask statistics feeding FiLM (Eq. 3.7);
 * :func:`latent_tumour_weight_mask`: the tumour region dilated by a 3x3x3 element in latent
-  space, for the tumour-weighted diffusion loss (Eq. 3.9).
+  space, for the tumour-weighted diffusion loss (Eq. 3.9);
+* :func:`condition_control`, :func:`condition_statistics`: the same two signals for each binary mask a
+  condition names (:mod:`aldm.conditions`: the whole tumour for the paper's ``mask``; the BraTS regions
+  WT / TC / ET, and the brain, for ``regions`` / ``regions+brain``), concatenated in that order.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+from ..conditions import BRAIN, REGIONS, condition_masks, needs_brain
+from ..errors import AldmError
 
 CONTROL_CHANNELS = ("mask", "edge", "soft_distance")
 STATISTICS = ("volume_fraction", "centroid_d", "centroid_h", "centroid_w", "spread_d", "spread_h", "spread_w",
@@ -108,3 +114,43 @@ def latent_tumour_weight_mask(mask: torch.Tensor, size: int | tuple) -> torch.Te
 
 def _triple(size) -> tuple:
     return (size,) * 3 if isinstance(size, int) else tuple(size)
+
+
+def region_masks(labels: torch.Tensor, names=tuple(REGIONS)) -> torch.Tensor:
+    """Binary masks (B, len(names), D, H, W) float of the BraTS regions ``names`` (WT, TC, ET) of label maps
+    (B, 1, D, H, W) in {0, 1, 2, 4}."""
+    if labels.ndim != 5 or labels.shape[1] != 1:
+        raise ValueError(f"labels must be (B, 1, D, H, W), got {tuple(labels.shape)}")
+    rounded = torch.round(labels)
+    return torch.cat([torch.isin(rounded, torch.tensor(REGIONS[n], dtype=rounded.dtype, device=labels.device))
+                      .float() for n in names], dim=1)
+
+
+def condition_mask_stack(labels: torch.Tensor, condition: str, brain: torch.Tensor | None = None) -> torch.Tensor:
+    """The binary masks (B, M, D, H, W) a ``condition`` sees (:func:`aldm.conditions.condition_masks`) of label
+    maps (B, 1, D, H, W) and, for a condition with the brain, brain masks (B, 1, D, H, W). Under ``mask``
+    the one channel is labels > 0 — the paper's binary mask, whatever the label values."""
+    names = condition_masks(condition)
+    if condition == "mask":
+        return _binary(labels)
+    masks = region_masks(labels, [n for n in names if n != BRAIN])
+    if needs_brain(condition):
+        if brain is None:
+            raise AldmError(f"condition {condition!r} needs the brain mask beside the label map")
+        masks = torch.cat([masks, _binary(brain).to(masks.device)], dim=1)
+    return masks
+
+
+def condition_control(labels: torch.Tensor, condition: str, size: int | tuple | None = None,
+                      brain: torch.Tensor | None = None) -> torch.Tensor:
+    """Control maps (B, 3 M, *size) of a condition: :func:`control_maps` of each of its M masks, concatenated
+    ([mask, edge, soft distance] of WT, then TC, ET, brain); under ``mask`` exactly ``control_maps(labels)``."""
+    masks = condition_mask_stack(labels, condition, brain)
+    return torch.cat([control_maps(masks[:, i:i + 1], size) for i in range(masks.shape[1])], dim=1)
+
+
+def condition_statistics(labels: torch.Tensor, condition: str, brain: torch.Tensor | None = None) -> torch.Tensor:
+    """FiLM statistics (B, 8 M) of a condition: :func:`mask_statistics` of each of its M masks, concatenated
+    (an empty region gives zeros, as the null condition)."""
+    masks = condition_mask_stack(labels, condition, brain)
+    return torch.cat([mask_statistics(masks[:, i:i + 1]) for i in range(masks.shape[1])], dim=1)

@@ -3,10 +3,14 @@
 * ``cache:PATH`` (or the path of a prepared cache): masks of a prepared cache. For the model's
   own target cache the held-out test subjects of its split are used by default (never the K
   few-shot subjects); ``--subjects`` picks others.
-* ``folder:PATH``: NIfTI masks (``*.nii.gz``, any label > 0 is tumour). Masks already at the model's
-  S^3 are used as they are; others are reoriented to RAS and resized to S^3 (nearest-exact).
-* ``relocated:PATH``: each cache mask moved into another subject's brain (paper Appendix A), so
-  tumours appear in new places; the native grid is the host subject's.
+* ``folder:PATH``: NIfTI masks or BraTS label maps (``*.nii.gz``). Files already at the model's S^3 are
+  used as they are; others are reoriented to RAS and resized to S^3 (nearest-exact). A ``mask`` model
+  reads any label > 0 as tumour (a file holding several BraTS labels is kept as the sample's label map);
+  a ``regions`` model reads every file as a label map {0, 1, 2, 4} (3 as 4 when there is no 4; other
+  labels are an error naming the file). ``<name>_brain.nii.gz`` beside ``<name>.nii.gz`` is its brain
+  mask (needed by a ``regions+brain`` model).
+* ``relocated:PATH``: each cache label map moved, whole, into another subject's brain (paper Appendix A),
+  so tumours appear in new places; the native grid and the brain are the host subject's.
 * ``appendix:PATH``: the paper's Appendix A scheme, as the web UI uses it: samples 0..G-1
   (G = min(16, M) subjects, chosen as for ``cache:``) reuse those subjects' ground-truth masks;
   sample i >= G applies mask i mod G inside another of the G subjects' brains.
@@ -23,13 +27,15 @@ import torch
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
+from ..conditions import BRAIN, brats_label_map, is_brats_label_map, needs_brain
 from ..errors import AldmError
 from ..io.nifti import load_nifti
 
 
 @dataclass
 class MaskItem:
-    """A tumour mask in model space (1, S, S, S) uint8, where it came from and its native geometry."""
+    """A tumour mask in model space (1, S, S, S) uint8, where it came from and its native geometry; ``labels``
+    its BraTS label map (1, S, S, S) uint8 {0, 1, 2, 4} when known, ``brain`` the brain mask when known."""
 
     name: str
     mask: np.ndarray
@@ -40,15 +46,24 @@ class MaskItem:
     source: str = ""
     context_subject: str = ""  # the cache subject whose anatomy and native grid the sample gets
     cache: str = ""
+    labels: np.ndarray | None = None
+    brain: np.ndarray | None = None
+
+    def condition(self) -> np.ndarray:
+        """What a pipeline takes as this item's tumour: the label map when known, else the binary mask."""
+        return self.mask if self.labels is None else self.labels
 
 
 APPENDIX_GROUND_TRUTH = 16  # paper Appendix A: the first 16 samples reuse the target subjects' masks
 
 
-def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) -> MaskItem:
+def _item_from_row(cache: str, row: dict, name: str | None = None, labels=None) -> MaskItem:
+    """The item of a cache subject: its label map (or ``labels``, e.g. moved from another subject), its brain
+    and its geometry."""
     data = PreparedCache(cache).load(row)
+    labels = data["labels"] if labels is None else labels
     return MaskItem(
-        name=name or row["subject"], mask=data["mask"] if mask is None else mask,
+        name=name or row["subject"], mask=(labels > 0).astype(np.uint8), labels=labels, brain=data["brain"],
         model_affine=np.asarray(json.loads(row["model_affine"])),
         native_shape=tuple(json.loads(row["native_shape"])), native_affine=np.asarray(json.loads(row["native_affine"])),
         intensity_ranges=json.loads(row["intensity_ranges"]), source=f"cache:{row['subject']}",
@@ -57,10 +72,10 @@ def _item_from_row(cache: str, row: dict, name: str | None = None, mask=None) ->
 
 
 def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator) -> MaskItem:
-    """``row``'s mask moved into ``host``'s brain; the item takes the host's geometry."""
+    """``row``'s label map moved, whole, into ``host``'s brain; the item takes the host's geometry and brain."""
     prepared = PreparedCache(cache)
-    moved = relocate_mask(prepared.load(row)["mask"][0], prepared.load(host)["brain"][0], rng)
-    item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", mask=moved[None])
+    moved = relocate_mask(prepared.load(row)["labels"][0], prepared.load(host)["brain"][0], rng)
+    item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", labels=moved[None])
     item.source = f"relocated:{row['subject']}->{host['subject']}"
     return item
 
@@ -101,41 +116,66 @@ def appendix_masks(cache: str, n: int, seed: int, subjects: list | None = None,
     return items
 
 
-def masks_from_folder(folder: str, size: int) -> list[MaskItem]:
-    """NIfTI masks of ``folder`` (any label > 0 is tumour), reoriented to RAS and resized to ``size``^3
-    (nearest-exact) unless already at that size; an AldmError naming the first bad file."""
-    from monai.data import MetaTensor
-    from monai.transforms import Orientation, Resize
-
+def masks_from_folder(folder: str, size: int, condition: str = "mask") -> list[MaskItem]:
+    """The masks or label maps of ``folder`` (see the module docstring) for a model of ``condition``,
+    reoriented to RAS and resized to ``size``^3 (nearest-exact) unless already at that size; an AldmError
+    naming the first bad file."""
     if not os.path.isdir(folder):
         raise AldmError(f"{folder}: mask folder not found")
     files = sorted(f for f in os.listdir(folder) if f.endswith((".nii.gz", ".nii")))
-    if not files:
+    names = {_stem(f): f for f in files}
+    tumours = [f for f in files if not (_stem(f).endswith(f"_{BRAIN}") and _stem(f)[:-len(BRAIN) - 1] in names)]
+    if not tumours:
         raise AldmError(f"{folder}: no .nii.gz masks")
     items = []
-    for name in files:
+    for name in tumours:
         path = os.path.join(folder, name)
         data, native_affine = load_nifti(path, scaled=False)  # the header is checked before any voxel is read
         if data.ndim != 3 or not np.isfinite(data).all():
             raise AldmError(f"{path}: a mask must be a finite 3D volume, got shape {data.shape}")
-        mask = (data > 0).astype(np.float32)
-        if not mask.any():
+        if not (data > 0).any():
             raise AldmError(f"{path}: empty mask")
-        if mask.shape == (size,) * 3:
-            model, affine = mask, native_affine
-        else:
-            t = MetaTensor(torch.from_numpy(mask)[None], affine=torch.as_tensor(native_affine, dtype=torch.float64))
-            t = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
-            t = Resize((size,) * 3, mode="nearest-exact")(t)
-            model, affine = t.numpy()[0], np.asarray(t.affine)
-        items.append(MaskItem(name=name.split(".")[0], mask=(model[None] > 0.5).astype(np.uint8),
-                              model_affine=np.asarray(affine, dtype=np.float64), native_shape=tuple(data.shape),
-                              native_affine=np.asarray(native_affine), source=f"folder:{path}"))
+        labels = brats_label_map(data, path) if condition != "mask" or is_brats_label_map(data) else None
+        model = _to_model_space(labels if labels is not None else (data > 0), native_affine, size)
+        item = MaskItem(name=_stem(name), mask=(model[0][None] > 0).astype(np.uint8), model_affine=model[1],
+                        native_shape=tuple(data.shape), native_affine=np.asarray(native_affine),
+                        source=f"folder:{path}", labels=None if labels is None else model[0][None].astype(np.uint8))
+        brain_file = names.get(f"{_stem(name)}_{BRAIN}")
+        if brain_file is not None:
+            brain_path = os.path.join(folder, brain_file)
+            brain, brain_affine = load_nifti(brain_path, scaled=False)
+            if brain.shape != data.shape:
+                raise AldmError(f"{brain_path}: brain mask of shape {brain.shape}, but {name} is {data.shape}")
+            item.brain = (_to_model_space(brain > 0, brain_affine, size)[0][None] > 0).astype(np.uint8)
+        elif needs_brain(condition):
+            raise AldmError(f"{path}: this model is conditioned on the brain too; put its brain mask beside it as "
+                            f"{_stem(name)}_{BRAIN}.nii.gz")
+        items.append(item)
     return items
 
 
+def _stem(file_name: str) -> str:
+    return file_name.split(".")[0]
+
+
+def _to_model_space(values: np.ndarray, native_affine: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values on the model's ``size``^3 grid (nearest-exact), its affine): RAS-reoriented and resized, or as
+    they are when already ``size``^3."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Resize
+
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape == (size,) * 3:
+        return values, np.asarray(native_affine, dtype=np.float64)
+    t = MetaTensor(torch.from_numpy(values)[None], affine=torch.as_tensor(native_affine, dtype=torch.float64))
+    t = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
+    t = Resize((size,) * 3, mode="nearest-exact")(t)
+    return np.rint(t.numpy()[0]), np.asarray(t.affine, dtype=np.float64)
+
+
 def relocate_mask(mask: np.ndarray, brain: np.ndarray, rng: np.random.Generator, tries: int = 200) -> np.ndarray:
-    """Translate ``mask`` (S, S, S) so that it lies inside ``brain`` (S, S, S) at a random place.
+    """Translate ``mask`` (S, S, S; a binary mask or a label map, moved whole with its values) so that it lies
+    inside ``brain`` (S, S, S) at a random place.
 
     Draws candidate centres among brain voxels and keeps the first placement with >= 99 % of the
     tumour inside the brain (else the best one seen).
@@ -160,7 +200,7 @@ def relocate_mask(mask: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
     if best is None:
         raise AldmError("the tumour does not fit anywhere inside the host brain")
     out = np.zeros_like(mask)
-    out[tuple(best.T)] = 1
+    out[tuple(best.T)] = mask[tuple(idx.T)]
     return out
 
 
@@ -179,9 +219,9 @@ MASK_KINDS = ("cache", "folder", "relocated", "appendix")
 
 
 def resolve_masks(spec: str | None, model: Run, image_size: int, subjects: list | None, seed: int,
-                  n: int = 1) -> list[MaskItem]:
+                  n: int = 1, condition: str = "mask") -> list[MaskItem]:
     """Mask items for a ``--masks`` value (see the module docstring; None: the ``model`` run's own
-    cache); ``n`` only matters to appendix."""
+    cache) for a model of ``condition``; ``n`` only matters to appendix."""
     if spec is None:
         spec = "cache:" + model.data
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in MASK_KINDS else ("", "", spec)
@@ -193,4 +233,4 @@ def resolve_masks(spec: str | None, model: Run, image_size: int, subjects: list 
         return relocated_masks(path, subjects, seed)
     if kind == "appendix":
         return appendix_masks(path, n, seed, subjects, model)
-    return masks_from_folder(path, image_size)
+    return masks_from_folder(path, image_size, condition)

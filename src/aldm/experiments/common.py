@@ -238,14 +238,15 @@ def generation_settings(cfg: ExperimentConfig, guidance: float | None, seed: int
 
 
 def real_items(cache: str, subjects: list) -> list[dict]:
-    """Cached target volumes of ``subjects``: dicts with subject, image (C, S, S, S), mask (1, S, S, S),
-    idh and grade."""
+    """Cached target volumes of ``subjects``: dicts with subject, image (C, S, S, S), mask, labels (the BraTS
+    label map) and brain (each (1, S, S, S)), idh and grade."""
     prepared = PreparedCache(cache)
     rows = prepared.by_subject()
     items = []
     for s in subjects:
         data = prepared.load(rows[s])
-        items.append({"subject": s, "image": data["image"], "mask": data["mask"], "idh": rows[s]["idh"] or None,
+        items.append({"subject": s, "image": data["image"], "mask": data["mask"], "labels": data["labels"],
+                      "brain": data["brain"], "idh": rows[s]["idh"] or None,
                       "grade": rows[s]["grade"] or None})
     return items
 

@@ -85,15 +85,18 @@ def _train_segmenter(cfg: ExperimentConfig, test: set, progress: bool) -> str | 
     return folder
 
 
-def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_masks: list) -> dict:
+def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_items: list) -> dict:
     """The mask-swap check of one cell (:mod:`aldm.metrics.mask_swap`) on consecutive held-out masks; the
     first pair's volumes go to ``eval/<cell>/mask_swap.npz`` for the report's figure."""
     import numpy as np
 
+    from ..conditions import needs_brain
     from ..metrics.mask_swap import mask_swap
 
     log(f"cell {cell['name']}: mask-swap check")
-    out = mask_swap(pipe, test_masks, generation_settings(cfg, cell["s"], cfg.seed + 3000), pairs=cfg.mask_swap_pairs)
+    out = mask_swap(pipe, [t["labels"] for t in test_items], generation_settings(cfg, cell["s"], cfg.seed + 3000),
+                    pairs=cfg.mask_swap_pairs,
+                    brains=[t["brain"] for t in test_items] if needs_brain(pipe.condition) else None)
     example = out.pop("example", None)
     if example is not None:
         folder = os.path.join(cfg.out, "eval", cell["id"])
@@ -152,7 +155,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
             result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
         if cfg.mask_swap_pairs:
-            result["mask_swap"] = _mask_swap(cfg, pipe, cell, [real[s]["mask"] for s in test])
+            result["mask_swap"] = _mask_swap(cfg, pipe, cell, [real[s] for s in test])
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if not os.path.exists(reference_path):
         # the reference rows: classifiers trained and tested on real data (TRTR) and on the K real subjects alone

@@ -35,8 +35,11 @@ def swap_scores(x_a: np.ndarray, x_b: np.ndarray, region: np.ndarray) -> dict:
             "chance": float(region.mean())}
 
 
-def mask_swap(pipe, masks: list[np.ndarray], settings, pairs: int = 3, margin: int = 2) -> dict:
-    """The check on ``pairs`` consecutive pairs of ``masks`` (each (1, S, S, S)) with ``settings``
+def mask_swap(pipe, masks: list[np.ndarray], settings, pairs: int = 3, margin: int = 2,
+              brains: list[np.ndarray] | None = None) -> dict:
+    """The check on ``pairs`` consecutive pairs of ``masks`` (each (1, S, S, S): binary masks or BraTS label
+    maps; ``brains`` beside them for a model conditioned on the brain: each sample of a pair keeps its own
+    subject's) with ``settings``
     (:class:`aldm.diffusion.settings.GenerationSettings`), both samples of a pair from seed
     ``settings.seed + pair``; returns the means over pairs, the per-pair scores and the first pair's
     volumes and masks (for the figure). ``pipe``: a loaded ALDM or baseline pipeline."""
@@ -46,12 +49,13 @@ def mask_swap(pipe, masks: list[np.ndarray], settings, pairs: int = 3, margin: i
     scores, example = [], None
     for p in range(n):
         a, b = masks[p], masks[p + 1]
+        extra = {} if brains is None else {"brain": np.stack([brains[p], brains[p + 1]]).astype(np.float32)}
         out = pipe(np.stack([a, b]).astype(np.float32), settings,
-                   generator=[settings.seed + p, settings.seed + p])["image"].numpy()
+                   generator=[settings.seed + p, settings.seed + p], **extra)["image"].numpy()
         scores.append(swap_scores(out[0], out[1], swap_region(a, b, margin)))
         if example is None:
             example = {"x_a": out[0].astype(np.float16), "x_b": out[1].astype(np.float16),
-                       "mask_a": np.asarray(a, np.uint8), "mask_b": np.asarray(b, np.uint8)}
+                       "mask_a": (np.asarray(a) > 0).astype(np.uint8), "mask_b": (np.asarray(b) > 0).astype(np.uint8)}
     localities = [s["locality"] for s in scores if s["locality"] is not None]
     return {"pairs": n, "inside": float(np.mean([s["inside"] for s in scores])),
             "outside": float(np.mean([s["outside"] for s in scores])),

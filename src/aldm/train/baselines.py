@@ -26,15 +26,16 @@ import torch.nn.functional as F
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
-from ..config import Profile, small
-from ..data.control import control_maps
+from ..conditions import condition_masks
+from ..config import Profile, small, with_condition
+from ..data.control import condition_control, condition_mask_stack
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.vae import kl_divergence
-from .stages import FewShot, _override, open_run, with_cache_channels
+from .stages import FewShot, _override, inherit_condition, open_run, with_cache_channels
 from .trainer import Trainer, step_generator
 
 
@@ -49,12 +50,14 @@ class GANTask(nn.Module):
         self.kind, self.cfg, self.augment = kind, cfg, augment
         self.adam_betas = tuple(cfg.adam_betas)
         self.generator = BaselineGenerator(kind, profile)
+        masks = len(condition_masks(profile.condition))  # D sees the condition's masks beside the volume
         if kind == "cgan3m":
             # 3M-CGAN: one single-channel discriminator per modality
-            self.discriminators = nn.ModuleList(PatchDiscriminator3D(1, cfg.disc_channels)
+            self.discriminators = nn.ModuleList(PatchDiscriminator3D(1, cfg.disc_channels, masks)
                                                 for _ in range(profile.vae.in_channels))
         else:
-            self.discriminators = nn.ModuleList([PatchDiscriminator3D(profile.vae.in_channels, cfg.disc_channels)])
+            self.discriminators = nn.ModuleList([PatchDiscriminator3D(profile.vae.in_channels, cfg.disc_channels,
+                                                                      masks)])
         self.vae_cfg = profile.vae
 
     def parameter_groups(self) -> dict:
@@ -123,7 +126,7 @@ class GANTask(nn.Module):
             if self.cfg.l1_weight:
                 loss = loss + self.cfg.l1_weight * torch.mean(torch.abs(fake - b["image"]))
             if self.kind == "cgan3m":
-                region = F.max_pool3d(mask, 5, stride=1, padding=2)
+                region = F.max_pool3d(mask[:, :1], 5, stride=1, padding=2)  # channel 0: the whole tumour
                 voxels = (fake.shape[1] * region.sum()).clamp(min=1.0)  # tumour voxels over every channel
                 consistency = (torch.abs(fake - b["image"]) * region).sum() / voxels
                 loss = loss + self.cfg.tumour_consistency * consistency
@@ -134,15 +137,18 @@ class GANTask(nn.Module):
         return loss, logs
 
 
-def _load_images(cache: str, rows: list[dict]) -> dict:
+def _load_images(cache: str, rows: list[dict], condition: str) -> dict:
+    """Volumes (N, C, S, S, S), the condition's masks (N, M, S, S, S; channel 0 the whole tumour) and control
+    maps (N, 3 M, S, S, S) of ``rows``, float16."""
     images, masks, controls = [], [], []
     prepared = PreparedCache(cache)
     for row in rows:
         data = prepared.load(row)
-        mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
+        labels = torch.from_numpy(data["labels"].astype(np.float32))[None]
+        brain = torch.from_numpy(data["brain"].astype(np.float32))[None]
         images.append(torch.from_numpy(data["image"]).half())
-        masks.append(mask[0].half())
-        controls.append(control_maps(mask)[0].half())
+        masks.append(condition_mask_stack(labels, condition, brain)[0].half())
+        controls.append(condition_control(labels, condition, None, brain)[0].half())
     return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
 
 
@@ -150,8 +156,11 @@ def _load_images(cache: str, rows: list[dict]) -> dict:
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,
-                   dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None) -> dict:
-    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a baseline."""
+                   dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None,
+                   condition: str | None = None) -> dict:
+    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a baseline;
+    ``condition`` (source training; None: the profile's): what it is conditioned on (:mod:`aldm.conditions`),
+    few-shot keeps its source run's."""
     if kind not in BASELINES:
         raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
     dist_info = dist_info or DistInfo()
@@ -164,8 +173,10 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         parent = source.weights()
         profile = profile or source.profile
     profile = profile or small()
-    if not fewshot:  # trained from scratch: as many channels as the cache holds (few-shot: the source run's)
-        profile = with_cache_channels(profile, cache)
+    if fewshot:
+        profile = inherit_condition(profile, source, condition)
+    else:  # trained from scratch: as many channels as the cache holds (few-shot: the source run's)
+        profile = with_condition(with_cache_channels(profile, cache), condition)
     stage_config = "train_baseline_fewshot" if fewshot else "train_baseline"
     cfg = _override(getattr(profile, stage_config), steps, seed, precision)
     profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
@@ -175,7 +186,7 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
                          fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None,
                          parent=Run(init_run) if fewshot else None)
 
-    data = _load_images(cache, rows)
+    data = _load_images(cache, rows, profile.condition)
     torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only
     task = GANTask(kind, profile, augment=fewshot and profile.baseline.diffaugment)
     if parent is not None:

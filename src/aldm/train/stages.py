@@ -24,8 +24,8 @@ import torch.nn as nn
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import SPLIT, Run
 from ..artifacts.split import load_split, save_split
-from ..config import Profile, TrainConfig
-from ..data.control import control_maps, latent_tumour_weight_mask, mask_statistics
+from ..config import Profile, TrainConfig, with_condition
+from ..data.control import condition_control, condition_statistics, latent_tumour_weight_mask
 from ..data.splits import few_shot_split
 from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
 from ..distributed import DistInfo, barrier
@@ -98,6 +98,16 @@ def with_cache_channels(profile: Profile, cache: str) -> Profile:
     if channels == profile.vae.in_channels:
         return profile
     return replace(profile, vae=replace(profile.vae, in_channels=channels))
+
+
+def inherit_condition(profile: Profile, parent: Run, condition: str | None) -> Profile:
+    """``profile`` conditioned as the ``parent`` run whose network a few-shot stage adapts; an AldmError when
+    ``condition`` asks for another (the network's inputs are the parent's)."""
+    own = parent.profile.condition
+    if condition is not None and condition != own:
+        raise AldmError(f"{parent.path}: the source run is conditioned on {own!r}; a few-shot stage keeps its "
+                        f"condition (--condition {condition} asks for another): adapt a {condition} source run")
+    return with_condition(profile, own)
 
 
 def with_probe_every(profile: Profile | None, every: int | None) -> Profile | None:
@@ -230,12 +240,14 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
 
 # ------------------------------------------------------------------------------------------------ stage 2
 @torch.no_grad()
-def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, device) -> dict:
+def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, device,
+                    condition: str = "mask") -> dict:
     """Posterior (mu, logvar), control maps, FiLM statistics and latent weight masks of each subject.
 
-    Returns tensors stacked over subjects: mu/logvar (N, zC, s, s, s), control (N, 3, s, s, s),
-    stats (N, 8), weight (N, 1, s, s, s). Control signals come from :mod:`aldm.data.control`,
-    the same functions sampling uses.
+    Returns tensors stacked over subjects: mu/logvar (N, zC, s, s, s), control (N, 3 M, s, s, s),
+    stats (N, 8 M), weight (N, 1, s, s, s), M the masks of ``condition`` (1 for the paper's ``mask``).
+    Control signals come from :mod:`aldm.data.control` of the cached label map (and brain mask), the
+    same functions sampling uses; the tumour weight of Eq. 3.9 is the whole tumour's.
     """
     out = {"mu": [], "logvar": [], "control": [], "stats": [], "weight": []}
     prepared = PreparedCache(cache)
@@ -243,12 +255,13 @@ def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, 
         data = prepared.load(row)
         x = torch.from_numpy(data["image"])[None].to(device)
         mu, logvar = vae.encode(x)
-        mask = torch.from_numpy(data["mask"].astype(np.float32))[None]
+        labels = torch.from_numpy(data["labels"].astype(np.float32))[None]
+        brain = torch.from_numpy(data["brain"].astype(np.float32))[None]
         out["mu"].append(mu.float().cpu())
         out["logvar"].append(logvar.float().cpu())
-        out["control"].append(control_maps(mask, latent_size))
-        out["stats"].append(mask_statistics(mask))
-        out["weight"].append(latent_tumour_weight_mask(mask, latent_size))
+        out["control"].append(condition_control(labels, condition, latent_size, brain))
+        out["stats"].append(condition_statistics(labels, condition, brain))
+        out["weight"].append(latent_tumour_weight_mask(labels, latent_size))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -318,10 +331,11 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
+              precision: str | None = None, probe: ProbeSubjects | None = None, condition: str | None = None) -> dict:
     """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
     target subjects of a saved split); ``probe``: held-out subjects whose noise-prediction error per
-    timestep band is measured every ``probe_every`` steps (probe.csv)."""
+    timestep band is measured every ``probe_every`` steps (probe.csv). ``condition`` (stage 3; None: the
+    profile's): what the denoiser is conditioned on (:mod:`aldm.conditions`); stage 4 keeps its parent's."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
     if fewshot == (vae_run is not None):
@@ -329,6 +343,10 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     vae_source = Run(init_run if fewshot else vae_run)
     # the LDM's VAE is the parent's, whatever profile is given: its config (channels, widths) comes along
     profile = replace(profile or vae_source.profile, vae=vae_source.profile.vae)
+    if fewshot:  # the denoiser adapted is the parent's, conditioned as it was
+        profile = inherit_condition(profile, vae_source, condition)
+    else:
+        profile = with_condition(profile, condition)
     parent = vae_source.require_finished().weights() if fewshot else None
     stage_config = "train_fewshot" if fewshot else "train_ldm"
     cfg = _override(getattr(profile, stage_config), steps, seed, precision)
@@ -340,7 +358,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
                          extra={"vae_run": os.path.abspath(vae_source.path)},
                          fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None, parent=vae_source)
 
-    encoded = encode_subjects(vae, cache, rows, profile.latent_size, device)
+    encoded = encode_subjects(vae, cache, rows, profile.latent_size, device, profile.condition)
     if fewshot:
         mean, std = parent["latent_mean"], parent["latent_std"]
     else:
@@ -366,7 +384,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     torch.manual_seed(cfg.seed)
     probe_fn = None
     if probe is not None:
-        held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device)
+        held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device,
+                               profile.condition)
         probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
     trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
                       name="fewshot" if fewshot else "ldm", probe=probe_fn)

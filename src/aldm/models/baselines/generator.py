@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...conditions import control_channel_count
 from ...config import Profile
 from ..vae import VAE3D
 from .networks import Generator3D
@@ -16,7 +17,8 @@ BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
 
 
 class BaselineGenerator(nn.Module):
-    """Control maps (B, 3, S, S, S) + domain flag (B,) + per-sample noise (B, *noise_shape) -> volumes
+    """Control maps (B, 3 M, S, S, S) of the profile's condition (M masks: 1 for the paper's ``mask``) + domain
+    flag (B,) + per-sample noise (B, *noise_shape) -> volumes
     (B, C, S, S, S) in [-1, 1], C = ``profile.vae.in_channels`` (the cache's modalities). CGAN and 3M-CGAN:
     the U-Net generator :class:`Generator3D`; VAE-GAN: the conditional decoder of a :class:`VAE3D` sampled
     from its prior (never a reconstruction)."""
@@ -26,11 +28,12 @@ class BaselineGenerator(nn.Module):
         self.kind = kind
         self.size = profile.image_size
         cfg = profile.baseline
+        control = control_channel_count(profile.condition)
         if kind == "vaegan":
-            self.net = VAE3D(profile.vae, cond_channels=4)
+            self.net = VAE3D(profile.vae, cond_channels=control + 1)
             self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
         else:
-            self.net = Generator3D(cfg, out_channels=profile.vae.in_channels)
+            self.net = Generator3D(cfg, out_channels=profile.vae.in_channels, control_channels=control)
             self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
 
     def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ c = [mask, edge, soft distance] (the same :func:`aldm.data.control.control_maps`
 domain flag d (0 source, 1 target); noise z (noise_channels, S/4, S/4, S/4) enters at the
 bottleneck; skip connections keep the tumour where the mask puts it.
 
-Discriminator D(x, m): a 3D PatchGAN with spectral normalisation on (volume channels, mask).
+Discriminator D(x, m): a 3D PatchGAN with spectral normalisation on (volume channels, the condition's
+masks: the tumour mask, or the BraTS regions WT / TC / ET and the brain under ``regions`` conditions).
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ class Generator3D(nn.Module):
 
 
 class PatchDiscriminator3D(nn.Module):
-    """Spectral-normalised 3D PatchGAN on concat(volume channels, mask): (B, in, S^3) -> (B, 1, S/8^3)."""
+    """Spectral-normalised 3D PatchGAN on concat(volume channels, masks): (B, in + M, S^3) -> (B, 1, S/8^3)."""
 
-    def __init__(self, in_channels: int, channels: tuple):
+    def __init__(self, in_channels: int, channels: tuple, mask_channels: int = 1):
         super().__init__()
-        layers, c_prev = [], in_channels + 1
+        layers, c_prev = [], in_channels + mask_channels
         for ch in channels:
             layers += [spectral_norm(nn.Conv3d(c_prev, ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
             c_prev = ch
@@ -74,7 +75,7 @@ class PatchDiscriminator3D(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, C, S, S, S) and mask (B, 1, S, S, S) -> patch logits (B, 1, S/8, S/8, S/8)."""
+        """x (B, C, S, S, S) and masks (B, M, S, S, S) -> patch logits (B, 1, S/8, S/8, S/8)."""
         return self.net(torch.cat([x, mask.to(x.dtype)], 1))
 
 
