@@ -178,3 +178,25 @@ def test_relocation_moves_the_whole_label_map(region_runs, prepared_cache, tmp_p
         moved = SampleSet(str(tmp_path / "s")).load_labels(record)
         original = cache.load(source)["labels"]
         assert {v: int((moved == v).sum()) for v in (1, 2, 4)} == {v: int((original == v).sum()) for v in (1, 2, 4)}
+
+
+def test_region_contrast_signs_against_hand_made_volumes():
+    from aldm.metrics.region_contrast import contrast_check, region_contrasts
+
+    labels = _label_map().numpy()[0]
+    brain = np.ones_like(labels)
+    modalities = ("T1", "T1c", "T2", "FLAIR")
+    real = np.zeros((4, *labels.shape[1:]), np.float32)
+    real[0][labels[0] == 1] = -0.5  # necrosis dark on T1
+    real[1][labels[0] == 4] = 0.6  # enhancing bright on T1c
+    real[3][labels[0] == 2] = 0.4  # oedema bright on FLAIR
+    contrasts = region_contrasts(real, labels, brain, modalities)
+    assert contrasts["necrosis"]["T1"] == pytest.approx(-0.5) and contrasts["oedema"]["FLAIR"] == pytest.approx(0.4)
+    flat = np.zeros_like(real)
+    inverted = -real
+    check = contrast_check([(real, labels, brain), (inverted, labels, brain), (inverted, labels, brain)],
+                           [(real, labels, brain)], modalities)
+    assert check["scored"] == 3 and check["right_signs"] == 0  # the synthetic mean has every sign wrong
+    assert all(np.sign(c["real"]) == c["expected_sign"] for c in check["checks"])
+    good = contrast_check([(real[[0, 2, 3]], labels, brain)], [(flat[[0, 2, 3]], labels, brain)], ("T1", "T2", "FLAIR"))
+    assert (good["scored"], good["right_signs"]) == (2, 2)  # no T1c: the enhancing check is not scored

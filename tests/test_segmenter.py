@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
@@ -56,7 +57,7 @@ def trained(prepared_cache, tmp_path_factory):
     held = set(sorted(held)[:2])
     folder = tmp_path_factory.mktemp("segmenter")
     fit_on_caches([str(prepared_cache)], str(folder), SegmenterConfig(init_filters=8, steps=60),
-                  held_out=held, progress=False)
+                  held_out=held, progress=False, regions="wt")
     return folder, held
 
 
@@ -104,3 +105,50 @@ def tiny_runs_test_subjects(tiny_runs):
     from aldm.artifacts.run import Run
 
     return Run(tiny_runs["fewshot"]).split()["test"]
+
+
+class _RegionEcho(torch.nn.Module):
+    """A stand-in segmenter whose logits are its input channels scaled: volumes holding +-1 region masks
+    are segmented exactly."""
+
+    def forward(self, x):
+        return 10.0 * x
+
+
+def test_per_region_dice_against_hand_made_volumes():
+    from aldm.evaluators.segmenter import BRATS, mask_adherence, region_targets
+
+    labels = np.zeros((2, 1, 8, 8, 8), np.uint8)
+    labels[0, 0, 1:7, 1:7, 1:7] = 2  # oedema 216 voxels
+    labels[0, 0, 2:5, 2:5, 2:5] = 1  # necrosis 27
+    labels[0, 0, 5, 2:5, 2:5] = 4  # enhancing 9
+    labels[1, 0, 2:6, 2:6, 2:6] = 2  # oedema only: TC and ET absent
+    volumes = 2.0 * region_targets(labels, BRATS).astype(np.float32) - 1.0
+    config = SegmenterConfig(in_channels=3, regions=BRATS)
+    exact = mask_adherence(_RegionEcho(), config, volumes, labels)
+    assert {r: v["dice"] for r, v in exact["regions"].items()} == {"WT": [1.0, 1.0], "TC": [1.0, 1.0],
+                                                                  "ET": [1.0, 1.0]}
+    # the generating label map says the enhancing slab is necrosis: ET 0 where only the target has it,
+    # TC unchanged (both are core); the second volume (no TC, no ET predicted or given) scores 1 (BraTS)
+    moved = labels.copy()
+    moved[0][moved[0] == 4] = 1
+    scores = mask_adherence(_RegionEcho(), config, volumes, moved)["regions"]
+    assert scores["ET"]["dice"] == [0.0, 1.0] and scores["TC"]["dice"] == [1.0, 1.0]
+    # one voxel of WT predicted outside: Dice 2 * 216 / (217 + 216) for the first volume
+    volumes[0, 0, 0, 0, 0] = 1.0
+    wt = mask_adherence(_RegionEcho(), config, volumes, labels)["regions"]["WT"]["dice"]
+    assert wt[0] == pytest.approx(2 * 216 / 433, abs=1e-6)
+    assert mask_adherence(_RegionEcho(), config, volumes, labels)["mask_dice"] == wt  # WT is the mask Dice
+    with pytest.raises(AldmError, match="predicts WT, not TC"):
+        mask_adherence(_RegionEcho(), SegmenterConfig(in_channels=1), volumes[:, :1], labels, regions=("TC",))
+
+
+def test_brats_regions_match_monais_convention():
+    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+    from aldm.evaluators.segmenter import BRATS, region_targets
+
+    labels = np.random.default_rng(0).choice([0, 1, 2, 4], size=(1, 1, 6, 6, 6)).astype(np.uint8)
+    tc, wt, et = np.asarray(ConvertToMultiChannelBasedOnBratsClasses()(labels[0]))  # MONAI's order: TC, WT, ET
+    ours = region_targets(labels, BRATS)[0]
+    assert np.array_equal(ours[0], wt) and np.array_equal(ours[1], tc) and np.array_equal(ours[2], et)

@@ -261,8 +261,9 @@ def _cmd_segmenter(args) -> int:
 
     config = SegmenterConfig(init_filters=args.width, steps=args.steps, seed=args.seed, device=args.device)
     done = fit_on_caches(args.data, args.out, config, held_out_subjects(args.holdout), progress=not args.quiet,
-                         resume=args.resume)
-    print(f"segmenter trained on {done['subjects']} subjects ({done['held_out']} held out): {done['out']}")
+                         resume=args.resume, regions=args.regions)
+    print(f"segmenter of {'/'.join(done['regions'])} trained on {done['subjects']} subjects ({done['held_out']} held "
+          f"out): {done['out']}")
     return 0
 
 
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="few-shot runs or split JSON files whose held-out test subjects are left out")
     seg_train.add_argument("--steps", type=_positive_int, default=300)
     seg_train.add_argument("--width", type=_positive_int, default=8, help="SegResNet init_filters")
+    seg_train.add_argument("--regions", choices=("auto", "wt", "brats"), default="auto",
+                           help="what it predicts: wt (whole tumour) or brats (WT, TC, ET); auto: brats when the "
+                                "caches' label maps hold sub-regions")
     seg_train.add_argument("--seed", type=int, default=0)
     seg_train.add_argument("--device", default="cpu")
     seg_train.add_argument("--quiet", action="store_true")

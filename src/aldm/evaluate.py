@@ -5,8 +5,10 @@ protocol), refuses to score samples whose mask comes from the model's few-shot t
 (they are not held out), and writes ``metrics.json`` and ``per_patient.csv``:
 SSIM (2D per slice, the paper; 3D), FRD per modality inside the brain (radiomics, no downloaded
 weights), FID (patient mean, the paper; pooled, the reference code) when the Inception weights
-are available, MS-SSIM diversity of synthetic vs real volumes, and
-memorisation (nearest neighbours among the K training volumes vs held-out real volumes).
+are available, MS-SSIM diversity of synthetic vs real volumes,
+memorisation (nearest neighbours among the K training volumes vs held-out real volumes), with a
+segmenter the mask adherence (per BraTS region when the samples carry their label maps), and for
+labelled samples the region-contrast check (:mod:`aldm.metrics.region_contrast`).
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ from .modalities import file_stems
 
 def load_synthetic(folder: str) -> list[dict]:
     """Samples of an ``aldm generate`` folder: their record's fields + 'image' (C, S, S, S) float32 +
-    'mask' (1, S, S, S) uint8, the mask the sample was generated from."""
+    'mask' (1, S, S, S) uint8, the mask the sample was generated from, + 'labels' (1, S, S, S) its BraTS
+    label map (None when the sample has none)."""
     samples = SampleSet(folder)
     out = []
     for record in samples.checked_records():  # every file against its checksum first
         image, mask = samples.load_volumes(record)
-        out.append({**record.as_dict(), "modalities": list(record.channels), "image": image, "mask": mask})
+        out.append({**record.as_dict(), "modalities": list(record.channels), "image": image, "mask": mask,
+                    "labels": samples.load_labels(record)})
     return out
 
 
 def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, reference: dict) -> dict:
     """Mask Dice of the samples against their own generation masks, the shuffled-mask floor, and the
     ceiling: the same segmenter on the real volumes of the mask subjects (which it must never have
-    been trained on; computed once per segmenter and subject set in ``reference``)."""
+    been trained on; computed once per segmenter and subject set in ``reference``). With a BraTS segmenter
+    and samples that carry their label maps, the same per region (``regions``: WT, TC, ET)."""
     from .evaluators.segmenter import load_segmenter, mask_adherence
 
     model, config, info = load_segmenter(folder, device)
@@ -50,19 +55,26 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, 
     if seen:
         raise AldmError(f"{folder}: the segmenter was trained on {len(seen)} of the evaluated mask subjects "
                         f"({', '.join(seen[:3])}...); its ceiling would not be held out")
+    labelled = all(s["labels"] is not None for s in paired)
+    regions = config.regions if labelled else ("WT",)
     synthetic = mask_adherence(model, config, np.stack([s["image"] for s in paired]),
-                               np.stack([s["mask"] for s in paired]))
+                               np.stack([s["labels"] if labelled else s["mask"] for s in paired]), regions=regions)
     subjects = sorted(cached)
-    key = ("mask_adherence", os.path.abspath(folder), tuple(subjects))
+    key = ("mask_adherence", os.path.abspath(folder), tuple(subjects), regions)
     if key not in reference:
         reference[key] = mask_adherence(model, config, np.stack([cached[p]["image"] for p in subjects]),
-                                        np.stack([cached[p]["mask"] for p in subjects]))
+                                        np.stack([cached[p]["labels"] for p in subjects]), regions=regions)
     real = reference[key]
     return {"mask_dice_mean": synthetic["mask_dice_mean"], "mask_dice_std": synthetic["mask_dice_std"],
             "shuffled_dice_mean": synthetic.get("shuffled_dice_mean"),
             "real_dice_mean": real["mask_dice_mean"], "real_dice_std": real["mask_dice_std"],
             "n_samples": synthetic["n"], "n_real": real["n"], "segmenter": os.path.abspath(folder),
-            "per_sample": dict(zip([s["sample"] for s in paired], synthetic["mask_dice"]))}
+            "per_sample": dict(zip([s["sample"] for s in paired], synthetic["mask_dice"])),
+            "regions": {name: {"dice_mean": r["dice_mean"], "dice_std": r["dice_std"],
+                               "shuffled_dice_mean": r.get("shuffled_dice_mean"),
+                               "real_dice_mean": real["regions"][name]["dice_mean"],
+                               "real_dice_std": real["regions"][name]["dice_std"]}
+                        for name, r in synthetic["regions"].items()}}
 
 
 def _frd_channels(cache: PreparedCache, samples: list[dict], synthetic_dir: str, frd_modalities) -> tuple:
@@ -137,6 +149,12 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
 
     if segmenter:
         result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
+    if all(s["labels"] is not None for s in paired):
+        from .metrics.region_contrast import contrast_check
+
+        result["region_contrast"] = contrast_check(
+            [(s["image"], s["labels"], cached[s["mask_subject"]]["brain"]) for s in paired],
+            [(data["image"], data["labels"], data["brain"]) for data in cached.values()], cache.modalities)
 
     if frd_modalities:
         from .metrics.frd import frd_scores

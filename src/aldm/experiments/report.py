@@ -23,9 +23,11 @@ from ..artifacts.samples import SampleSet  # noqa: E402
 from ..errors import AldmError  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
+# "Mask Dice" is the whole tumour's (WT); "Dice TC" / "Dice ET" the BraTS sub-regions' (a BraTS segmenter and
+# labelled samples); "Contrast signs": region-contrast checks of the right sign (aldm.metrics.region_contrast)
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
-           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "Swap locality", "TRTS BAcc", "TRTS F1",
-           "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
+           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "Dice TC", "Dice ET", "Contrast signs",
+           "Swap locality", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
 
 
 def _fmt(value, digits=3):
@@ -39,6 +41,8 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
         f, c = r["fidelity"], r["classifier"]
         mem = f.get("memorisation") or {}
         adherence = f.get("mask_adherence") or {}
+        regions = adherence.get("regions") or {}
+        contrast = f.get("region_contrast") or {}
         rows.append({
             "model": r["name"], "K": r["k"], "s": "" if r["s"] is None else r["s"],
             "FRD": f.get("frd_mean"), "FID (patient mean)": f.get("fid_patient_mean"),
@@ -47,15 +51,23 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
             "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
             "Mask Dice": adherence.get("mask_dice_mean"), "Mask Dice floor": adherence.get("shuffled_dice_mean"),
+            "Dice TC": (regions.get("TC") or {}).get("dice_mean"),
+            "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
+            "Contrast signs": f"{contrast['right_signs']}/{contrast['scored']}" if contrast.get("scored") else None,
             "Swap locality": (r.get("mask_swap") or {}).get("locality"),
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
             "Aug AUC std": c["augment"]["auc_std"], "n test": f["n_patients"],
         })
-    ceiling = next((r["fidelity"]["mask_adherence"]["real_dice_mean"] for r in results
-                    if r["fidelity"].get("mask_adherence")), None)
+    adherence = next((r["fidelity"]["mask_adherence"] for r in results if r["fidelity"].get("mask_adherence")), {})
+    ceilings = {name: region["real_dice_mean"] for name, region in (adherence.get("regions") or {}).items()}
+    contrast = next((r["fidelity"]["region_contrast"] for r in results if r["fidelity"].get("region_contrast")), {})
+    real_signs = [np.sign(c["real"]) == c["expected_sign"] for c in contrast.get("checks", []) if c["real"] is not None]
     chance = next((r["mask_swap"]["chance"] for r in results if (r.get("mask_swap") or {}).get("pairs")), None)
-    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": ceiling, "Swap locality": chance,
+    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": adherence.get("real_dice_mean"),
+                 "Dice TC": ceilings.get("TC"), "Dice ET": ceilings.get("ET"),
+                 "Contrast signs": f"{sum(real_signs)}/{len(real_signs)}" if real_signs else None,
+                 "Swap locality": chance,
                  "TRTS BAcc": reference["trtr"]["bacc_mean"],
                  "TRTS F1": reference["trtr"]["f1_mean"], "TRTS AUC": reference["trtr"]["auc_mean"],
                  "TRTS AUC std": reference["trtr"]["auc_std"], "Aug AUC": reference["few_shot_only"]["auc_mean"],
