@@ -27,7 +27,7 @@ LAYERS = (
     ("train/",),
     ("pipeline.py", "metrics/"),
     ("generate.py", "evaluators/"),
-    ("evaluate.py", "serve/"),
+    ("evaluate.py", "serve/", "export.py"),
     ("experiments/",),
     ("cli.py",),
 )

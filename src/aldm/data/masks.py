@@ -57,7 +57,7 @@ class MaskItem:
 APPENDIX_GROUND_TRUTH = 16  # paper Appendix A: the first 16 samples reuse the target subjects' masks
 
 
-def _item_from_row(cache: str, row: dict, name: str | None = None, labels=None) -> MaskItem:
+def item_from_row(cache: str, row: dict, name: str | None = None, labels=None) -> MaskItem:
     """The item of a cache subject: its label map (or ``labels``, e.g. moved from another subject), its brain
     and its geometry."""
     data = PreparedCache(cache).load(row)
@@ -75,7 +75,7 @@ def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator)
     """``row``'s label map moved, whole, into ``host``'s brain; the item takes the host's geometry and brain."""
     prepared = PreparedCache(cache)
     moved = relocate_mask(prepared.load(row)["labels"][0], prepared.load(host)["brain"][0], rng)
-    item = _item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", labels=moved[None])
+    item = item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", labels=moved[None])
     item.source = f"relocated:{row['subject']}->{host['subject']}"
     return item
 
@@ -97,7 +97,7 @@ def cache_rows(cache: str, subjects: list | None = None, model: Run | None = Non
 
 def masks_from_cache(cache: str, subjects: list | None = None, model: Run | None = None) -> list[MaskItem]:
     """The masks of :func:`cache_rows`, each with its subject's geometry."""
-    return [_item_from_row(cache, r) for r in cache_rows(cache, subjects, model)]
+    return [item_from_row(cache, r) for r in cache_rows(cache, subjects, model)]
 
 
 def appendix_masks(cache: str, n: int, seed: int, subjects: list | None = None,
@@ -108,7 +108,7 @@ def appendix_masks(cache: str, n: int, seed: int, subjects: list | None = None,
     place drawn from ``default_rng([seed, i])``, so each item depends only on (seed, i), not on n.
     """
     rows = cache_rows(cache, subjects, model)[:APPENDIX_GROUND_TRUTH]
-    items = [_item_from_row(cache, r) for r in rows[:n]]
+    items = [item_from_row(cache, r) for r in rows[:n]]
     for i in range(len(rows), n):
         passes, j = divmod(i, len(rows))
         host = rows[(j + passes) % len(rows)]

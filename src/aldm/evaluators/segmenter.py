@@ -15,13 +15,14 @@ core TC, enhancing tumour ET — as sigmoid channels (the convention of MONAI's
 ``ConvertToMultiChannelBasedOnBratsClasses``, here in the order WT, TC, ET) and the Dice is reported per
 region; an empty region predicted empty scores 1, predicted non-empty 0 (BraTS).
 
-The network is MONAI's SegResNet (Myronenko 2018) with one sigmoid output per region, trained
-with MONAI's DiceLoss and a per-region cross-entropy (:class:`SegmenterTask`) on whole volumes or on random crops (half of them centred on a tumour voxel,
-as MONAI's RandCropByPosNegLabel) through the one trainer (:class:`aldm.train.trainer.Trainer`: its
-seeded per-step streams, progress bar, and — in a folder — checkpoints, resume and SIGTERM); a
-crop-trained segmenter predicts by MONAI's sliding-window inference. Dice and HD95 come from MONAI's
-metrics. The saved segmenter is a run (:class:`aldm.artifacts.segmenter.SegmenterRun`). The downstream
-segmentation experiment (:mod:`aldm.experiments.segmentation`) trains the same network.
+The network is MONAI's SegResNet (Myronenko 2018) with one sigmoid output per region, trained with
+MONAI's DiceLoss and a per-region cross-entropy (:class:`SegmenterTask`) on whole volumes or on random
+crops (half of them centred on a tumour voxel, as MONAI's RandCropByPosNegLabel) through the one trainer
+(:class:`aldm.train.trainer.Trainer`: its seeded per-step streams, progress bar, and — in a folder —
+checkpoints, resume and SIGTERM); a crop-trained segmenter predicts by MONAI's sliding-window inference.
+Dice and HD95 come from MONAI's metrics. The saved segmenter is a run
+(:class:`aldm.artifacts.segmenter.SegmenterRun`). The downstream segmentation experiment
+(:mod:`aldm.experiments.segmentation`) trains the same network.
 """
 
 from __future__ import annotations
