@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import WEIGHTS, Run
 from ..artifacts.split import save_split
-from ..config import PROFILES, get_profile
+from ..conditions import parse_condition
+from ..config import PROFILES, get_profile, with_condition
 from ..data.splits import MAX_TEST_PATIENTS, few_shot_split, with_cv_folds
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..diffusion.settings import GenerationSettings
@@ -39,6 +40,7 @@ class ExperimentConfig:
     target_cache: str
     out: str
     profile: str = "small"
+    condition: str = "mask"  # what ALDM and the baselines are conditioned on (aldm.conditions)
     k: list = field(default_factory=lambda: [10, 16])
     guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
     baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
@@ -75,6 +77,7 @@ class ExperimentConfig:
         if self.profile not in PROFILES and not str(self.profile).endswith(".json"):
             raise AldmError(f'"profile": unknown profile {self.profile!r}; choose one of {", ".join(PROFILES)} '
                             "or a JSON config file")
+        parse_condition(self.condition, '"condition"')
         positive_ints("k", self.k)
         if not isinstance(self.guidance, list) or not self.guidance:
             raise AldmError(f'"guidance": expected a non-empty list of guidance scales, got {self.guidance!r}')
@@ -178,7 +181,8 @@ def make_splits(cfg: ExperimentConfig) -> dict:
 def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dict:
     """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
     runs_dir = os.path.join(cfg.out, "runs")
-    profile = get_profile(cfg.profile)  # the stages copy what they change: it stays as loaded
+    # the stages copy what they change: it stays as loaded
+    profile = with_condition(get_profile(cfg.profile), cfg.condition)
     probe = None
     if cfg.probe_every:
         profile = with_probe_every(profile, cfg.probe_every)

@@ -14,7 +14,6 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -176,8 +175,15 @@ def figure4(figure4_dir: str, path: str) -> bool:
     return True
 
 
+#: how Figure 5 outlines the BraTS regions of the label map every row was generated from
+REGION_CONTOURS = (("WT", "yellow"), ("TC", "red"), ("ET", "cyan"))
+
+
 def figure5(results: list[dict], target_cache: str, path: str) -> None:
-    """Per-modality montage of one held-out patient: ground truth and every model, tumour box in red."""
+    """Per-modality montage of one held-out patient: ground truth and every model, the label map's regions
+    outlined (WT yellow, TC red, ET cyan; the whole tumour alone when the labels have no sub-regions)."""
+    from ..conditions import REGIONS
+
     first = results[0]
     sample = sorted(d for d in os.listdir(first["samples"]) if d.startswith("sample-"))[0]
     subject = sample.split("_", 1)[1]
@@ -192,24 +198,24 @@ def figure5(results: list[dict], target_cache: str, path: str) -> None:
             vol, mask, _ = _load_sample(os.path.join(r["samples"], match[0]))
             rows.append((r["name"], vol, mask))
     z = _axial(real["image"], real["mask"][0])
-    idx = np.argwhere(real["mask"][0][:, :, z] > 0)
+    labels = real["labels"][0][:, :, z]
+    outlines = [(np.isin(labels, REGIONS[name]), colour) for name, colour in REGION_CONTOURS]
+    outlines = [(m, c) for m, c in outlines if m.any()]
     fig, axes = plt.subplots(len(rows), len(shown), figsize=(2.17 * len(shown), 2.1 * len(rows)), squeeze=False)
     for i, (name, vol, _mask) in enumerate(rows):
         for j, mod in enumerate(shown):
             c = channels.index(mod)
             ax = axes[i, j]
             ax.imshow(vol[c, :, :, z].T, cmap="gray", origin="lower", vmin=-1, vmax=1)
-            if len(idx):
-                (x0, y0), (x1, y1) = idx.min(0), idx.max(0)
-                ax.add_patch(patches.Rectangle((x0 - 1, y0 - 1), x1 - x0 + 2, y1 - y0 + 2, fill=False, color="red",
-                                               linewidth=1))
+            for region, colour in outlines:
+                ax.contour(region.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.6, origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(mod, fontsize=9)
             if j == 0:
                 ax.set_ylabel(name, fontsize=7)
-    fig.suptitle(f"Figure 5: {subject}, axial slice {z}", fontsize=9)
+    fig.suptitle(f"Figure 5: {subject}, axial slice {z} (WT yellow, TC red, ET cyan)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -223,10 +229,14 @@ def mask_swap_figure(npz_path: str, title: str, path: str) -> bool:
     data = np.load(npz_path)
     x_a, x_b = data["x_a"].astype(np.float32), data["x_b"].astype(np.float32)
     a, b = data["mask_a"][0], data["mask_b"][0]
+    modalities = [str(m) for m in data["modalities"]] if "modalities" in data else ["T1", "T2", "FLAIR"]
+    flair = modalities.index("FLAIR") if "FLAIR" in modalities else len(modalities) - 1
+    shown = modalities[flair]
     z = _axial(x_a, a)
     delta = np.abs(x_a - x_b).mean(0)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    panels = [(x_a[2, :, :, z], "gray", (-1, 1), "FLAIR, mask A"), (x_b[2, :, :, z], "gray", (-1, 1), "FLAIR, mask B"),
+    panels = [(x_a[flair, :, :, z], "gray", (-1, 1), f"{shown}, mask A"),
+              (x_b[flair, :, :, z], "gray", (-1, 1), f"{shown}, mask B"),
               (delta[:, :, z], "magma", (0, max(float(delta.max()), 1e-6)), "|A - B| (all modalities)")]
     for ax, (img, cmap, (lo, hi), name) in zip(axes, panels):
         ax.imshow(img.T, cmap=cmap, origin="lower", vmin=lo, vmax=hi)

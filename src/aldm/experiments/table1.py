@@ -101,7 +101,7 @@ def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_items: list) -> dic
     if example is not None:
         folder = os.path.join(cfg.out, "eval", cell["id"])
         os.makedirs(folder, exist_ok=True)
-        np.savez_compressed(os.path.join(folder, "mask_swap.npz"), **example)
+        np.savez_compressed(os.path.join(folder, "mask_swap.npz"), **example, modalities=np.array(pipe.modalities))
     return out
 
 

@@ -171,7 +171,8 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         if source.kind != kind:
             raise AldmError(f"{init_run}: not a finished {kind} run")
         parent = source.weights()
-        profile = profile or source.profile
+        # the networks adapted are the source run's: their configs (channels, widths) come along
+        profile = replace(profile or source.profile, vae=source.profile.vae, baseline=source.profile.baseline)
     profile = profile or small()
     if fewshot:
         profile = inherit_condition(profile, source, condition)
