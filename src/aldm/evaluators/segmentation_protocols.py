@@ -125,23 +125,24 @@ def sample_sources(row: dict) -> set[str]:
 
 
 def training_items(job: Job, real: dict, shots: list[str], synthetic: dict, folds: list[dict]) -> list[dict]:
-    """The training volumes of ``job``: dicts with "image" (3, S, S, S), "mask" (1, S, S, S), "name",
-    "synthetic" and "sources" (the real subjects it carries information from). ``real``: subject -> item; ``synthetic``:
-    generator -> samples in generation order (the first N are used)."""
+    """The training volumes of ``job``: dicts with "image" (C, S, S, S), "mask" (1, S, S, S), "labels" (the BraTS
+    label map (1, S, S, S), None for a sample without one), "name", "synthetic" and "sources" (the real subjects
+    it carries information from). ``real``: subject -> item; ``synthetic``: generator -> samples in generation
+    order (the first N are used)."""
     if job.protocol == "k-real":
         subjects = list(shots)
     elif job.protocol == "all-real":
         subjects = list(shots) + list(folds[job.fold]["train"])
     else:
         subjects = list(shots) if job.protocol == "k-real+synthetic" else []
-    items = [{"name": s, "image": real[s]["image"], "mask": real[s]["mask"], "sources": {s}, "synthetic": False}
-             for s in subjects]
+    items = [{"name": s, "image": real[s]["image"], "mask": real[s]["mask"], "labels": real[s].get("labels"),
+              "sources": {s}, "synthetic": False} for s in subjects]
     if job.generator is not None:
         samples = synthetic[job.generator]
         if len(samples) < job.n:
             raise AldmError(f"{job.generator}: {len(samples)} synthetic volumes, the protocol needs {job.n}")
-        items += [{"name": row["sample"], "image": row["image"], "mask": row["mask"], "sources": sample_sources(row),
-                   "synthetic": True} for row in samples[:job.n]]
+        items += [{"name": row["sample"], "image": row["image"], "mask": row["mask"], "labels": row.get("labels"),
+                   "sources": sample_sources(row), "synthetic": True} for row in samples[:job.n]]
     return items
 
 
@@ -181,14 +182,15 @@ def score_volumes(pred: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.n
 
 def summarise(results: list[dict], folds: list[dict]) -> list[dict]:
     """Table rows, one per (protocol, generator, N): mean and std of Dice and HD95 over (seed, fold)
-    pairs, each the mean over that fold's test patients; ``misses``: test volumes with an empty
-    prediction, summed over seeds and folds."""
+    pairs, each the mean over that fold's test patients (the whole tumour's; with a BraTS segmenter also
+    per region, ``regions``: {WT, TC, ET: {dice_mean, dice_std, hd95_mean}}); ``misses``: test volumes with an
+    empty prediction, summed over seeds and folds."""
     groups: dict = {}
     for r in results:
         groups.setdefault((r["protocol"], r["generator"], r["n"]), []).append(r)
     rows = []
     for (protocol, generator, n), rs in groups.items():
-        dices, hds, misses = [], [], 0
+        dices, hds, misses, regions = [], [], 0, {}
         for r in rs:
             for i, fold in enumerate(folds):
                 if r["fold"] is not None and r["fold"] != i:
@@ -198,9 +200,17 @@ def summarise(results: list[dict], folds: list[dict]) -> list[dict]:
                 finite = [p["hd95"] for p in per if p["hd95"] is not None]
                 hds.append(float(np.mean(finite)) if finite else float("nan"))
                 misses += sum(p["empty"] for p in per)
+                for name in per[0].get("regions", {}):
+                    scores = [p["regions"][name] for p in per]
+                    region_hd = [x["hd95"] for x in scores if x["hd95"] is not None]
+                    regions.setdefault(name, ([], []))[0].append(float(np.mean([x["dice"] for x in scores])))
+                    regions[name][1].append(float(np.mean(region_hd)) if region_hd else float("nan"))
         rows.append({"protocol": protocol, "generator": generator, "n": n, "dice_mean": float(np.mean(dices)),
                      "dice_std": float(np.std(dices)), "hd95_mean": float(np.nanmean(hds)) if np.isfinite(hds).any()
                      else None, "hd95_std": float(np.nanstd(hds)) if np.isfinite(hds).any() else None,
-                     "misses": int(misses), "runs": len(rs), "scores": len(dices)})
+                     "misses": int(misses), "runs": len(rs), "scores": len(dices),
+                     "regions": {name: {"dice_mean": float(np.mean(d)), "dice_std": float(np.std(d)),
+                                        "hd95_mean": float(np.nanmean(h)) if np.isfinite(h).any() else None}
+                                 for name, (d, h) in regions.items()}})
     order = {p: i for i, p in enumerate(PROTOCOLS)}
     return sorted(rows, key=lambda r: (order[r["protocol"]], r["generator"] or "", r["n"]))

@@ -36,7 +36,7 @@ from ..evaluators.segmentation_protocols import (
     summarise,
     training_items,
 )
-from ..evaluators.segmenter import SegmenterConfig, segment, train_segmenter
+from ..evaluators.segmenter import BRATS, WHOLE_TUMOUR, SegmenterConfig, region_targets, segment, train_segmenter
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
@@ -45,8 +45,9 @@ from .common import ExperimentConfig, generation_settings, log, make_splits, rea
 from .table1 import write_table1_report
 
 FOLDER = "segmentation"
+# "Dice" / "HD95": the whole tumour's; the TC and ET columns when the experiment is in a regions condition
 TABLE_COLUMNS = ["Training set", "Generator", "N synthetic", "Dice", "Dice std", "HD95", "HD95 std",
-                 "Empty predictions", "Segmenters"]
+                 "Dice TC", "Dice TC std", "Dice ET", "Dice ET std", "Empty predictions", "Segmenters"]
 
 
 def generator_label(generator: str | None, guidance: float) -> str:
@@ -75,20 +76,34 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
 
 
 def _run_job(job: Job, settings: SegmentationSettings, real: dict, shots: list[str], synthetic: dict,
-             folds: list[dict], progress: bool) -> dict:
-    """Train one segmenter (after the leak check) and score it on its test patients."""
+             folds: list[dict], progress: bool, regions: tuple = WHOLE_TUMOUR) -> dict:
+    """Train one segmenter of ``regions`` (after the leak check) and score it on its test patients: per
+    patient the whole tumour's Dice / HD95 and, for a BraTS segmenter, each region's (``regions``)."""
     tested = scored_subjects(job, folds)
     train = training_items(job, real, shots, synthetic, folds)
     check_no_leak(train, set(tested), set(shots))
     config = SegmenterConfig(init_filters=settings.width, steps=settings.steps, batch_size=settings.batch_size,
-                             crop=settings.crop, seed=job.seed)
+                             crop=settings.crop, seed=job.seed, in_channels=train[0]["image"].shape[0],
+                             regions=regions)
+    brats = regions != WHOLE_TUMOUR
+    missing = [t["name"] for t in train if brats and t["labels"] is None]
+    if missing:
+        raise AldmError(f"{missing[0]}: no label map (seg.nii.gz) to train a BraTS-region segmenter on")
     start = time.perf_counter()
-    model = train_segmenter(np.stack([t["image"] for t in train]), np.stack([t["mask"] for t in train]), config,
-                            progress=progress)
+    model = train_segmenter(np.stack([t["image"] for t in train]),
+                            np.stack([t["labels"] if brats else t["mask"] for t in train]), config, progress=progress)
     pred = segment(model, np.stack([real[s]["image"] for s in tested]), config)
-    dice, hd = score_volumes(pred, np.stack([real[s]["mask"] for s in tested]))
-    per_patient = {s: {"dice": float(d), "hd95": None if np.isnan(h) else float(h), "empty": bool(p.sum() == 0)}
-                   for s, d, h, p in zip(tested, dice, hd, pred)}
+    targets = region_targets(np.stack([real[s]["labels"] if brats else real[s]["mask"] for s in tested]), regions)
+    scores = {name: score_volumes(pred[:, i:i + 1], targets[:, i:i + 1]) for i, name in enumerate(regions)}
+    dice, hd = scores["WT"]
+
+    def entry(d, h):
+        return {"dice": float(d), "hd95": None if np.isnan(h) else float(h)}
+
+    per_patient = {s: {**entry(dice[j], hd[j]), "empty": bool(pred[j, 0].sum() == 0),
+                       **({"regions": {name: entry(scores[name][0][j], scores[name][1][j]) for name in regions}}
+                          if brats else {})}
+                   for j, s in enumerate(tested)}
     return {"protocol": job.protocol, "generator": job.generator, "n": job.n, "seed": job.seed, "fold": job.fold,
             "train": sorted(t["name"] for t in train), "n_train": len(train), "per_patient": per_patient,
             "train_s": round(time.perf_counter() - start, 1)}
@@ -99,8 +114,12 @@ def write_table(rows: list[dict], guidance: float, out_dir: str) -> tuple[str, s
     def fmt(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
+    def region(r, name, key):
+        return (r.get("regions") or {}).get(name, {}).get(key)
+
     table = [[r["protocol"], generator_label(r["generator"], guidance), r["n"], r["dice_mean"], r["dice_std"],
-              r["hd95_mean"], r["hd95_std"], r["misses"], r["runs"]] for r in rows]
+              r["hd95_mean"], r["hd95_std"], region(r, "TC", "dice_mean"), region(r, "TC", "dice_std"),
+              region(r, "ET", "dice_mean"), region(r, "ET", "dice_std"), r["misses"], r["runs"]] for r in rows]
     csv_path, md_path = os.path.join(out_dir, "segmentation.csv"), os.path.join(out_dir, "segmentation.md")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -181,14 +200,15 @@ def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     synthetic = _synthetic_sets(cfg, settings, runs, shots, n_max, guidance, progress)
     subjects = sorted(set(shots) | {s for f in folds for s in f["train"] + f["test"]})
     real = {i["subject"]: i for i in real_items(cfg.target_cache, subjects)}
+    regions = BRATS if cfg.condition != "mask" else WHOLE_TUMOUR  # a regions run: the three BraTS regions
     results = []
     jobs = plan_jobs(settings, settings.generators, k, len(folds), cfg.seed)
     for i, job in enumerate(jobs, 1):
         path = os.path.join(out_dir, "results", f"{job.key}.json")
         if not os.path.exists(path):
             log(f"segmenter {i}/{len(jobs)}: {job.key}", "segmentation")
-            atomic_write_text(path, json.dumps(_run_job(job, settings, real, shots, synthetic, folds, progress),
-                                               indent=2) + "\n")
+            atomic_write_text(path, json.dumps(_run_job(job, settings, real, shots, synthetic, folds, progress,
+                                                        regions), indent=2) + "\n")
         with open(path, encoding="utf-8") as fh:
             results.append(json.load(fh))
     rows = summarise(results, folds)

@@ -40,6 +40,7 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..artifacts.samples import SAMPLE_DONE, SPACES
+from ..conditions import SEG_FILE
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
@@ -54,7 +55,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SAMPLES = 64
 JOB_ID = r"^[0-9a-f]{12}$"
 SAMPLE = r"^sample-[0-9]{4}_[A-Za-z0-9._-]{1,160}$"
-VolumeFile = Literal[tuple(f"{name}.nii.gz" for name in volume_files(KNOWN_MODALITIES))]
+VolumeFile = Literal[tuple(f"{name}.nii.gz" for name in (*volume_files(KNOWN_MODALITIES), SEG_FILE))]
 
 
 class JobRequest(BaseModel):
@@ -103,6 +104,7 @@ class SampleInfo(BaseModel):
     ground_truth_mask: bool
     seed: int | None
     native: bool
+    labels: bool = False  # the sample has its tumour's BraTS label map (model/seg.nii.gz)
     modalities: list[str]
 
 
@@ -309,7 +311,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
     def download(job_id: str = Path(pattern=JOB_ID), sample: str = Path(pattern=SAMPLE),
                  space: Literal["model", "native", "all"] = Query("all")):
         folder = sample_dir_or_404(job_id, sample)
-        channels = volume_files(queue.sample_meta(job_id, sample).channels)
+        channels = (*volume_files(queue.sample_meta(job_id, sample).channels), SEG_FILE)  # seg when it has one
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:  # .nii.gz is compressed already
             for sp in (SPACES if space == "all" else (space,)):

@@ -31,6 +31,7 @@ import traceback
 from collections import deque
 
 from ..artifacts.samples import SampleSet
+from ..conditions import SEG_FILE
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
 from ..generate import generate
@@ -193,6 +194,7 @@ class JobQueue:
                         "mask_source": record.mask_source, "context_subject": record.context_subject,
                         "ground_truth_mask": record.mask_source.startswith("cache:"), "seed": record.seed,
                         "native": os.path.isdir(os.path.join(folder, name, "native")),
+                        "labels": os.path.isfile(os.path.join(folder, name, "model", f"{SEG_FILE}.nii.gz")),
                         "modalities": [m.lower() for m in record.channels]})
         return sorted(out, key=lambda s: s["index"])
 

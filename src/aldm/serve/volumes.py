@@ -2,8 +2,9 @@
 
 The page renders slices, window/level and the 3D view itself, so it fetches each volume once:
 ``uint8`` bytes in C order of a RAS+ array (X, Y, Z) with the shape in the ``X-Volume-Shape``
-header. Intensities in model space lie in [-1, 1] and map linearly to 0..255; masks and label maps
-keep their label values (0/1 for a conditioning mask, BraTS 0/1/2/4 for a real label map).
+header. Intensities in model space lie in [-1, 1] and map linearly to 0..255; the ``mask`` channel is the
+tumour's BraTS label map 0/1/2/4 where one is known (a real subject's; a sample's ``seg.nii.gz``), else the
+0/1 conditioning mask.
 
 Every path is built from validated names and then checked to lie inside its root
 (:func:`inside`), so no request can reach a file outside the server's output folder or a cache.
@@ -17,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..artifacts.cache import PreparedCache
+from ..conditions import SEG_FILE
 from ..errors import AldmError
 from ..io.nifti import load_nifti
 from ..modalities import KNOWN_MODALITIES, file_stems, volume_files
@@ -39,11 +41,16 @@ def to_uint8(volume: np.ndarray) -> np.ndarray:
 
 
 def synthetic_volume(sample_dir: str, channel: str) -> np.ndarray:
-    """A sample's model-space channel as uint8 (X, Y, Z), RAS+."""
+    """A sample's model-space channel as uint8 (X, Y, Z), RAS+; ``mask``: its label map when it has one."""
     path = os.path.join(sample_dir, "model", f"{channel}.nii.gz")
+    seg = os.path.join(sample_dir, "model", f"{SEG_FILE}.nii.gz")
+    if channel == "mask" and os.path.isfile(seg):
+        path = seg
     array, affine = load_nifti(path, scaled=False)  # header checked first; any damage is one AldmError
     data = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(array, affine)).dataobj, dtype=np.float32)
-    return (data > 0).astype(np.uint8) if channel == "mask" else to_uint8(data)
+    if channel != "mask":
+        return to_uint8(data)
+    return np.rint(data).astype(np.uint8) if path == seg else (data > 0).astype(np.uint8)
 
 
 def reference_volume(cache: str, subject: str, channel: str) -> np.ndarray:
