@@ -105,3 +105,23 @@ def test_rerun_recomputes_nothing(quick_demo):
     assert stamps == {name: os.path.getmtime(cells / name) for name in os.listdir(cells)}
     assert seg_stamps == {name: os.path.getmtime(results / name) for name in os.listdir(results)}
     assert weights == os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")
+
+
+def test_regions_demo_reports_every_brats_region(tmp_path):
+    """aldm demo --quick --regions --segmentation: four modalities, regions-conditioned generators, Table 1
+    with TC / ET Dice and the contrast checks, the segmentation experiment per region, T1c in Figure 5."""
+    out = tmp_path / "regions"
+    assert main(["demo", "--out", str(out), "--quick", "--quiet", "--regions", "--segmentation"]) == 0
+    t1 = out / "table1"
+    config = json.loads((t1 / "runs" / "aldm_k3" / "config.json").read_text())
+    assert config["condition"] == "regions" and config["vae"]["in_channels"] == 4
+    rows = list(csv.DictReader(open(t1 / "table1.csv")))
+    for row in rows:
+        assert 0.0 <= float(row["Dice TC"]) <= 1.0 and 0.0 <= float(row["Dice ET"]) <= 1.0, row["model"]
+        assert row["Contrast signs"].endswith("/3"), row["model"]  # T1c present: all three checks scored
+    cell = json.load(open(t1 / "cells" / sorted(os.listdir(t1 / "cells"))[0]))
+    assert set(cell["fidelity"]["mask_adherence"]["regions"]) == {"WT", "TC", "ET"}
+    table = list(csv.DictReader(open(t1 / "segmentation" / "segmentation.csv")))
+    assert all(r["Dice TC"] not in ("", "-") and r["Dice ET"] not in ("", "-") for r in table)
+    sample = next((t1 / "samples").iterdir())
+    assert any((d / "model" / "seg.nii.gz").is_file() for d in sample.iterdir() if d.name.startswith("sample-"))

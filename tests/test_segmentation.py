@@ -152,3 +152,19 @@ def test_a_bad_segmentation_section_names_the_config_file(tmp_path):
     path.write_text('{"source_cache": "a", "target_cache": "b", "out": "o", "segmentation": {"epochs": 3}}')
     with pytest.raises(AldmError, match=r"exp.json: \"segmentation\": unknown segmentation setting.*epochs"):
         ExperimentConfig.load(str(path))
+
+
+def test_summary_per_brats_region():
+    def result(fold, values):
+        per = {s: {"dice": wt, "hd95": 1.0, "empty": False,
+                   "regions": {"WT": {"dice": wt, "hd95": 1.0}, "TC": {"dice": tc, "hd95": None},
+                               "ET": {"dice": et, "hd95": 3.0}}} for s, (wt, tc, et) in values.items()}
+        return {"protocol": "all-real", "generator": None, "n": 0, "seed": 0, "fold": fold, "per_patient": per}
+
+    results = [result(0, {"p1": (0.8, 0.6, 0.0), "p2": (0.6, 0.4, 1.0)}),
+               result(1, {"p3": (0.9, 0.7, 0.5), "p4": (0.7, 0.5, 0.5)})]
+    row = summarise(results, FOLDS)[0]
+    assert row["dice_mean"] == pytest.approx(0.75) and row["regions"]["WT"]["dice_mean"] == pytest.approx(0.75)
+    assert row["regions"]["TC"]["dice_mean"] == pytest.approx(0.55)  # folds 0.5, 0.6
+    assert row["regions"]["TC"]["dice_std"] == pytest.approx(0.05) and row["regions"]["TC"]["hd95_mean"] is None
+    assert row["regions"]["ET"]["dice_mean"] == pytest.approx(0.5) and row["regions"]["ET"]["dice_std"] == 0.0

@@ -77,6 +77,7 @@ def test_job_follows_appendix_a_and_serves_volumes(served, tiny_runs):
     labels = np.frombuffer(ref.content, np.uint8)
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     assert np.array_equal(mask > 0, labels > 0)  # the ground-truth mask is the real subject's tumour
+    assert samples[0]["labels"] and np.array_equal(mask, labels)  # the sample's own label map, coloured by region
     real = np.frombuffer(client.get(f"{base}/volume/t1?source=reference").content, np.uint8)
     assert real.std() > 1 and not np.array_equal(real, np.frombuffer(client.get(f"{base}/volume/t1").content, np.uint8))
 
@@ -92,8 +93,9 @@ def test_downloads_are_the_written_niftis(served):
     zipped = zipfile.ZipFile(io.BytesIO(client.get(f"{base}/download.zip").content))
     names = set(zipped.namelist())
     for space in ("model", "native"):
-        for ch in ("t1", "t2", "flair", "mask"):
+        for ch in ("t1", "t2", "flair", "mask", "seg"):
             assert f"{sample}/{space}/{ch}.nii.gz" in names
+    assert client.get(f"{base}/files/model/seg.nii.gz").status_code == 200
     img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(zipped.read(f"{sample}/native/mask.nii.gz")))
     assert img.shape == (240, 240, 155) and np.asarray(img.dataobj).max() == 1
 
