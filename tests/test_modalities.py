@@ -65,8 +65,8 @@ def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
         assert records[0].modalities == list(FOUR)
         folder = tmp_path / f"gen-{os.path.basename(run)}" / records[0].sample
         for space in ("model", "native"):
-            assert sorted(os.listdir(folder / space)) == ["flair.nii.gz", "mask.nii.gz", "t1.nii.gz", "t1c.nii.gz",
-                                                          "t2.nii.gz"]
+            assert sorted(os.listdir(folder / space)) == ["flair.nii.gz", "mask.nii.gz", "seg.nii.gz", "t1.nii.gz",
+                                                          "t1c.nii.gz", "t2.nii.gz"]
         assert nib.load(folder / "model" / "t1c.nii.gz").shape == (32, 32, 32)
     from aldm.evaluate import evaluate
 
