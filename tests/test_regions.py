@@ -101,6 +101,7 @@ def region_runs(prepared_cache, tiny_runs, tmp_path_factory):
     return {name: str(runs / name) for name in ("ldm", "fewshot", "cgan")}
 
 
+@pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 def test_regions_runs_train_and_few_shot_keeps_the_condition(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.run import Run
     from aldm.train.stages import train_ldm
@@ -112,6 +113,7 @@ def test_regions_runs_train_and_few_shot_keeps_the_condition(region_runs, prepar
                   progress=False, condition="mask")
 
 
+@pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 @pytest.mark.parametrize("model", ["fewshot", "cgan"])
 def test_generation_writes_the_label_map_in_model_space_and_on_the_native_grid(region_runs, prepared_cache,
                                                                               tmp_path, model):
@@ -142,6 +144,7 @@ def Run_condition(run_dir: str) -> str:
     return Run(run_dir).profile.condition
 
 
+@pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 def test_folder_label_maps_for_a_regions_model(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
@@ -165,6 +168,7 @@ def test_folder_label_maps_for_a_regions_model(region_runs, prepared_cache, tmp_
         generate(region_runs["cgan"], str(tmp_path / "c"), n=1, masks=f"folder:{tmp_path / 'bad'}", progress=False)
 
 
+@pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 def test_relocation_moves_the_whole_label_map(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
