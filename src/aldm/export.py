@@ -113,8 +113,8 @@ def real_cases(cache: str, subjects: list | None, brats_grid: bool = False) -> l
     rows = prepared.subject_rows(subjects) if subjects is not None else prepared.rows()
     cases = []
     for row in rows:
-        item = item_from_row(cache, row)
-        image = prepared.load(row)["image"]
+        data = prepared.load(row)
+        item, image = item_from_row(cache, row, data=data), data["image"]
         info = {"source": row["subject"], "folder": os.path.abspath(cache), "mask_subject": row["subject"],
                 "space": "native"}
         if brats_grid and tuple(item.native_shape) != BRATS_GRID:

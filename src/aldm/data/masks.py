@@ -57,10 +57,10 @@ class MaskItem:
 APPENDIX_GROUND_TRUTH = 16  # paper Appendix A: the first 16 samples reuse the target subjects' masks
 
 
-def item_from_row(cache: str, row: dict, name: str | None = None, labels=None) -> MaskItem:
+def item_from_row(cache: str, row: dict, name: str | None = None, labels=None, data: dict | None = None) -> MaskItem:
     """The item of a cache subject: its label map (or ``labels``, e.g. moved from another subject), its brain
-    and its geometry."""
-    data = PreparedCache(cache).load(row)
+    and its geometry; ``data``: its arrays when the caller has loaded them already (read once)."""
+    data = PreparedCache(cache).load(row) if data is None else data
     labels = data["labels"] if labels is None else labels
     return MaskItem(
         name=name or row["subject"], mask=(labels > 0).astype(np.uint8), labels=labels, brain=data["brain"],
@@ -74,8 +74,10 @@ def item_from_row(cache: str, row: dict, name: str | None = None, labels=None) -
 def _relocated_item(cache: str, row: dict, host: dict, rng: np.random.Generator) -> MaskItem:
     """``row``'s label map moved, whole, into ``host``'s brain; the item takes the host's geometry and brain."""
     prepared = PreparedCache(cache)
-    moved = relocate_mask(prepared.load(row)["labels"][0], prepared.load(host)["brain"][0], rng)
-    item = item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", labels=moved[None])
+    host_data = prepared.load(host)
+    moved = relocate_mask(prepared.load(row)["labels"][0], host_data["brain"][0], rng)
+    item = item_from_row(cache, host, name=f"{row['subject']}-in-{host['subject']}", labels=moved[None],
+                         data=host_data)
     item.source = f"relocated:{row['subject']}->{host['subject']}"
     return item
 
