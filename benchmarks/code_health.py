@@ -18,7 +18,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "al
 INFERENCE = ("pipeline.py", "generate.py", "artifacts/", "metrics/", "evaluate.py", "serve/", "data/masks.py")
 # The layers of docs/design.md, lowest first: a module may import its own layer and those below it.
 LAYERS = (
-    ("__init__.py", "errors.py", "modalities.py", "conditions.py"),
+    # metrics/sharpness.py is plain numpy (it imports nothing of aldm): the training probes use it too
+    ("__init__.py", "errors.py", "modalities.py", "conditions.py", "metrics/sharpness.py"),
     ("io/",),
     ("config.py", "precision.py", "reproducibility.py", "distributed.py", "interrupt.py", "allocator.py"),
     ("artifacts/",),

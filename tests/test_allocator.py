@@ -34,3 +34,14 @@ def test_the_command_really_relaunches(choice):
     out = subprocess.run([sys.executable, "-m", "aldm.cli", "--version"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0 and f"(allocator: {choice})" in out.stdout
+
+
+def test_missing_tcmalloc_is_said_in_one_line_with_its_cost_and_fix(monkeypatch):
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    note = allocator.missing_tcmalloc_note({})
+    assert note and "\n" not in note and "1.45x" in note and "libgoogle-perftools4" in note
+    assert allocator.missing_tcmalloc_note({"ALDM_ALLOCATOR": "glibc-tuned"}) is None
+    assert allocator.missing_tcmalloc_note({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}) is None
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "/usr/lib/libtcmalloc.so.4")
+    assert allocator.missing_tcmalloc_note({}) is None

@@ -41,6 +41,12 @@ def test_report_files_hold_the_csv_numbers(quick_demo):
     # the VAE reconstruction bound: the real test volumes through the VAE, scored like a sample set
     assert rows[-2]["model"].startswith("VAE reconstruction") and not rows[-2]["K"]
     assert 0.0 <= float(rows[-2]["Mask Dice"]) <= 1.0 and 0.0 < float(rows[-2]["SSIM 3D"]) <= 1.0
+    # sharpness: every generated cell and the VAE bound have one (synthetic over real gradient magnitude,
+    # lowest modality), the spectrum figure shows them against the real volumes
+    for row in rows[:-1]:
+        assert 0.0 < float(row["Sharpness"]) < 10.0, row["model"]
+    assert not rows[-1]["Sharpness"]
+    assert (t1 / "figures" / "spectrum.png").stat().st_size > 5_000
     # mask swap: every cell has a locality in [0, 1] (or none when its two samples were identical), the
     # reference row the chance level; the figure shows ALDM's first pair
     assert 0.0 < float(rows[-1]["Swap locality"]) < 1.0

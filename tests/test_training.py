@@ -200,3 +200,27 @@ def test_resume_takes_the_runs_own_profile(prepared_cache, tmp_path, capsys):
     assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(run), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(config) in err[0] and "not a valid aldm config" in err[0]
+
+
+def test_gpu_profile_trains_one_step_of_each_stage_at_32(prepared_cache, tmp_path):
+    """The ``gpu`` profile (paper widths, v-prediction, EMA warm-up, VAE on crops) at 32^3: one step of the
+    VAE, source LDM, few-shot and a baseline, each leaving finished weights."""
+    from aldm.artifacts.run import Run
+    from aldm.config import get_profile
+    from aldm.train.baselines import train_baseline
+
+    gpu = get_profile("gpu")
+    assert gpu.diffusion.prediction == "v" and gpu.train_ldm.ema_warmup and gpu.vae.channels == (64, 128, 256)
+    profile = dataclasses.replace(gpu, image_size=32, vae=dataclasses.replace(gpu.vae, train_crop=16),
+                                  **{s: dataclasses.replace(getattr(gpu, s), precision="fp32", checkpoint_every=1)
+                                     for s in ("train_vae", "train_ldm", "train_fewshot", "train_baseline",
+                                               "train_baseline_fewshot")})
+    cache = str(prepared_cache)
+    train_vae(cache, str(tmp_path / "vae"), profile, steps=1, progress=False)
+    train_ldm(cache, str(tmp_path / "ldm"), profile, vae_run=str(tmp_path / "vae"), steps=1, progress=False)
+    train_ldm(cache, str(tmp_path / "fewshot"), profile, init_run=str(tmp_path / "ldm"), k=2, n_test=2, steps=1,
+              progress=False)
+    train_baseline("cgan", cache, str(tmp_path / "cgan"), profile, steps=1, progress=False)
+    for name in ("vae", "ldm", "fewshot", "cgan"):
+        run = Run(str(tmp_path / name)).require_finished()
+        assert run.profile.name == "gpu" and run.profile.diffusion.prediction == "v"

@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", required=True, help="prepared cache (source subjects; target for --init)")
         sub.add_argument("--out", required=True, help="run directory")
         sub.add_argument("--profile", default=None,
-                         help="paper, small, tiny or a JSON config (default: small, or the parent run's)")
+                         help="paper, gpu, small, tiny or a JSON config (default: small, or the parent run's)")
         sub.add_argument("--steps", type=_positive_int, default=None, help="override the profile's length")
         sub.add_argument("--seed", type=int, default=None)
         sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")

@@ -92,6 +92,19 @@ def _frd_channels(cache: PreparedCache, samples: list[dict], synthetic_dir: str,
     return chosen
 
 
+def sharpness_figures(synthetic: list, real: list, modalities, synthetic_brains=None, real_brains=None) -> dict:
+    """{"sharpness": per-modality mean 3D gradient magnitude in the head, synthetic over real (1.0 = as sharp),
+    "spectrum": the radially averaged power spectra of both sets per modality} (:mod:`aldm.metrics.sharpness`)."""
+    from .metrics.sharpness import mean_spectrum, sharpness_ratio
+
+    freq, synth_power = mean_spectrum(synthetic)
+    _, real_power = mean_spectrum(real)
+    return {"sharpness": sharpness_ratio(synthetic, real, modalities, synthetic_brains, real_brains),
+            "spectrum": {"frequency": [round(float(f), 5) for f in freq],
+                         "synthetic": {m: [float(v) for v in p] for m, p in zip(modalities, synth_power)},
+                         "real": {m: [float(v) for v in p] for m, p in zip(modalities, real_power)}}}
+
+
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
              device: str = "cpu", log=None, frd_modalities=None, diversity_pairs: int = 100,
              segmenter: str | None = None, reference: dict | None = None) -> dict:
@@ -147,6 +160,9 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
 
+    result.update(sharpness_figures(synth_vols, real_vols, cache.modalities,
+                                    [cached.get(s["mask_subject"], {}).get("brain") for s in samples],
+                                    [data["brain"] for data in cached.values()]))
     if segmenter:
         result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
     if all(s["labels"] is not None for s in paired):

@@ -23,14 +23,22 @@ from ..errors import AldmError  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 # "Mask Dice" is the whole tumour's (WT); "Dice TC" / "Dice ET" the BraTS sub-regions' (a BraTS segmenter and
-# labelled samples); "Contrast signs": region-contrast checks of the right sign (aldm.metrics.region_contrast)
+# labelled samples); "Contrast signs": region-contrast checks of the right sign (aldm.metrics.region_contrast);
+# "Sharpness": mean 3D gradient magnitude in the head, synthetic over real, lowest modality (aldm.metrics.sharpness)
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
            "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "Dice TC", "Dice ET", "Contrast signs",
-           "Swap locality", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std", "n test"]
+           "Sharpness", "Swap locality", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std",
+           "n test"]
 
 
 def _fmt(value, digits=3):
     return "" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def _lowest_sharpness(figures: dict) -> float | None:
+    """The lowest per-modality sharpness ratio of a cell's figures (None when not measured)."""
+    sharp = {k: v for k, v in (figures.get("sharpness") or {}).items() if k != "mean"}
+    return min(sharp.values()) if sharp else None
 
 
 def table_rows(results: list[dict], reference: dict) -> list[dict]:
@@ -53,6 +61,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "Dice TC": (regions.get("TC") or {}).get("dice_mean"),
             "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
             "Contrast signs": f"{contrast['right_signs']}/{contrast['scored']}" if contrast.get("scored") else None,
+            "Sharpness": _lowest_sharpness(f),
             "Swap locality": (r.get("mask_swap") or {}).get("locality"),
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
@@ -70,7 +79,8 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
                      "SSIM 3D": bound["ssim_3d_mean"], "Mask Dice": bound["mask_dice_mean"],
                      "Dice TC": (regions.get("TC") or {}).get("dice_mean"),
                      "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
-                     "Contrast signs": f"{signs['right_signs']}/{signs['scored']}" if signs.get("scored") else None})
+                     "Contrast signs": f"{signs['right_signs']}/{signs['scored']}" if signs.get("scored") else None,
+                     "Sharpness": _lowest_sharpness(bound)})
     rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": adherence.get("real_dice_mean"),
                  "Dice TC": ceilings.get("TC"), "Dice ET": ceilings.get("ET"),
                  "Contrast signs": f"{sum(real_signs)}/{len(real_signs)}" if real_signs else None,
@@ -261,6 +271,36 @@ def mask_swap_figure(npz_path: str, title: str, path: str) -> bool:
     return True
 
 
+def spectrum_figure(results: list[dict], reference: dict, path: str) -> bool:
+    """Radially averaged power spectra (log power against spatial frequency) per modality: the real test
+    volumes, each generator's largest-s cell and the VAE's reconstructions; blur shows as a tail below the
+    real one, noise or over-sharpening above it. False when no cell has a spectrum."""
+    aldm = [r for r in results if r["s"] is not None]
+    top = (max(r["k"] for r in aldm), max(r["s"] for r in aldm)) if aldm else None
+    curves = {r["name"]: r["fidelity"]["spectrum"] for r in results if r["fidelity"].get("spectrum")
+              and (r["s"] is None or (r["k"], r["s"]) == top)}
+    bound = (reference.get("vae_bound") or {}).get("spectrum")
+    if bound:
+        curves["VAE reconstruction"] = bound
+    if not curves:
+        return False
+    first = next(iter(curves.values()))
+    modalities = list(first["real"])
+    fig, axes = plt.subplots(1, len(modalities), figsize=(4 * len(modalities), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], modalities):
+        ax.semilogy(first["frequency"], first["real"][m], "k-", lw=2, label="real")
+        for name, spectrum in curves.items():
+            ax.semilogy(spectrum["frequency"], spectrum["synthetic"][m], lw=1, label=name)
+        ax.set_title(m)
+        ax.set_xlabel("spatial frequency (cycles / voxel)")
+    axes[0][0].set_ylabel("power")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
 def learning_figure(runs_dir: str, path: str) -> bool:
     """Held-out learning probes of the ALDM stages (runs/vae, runs/ldm and the few-shot runs) side by side
     (:func:`aldm.io.curves.plot_probe_curves`); False when no run has probes."""
@@ -309,6 +349,7 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
                 None)
     has_swap = best is not None and mask_swap_figure(os.path.join(out, "eval", best["id"], "mask_swap.npz"),
                                                      best["name"], os.path.join(fig_dir, "mask_swap.png"))
+    has_spectrum = spectrum_figure(results, reference, os.path.join(fig_dir, "spectrum.png"))
     has_learning = os.path.isdir(os.path.join(out, "runs")) and learning_figure(
         os.path.join(out, "runs"), os.path.join(fig_dir, "learning_curves.png"))
     k_max = max(cfg.k)
@@ -345,6 +386,8 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
     if has_swap:
         figures.append(("mask_swap.png", "Mask swap (Swap locality: share of the difference within 2 voxels of "
                                          "either mask; the reference row gives the share of volume there)"))
+    if has_spectrum:
+        figures.append(("spectrum.png", "Radially averaged power spectra (blur: a tail below the real one)"))
     if has_learning:
         figures.append(("learning_curves.png", "Learning curves (held-out probes during training)"))
     for name, title in figures:

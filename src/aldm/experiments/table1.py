@@ -110,7 +110,8 @@ def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_items: list) -> dic
 def vae_bound(vae_run: str, segmenter: str, items: list[dict], modalities) -> dict:
     """What any latent model on this VAE can reach at most: the held-out test volumes ``items`` encoded and
     decoded (the posterior mean) by the VAE of ``vae_run``, scored as a synthetic set would be — mask Dice per
-    region by ``segmenter`` and the region-contrast checks against the real volumes — and their 3D SSIM."""
+    region by ``segmenter``, the region-contrast checks against the real volumes, their sharpness and spectrum
+    (:func:`aldm.evaluate.sharpness_figures`) — and their 3D SSIM."""
     import numpy as np
     import torch
 
@@ -131,7 +132,11 @@ def vae_bound(vae_run: str, segmenter: str, items: list[dict], modalities) -> di
     adherence = mask_adherence(model, config, np.stack(recons), np.stack([i["labels"] for i in items]))
     contrast = contrast_check([(r, i["labels"], i["brain"]) for r, i in zip(recons, items)],
                               [(i["image"], i["labels"], i["brain"]) for i in items], modalities)
-    return {"mask_dice_mean": adherence["mask_dice_mean"], "regions": adherence["regions"],
+    from ..evaluate import sharpness_figures
+
+    sharp = sharpness_figures(recons, [i["image"] for i in items], modalities, [i["brain"] for i in items],
+                              [i["brain"] for i in items])
+    return {"mask_dice_mean": adherence["mask_dice_mean"], "regions": adherence["regions"], **sharp,
             "region_contrast": contrast, "ssim_3d_mean": float(np.mean([ssim_3d(i["image"], r)
                                                                         for i, r in zip(items, recons)])),
             "n": len(items)}

@@ -6,7 +6,9 @@ from torch's global generator (their noise is fixed when they are built), so a r
 trains exactly as one without, and resumes bit for bit.
 
 * :func:`vae_probe` — reconstruction of held-out volumes through the posterior mean: PSNR (dB) and
-  3D SSIM per modality, in model space [-1, 1] (data range 2), as MONAI computes them;
+  3D SSIM per modality, in model space [-1, 1] (data range 2), as MONAI computes them, and the sharpness
+  of the reconstruction (:mod:`aldm.metrics.sharpness`: its mean gradient magnitude in the real head over
+  the real volume's; 1.0 = as sharp);
 * :func:`ldm_probe` — the denoiser's conditional noise-prediction MSE (Eq. 3.9 without the tumour
   weight) on held-out latents, per band of timesteps, with fixed t and noise: learning shows as the
   low- and mid-t bands falling; the high-t band stays near its floor.
@@ -18,12 +20,13 @@ from collections.abc import Callable
 
 import torch
 
+from ..metrics.sharpness import gradient_sharpness, head_mask
 from ..modalities import file_stems
 
 
 def vae_probe(images: torch.Tensor, modalities) -> Callable:
     """Probe of a VAE task on held-out volumes ``images`` (P, C, S, S, S) in [-1, 1], channel c being
-    ``modalities[c]``: PSNR and 3D SSIM of the reconstruction per modality."""
+    ``modalities[c]``: PSNR, 3D SSIM and sharpness of the reconstruction per modality."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
     psnr, ssim = PSNRMetric(max_val=2.0), SSIMMetric(spatial_dims=3, data_range=2.0)
@@ -35,10 +38,14 @@ def vae_probe(images: torch.Tensor, modalities) -> Callable:
             x = images[i:i + 1].to(device)
             mu, _ = task.vae.encode(x)
             x_hat = task.vae.decode(mu).float().clamp(-1, 1).cpu()
+            real = images[i].numpy()
+            head = head_mask(real)
+            ratio = gradient_sharpness(x_hat[0].numpy(), head) / gradient_sharpness(real, head)
             for c, name in enumerate(file_stems(modalities)):
                 a, b = x_hat[:, c:c + 1].cpu(), images[i:i + 1, c:c + 1]
                 out.setdefault(f"psnr_{name}", []).append(float(psnr(a, b).mean()))
                 out.setdefault(f"ssim_{name}", []).append(float(ssim(a, b).mean()))
+                out.setdefault(f"sharp_{name}", []).append(float(ratio[c]))
         return {k: sum(v) / len(v) for k, v in out.items()}
 
     return probe
