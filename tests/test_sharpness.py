@@ -22,11 +22,12 @@ def test_sharpness_ratio_of_the_volume_itself_is_one_blur_lowers_noise_raises():
     blurred = [np.where(v > -1, gaussian_filter(v, sigma=(0, 2.0, 2.0, 2.0)), -1.0) for v in real]
     rng = np.random.default_rng(5)
     noisy = [np.where(v > -1, v + 0.2 * rng.standard_normal(v.shape), -1.0).astype(np.float32) for v in real]
-    same = sharpness_ratio(real, real, ["T1", "FLAIR"])
+    heads = [head_mask(v) for v in real]
+    same = sharpness_ratio(real, real, ["T1", "FLAIR"], heads, heads)
     assert same == {"T1": 1.0, "FLAIR": 1.0, "mean": 1.0}
-    soft = sharpness_ratio(blurred, real, ["T1", "FLAIR"])
+    soft = sharpness_ratio(blurred, real, ["T1", "FLAIR"], heads, heads)
     assert soft["T1"] < 0.8 and soft["FLAIR"] < 0.8
-    sharp = sharpness_ratio(noisy, real, ["T1", "FLAIR"])
+    sharp = sharpness_ratio(noisy, real, ["T1", "FLAIR"], heads, heads)
     assert sharp["T1"] > 1.2 and sharp["FLAIR"] > 1.2
 
 

@@ -92,14 +92,20 @@ def _frd_channels(cache: PreparedCache, samples: list[dict], synthetic_dir: str,
     return chosen
 
 
-def sharpness_figures(synthetic: list, real: list, modalities, synthetic_brains=None, real_brains=None) -> dict:
+def sharpness_figures(pairs: list, modalities) -> dict:
     """{"sharpness": per-modality mean 3D gradient magnitude in the head, synthetic over real (1.0 = as sharp),
-    "spectrum": the radially averaged power spectra of both sets per modality} (:mod:`aldm.metrics.sharpness`)."""
-    from .metrics.sharpness import mean_spectrum, sharpness_ratio
+    "spectrum": the radially averaged power spectra of both sets per modality} (:mod:`aldm.metrics.sharpness`)
+    of ``pairs`` [(synthetic (C, S, S, S), its real counterpart, the real brain mask)]: each synthetic volume
+    is measured inside its counterpart's head; the real set is each real volume once."""
+    from .metrics.sharpness import head_mask, mean_spectrum, sharpness_ratio
 
+    heads = [head_mask(r, b) for _, r, b in pairs]
+    synthetic = [p[0] for p in pairs]
+    real = {id(r): (r, h) for (_, r, _), h in zip(pairs, heads)}
+    real_volumes, real_heads = [v for v, _ in real.values()], [h for _, h in real.values()]
     freq, synth_power = mean_spectrum(synthetic)
-    _, real_power = mean_spectrum(real)
-    return {"sharpness": sharpness_ratio(synthetic, real, modalities, synthetic_brains, real_brains),
+    _, real_power = mean_spectrum(real_volumes)
+    return {"sharpness": sharpness_ratio(synthetic, real_volumes, modalities, heads, real_heads),
             "spectrum": {"frequency": [round(float(f), 5) for f in freq],
                          "synthetic": {m: [float(v) for v in p] for m, p in zip(modalities, synth_power)},
                          "real": {m: [float(v) for v in p] for m, p in zip(modalities, real_power)}}}
@@ -160,9 +166,8 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
         result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
 
-    result.update(sharpness_figures(synth_vols, real_vols, cache.modalities,
-                                    [cached.get(s["mask_subject"], {}).get("brain") for s in samples],
-                                    [data["brain"] for data in cached.values()]))
+    result.update(sharpness_figures([(s["image"], real[s["mask_subject"]], cached[s["mask_subject"]]["brain"])
+                                     for s in paired], cache.modalities))
     if segmenter:
         result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
     if all(s["labels"] is not None for s in paired):

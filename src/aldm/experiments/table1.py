@@ -134,8 +134,7 @@ def vae_bound(vae_run: str, segmenter: str, items: list[dict], modalities) -> di
                               [(i["image"], i["labels"], i["brain"]) for i in items], modalities)
     from ..evaluate import sharpness_figures
 
-    sharp = sharpness_figures(recons, [i["image"] for i in items], modalities, [i["brain"] for i in items],
-                              [i["brain"] for i in items])
+    sharp = sharpness_figures([(r, i["image"], i["brain"]) for r, i in zip(recons, items)], modalities)
     return {"mask_dice_mean": adherence["mask_dice_mean"], "regions": adherence["regions"], **sharp,
             "region_contrast": contrast, "ssim_3d_mean": float(np.mean([ssim_3d(i["image"], r)
                                                                         for i, r in zip(items, recons)])),

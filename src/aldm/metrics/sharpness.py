@@ -3,8 +3,9 @@
 * :func:`gradient_sharpness` — mean 3D gradient magnitude |grad x| (central differences, numpy) inside
   the head of one modality; :func:`sharpness_ratio` — that of a set of synthetic volumes over that of the
   real ones, per modality: 1.0 = as sharp as real, below 1 = blurred, above 1 = noisier / over-sharpened.
-  The head is the union of the volume's non-background voxels (> -0.999 in model space) and, when given,
-  the brain mask, so a blurred skull edge counts and the empty background does not.
+  The head (:func:`head_mask`) is the real volume's non-background voxels (> -0.999 in model space) and its
+  brain mask; a synthetic volume is measured inside its real counterpart's head (the training probe and the
+  evaluation alike), so a blurred skull edge counts and the empty background does not.
 * :func:`radial_power_spectrum` — the radially averaged power spectrum of a volume per modality (the
   mean |FFT|^2 over shells of equal spatial frequency), whose high-frequency tail blur lowers and noise
   raises; :func:`mean_spectrum` averages it over a set (the report's spectrum figure).
@@ -40,18 +41,17 @@ def gradient_sharpness(image: np.ndarray, head: np.ndarray) -> np.ndarray:
                      for channel in np.asarray(image)])
 
 
-def set_sharpness(volumes: list, brains: list | None = None) -> np.ndarray:
-    """(C,) mean over ``volumes`` (each (C, S, S, S)) of :func:`gradient_sharpness` inside each one's head
-    (its own non-background voxels, with ``brains[i]`` when given)."""
-    brains = brains or [None] * len(volumes)
-    return np.mean([gradient_sharpness(v, head_mask(v, b)) for v, b in zip(volumes, brains)], axis=0)
+def set_sharpness(volumes: list, heads: list) -> np.ndarray:
+    """(C,) mean over ``volumes`` (each (C, S, S, S)) of :func:`gradient_sharpness` inside ``heads[i]`` (S, S, S)."""
+    return np.mean([gradient_sharpness(v, h) for v, h in zip(volumes, heads)], axis=0)
 
 
-def sharpness_ratio(synthetic: list, real: list, modalities, synthetic_brains: list | None = None,
-                    real_brains: list | None = None) -> dict:
+def sharpness_ratio(synthetic: list, real: list, modalities, synthetic_heads: list, real_heads: list) -> dict:
     """{modality: mean gradient magnitude of the synthetic set / that of the real set} (1.0 = as sharp as
-    real), plus ``mean`` over modalities; volumes (C, S, S, S), channel c being ``modalities[c]``."""
-    ratio = set_sharpness(synthetic, synthetic_brains) / set_sharpness(real, real_brains)
+    real), plus ``mean`` over modalities; volumes (C, S, S, S), channel c being ``modalities[c]``, each measured
+    inside its head mask (S, S, S) — for a paired synthetic volume, its real counterpart's :func:`head_mask`, so
+    both sets are measured over the same voxels and blur leaking into the background cannot enlarge the region."""
+    ratio = set_sharpness(synthetic, synthetic_heads) / set_sharpness(real, real_heads)
     out = {m: float(r) for m, r in zip(modalities, ratio)}
     out["mean"] = float(np.mean(ratio))
     return out
