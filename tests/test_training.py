@@ -224,3 +224,43 @@ def test_gpu_profile_trains_one_step_of_each_stage_at_32(prepared_cache, tmp_pat
     for name in ("vae", "ldm", "fewshot", "cgan"):
         run = Run(str(tmp_path / name)).require_finished()
         assert run.profile.name == "gpu" and run.profile.diffusion.prediction == "v"
+
+
+def _adversarial(profile, **vae):
+    """``profile`` with the VAE's adversarial patch loss on (a small discriminator, starting at step 1 of 4)."""
+    settings = {"adv_weight": 0.1, "adv_start_fraction": 0.25, "disc_channels": 4, "disc_layers": 2, **vae}
+    return dataclasses.replace(profile, vae=dataclasses.replace(profile.vae, **settings))
+
+
+def test_adversarial_vae_resumes_exactly_and_starts_after_its_warm_up(prepared_cache, tmp_path):
+    """The adversarial VAE stage (issue 23): the discriminator trains from adv_start on, its term is logged,
+    a run resumed after the adversary started ends on the uninterrupted run's weights (discriminator and
+    optimisers included), and weights.pt holds the VAE alone (what the LDM stage loads)."""
+    from aldm.io.checkpoint import load_checkpoint
+
+    cache, profile = str(prepared_cache), _adversarial(tiny())
+    train_vae(cache, str(tmp_path / "straight"), profile, steps=4, progress=False)
+    with open(tmp_path / "straight" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["d_loss"] == "nan" and float(rows[0]["adv"]) == 0.0  # step 0: before the adversary
+    assert all(float(r["d_loss"]) > 0 and float(r["adv"]) > 0 for r in rows[1:])
+    _interrupted_copy(tmp_path / "straight", tmp_path / "resumed")  # its checkpoint: step 2, adversary running
+    train_vae(cache, str(tmp_path / "resumed"), profile, steps=4, resume=True, progress=False)
+    assert _equal_state(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
+    final = [load_checkpoint(str(tmp_path / r / "checkpoint.pt")) for r in ("straight", "resumed")]
+    assert _equal_state(final[0]["model"], final[1]["model"])
+    assert any(k.startswith("discriminator.") for k in final[0]["model"])
+    assert _weights(tmp_path / "straight")["vae"].keys() == _weights_of_plain_vae(cache, tmp_path).keys()
+    # the adversary changes the VAE (the comparison above can fail)
+    assert not _equal_state(_weights(tmp_path / "straight"), _weights(tmp_path / "plain"))
+
+
+def _weights_of_plain_vae(cache, tmp_path):
+    train_vae(cache, str(tmp_path / "plain"), tiny(), steps=4, progress=False)
+    return _weights(tmp_path / "plain")["vae"]
+
+
+def test_a_discriminator_too_deep_for_the_training_cubes_is_refused(prepared_cache, tmp_path):
+    with pytest.raises(AldmError, match="disc_layers = 4 is too deep for 32"):
+        train_vae(str(prepared_cache), str(tmp_path / "run"), _adversarial(tiny(), disc_layers=4), steps=1,
+                  progress=False)

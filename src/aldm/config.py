@@ -60,6 +60,13 @@ class VAEConfig:
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
+    # adversarial patch loss (not in the paper): weight of the reconstruction's least-squares term against
+    # MONAI's PatchDiscriminator (aldm.models.vae_adversary); 0 = off (the paper). The discriminator and
+    # the term switch on after adv_start_fraction of the steps (the VAE first learns to reconstruct).
+    adv_weight: float = 0.0
+    adv_start_fraction: float = 0.25
+    disc_channels: int = 32  # the discriminator's first width (doubling per layer)
+    disc_layers: int = 3  # its strided layers (receptive field ~ 4 * 2^layers voxels)
 
     def __post_init__(self):
         """Refuse widths, channels or weights that cannot build or train a VAE (an AldmError naming the field)."""
@@ -69,9 +76,12 @@ class VAEConfig:
         _widths(self, "channels")
         if len(self.channels) != 3:
             raise AldmError(f"VAEConfig.channels must give 3 widths (at S, S/2, S/4), got {self.channels!r}")
-        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight"):
+        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight", "adv_weight"):
             _number(self, name)
         _number(self, "kl_warmup_fraction", 0.0, 1.0)
+        _number(self, "adv_start_fraction", 0.0, 1.0)
+        _whole(self, "disc_channels")
+        _whole(self, "disc_layers")
         _whole(self, "train_crop", 0)
         if self.train_crop % 4:
             raise AldmError(f"VAEConfig.train_crop must be a multiple of 4 (0: whole volumes), got {self.train_crop}")

@@ -33,6 +33,8 @@ from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, frozen_vae, vae_loss
+from ..models.vae_adversary import (adversary_start, check_discriminator_fits, decoder_adversarial_loss,
+                                    discriminator_loss, patch_discriminator)
 from .probes import ldm_probe, vae_probe
 from .trainer import Trainer, step_generator
 
@@ -176,20 +178,52 @@ def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: in
 
 # ------------------------------------------------------------------------------------------------ stage 1
 class VAETask(nn.Module):
-    """L_VAE (Eq. 3.2 + 3.4, KL warm-up Eq. 3.3) of a batch {'image', 'eps'}."""
+    """L_VAE (Eq. 3.2 + 3.4, KL warm-up Eq. 3.3) of a batch {'image', 'eps'}; with ``vae.adv_weight`` > 0
+    also the adversarial patch loss (:mod:`aldm.models.vae_adversary`) in two phases per step: ``g`` (the
+    VAE, its loss plus the weighted decoder term) then ``d`` (the discriminator, on the reconstructions
+    ``g`` made, detached), both from step :func:`~aldm.models.vae_adversary.adversary_start` on."""
 
     def __init__(self, vae: VAE3D):
         super().__init__()
         self.vae = vae
+        if vae.config.adv_weight > 0:
+            self.phases = ("g", "d")
+            self.discriminator = patch_discriminator(vae.config)
+            self._reconstructions: list[torch.Tensor] = []  # g's x_hat per micro-batch, for d of the same step
 
-    def forward(self, batch: dict, step: int, total_steps: int):
-        """L_VAE of a batch {'image' (B, 3, S, S, S), 'eps' (B, zC, s, s, s)}; returns (loss, parts)."""
+    def parameter_groups(self) -> dict:
+        """The parameters of each phase's optimiser: the VAE (``g``) and the discriminator (``d``)."""
+        return {"g": list(self.vae.parameters()), "d": list(self.discriminator.parameters())}
+
+    def phase_active(self, phase: str, step: int, total_steps: int) -> bool:
+        """Whether ``phase`` trains at ``step``: ``d`` only once the adversary has started."""
+        return phase != "d" or step >= adversary_start(self.vae.config, total_steps)
+
+    def forward(self, batch: dict, step: int, total_steps: int, phase: str | None = None):
+        """The loss of a batch {'image' (B, C, S, S, S), 'eps' (B, zC, s, s, s)} for ``phase`` (None or
+        ``g``: the VAE's; ``d``: the discriminator's); returns (loss, parts)."""
         device = next(self.parameters()).device
         x = batch["image"].to(device, non_blocking=True)
+        if phase == "d":
+            x_hat = self._reconstructions.pop(0)
+            loss = discriminator_loss(self.discriminator, x.float(), x_hat)
+            return loss, {"d_loss": loss.detach()}
         mu, logvar = self.vae.encode(x)
         z = mu + torch.exp(0.5 * logvar) * batch["eps"].to(device, dtype=mu.dtype)
         x_hat = self.vae.decode(z)
-        return vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step, total_steps)
+        loss, parts = vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step,
+                               total_steps)
+        if phase == "g":
+            nan = torch.tensor(float("nan"))
+            parts.update(adv=torch.zeros(()), d_loss=nan)  # the same log columns before the adversary starts
+            if self.phase_active("d", step, total_steps):
+                self.discriminator.requires_grad_(False)
+                adv = decoder_adversarial_loss(self.discriminator, x_hat.float())
+                self.discriminator.requires_grad_(True)
+                loss = loss + self.vae.config.adv_weight * adv
+                parts["adv"] = adv.detach()
+                self._reconstructions.append(x_hat.detach().float())
+        return loss, parts
 
 
 @writes_folder("run_dir", "run")
@@ -205,6 +239,7 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     crop = profile.vae.train_crop
     if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
         raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
+    check_discriminator_fits(profile.vae, crop or profile.image_size)
     run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
                          resume=resume, extra={})
     data = PreparedCache(cache)

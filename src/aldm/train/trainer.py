@@ -4,8 +4,9 @@ A *task* is an ``nn.Module`` whose ``forward(batch, step, total_steps)`` returns
 ``(loss, logs)``. A task with several optimisers (a GAN: discriminator, then generator) declares
 ``phases`` (e.g. ``("d", "g")``) and ``parameter_groups() -> {phase: [params]}``; each step then
 runs ``forward(batch, step, total_steps, phase)`` + backward + clip + optimiser step per phase, in
-order. A *sampler* is a callable ``(step, rank) -> batch`` that draws the step's
-batch from a ``torch.Generator`` seeded by (seed, step, rank). Because every random choice of a
+order; a task may also declare ``phase_active(phase, step, total_steps)`` to skip a phase at some
+steps (a discriminator that starts after a warm-up). A *sampler* is a callable ``(step, rank) ->
+batch`` that draws the step's batch from a ``torch.Generator`` seeded by (seed, step, rank). Because every random choice of a
 step (data, noise, timesteps, dropout) is a pure function of the step number, ``--resume``
 continues exactly as an uninterrupted run would.
 
@@ -227,6 +228,8 @@ class Trainer:
                            for m in range(cfg.grad_accum)]
                 total, logs, grad_norm, all_finite = 0.0, {}, 0.0, True
                 for phase in self.phases:
+                    if not self._phase_active(phase):
+                        continue
                     loss, phase_logs, norm, finite = self._phase_step(phase, batches)
                     total += loss
                     logs.update(phase_logs)
@@ -310,6 +313,12 @@ class Trainer:
                     "--precision fp32 (or \"precision\": \"fp32\" in the profile's train section) and --resume")
         return f"{head} in fp32; lower the learning rate or check the data (aldm data verify)"
 
+
+    def _phase_active(self, phase) -> bool:
+        """Whether ``phase`` trains at the current step: the task's ``phase_active(phase, step, total_steps)``
+        when it has one (a discriminator that starts after a warm-up), else always."""
+        active = getattr(self.task, "phase_active", None)
+        return active is None or active(phase, self.step, self.config.steps)
 
     def _phase_step(self, phase, batches: list) -> tuple[float, dict, float, bool]:
         """Forward + backward over the micro-batches, clip, and step one optimiser (skipped if non-finite)."""
