@@ -33,8 +33,13 @@ from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, frozen_vae, vae_loss
-from ..models.vae_adversary import (adversary_start, check_discriminator_fits, decoder_adversarial_loss,
-                                    discriminator_loss, patch_discriminator)
+from ..models.vae_adversary import (
+    adversary_start,
+    check_discriminator_fits,
+    decoder_adversarial_loss,
+    discriminator_loss,
+    patch_discriminator,
+)
 from .probes import ldm_probe, vae_probe
 from .trainer import Trainer, step_generator
 

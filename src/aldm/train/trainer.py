@@ -6,9 +6,9 @@ A *task* is an ``nn.Module`` whose ``forward(batch, step, total_steps)`` returns
 runs ``forward(batch, step, total_steps, phase)`` + backward + clip + optimiser step per phase, in
 order; a task may also declare ``phase_active(phase, step, total_steps)`` to skip a phase at some
 steps (a discriminator that starts after a warm-up). A *sampler* is a callable ``(step, rank) ->
-batch`` that draws the step's batch from a ``torch.Generator`` seeded by (seed, step, rank). Because every random choice of a
-step (data, noise, timesteps, dropout) is a pure function of the step number, ``--resume``
-continues exactly as an uninterrupted run would.
+batch`` that draws the step's batch from a ``torch.Generator`` seeded by (seed, step, rank). Because
+every random choice of a step (data, noise, timesteps, dropout) is a pure function of the step
+number, ``--resume`` continues exactly as an uninterrupted run would.
 
 Features: AdamW, linear warm-up, gradient clipping, gradient accumulation, EMA of the weights,
 bf16 autocast where the device trains correctly in bf16 (aldm.precision), non-finite losses
