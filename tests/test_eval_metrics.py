@@ -86,6 +86,25 @@ def test_memorisation_flags_copies():
     assert fresh["near_copy_fraction"] == 0.0
 
 
+def test_held_out_criterion_flags_copies_not_draws_from_the_population():
+    """Volumes that share an anatomy (as patients do): a sample closer to a training volume than any held-out
+    patient comes is a copy; a fresh draw from the same population is not (issue 24)."""
+    rng = np.random.default_rng(5)
+    anatomy = rng.normal(size=(3, 12, 12, 12))
+
+    def patient():
+        return anatomy + 0.6 * rng.normal(size=anatomy.shape)
+
+    train, held = [patient() for _ in range(4)], [patient() for _ in range(12)]
+    brain = np.ones((12, 12, 12), bool)
+    copies = memorisation([t + 0.2 * rng.normal(size=t.shape) for t in train], train, held, brain)
+    assert copies["held_out_copy_fraction"] == 1.0 and copies["below_held_out_median_fraction"] == 1.0
+    draws = memorisation([patient() for _ in range(40)], train, held, brain)
+    assert draws["held_out_copy_fraction"] <= 0.1
+    assert 0.25 <= draws["below_held_out_median_fraction"] <= 0.75
+    assert draws["held_out_nn_training"]["min"] <= draws["held_out_nn_training"]["median"]
+
+
 def test_fid_inception_architecture_and_weight_loading(tmp_path):
     net = FIDInceptionV3().eval()
     # torchvision's inception_v3 has 27,161,264 parameters; minus its auxiliary head (3,326,696) plus the 8

@@ -264,3 +264,31 @@ def test_a_discriminator_too_deep_for_the_training_cubes_is_refused(prepared_cac
     with pytest.raises(AldmError, match="disc_layers = 4 is too deep for 32"):
         train_vae(str(prepared_cache), str(tmp_path / "run"), _adversarial(tiny(), disc_layers=4), steps=1,
                   progress=False)
+
+
+def test_training_seconds_add_up_over_a_resume_and_old_logs_keep_their_columns(prepared_cache, tmp_path):
+    """``train_s`` (what a run cost, issue 24) is logged, kept in the checkpoint and carried over a resume; a
+    run begun before the column existed is resumed into a well-formed metrics.csv with its own header."""
+    from aldm.io.checkpoint import load_checkpoint
+
+    cache = str(prepared_cache)
+    train_vae(cache, str(tmp_path / "straight"), tiny(), steps=4, progress=False)
+    with open(tmp_path / "straight" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    spent = [float(r["train_s"]) for r in rows]
+    assert all(b > a > 0 for a, b in zip(spent, spent[1:]))
+    assert load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["train_s"] == pytest.approx(spent[-1])
+    _interrupted_copy(tmp_path / "straight", tmp_path / "resumed")
+    resumed_at = load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["train_s"]
+    old = [{k: v for k, v in r.items() if k != "train_s"} for r in rows[:2]]  # as an older version wrote it
+    with open(tmp_path / "resumed" / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    train_vae(cache, str(tmp_path / "resumed"), tiny(), steps=4, resume=True, progress=False)
+    with open(tmp_path / "resumed" / "metrics.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    assert table[0] == list(old[0]) and len(table) == 5 and all(len(r) == len(table[0]) for r in table)
+    assert [r[0] for r in table[1:]] == ["1", "2", "3", "4"]
+    final = load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["train_s"]
+    assert final > resumed_at > 0

@@ -64,6 +64,11 @@ class ALDMPipeline:
         self.model_hash = model_hash
         self.modalities = tuple(modalities)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks a sample passes through: the VAE (its decoder; the encoder is counted too) and the
+        denoiser with its ControlNet."""
+        return [self.vae, self.denoiser]
+
     def validate(self, settings: GenerationSettings) -> GenerationSettings:
         """``settings`` checked against this model (T of its schedule), steps resolved."""
         return settings.validate(self.schedule.timesteps)
@@ -172,6 +177,10 @@ class BaselinePipeline:
         return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, run.info, run.weights_hash(),
                    run.kind, run.modalities)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks a sample passes through: the generator."""
+        return [self.generator]
+
     def validate(self, settings: GenerationSettings) -> GenerationSettings:
         """``settings`` as they are: guidance, sampler and steps do not apply to a baseline."""
         return settings
@@ -192,6 +201,12 @@ class BaselinePipeline:
         if step_callback is not None:
             step_callback(1, 1)
         return {"image": image.cpu()}
+
+
+def parameter_count(pipeline) -> int:
+    """Parameters of the networks a pipeline's samples pass through (ALDM: VAE + denoiser with its
+    ControlNet; a baseline: its generator, the VAE-GAN's encoder included): a Table 1 cost column."""
+    return sum(p.numel() for net in pipeline.networks() for p in net.parameters())
 
 
 def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: str = "auto"):

@@ -24,6 +24,7 @@ evaluate, experiment, serve) reads them through :class:`Run` and imports no trai
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import json
@@ -153,6 +154,35 @@ class Run(ArtifactFolder):
         if not self.can_generate:
             raise AldmError(f"{self.path}: a {self.stage} run cannot generate; give an LDM, few-shot or baseline run")
         return self
+
+    # ------------------------------------------------------------------------------------ what it cost
+    @property
+    def train_seconds(self) -> float | None:
+        """Seconds of optimisation steps the run took, resumes included (``train_s`` of metrics.csv's last
+        row); None without a log or for runs logged before that column existed."""
+        try:
+            with open(self.file(METRICS), newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            return float(rows[-1]["train_s"])
+        except (OSError, IndexError, KeyError, TypeError, ValueError, csv.Error):
+            return None
+
+    def lineage(self) -> list[Run]:
+        """This run and the runs it was trained from, nearest first (few-shot -> source LDM -> VAE;
+        few-shot baseline -> source baseline); a parent that is no longer where run.json says ends it."""
+        chain, seen, run = [], set(), self
+        while run is not None and run.exists and os.path.abspath(run.path) not in seen:
+            chain.append(run)
+            seen.add(os.path.abspath(run.path))
+            parents = [run.info.get(key) for key in ("init_run", "vae_run")]
+            run = next((Run(p) for p in parents if p and os.path.abspath(p) not in seen), None)
+        return chain
+
+    def total_train_seconds(self) -> float | None:
+        """Training seconds of the run and every run it was trained from (what a model in hand cost); None when
+        one of them is unknown."""
+        seconds = [r.train_seconds for r in self.lineage()]
+        return None if not seconds or None in seconds else sum(seconds)
 
     # ------------------------------------------------------------------------------------ its files
     def weights(self) -> dict:

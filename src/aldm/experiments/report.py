@@ -24,11 +24,14 @@ from ..io.atomic import atomic_write_text  # noqa: E402
 
 # "Mask Dice" is the whole tumour's (WT); "Dice TC" / "Dice ET" the BraTS sub-regions' (a BraTS segmenter and
 # labelled samples); "Contrast signs": region-contrast checks of the right sign (aldm.metrics.region_contrast);
-# "Sharpness": mean 3D gradient magnitude in the head, synthetic over real, lowest modality (aldm.metrics.sharpness)
+# "Sharpness": mean 3D gradient magnitude in the head, synthetic over real, lowest modality (aldm.metrics.sharpness);
+# "copies % (held-out)": samples nearer a training volume than any held-out patient is (aldm.metrics.similarity);
+# "Train s": seconds of optimisation of the row's model, all its stages; "Params M": millions of parameters of the
+# networks sampling uses; "Sample s/vol": seconds of aldm generate per volume (aldm.experiments.table1.cell_cost)
 COLUMNS = ["model", "K", "s", "FRD", "FID (patient mean)", "FID (pooled)", "SSIM 2D", "SSIM 3D", "MS-SSIM synth",
-           "MS-SSIM real", "near-copy %", "Mask Dice", "Mask Dice floor", "Dice TC", "Dice ET", "Contrast signs",
-           "Sharpness", "Swap locality", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std", "Aug AUC", "Aug AUC std",
-           "n test"]
+           "MS-SSIM real", "near-copy %", "copies % (held-out)", "Mask Dice", "Mask Dice floor", "Dice TC", "Dice ET",
+           "Contrast signs", "Sharpness", "Swap locality", "TRTS BAcc", "TRTS F1", "TRTS AUC", "TRTS AUC std",
+           "Aug AUC", "Aug AUC std", "Train s", "Params M", "Sample s/vol", "n test"]
 
 
 def _fmt(value, digits=3):
@@ -50,6 +53,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
         adherence = f.get("mask_adherence") or {}
         regions = adherence.get("regions") or {}
         contrast = f.get("region_contrast") or {}
+        cost = r.get("cost") or {}
         rows.append({
             "model": r["name"], "K": r["k"], "s": "" if r["s"] is None else r["s"],
             "FRD": f.get("frd_mean"), "FID (patient mean)": f.get("fid_patient_mean"),
@@ -57,6 +61,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "SSIM 2D": f["ssim_2d_patient_mean"], "SSIM 3D": f["ssim_3d_patient_mean"],
             "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
             "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
+            "copies % (held-out)": (100.0 * mem["held_out_copy_fraction"]) if "held_out_copy_fraction" in mem else None,
             "Mask Dice": adherence.get("mask_dice_mean"), "Mask Dice floor": adherence.get("shuffled_dice_mean"),
             "Dice TC": (regions.get("TC") or {}).get("dice_mean"),
             "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
@@ -66,6 +71,8 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
             "Aug AUC std": c["augment"]["auc_std"], "n test": f["n_patients"],
+            "Train s": cost.get("train_s"), "Params M": None if cost.get("params") is None else cost["params"] / 1e6,
+            "Sample s/vol": cost.get("sample_s"),
         })
     adherence = next((r["fidelity"]["mask_adherence"] for r in results if r["fidelity"].get("mask_adherence")), {})
     ceilings = {name: region["real_dice_mean"] for name, region in (adherence.get("regions") or {}).items()}

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict
 
 from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
 from ..artifacts.segmenter import SegmenterRun
 from ..evaluate import evaluate, load_synthetic
 from ..evaluators.classifier import ClassifierConfig, cross_validate
@@ -32,7 +34,7 @@ from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.baselines.generator import BASELINE_NAMES
-from ..pipeline import load_pipeline
+from ..pipeline import load_pipeline, parameter_count
 from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
 
 VAE_BOUND = "vae-reconstruction.json"  # cells/: the VAE reconstruction bound (vae_bound)
@@ -141,6 +143,14 @@ def vae_bound(vae_run: str, segmenter: str, items: list[dict], modalities) -> di
             "n": len(items)}
 
 
+def cell_cost(run: str, pipe, sample_s: float | None) -> dict:
+    """What a row's model cost: ``train_s`` (seconds of optimisation of the run and the runs it was trained
+    from: VAE + source LDM + few-shot for ALDM, source + few-shot for a baseline; None when a run predates
+    the measure), ``params`` (of the networks sampling uses) and ``sample_s`` (seconds of ``aldm generate``
+    per volume, NIfTI writing included)."""
+    return {"train_s": Run(run).total_train_seconds(), "params": parameter_count(pipe), "sample_s": sample_s}
+
+
 def run_table1(cfg: ExperimentConfig, progress: bool = True) -> str:
     """Run (or resume) the whole experiment; returns the path of the HTML report. One process at a time
     per experiment folder (:mod:`aldm.io.lock`)."""
@@ -170,16 +180,19 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 result = json.load(fh)
-            if "mask_swap" in result or not cfg.mask_swap_pairs:
+            if ("mask_swap" in result or not cfg.mask_swap_pairs) and "cost" in result:
                 continue
         run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
         pipe = load_pipeline(run)  # one load for the cell's samples and its mask-swap check
+        sample_s = None
         if result is None:
             log(f"cell {cell['name']}: generate + evaluate")
             samples_dir = os.path.join(cfg.out, "samples", cell["id"])
+            start = time.perf_counter()
             generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
                      settings=generation_settings(cfg, cell["s"], cfg.seed + 1000), progress=progress, native=False,
                      pipeline=pipe)
+            sample_s = (time.perf_counter() - start) / len(test)
             fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
                                 inception=cfg.inception, log=log, frd_modalities=cfg.frd_modalities,
                                 diversity_pairs=cfg.diversity_pairs, segmenter=segmenter, reference=real_scores)
@@ -190,7 +203,9 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                          for s in load_synthetic(samples_dir)]
             classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
             result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
-        if cfg.mask_swap_pairs:
+        if "cost" not in result:  # a cell of before 0.4 keeps its samples: its sampling time is not known
+            result["cost"] = cell_cost(run, pipe, sample_s)
+        if cfg.mask_swap_pairs and "mask_swap" not in result:
             result["mask_swap"] = _mask_swap(cfg, pipe, cell, [real[s] for s in test])
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if not os.path.exists(reference_path):

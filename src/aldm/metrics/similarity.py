@@ -66,9 +66,17 @@ def _flat(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 def memorisation(synthetic: list[np.ndarray], training: list[np.ndarray], held_out: list[np.ndarray],
                  brain: np.ndarray) -> dict:
-    """Nearest-neighbour distances of synthetic volumes to the few-shot training set and to held-out
-    real volumes, and the fraction of near-copies (closer to a training volume than the closest pair
-    of distinct real volumes in training + held-out)."""
+    """Nearest-neighbour distances (1 - Pearson r inside ``brain``) of synthetic volumes to the few-shot
+    training set and to held-out real volumes, and two copy rates:
+
+    * ``near_copy_fraction``: closer to a training volume than the closest pair of distinct real volumes
+      in training + held-out;
+    * ``held_out_copy_fraction`` (the held-out criterion): closer to a training volume than any held-out
+      real volume is to its nearest training volume. Held-out patients show how close an independent
+      draw from the population comes to the training set; a sample closer than all of them is a copy.
+      ``held_out_nn_training`` gives that distribution (min, median), and
+      ``below_held_out_median_fraction`` the share of samples nearer to training than its median (about
+      0.5 for a generator that draws like the population, 1.0 for one that copies)."""
     if not training or len(held_out) < 1:
         raise ValueError("memorisation needs training and held-out volumes")
     # every volume centred and normalised once: all pairwise distances (1 - Pearson r) are one matrix product
@@ -78,7 +86,11 @@ def memorisation(synthetic: list[np.ndarray], training: list[np.ndarray], held_o
     real_nn = float(distance[:n_real, :n_real][np.triu_indices(n_real, k=1)].min())
     to_train = distance[n_real:, :n_train].min(axis=1)
     to_held = distance[n_real:, n_train:n_real].min(axis=1)
+    held_to_train = distance[n_train:n_real, :n_train].min(axis=1)
     return {
+        "held_out_copy_fraction": float(np.mean(to_train < held_to_train.min())),
+        "held_out_nn_training": {"min": float(held_to_train.min()), "median": float(np.median(held_to_train))},
+        "below_held_out_median_fraction": float(np.mean(to_train < np.median(held_to_train))),
         "nn_distance_training_mean": float(np.mean(to_train)),
         "nn_distance_held_out_mean": float(np.mean(to_held)),
         "real_closest_pair_distance": real_nn,

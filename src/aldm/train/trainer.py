@@ -115,6 +115,7 @@ class Trainer:
                 find_unused_parameters=len(self.phases) > 1)
         self.step = 0
         self.skipped = 0
+        self.train_seconds = 0.0  # of optimisation steps (data, forward, backward, update), over resumes too
         # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision)
         self.precision = resolve_precision(config.precision, self.device, training=True)
         note = training_fallback_note(self.device) if config.precision == "auto" else None
@@ -125,7 +126,7 @@ class Trainer:
     def state(self) -> dict:
         """Everything a bit-exact resume needs: step, model, EMA, optimisers, schedulers, RNG."""
         return {
-            "step": self.step, "skipped": self.skipped,
+            "step": self.step, "skipped": self.skipped, "train_s": self.train_seconds,
             "model": self.task.state_dict(), "ema": self.ema.shadow.state_dict(),
             "optimizer": [self.optimizers[p].state_dict() for p in self.phases],
             "scheduler": [self.schedulers[p].state_dict() for p in self.phases],
@@ -161,6 +162,7 @@ class Trainer:
                     self.schedulers[phase].load_state_dict(sched)
                 torch.set_rng_state(state["rng_torch"])
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+                self.train_seconds = float(state.get("train_s", 0.0))
             except (AldmError, KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
                 errors.append(f"{name}: {_checkpoint_problem(exc)}")
                 print(f"aldm: warning: {path}: cannot resume from it ({_checkpoint_problem(exc)}); trying an older one",
@@ -198,14 +200,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ training
     def _log_writer(self):
+        """(file, header): metrics.csv opened for appending, and the columns it already has (None when new:
+        the first row's keys become them). A resumed run keeps its file's columns, so a run begun by an older
+        version, with fewer of them, stays a well-formed table."""
         path = os.path.join(self.run_dir, METRICS)
-        new = not os.path.exists(path)
+        header = None
+        if os.path.exists(path):
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), None)
         fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in run()
-        return fh, new
+        return fh, header
 
     def run(self) -> dict:
         """Train up to ``config.steps``; returns the last step's figures (loss, lr, grad norm, s/step,
-        wall time, skipped steps, precision). On SIGTERM / SIGINT (:mod:`aldm.interrupt`) the current step
+        ``train_s`` (seconds of optimisation steps since step 0, resumes included: what the run cost), wall
+        time, skipped steps, precision). On SIGTERM / SIGINT (:mod:`aldm.interrupt`) the current step
         finishes, a checkpoint is written and :class:`~aldm.interrupt.Stopped` is raised; ``--resume``
         then continues exactly as after a periodic checkpoint."""
         with graceful_stop() as stop:
@@ -214,12 +223,12 @@ class Trainer:
     def _run(self, stop: graceful_stop) -> dict:
         cfg = self.config
         writes = self.dist.is_main and self.run_dir is not None
-        fh, new = self._log_writer() if writes else (None, False)
+        fh, header = self._log_writer() if writes else (None, None)
         writer = None
         tb = _tensorboard(self.run_dir) if writes else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step", disable=not self.progress)
         # a run resumed after its last step (killed before it wrote weights.pt) trains nothing more
-        last = {"step": self.step, "loss": float("nan"), "sec_per_step": 0.0}
+        last = {"step": self.step, "loss": float("nan"), "sec_per_step": 0.0, "train_s": self.train_seconds}
         t0 = time.perf_counter()
         try:
             while self.step < cfg.steps:
@@ -245,13 +254,14 @@ class Trainer:
                         raise AldmError(self._non_finite_message())
                 self.step += 1
                 elapsed = time.perf_counter() - start
+                self.train_seconds += elapsed
                 last = {"step": self.step, "loss": total, "lr": self.schedulers[self.phases[0]].get_last_lr()[0],
-                        "grad_norm": grad_norm, "sec_per_step": elapsed,
+                        "grad_norm": grad_norm, "sec_per_step": elapsed, "train_s": self.train_seconds,
                         **{k: float(v) for k, v in logs.items()}}
                 if fh is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     if writer is None:
-                        writer = csv.DictWriter(fh, fieldnames=list(last))
-                        if new:
+                        writer = csv.DictWriter(fh, fieldnames=header or list(last), extrasaction="ignore")
+                        if header is None:
                             writer.writeheader()
                     writer.writerow({k: last.get(k, "") for k in writer.fieldnames})
                     fh.flush()
@@ -261,7 +271,7 @@ class Trainer:
                                 tb.add_scalar(f"{self.name}/{k}", v, self.step)
                 if self.probe is not None and cfg.probe_every and writes and (
                         self.step % cfg.probe_every == 0 or self.step == cfg.steps):
-                    self._run_probe(time.perf_counter() - t0)
+                    self._run_probe(self.train_seconds)
                 shown = {k: f"{v:.3f}" for k, v in list(self.last_probe.items())[:2]}
                 bar.set_postfix(loss=f"{total:.4f}", s_per_step=f"{elapsed:.2f}", **shown)
                 bar.update()
@@ -290,7 +300,7 @@ class Trainer:
 
     def _run_probe(self, train_s: float) -> None:
         """Evaluate the EMA weights on the held-out probe and append a row to probe.csv (with ``train_s``,
-        the seconds this process has trained so far, probes included)."""
+        the seconds of optimisation steps so far, resumes included, probes not)."""
         self.ema.shadow.eval()
         with torch.no_grad(), autocast(self.device, self.precision):
             figures = {k: float(v) for k, v in self.probe(self.ema.shadow, self.step).items()}
