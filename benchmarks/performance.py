@@ -18,6 +18,9 @@ depend on the weights):
   112^3, batch 1: seconds, volumes/s and peak memory (CUDA: max allocated; CPU: the peak resident
   size of a child process that runs only that step); fp32, and bf16 autocast (``:bf16``, what the
   trainer uses) where the device computes bf16 natively (aldm.precision).
+* ``batches``   the ``gpu`` profile's VAE (on its 64^3 training crops) and LDM training steps, through the
+  training tasks themselves, at batch 1, 2, 3, 4: seconds, volumes/s and peak memory, each in its own
+  process (issue 23: what a GPU user's batch size costs).
 * ``peers``     MONAI's ``AutoencoderKL`` (64/128/256, no attention, latent 8 x 28^3) training step
   and ``DiffusionModelUNet`` (96/192/384, no attention) guided step, alone and with MONAI's
   ``ControlNet`` at the same widths, measured in the same run; ratios ours / MONAI.
@@ -54,7 +57,7 @@ from aldm.precision import autocast, native_bf16, with_bf16_weights
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 25), ("dpmpp2m", 20), ("dpmpp2m", 10))
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}
-SECTIONS = ("sampling", "training", "peers", "scaling", "quality")
+SECTIONS = ("sampling", "training", "batches", "peers", "scaling", "quality")
 DOC_START, DOC_END = "<!-- performance.py:start -->", "<!-- performance.py:end -->"
 
 
@@ -253,6 +256,40 @@ def _monai_vae_train_step(device):
     return step, sum(p.numel() for p in ae.parameters())
 
 
+def _gpu_profile_step(stage: str, batch: int, device):
+    """One optimisation step of the ``gpu`` profile's ``stage`` (``vae``: the VAE task on its 64^3 training
+    crops; ``ldm``: the LDM task, v-prediction, on 8 x 28^3 latents) at ``batch``, through the training
+    tasks themselves (aldm.train.stages); returns (step, parameter count)."""
+    from aldm.config import gpu
+    from aldm.diffusion.schedule import NoiseSchedule
+    from aldm.train.stages import LDMTask, VAETask
+
+    prof = gpu()
+    if stage == "vae":
+        task = VAETask(VAE3D(prof.vae)).to(device)
+        crop, zc = prof.vae.train_crop or prof.image_size, prof.vae.latent_channels
+        data = {"image": torch.rand(batch, 3, crop, crop, crop, device=device) * 2 - 1,
+                "eps": torch.randn(batch, zc, crop // 4, crop // 4, crop // 4, device=device)}
+    else:
+        _, mask, control, stats, z, _ = aldm_inputs(prof.image_size, batch, device)
+        zc = prof.vae.latent_channels
+        task = LDMTask(ConditionalDenoiser(prof.unet, zc), NoiseSchedule(prof.diffusion), prof.diffusion.tumour_weight,
+                       torch.zeros(zc), torch.ones(zc)).to(device)
+        data = {"mu": z, "logvar": torch.full_like(z, -4.0), "eps_posterior": torch.randn_like(z),
+                "eps": torch.randn_like(z), "t": torch.randint(prof.diffusion.timesteps, (batch,), device=device),
+                "control": control, "stats": stats, "keep": torch.ones(batch, device=device),
+                "weight": latent_tumour_weight_mask(mask, prof.latent_size).to(device)}
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = task(data, 10, 100)
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in task.parameters())
+
+
 TRAIN_STEPS = {"aldm_vae": _vae_train_step, "aldm_ldm": _ldm_train_step, "monai_autoencoderkl": _monai_vae_train_step}
 
 
@@ -260,7 +297,11 @@ def _measure_train(name: str, device: torch.device, reps: int) -> dict:
     """``name`` is a TRAIN_STEPS key, optionally with ``:bf16`` (the step under bf16 autocast, as the
     trainer runs on a GPU)."""
     base, _, precision = name.partition(":")
-    plain, params = TRAIN_STEPS[base](device)
+    if base.startswith("gpu-"):  # gpu-<stage>-<batch>[:bf16]: the gpu profile's stage at that batch size
+        _, stage, batch = base.split("-")
+        plain, params = _gpu_profile_step(stage, int(batch), device)
+    else:
+        plain, params = TRAIN_STEPS[base](device)
     if precision == "bf16":
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -270,7 +311,8 @@ def _measure_train(name: str, device: torch.device, reps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sec = timed(step, device, reps)
-    out = {"step_s": sec, "volumes_per_s": 1.0 / sec, "gflop": gflop(step), "params_m": params / 1e6}
+    batch = int(base.rsplit("-", 1)[1]) if base.startswith("gpu-") else 1
+    out = {"step_s": sec, "volumes_per_s": batch / sec, "gflop": gflop(step), "params_m": params / 1e6}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     else:
@@ -314,6 +356,14 @@ def _in_child(name: str, device: torch.device, reps: int) -> dict:
 def section_training(device: torch.device, reps: int) -> dict:
     names = ("aldm_vae", "aldm_ldm") + (("aldm_vae:bf16", "aldm_ldm:bf16") if native_bf16(device) else ())
     return {name: _in_child(name, device, max(1, reps // 2) if "vae" in name else reps) for name in names}
+
+
+def section_batches(device: torch.device, reps: int, batches=(1, 2, 3, 4)) -> dict:
+    """The ``gpu`` profile's VAE (64^3 crops) and LDM training steps at each batch size, each in its own process
+    (its peak memory alone); fp32, and bf16 autocast where the device computes bf16 natively."""
+    tags = ("",) + ((":bf16",) if native_bf16(device) else ())
+    return {f"gpu-{stage}-{b}{tag}": _in_child(f"gpu-{stage}-{b}{tag}", device, reps)
+            for stage in ("vae", "ldm") for b in batches for tag in tags}
 
 
 def section_peers(device: torch.device, reps: int, training: dict | None) -> dict:
@@ -507,6 +557,19 @@ def markdown(result: dict) -> str:
                          f"{_f(mem, 2)} | {_f(row['params_m'], 1)} |")
         lines += ["", "(peak memory: CUDA max allocated, or on CPU the peak resident size of a process "
                   "running only that step)", ""]
+    bt = result.get("batches")
+    if bt:
+        lines += ["| `gpu` profile training step (VAE on 64^3 crops; LDM on 8 x 28^3 latents) | s / step | "
+                  "volumes / s | peak memory (GiB) |", "|---|---|---|---|"]
+        for name, row in bt.items():
+            _, stage, batch = name.split(":")[0].split("-")
+            label = f"{stage.upper()}, batch {batch}{', bf16 autocast' if name.endswith(':bf16') else ''}"
+            if "error" in row:
+                lines.append(_failed_row(label, row, 3))
+                continue
+            lines.append(f"| {label} | {_f(row['step_s'], 2)} | {_f(row['volumes_per_s'], 3)} | "
+                         f"{_f(_peak(row), 2)} |")
+        lines.append("")
     p = result.get("peers")
     if p:
         lines += ["| peer (same run, timed interleaved, median) | s / guided step | GFLOP | GFLOP/s |",
@@ -608,6 +671,8 @@ def main() -> None:
             result[name] = section_sampling(device, args.reps, full)
         elif name == "training":
             result[name] = section_training(device, args.reps)
+        elif name == "batches":
+            result[name] = section_batches(device, max(1, args.reps // 2))
         elif name == "peers":
             result[name] = section_peers(device, args.reps, result.get("training"))
         elif name == "scaling":

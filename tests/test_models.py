@@ -217,3 +217,23 @@ def test_spectral_loss_hand_computed_and_added_when_weighted():
     without, plain = vae_loss(x, x + 0.5, mu, logvar, tiny().vae, step=10, total_steps=10)
     assert "spectral" not in plain and parts["spectral"].item() == pytest.approx(0.25, rel=1e-5)
     assert (with_spectral - without).item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_a_denoiser_without_controlnet_has_none_and_samples_through_guidance():
+    """The no-ControlNet ablation (issue 24): no ControlNet parameters; the condition reaches the U-Net through
+    the FiLM statistics alone, so guidance still changes the output (the statistics are dropped for null)."""
+    from aldm.diffusion.guidance import GuidedNoise
+
+    cfg = dataclasses.replace(tiny().unet, controlnet=False)
+    model = ConditionalDenoiser(cfg, 4).eval()
+    assert model.controlnet is None and not any(k.startswith("controlnet.") for k in model.state_dict())
+    with_control = ConditionalDenoiser(tiny().unet, 4)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in with_control.parameters())
+    z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])
+    stats, control = torch.randn(2, 8), torch.rand(2, 3, 8, 8, 8)
+    torch.nn.init.normal_(model.unet.out[-1].weight)  # a trained-looking output layer (a zero one hides FiLM)
+    with torch.no_grad():
+        assert torch.equal(model(z, t, control, stats), model.unet(z, t, stats, None))
+        guided = GuidedNoise(model, control, stats, 3.0)(z, t)
+        conditional = GuidedNoise(model, control, stats, 1.0)(z, t)
+    assert guided.shape == z.shape and not torch.allclose(guided, conditional)

@@ -115,3 +115,41 @@ def test_one_default_sampler_and_version_everywhere():
     params = inspect.signature(ALDMPipeline.__call__).parameters
     assert params["settings"].default is None  # None: GenerationSettings()
     assert __version__ == version("aldm") != "0+unknown"  # pyproject.toml's, through the package metadata
+
+
+def test_an_experiment_budget_gives_every_model_the_same_seconds():
+    """``budget_s`` of an experiment (issue 24): ALDM's VAE and LDM share the source seconds, each baseline's
+    source stage gets all of them, every few-shot stage the few-shot seconds; bad budgets are refused by key."""
+    from aldm.config import small
+    from aldm.errors import AldmError
+    from aldm.experiments.common import ExperimentConfig, with_budgets
+
+    profile = with_budgets(small(), {"source": 600, "fewshot": 60, "vae_share": 0.4})
+    assert (profile.train_vae.budget_s, profile.train_ldm.budget_s) == (240.0, 360.0)
+    assert profile.train_vae.budget_s + profile.train_ldm.budget_s == profile.train_baseline.budget_s == 600.0
+    assert profile.train_fewshot.budget_s == profile.train_baseline_fewshot.budget_s == 60.0
+    assert with_budgets(small(), {}) == small()
+    for budget, key in (({"source": 600}, "fewshot"), ({"source": 600, "fewshot": -1}, "fewshot"),
+                        ({"source": 600, "fewshot": 60, "vae_share": 1.0}, "vae_share"),
+                        ({"source": 600, "fewshot": 60, "gan": 1}, "unknown")):
+        with pytest.raises(AldmError, match=f'"budget_s".*{key}'):
+            ExperimentConfig(source_cache="s", target_cache="t", out="o", budget_s=budget)
+    with pytest.raises(AldmError, match="not both"):
+        ExperimentConfig(source_cache="s", target_cache="t", out="o", budget_s={"source": 1, "fewshot": 1},
+                         steps={"vae": 2})
+
+
+def test_ablation_rows_join_table1_when_asked():
+    from aldm.errors import AldmError
+    from aldm.experiments.common import ExperimentConfig
+    from aldm.experiments.table1 import cells
+
+    plain = ExperimentConfig(source_cache="s", target_cache="t", out="o", k=[2, 3], guidance=[1.0, 3.0])
+    asked = ExperimentConfig(source_cache="s", target_cache="t", out="o", k=[2, 3], guidance=[1.0, 3.0],
+                             ablations=["zero-shot", "no-pretraining", "no-controlnet"])
+    extra = [c for c in cells(asked) if c not in cells(plain)]
+    assert [(c["model"], c["k"], c["s"]) for c in extra] == [("aldm-scratch", 3, 3.0), ("aldm-nocontrolnet", 3, 3.0),
+                                                             ("aldm-zeroshot", 0, 3.0)]
+    assert len({c["id"] for c in cells(asked)}) == len(cells(asked))
+    with pytest.raises(AldmError, match='"ablations".*no-attention'):
+        ExperimentConfig(source_cache="s", target_cache="t", out="o", ablations=["no-attention"])

@@ -292,3 +292,66 @@ def test_training_seconds_add_up_over_a_resume_and_old_logs_keep_their_columns(p
     assert [r[0] for r in table[1:]] == ["1", "2", "3", "4"]
     final = load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["train_s"]
     assert final > resumed_at > 0
+
+
+def _budgeted(profile, stage, seconds):
+    return dataclasses.replace(profile, **{stage: dataclasses.replace(getattr(profile, stage), budget_s=seconds)})
+
+
+def test_a_budget_fits_the_steps_once_and_resume_trains_the_same_ones(prepared_cache, tmp_path):
+    """A stage given seconds instead of steps (issue 24): its step count is fitted from timed steps, recorded
+    in run.json and config.json, and a resumed run trains those steps to the uninterrupted run's weights."""
+    from aldm.artifacts.run import Run
+
+    cache, profile = str(prepared_cache), _budgeted(tiny(), "train_vae", 1.5)
+    train_vae(cache, str(tmp_path / "straight"), profile, progress=False)
+    run = Run(str(tmp_path / "straight"))
+    fit = run.info["budget"]
+    assert fit["budget_s"] == 1.5 and fit["steps"] == max(1, int(1.5 / fit["sec_per_step"]))
+    assert run.profile.train_vae.steps == fit["steps"] != tiny().train_vae.steps
+    with open(run.file("metrics.csv"), newline="") as fh:
+        assert int(list(csv.DictReader(fh))[-1]["step"]) == fit["steps"]
+    if fit["steps"] < 3:
+        pytest.skip(f"this machine fits only {fit['steps']} tiny VAE steps in 1.5 s; nothing to interrupt")
+    _interrupted_copy(tmp_path / "straight", tmp_path / "resumed")
+    train_vae(cache, str(tmp_path / "resumed"), profile, resume=True, progress=False)
+    assert Run(str(tmp_path / "resumed")).info["budget"] == fit  # not measured again
+    assert _equal_state(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
+
+
+def test_a_baseline_stage_trains_to_its_budget(prepared_cache, tmp_path):
+    from aldm.artifacts.run import Run
+    from aldm.train.baselines import train_baseline
+
+    profile = _budgeted(tiny(), "train_baseline", 2.0)
+    train_baseline("cgan", str(prepared_cache), str(tmp_path / "cgan"), profile, progress=False)
+    run = Run(str(tmp_path / "cgan")).require_finished()
+    assert run.profile.train_baseline.steps == run.info["budget"]["steps"] >= 1
+    assert run.train_seconds is not None and run.train_seconds > 0
+
+
+def test_the_no_pretraining_ablation_starts_from_random_weights_not_the_source_model(prepared_cache, tiny_runs,
+                                                                                      tmp_path):
+    """``from_scratch`` (issue 24's ablation): the few-shot stage's denoiser starts from seeded random weights
+    (one step away from them, far from the source model), on the same VAE; its cost counts the VAE, not the
+    source LDM it took the VAE from."""
+    from aldm.artifacts.run import Run
+
+    cache, source = str(prepared_cache), tiny_runs["ldm"]
+    common = {"init_run": source, "k": 2, "n_test": 2, "steps": 1, "progress": False}
+    train_ldm(cache, str(tmp_path / "adapted"), **common)
+    train_ldm(cache, str(tmp_path / "scratch"), from_scratch=True, **common)
+    parent = Run(source).weights()["denoiser"]
+
+    def distance(run):
+        state = _weights(tmp_path / run)["denoiser"]
+        return sum(float((state[k].float() - parent[k].float()).norm()) for k in parent
+                   if parent[k].is_floating_point())
+
+    assert distance("scratch") > 10 * distance("adapted")
+    assert _equal_state(Run(str(tmp_path / "scratch")).vae_state(), Run(source).vae_state())
+    lineage = [os.path.basename(r.path) for r in Run(str(tmp_path / "scratch")).lineage()]
+    assert lineage == ["scratch", "vae"] and [os.path.basename(r.path) for r in
+                                              Run(str(tmp_path / "adapted")).lineage()] == ["adapted", "ldm", "vae"]
+    with pytest.raises(AldmError, match="needs --init"):
+        train_ldm(cache, str(tmp_path / "bad"), vae_run=tiny_runs["vae"], from_scratch=True, steps=1, progress=False)

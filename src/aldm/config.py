@@ -102,6 +102,9 @@ class UNetConfig:
     # the control maps also enter the U-Net's own input, concatenated to z_t (as Med-DDPM, Dorjsembe et al.
     # 2024, conditions on the mask); False = the ControlNet alone carries them (the paper)
     input_control: bool = False
+    # False: no ControlNet, the condition reaches the U-Net through the FiLM statistics alone (and input_control
+    # when set) — the no-ControlNet ablation of issue 24; True = the paper
+    controlnet: bool = True
 
     def __post_init__(self):
         """Refuse widths that cannot build the U-Net or its ControlNet (GroupNorm needs multiples of ``groups``)."""
@@ -194,6 +197,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     seed: int = 0
+    # seconds of optimisation the stage may spend (a compute budget); > 0: when the run starts, ``steps`` is
+    # replaced by the number of steps that fit, from a few timed steps on this machine (aldm.train.budget),
+    # and recorded in run.json so that a resumed run trains exactly those steps; 0 = ``steps`` as given
+    budget_s: float = 0.0
 
     def __post_init__(self):
         """Refuse an unknown precision and lengths, rates or decays a stage cannot run with."""
@@ -207,6 +214,7 @@ class TrainConfig:
         _number(self, "weight_decay")
         _number(self, "grad_clip")
         _number(self, "ema_decay", 0.0, 1.0)
+        _number(self, "budget_s")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise AldmError(f"TrainConfig.seed must be a whole number, got {self.seed!r}")
 

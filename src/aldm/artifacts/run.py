@@ -155,6 +155,12 @@ class Run(ArtifactFolder):
             raise AldmError(f"{self.path}: a {self.stage} run cannot generate; give an LDM, few-shot or baseline run")
         return self
 
+    def record(self, key: str, value) -> None:
+        """Add ``key`` to ``run.json`` (atomically; rank 0's business under torchrun)."""
+        info = {**self.info, key: value}
+        atomic_write_text(self.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
+        self.__dict__["info"] = info
+
     # ------------------------------------------------------------------------------------ what it cost
     @property
     def train_seconds(self) -> float | None:
@@ -169,12 +175,15 @@ class Run(ArtifactFolder):
 
     def lineage(self) -> list[Run]:
         """This run and the runs it was trained from, nearest first (few-shot -> source LDM -> VAE;
-        few-shot baseline -> source baseline); a parent that is no longer where run.json says ends it."""
+        few-shot from scratch -> VAE; few-shot baseline -> source baseline); a parent that is no longer where
+        run.json says ends it."""
         chain, seen, run = [], set(), self
         while run is not None and run.exists and os.path.abspath(run.path) not in seen:
             chain.append(run)
             seen.add(os.path.abspath(run.path))
-            parents = [run.info.get(key) for key in ("init_run", "vae_run")]
+            # a few-shot run trained from scratch (issue 24's ablation) took only the VAE of its init run
+            keys = ("vae_run",) if run.info.get("from_scratch") else ("init_run", "vae_run")
+            parents = [run.info.get(key) for key in keys]
             run = next((Run(p) for p in parents if p and os.path.abspath(p) not in seen), None)
         return chain
 

@@ -53,7 +53,7 @@ class GuidedNoise:
         self.copies = len(parts)
         self.stats = torch.cat([p[1] for p in parts])
         control_stack = torch.cat([p[0] for p in parts])
-        self.hint = denoiser.controlnet.hint(control_stack)
+        self.hint = denoiser.hint(control_stack)
         # the U-Net's own input needs the maps too when it takes them (UNetConfig.input_control)
         self.control = control_stack if denoiser.unet.control_stem is not None else None
 

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import WEIGHTS, Run
@@ -30,6 +30,7 @@ from ..train.baselines import train_baseline
 from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
 STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot")
+ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
 
 
 @dataclass
@@ -62,6 +63,15 @@ class ExperimentConfig:
     segmenter_width: int = 8
     mask_swap_pairs: int = 3  # same seed, two held-out masks: where the difference lies (0: skip)
     steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
+    # compute parity (instead of "steps"): seconds of training for every model, {"source": S, "fewshot": F} and
+    # optionally "vae_share" (ALDM's VAE gets that share of S, its LDM the rest; default 0.5); each stage fits
+    # its steps to its seconds on this machine (aldm.train.budget)
+    budget_s: dict = field(default_factory=dict)
+    # rows that test the paper's claims (issue 24): "zero-shot" (the source LDM on target masks, no few-shot
+    # stage), "no-pretraining" (an LDM trained from scratch on the K target patients, same VAE, for the source
+    # + few-shot steps or seconds), "no-controlnet" (source LDM + few-shot without the ControlNet: FiLM
+    # statistics only, same steps or seconds); [] in the demo
+    ablations: list = field(default_factory=list)
     segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (SegmentationSettings)
 
     def __post_init__(self):
@@ -108,6 +118,12 @@ class ExperimentConfig:
         if bad:
             raise AldmError(f'"steps": unknown stage(s) {bad}; known: {", ".join(STEP_KEYS)}')
         positive_ints("steps", list(self.steps.values()) or [1])
+        check_budget(self.budget_s)
+        bad = [a for a in self.ablations if a not in ABLATIONS] if isinstance(self.ablations, list) else [0]
+        if bad:
+            raise AldmError(f'"ablations": unknown ablation(s) {bad}; choose from {", ".join(ABLATIONS)}')
+        if self.budget_s and self.steps:
+            raise AldmError('"budget_s" and "steps" both set: give the stages seconds or steps, not both')
         SegmentationSettings.from_dict(self.segmentation, '"segmentation"')
 
     @classmethod
@@ -131,6 +147,40 @@ class ExperimentConfig:
             raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
         except AldmError as exc:
             raise AldmError(f"{path}: {exc}") from None
+
+
+BUDGET_KEYS = ("source", "fewshot", "vae_share")
+
+
+def check_budget(budget) -> None:
+    """An AldmError naming the key unless ``budget`` is {} or {"source": s > 0, "fewshot": s > 0[, "vae_share":
+    0 < x < 1]}."""
+    if not isinstance(budget, dict):
+        raise AldmError(f'"budget_s": expected an object {{"source": seconds, "fewshot": seconds}}, got {budget!r}')
+    if not budget:
+        return
+    unknown = sorted(set(budget) - set(BUDGET_KEYS))
+    if unknown:
+        raise AldmError(f'"budget_s": unknown key(s) {unknown}; known: {", ".join(BUDGET_KEYS)}')
+    for key in ("source", "fewshot"):
+        value = budget.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise AldmError(f'"budget_s": "{key}" must be a number of seconds > 0, got {value!r}')
+    share = budget.get("vae_share", 0.5)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise AldmError(f'"budget_s": "vae_share" must be a number between 0 and 1, got {share!r}')
+
+
+def with_budgets(profile, budget: dict):
+    """``profile`` with each stage's ``budget_s`` set from an experiment's ``budget_s``: ALDM's VAE and source
+    LDM share the source seconds (``vae_share``), each baseline's source stage gets all of them; every
+    few-shot stage gets the few-shot seconds. ``budget`` {}: ``profile`` as it is."""
+    if not budget:
+        return profile
+    share, source, fewshot = budget.get("vae_share", 0.5), float(budget["source"]), float(budget["fewshot"])
+    seconds = {"train_vae": share * source, "train_ldm": (1 - share) * source, "train_fewshot": fewshot,
+               "train_baseline": source, "train_baseline_fewshot": fewshot}
+    return replace(profile, **{stage: replace(getattr(profile, stage), budget_s=s) for stage, s in seconds.items()})
 
 
 def finished(run: str) -> bool:
@@ -182,7 +232,7 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
     runs_dir = os.path.join(cfg.out, "runs")
     # the stages copy what they change: it stays as loaded
-    profile = with_condition(get_profile(cfg.profile), cfg.condition)
+    profile = with_budgets(with_condition(get_profile(cfg.profile), cfg.condition), cfg.budget_s)
     probe = None
     if cfg.probe_every:
         profile = with_probe_every(profile, cfg.probe_every)
@@ -201,24 +251,55 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     for k in sorted(cfg.k):
         run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
         split_path = os.path.join(cfg.out, f"split_k{k}.json")
-        if finished(run) and (k != max(cfg.k) or os.path.exists(os.path.join(cfg.out, "figure4", f"k{k}_step{total}"))):
+        def snapshot(step: int, k: int = k) -> str:
+            return os.path.join(cfg.out, "figure4", f"k{k}_step{step}")
+
+        # under a budget the length is known once the stage has fitted it (its config.json): one snapshot, at the end
+        length = Run(run).profile.train_fewshot.steps if cfg.budget_s and finished(run) else total
+        if finished(run) and (k != max(cfg.k) or os.path.exists(snapshot(length))):
             continue
         log(f"stage 4: few-shot LDM, K={k}")
-        chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) else 1
+        chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) and not cfg.budget_s else 1
         for i in range(1, chunks + 1):
-            target = max(1, round(total * i / chunks))
-            snap = os.path.join(cfg.out, "figure4", f"k{k}_step{target}")
-            if os.path.exists(snap):
+            target = None if cfg.budget_s else max(1, round(total * i / chunks))
+            if target is not None and os.path.exists(snapshot(target)):
                 continue
             # LDM losses do not depend on the total length, so chunked training equals one run
             train_ldm(cfg.target_cache, run, profile, init_run=runs["ldm"], split_path=split_path,
                       steps=target, seed=cfg.seed, resume=started(run), progress=progress, probe=probe)
+            snap = snapshot(target if target is not None else Run(run).profile.train_fewshot.steps)
             if k == max(cfg.k):
                 generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
                          settings=generation_settings(cfg, max(cfg.guidance), cfg.seed), progress=False, native=False)
             if Run(run).finished and i < chunks:
                 os.remove(Run(run).file(WEIGHTS))  # not finished yet: the next chunk continues
     k_max = max(cfg.k)
+    if "zero-shot" in cfg.ablations:
+        runs["aldm-zeroshot"] = runs["ldm"]
+    if "no-pretraining" in cfg.ablations:
+        runs["aldm-scratch"] = scratch = os.path.join(runs_dir, f"aldm_scratch_k{k_max}")
+        if not finished(scratch):
+            log(f"ablation: LDM from scratch on the K={k_max} target patients")
+            # trained as the source LDM is (its optimiser settings), for the source + few-shot length
+            ldm, few = profile.train_ldm, profile.train_fewshot
+            length = replace(ldm, steps=(steps.get("ldm") or ldm.steps) + (steps.get("fewshot") or few.steps),
+                             budget_s=ldm.budget_s + few.budget_s)
+            train_ldm(cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=runs["ldm"],
+                      split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), seed=cfg.seed,
+                      resume=started(scratch), progress=progress, probe=probe, from_scratch=True)
+    if "no-controlnet" in cfg.ablations:
+        plain = replace(profile, unet=replace(profile.unet, controlnet=False))
+        src, few = os.path.join(runs_dir, "ldm_nocontrolnet"), os.path.join(runs_dir, f"aldm_nocontrolnet_k{k_max}")
+        runs["aldm-nocontrolnet"] = few
+        if not finished(src):
+            log("ablation: source LDM without the ControlNet")
+            train_ldm(cfg.source_cache, src, plain, vae_run=runs["vae"], steps=steps.get("ldm"), seed=cfg.seed,
+                      resume=started(src), progress=progress, probe=probe)
+        if not finished(few):
+            log(f"ablation: few-shot LDM without the ControlNet, K={k_max}")
+            train_ldm(cfg.target_cache, few, plain, init_run=src,
+                      split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), steps=steps.get("fewshot"),
+                      seed=cfg.seed, resume=started(few), progress=progress, probe=probe)
     for b in cfg.baselines:
         src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
         runs[b] = few

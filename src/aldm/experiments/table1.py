@@ -44,12 +44,21 @@ __all__ = ["ExperimentConfig", "cells", "run_table1", "write_table1_report"]
 
 def cells(cfg: ExperimentConfig) -> list[dict]:
     """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
-    the largest s (as the paper's ablations)."""
+    the largest s (as the paper's ablations), then the ablations of ``cfg.ablations`` at max(K) and s."""
     k_max, s_max = max(cfg.k), max(cfg.guidance)
     rows = [{"name": f"{BASELINE_NAMES[b]}", "model": b, "k": k_max, "s": None} for b in cfg.baselines]
     rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
+    if "no-pretraining" in cfg.ablations:
+        rows.append({"name": f"ALDM no pre-training (K={k_max}, s={s_max:g})", "model": "aldm-scratch", "k": k_max,
+                     "s": s_max})
+    if "no-controlnet" in cfg.ablations:
+        rows.append({"name": f"ALDM no ControlNet (K={k_max}, s={s_max:g})", "model": "aldm-nocontrolnet",
+                     "k": k_max, "s": s_max})
+    if "zero-shot" in cfg.ablations:  # K = 0: no target patient trained on (its classifier split is K_max's)
+        rows.append({"name": f"ALDM zero-shot (s={s_max:g})", "model": "aldm-zeroshot", "k": 0, "s": s_max,
+                     "split_k": k_max})
     for row in rows:
         row["id"] = row["name"].lower().replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_") \
             .replace("=", "").replace(".", "p")
@@ -201,7 +210,8 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                           "idh": rows[s["mask_subject"]]["idh"] or None,
                           "grade": rows[s["mask_subject"]]["grade"] or None}
                          for s in load_synthetic(samples_dir)]
-            classifier = _classifier_scores(cfg, splits[cell["k"]], real, synthetic, fold_models)
+            classifier = _classifier_scores(cfg, splits[cell.get("split_k", cell["k"])], real, synthetic,
+                                            fold_models)
             result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
         if "cost" not in result:  # a cell of before 0.4 keeps its samples: its sampling time is not known
             result["cost"] = cell_cost(run, pipe, sample_s)

@@ -102,7 +102,12 @@ class ConditionalDenoiser(nn.Module):
     def __init__(self, config: UNetConfig, latent_channels: int):
         super().__init__()
         self.unet = UNet3D(config, latent_channels)
-        self.controlnet = ControlNet3D(config, latent_channels)
+        # config.controlnet False (an ablation): no ControlNet, the U-Net sees the condition's FiLM statistics
+        self.controlnet = ControlNet3D(config, latent_channels) if config.controlnet else None
+
+    def hint(self, control: torch.Tensor) -> torch.Tensor | None:
+        """The ControlNet's hint of ``control`` (None without a ControlNet)."""
+        return None if self.controlnet is None else self.controlnet.hint(control)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None, stats: torch.Tensor,
                 hint: torch.Tensor | None = None, copies: int = 1) -> torch.Tensor:
@@ -113,5 +118,5 @@ class ConditionalDenoiser(nn.Module):
         maps only), used by the ControlNet in place of ``control`` (which a U-Net with ``input_control``
         still needs). ``copies``: see :meth:`UNet3D.forward`.
         """
-        residuals = self.controlnet(z_t, t, control, hint=hint, copies=copies)
+        residuals = None if self.controlnet is None else self.controlnet(z_t, t, control, hint=hint, copies=copies)
         return self.unet(z_t, t, stats, residuals, copies=copies, control=control)

@@ -35,6 +35,7 @@ from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.vae import kl_divergence
+from .budget import fit_to_budget
 from .stages import FewShot, _override, inherit_condition, open_run, with_cache_channels
 from .trainer import Trainer, step_generator
 
@@ -207,6 +208,7 @@ def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None 
         return batch
 
     torch.manual_seed(cfg.seed)
+    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
     trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
                       name=f"{kind}{'-fewshot' if fewshot else ''}")
     if resume:

@@ -40,6 +40,7 @@ from ..models.vae_adversary import (
     discriminator_loss,
     patch_discriminator,
 )
+from .budget import fit_to_budget
 from .probes import ldm_probe, vae_probe
 from .trainer import Trainer, step_generator
 
@@ -267,8 +268,9 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
         probe_data = PreparedCache(probe.cache)
         held = torch.stack([torch.from_numpy(probe_data.load(r)["image"]) for r in probe.rows()])
         probe_fn = vae_probe(held, probe_data.modalities)
-    trainer = Trainer(VAETask(VAE3D(profile.vae)), sampler, cfg, run_dir, dist_info, progress=progress, name="vae",
-                      probe=probe_fn)
+    task = VAETask(VAE3D(profile.vae))
+    cfg = fit_to_budget(profile, "train_vae", task, sampler, run, dist_info).train_vae
+    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress, name="vae", probe=probe_fn)
     if resume:
         trainer.resume()
     last = trainer.run()
@@ -371,15 +373,20 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              precision: str | None = None, probe: ProbeSubjects | None = None, condition: str | None = None) -> dict:
+              precision: str | None = None, probe: ProbeSubjects | None = None, condition: str | None = None,
+              from_scratch: bool = False) -> dict:
     """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
     target subjects of a saved split); ``probe``: held-out subjects whose noise-prediction error per
     timestep band is measured every ``probe_every`` steps (probe.csv). ``condition`` (stage 3; None: the
-    profile's): what the denoiser is conditioned on (:mod:`aldm.conditions`); stage 4 keeps its parent's."""
+    profile's): what the denoiser is conditioned on (:mod:`aldm.conditions`); stage 4 keeps its parent's.
+    ``from_scratch`` (stage 4, the no-pre-training ablation of issue 24): the denoiser starts from random
+    weights, not the source run's; the source run gives only its VAE, latent statistics and networks' shapes."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
     if fewshot == (vae_run is not None):
         raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
+    if from_scratch and not fewshot:
+        raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
     vae_source = Run(init_run if fewshot else vae_run)
     # the LDM's VAE is the parent's, whatever profile is given: its config (channels, widths) comes along
     profile = replace(profile or vae_source.profile, vae=vae_source.profile.vae)
@@ -395,7 +402,9 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     vae = frozen_vae(vae_source.profile.vae, vae_source.vae_state(), device, vae_source.path)
     run, rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
                          domain="target" if fewshot else "source", dist_info=dist_info, resume=resume,
-                         extra={"vae_run": os.path.abspath(vae_source.path)},
+                         extra={"vae_run": os.path.abspath(vae_source.info.get("vae_run", vae_source.path)
+                                                           if from_scratch else vae_source.path),
+                                **({"from_scratch": True} if from_scratch else {})},
                          fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None, parent=vae_source)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device, profile.condition)
@@ -406,7 +415,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     schedule = NoiseSchedule(profile.diffusion)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
-    if fewshot:
+    if fewshot and not from_scratch:
         denoiser.load_state_dict(parent["denoiser"])
     task = LDMTask(denoiser, schedule, profile.diffusion.tumour_weight, mean, std, profile.diffusion.min_snr_gamma)
     n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
@@ -427,6 +436,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device,
                                profile.condition)
         probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
+    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
     trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
                       name="fewshot" if fewshot else "ldm", probe=probe_fn)
     if resume:

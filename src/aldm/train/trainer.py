@@ -116,6 +116,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.train_seconds = 0.0  # of optimisation steps (data, forward, backward, update), over resumes too
+        self.step_seconds: list[float] = []  # each step this process ran (aldm.train.budget times a few)
         # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision)
         self.precision = resolve_precision(config.precision, self.device, training=True)
         note = training_fallback_note(self.device) if config.precision == "auto" else None
@@ -255,6 +256,7 @@ class Trainer:
                 self.step += 1
                 elapsed = time.perf_counter() - start
                 self.train_seconds += elapsed
+                self.step_seconds.append(elapsed)
                 last = {"step": self.step, "loss": total, "lr": self.schedulers[self.phases[0]].get_last_lr()[0],
                         "grad_norm": grad_norm, "sec_per_step": elapsed, "train_s": self.train_seconds,
                         **{k: float(v) for k, v in logs.items()}}
