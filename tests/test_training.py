@@ -336,12 +336,18 @@ def test_the_no_pretraining_ablation_starts_from_random_weights_not_the_source_m
     (one step away from them, far from the source model), on the same VAE; its cost counts the VAE, not the
     source LDM it took the VAE from."""
     from aldm.artifacts.run import Run
+    from aldm.io.checkpoint import save_checkpoint
 
-    cache, source = str(prepared_cache), tiny_runs["ldm"]
+    # a source model far from any initialisation (the tiny one trained 4 steps from the same seed's init)
+    cache, source = str(prepared_cache), str(tmp_path / "source")
+    shutil.copytree(tiny_runs["ldm"], source)
+    weights = Run(source).weights()
+    weights["denoiser"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in weights["denoiser"].items()}
+    save_checkpoint(os.path.join(source, "weights.pt"), weights)
     common = {"init_run": source, "k": 2, "n_test": 2, "steps": 1, "progress": False}
     train_ldm(cache, str(tmp_path / "adapted"), **common)
     train_ldm(cache, str(tmp_path / "scratch"), from_scratch=True, **common)
-    parent = Run(source).weights()["denoiser"]
+    parent = weights["denoiser"]
 
     def distance(run):
         state = _weights(tmp_path / run)["denoiser"]
@@ -352,6 +358,6 @@ def test_the_no_pretraining_ablation_starts_from_random_weights_not_the_source_m
     assert _equal_state(Run(str(tmp_path / "scratch")).vae_state(), Run(source).vae_state())
     lineage = [os.path.basename(r.path) for r in Run(str(tmp_path / "scratch")).lineage()]
     assert lineage == ["scratch", "vae"] and [os.path.basename(r.path) for r in
-                                              Run(str(tmp_path / "adapted")).lineage()] == ["adapted", "ldm", "vae"]
+                                              Run(str(tmp_path / "adapted")).lineage()] == ["adapted", "source", "vae"]
     with pytest.raises(AldmError, match="needs --init"):
         train_ldm(cache, str(tmp_path / "bad"), vae_run=tiny_runs["vae"], from_scratch=True, steps=1, progress=False)

@@ -7,6 +7,7 @@ Every user-facing failure is an :class:`~aldm.errors.AldmError`, printed as one 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -34,6 +35,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -183,6 +194,8 @@ def _cmd_train(args) -> int:
     from .train.stages import train_ldm, train_vae, with_probe_every
 
     resumed = _resumed_profile(args)
+    if args.steps and args.budget_s:
+        raise AldmError("give --steps or --budget-s, not both")
     info = init_distributed()
     try:
         probe = _probe_subjects(args) if args.stage != "baseline" else None
@@ -191,24 +204,27 @@ def _cmd_train(args) -> int:
 
             profile = resumed or (get_profile(args.profile) if args.profile else (Run(args.init).profile if args.init
                                                                                   else get_profile("small")))
+            profile = _with_budget(profile, "train_baseline_fewshot" if args.init else "train_baseline", args.budget_s)
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                                   resume=args.resume, dist_info=info, progress=not args.quiet,
                                   precision=args.precision, condition=args.condition)
         elif args.stage == "vae":
             profile = resumed or get_profile(args.profile or "small")
-            profile = with_probe_every(profile, args.probe_every)
+            profile = with_probe_every(_with_budget(profile, "train_vae", args.budget_s), args.probe_every)
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
                              dist_info=info, progress=not args.quiet, precision=args.precision, probe=probe)
         else:
             parent = args.init or args.vae
             profile = resumed or (get_profile(args.profile) if args.profile else (Run(parent).profile if parent
                                                                                   else None))
+            profile = _with_budget(profile, "train_fewshot" if args.init else "train_ldm", args.budget_s)
             profile = with_probe_every(profile, args.probe_every)
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,
-                             precision=args.precision, probe=probe, condition=args.condition)
+                             precision=args.precision, probe=probe, condition=args.condition,
+                             from_scratch=args.from_scratch)
     finally:
         shutdown(info)
     if info.is_main:
@@ -219,6 +235,13 @@ def _cmd_train(args) -> int:
                   f"{last['sec_per_step']:.3f} s per step, {last['skipped_steps']} skipped, {last['precision']}")
         print(f"run: {os.path.abspath(args.out)}")
     return 0
+
+
+def _with_budget(profile, stage: str, seconds: float | None):
+    """``profile`` with the ``stage`` config's ``budget_s`` set to ``seconds`` (None: as it is)."""
+    if seconds is None or profile is None:
+        return profile
+    return dataclasses.replace(profile, **{stage: dataclasses.replace(getattr(profile, stage), budget_s=seconds)})
 
 
 def _cmd_generate(args) -> int:
@@ -417,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--profile", default=None,
                          help="paper, gpu, small, tiny or a JSON config (default: small, or the parent run's)")
         sub.add_argument("--steps", type=_positive_int, default=None, help="override the profile's length")
+        sub.add_argument("--budget-s", type=_positive_float, default=None, metavar="SECONDS",
+                         help="train for about SECONDS of optimisation on this machine instead of a number of steps: "
+                              "the steps are fitted from a few timed ones when the run starts and recorded, so "
+                              "--resume trains the same steps (comparisons at equal compute)")
         sub.add_argument("--seed", type=int, default=None)
         sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
         if stage != "baseline":
@@ -438,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--n-test", type=_non_negative_int, default=None,
                              help="held-out target test patients (default: min(64, all but K))")
             sub.add_argument("--split", default=None, help="a saved split JSON instead of --k")
+        if stage == "ldm":
+            sub.add_argument("--from-scratch", action="store_true",
+                             help="with --init: train the few-shot stage from random weights (the source run gives "
+                                  "only its VAE): the no-pre-training ablation")
             sub.add_argument("--condition", choices=CONDITIONS, default=None,
                              help="what the generator is conditioned on: mask (the paper's binary tumour mask), "
                                   "regions (the BraTS regions WT/TC/ET of the label map) or regions+brain (and the "
