@@ -34,6 +34,7 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     ["data", "synth", "x", "--n-source", "-3"],
     ["data", "split", "c", "--k", "0"],
     ["data", "prepare", "adni", "x", "--out", "y"],
+    ["train", "vae", "--data", "c", "--out", "o", "--budget-s", "0"],
 ])
 def test_bad_values_rejected(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -50,3 +51,19 @@ def test_split_and_verify_commands(prepared_cache, tmp_path, capsys):
     assert main(["data", "split", str(prepared_cache), "--k", "7", "--n-test", "2"]) == 2
     assert "exceed the 8 patients" in capsys.readouterr().err
     assert main(["data", "verify", str(prepared_cache)]) == 0
+
+
+def test_train_budget_flag_sets_the_stage_budget(prepared_cache, tmp_path, capsys):
+    """``--budget-s`` reaches the stage it trains (run.json records the fit); with --steps it is refused."""
+    import json
+
+    out = tmp_path / "vae"
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(out), "--profile", "tiny",
+                 "--budget-s", "0.5", "--quiet"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["budget"]["budget_s"] == 0.5 and info["budget"]["steps"] >= 1
+    assert json.loads((out / "config.json").read_text())["train_vae"]["steps"] == info["budget"]["steps"]
+    capsys.readouterr()
+    assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(tmp_path / "x"), "--profile", "tiny",
+                 "--budget-s", "1", "--steps", "3", "--quiet"]) == 2
+    assert "not both" in capsys.readouterr().err
