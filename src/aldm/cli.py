@@ -465,14 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--n-test", type=_non_negative_int, default=None,
                              help="held-out target test patients (default: min(64, all but K))")
             sub.add_argument("--split", default=None, help="a saved split JSON instead of --k")
-        if stage == "ldm":
-            sub.add_argument("--from-scratch", action="store_true",
-                             help="with --init: train the few-shot stage from random weights (the source run gives "
-                                  "only its VAE): the no-pre-training ablation")
             sub.add_argument("--condition", choices=CONDITIONS, default=None,
                              help="what the generator is conditioned on: mask (the paper's binary tumour mask), "
                                   "regions (the BraTS regions WT/TC/ET of the label map) or regions+brain (and the "
                                   "brain mask); default mask, or the source run's for few-shot")
+        if stage == "ldm":
+            sub.add_argument("--from-scratch", action="store_true",
+                             help="with --init: train the few-shot stage from random weights (the source run gives "
+                                  "only its VAE): the no-pre-training ablation")
         sub.set_defaults(func=_cmd_train)
 
     gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")
