@@ -67,3 +67,19 @@ def test_train_budget_flag_sets_the_stage_budget(prepared_cache, tmp_path, capsy
     assert main(["train", "vae", "--data", str(prepared_cache), "--out", str(tmp_path / "x"), "--profile", "tiny",
                  "--budget-s", "1", "--steps", "3", "--quiet"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_every_train_subcommand_parses_its_options():
+    """Each train subcommand takes the options README lists for it (a misplaced add_argument drops one)."""
+    from aldm.cli import build_parser
+
+    parser = build_parser()
+    common = ["--data", "c", "--out", "o", "--budget-s", "2", "--seed", "1", "--precision", "fp32", "--quiet"]
+    vae = parser.parse_args(["train", "vae", *common, "--probe-every", "5", "--probe-subjects", "a"])
+    assert vae.budget_s == 2.0 and vae.probe_every == 5
+    ldm = parser.parse_args(["train", "ldm", *common, "--init", "r", "--k", "3", "--condition", "regions",
+                             "--from-scratch", "--probe-every", "5"])
+    assert ldm.from_scratch and ldm.condition == "regions" and ldm.k == 3
+    gan = parser.parse_args(["train", "baseline", "cgan", *common, "--init", "r", "--k", "3", "--n-test", "2",
+                             "--condition", "regions+brain"])
+    assert gan.condition == "regions+brain" and gan.n_test == 2 and not hasattr(gan, "from_scratch")
