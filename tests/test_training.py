@@ -295,7 +295,9 @@ def test_training_seconds_add_up_over_a_resume_and_old_logs_keep_their_columns(p
 
 
 def _budgeted(profile, stage, seconds):
-    return dataclasses.replace(profile, **{stage: dataclasses.replace(getattr(profile, stage), budget_s=seconds)})
+    from aldm.config import with_budget
+
+    return with_budget(profile, stage, seconds)
 
 
 def test_a_budget_fits_the_steps_once_and_resume_trains_the_same_ones(prepared_cache, tmp_path):

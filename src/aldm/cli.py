@@ -7,7 +7,6 @@ Every user-facing failure is an :class:`~aldm.errors.AldmError`, printed as one 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -238,10 +237,10 @@ def _cmd_train(args) -> int:
 
 
 def _with_budget(profile, stage: str, seconds: float | None):
-    """``profile`` with the ``stage`` config's ``budget_s`` set to ``seconds`` (None: as it is)."""
-    if seconds is None or profile is None:
-        return profile
-    return dataclasses.replace(profile, **{stage: dataclasses.replace(getattr(profile, stage), budget_s=seconds)})
+    """``profile`` with ``--budget-s`` on the stage it trains (None: no profile yet, the parent's is taken)."""
+    from .config import with_budget
+
+    return profile if profile is None else with_budget(profile, stage, seconds)
 
 
 def _cmd_generate(args) -> int:

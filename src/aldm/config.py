@@ -398,6 +398,14 @@ def with_condition(profile: Profile, condition: str | None) -> Profile:
     return dataclasses.replace(profile, condition=condition, unet=unet)
 
 
+def with_budget(profile: Profile, stage: str, seconds: float | None) -> Profile:
+    """``profile`` with the ``stage`` config's (``train_vae``, ``train_ldm``, ...) ``budget_s`` set to
+    ``seconds`` (aldm.train.budget; None: ``profile`` as it is)."""
+    if seconds is None:
+        return profile
+    return dataclasses.replace(profile, **{stage: dataclasses.replace(getattr(profile, stage), budget_s=seconds)})
+
+
 PROFILES = {"paper": paper, "gpu": gpu, "small": small, "tiny": tiny}
 
 

@@ -17,7 +17,7 @@ from ..artifacts.cache import PreparedCache
 from ..artifacts.run import WEIGHTS, Run
 from ..artifacts.split import save_split
 from ..conditions import parse_condition
-from ..config import PROFILES, get_profile, with_condition
+from ..config import PROFILES, get_profile, with_budget, with_condition
 from ..data.splits import MAX_TEST_PATIENTS, few_shot_split, with_cv_folds
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..diffusion.settings import GenerationSettings
@@ -180,7 +180,9 @@ def with_budgets(profile, budget: dict):
     share, source, fewshot = budget.get("vae_share", 0.5), float(budget["source"]), float(budget["fewshot"])
     seconds = {"train_vae": share * source, "train_ldm": (1 - share) * source, "train_fewshot": fewshot,
                "train_baseline": source, "train_baseline_fewshot": fewshot}
-    return replace(profile, **{stage: replace(getattr(profile, stage), budget_s=s) for stage, s in seconds.items()})
+    for stage, s in seconds.items():
+        profile = with_budget(profile, stage, s)
+    return profile
 
 
 def finished(run: str) -> bool:
