@@ -66,13 +66,15 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
 
     caches, out = quick_demo / "cache", tmp_path / "budget"
     cfg = ExperimentConfig(source_cache=str(caches / "source"), target_cache=str(caches / "target"), out=str(out),
-                           profile="tiny", k=[3], guidance=[3.0], baselines=["cgan"], n_test=4, folds=2, repeats=1,
+                           profile="tiny", k=[3], guidance=[3.0], baselines=["cgan", "pixelddpm"], n_test=4, folds=2,
+                           repeats=1,
                            sampler_steps=3, classifier_epochs=1, frd_modalities=["flair"], diversity_pairs=6,
                            segmenter_steps=4, mask_swap_pairs=0, budget_s={"source": 3.0, "fewshot": 1.5},
                            ablations=["zero-shot", "no-pretraining", "no-controlnet"])
     assert run_table1(cfg, progress=False)
     runs = out / "runs"
     for name, seconds in (("vae", 1.5), ("ldm", 1.5), ("aldm_k3", 1.5), ("cgan", 3.0), ("cgan_k3", 1.5),
+                          ("pixelddpm", 3.0), ("pixelddpm_k3", 1.5),
                           ("aldm_scratch_k3", 3.0), ("ldm_nocontrolnet", 1.5), ("aldm_nocontrolnet_k3", 1.5)):
         run = Run(str(runs / name))
         assert run.info["budget"]["budget_s"] == seconds, name
@@ -81,8 +83,8 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
     assert not Run(str(runs / "aldm_nocontrolnet_k3")).profile.unet.controlnet
     assert not any(k.startswith("controlnet.") for k in Run(str(runs / "aldm_nocontrolnet_k3")).weights()["denoiser"])
     rows = {r["model"]: r for r in csv.DictReader(open(out / "table1.csv"))}
-    for name in ("CGAN", "ALDM (K=3, s=3)", "ALDM no pre-training (K=3, s=3)", "ALDM no ControlNet (K=3, s=3)",
-                 "ALDM zero-shot (s=3)"):
+    for name in ("CGAN", "Pixel DDPM (s=3)", "ALDM (K=3, s=3)", "ALDM no pre-training (K=3, s=3)",
+                 "ALDM no ControlNet (K=3, s=3)", "ALDM zero-shot (s=3)"):
         row = rows[name]
         assert float(row["Train s"]) > 0 and float(row["Params M"]) > 0 and float(row["Sample s/vol"]) > 0, name
         assert 0.0 <= float(row["copies % (held-out)"] or 0.0) <= 100.0, name
@@ -90,6 +92,12 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
     # the zero-shot row cost its VAE and source LDM; the adapted row those and its few-shot stage
     assert float(rows["ALDM (K=3, s=3)"]["Train s"]) > float(rows["ALDM zero-shot (s=3)"]["Train s"])
     assert float(rows["ALDM no ControlNet (K=3, s=3)"]["Params M"]) < float(rows["ALDM (K=3, s=3)"]["Params M"])
+    # the pixel DDPM's cell was sampled as a diffusion model: with the experiment's s, sampler and steps
+    pixel = json.load(open(out / "cells" / "pixelddpm_s3.json"))
+    assert pixel["s"] == 3.0 and float(rows["Pixel DDPM (s=3)"]["s"]) == 3.0
+    (sample,) = [d for d in os.listdir(pixel["samples"]) if os.path.isdir(os.path.join(pixel["samples"], d))][:1]
+    record = json.load(open(os.path.join(pixel["samples"], sample, "sample.json")))
+    assert (record["guidance"], record["steps"]) == (3.0, 3)
 
 
 def test_protocol_holds_out_the_few_shot_subjects(quick_demo):

@@ -15,6 +15,7 @@ from . import __version__
 from .conditions import CONDITIONS
 from .config import PRECISIONS
 from .errors import AldmError
+from .models.families import BASELINES, training_stage
 
 
 def _positive_int(text: str) -> int:
@@ -159,7 +160,7 @@ def _probe_subjects(args):
 
 # what a --profile given with --resume must agree on with the run's own config.json (the rest: the
 # run's settings, --steps / --seed / --precision overrides and probes, may differ)
-PROFILE_IDENTITY = ("name", "image_size", "condition", "vae", "unet", "diffusion", "baseline")
+PROFILE_IDENTITY = ("name", "image_size", "condition", "vae", "unet", "diffusion", "baseline", "pixel")
 
 
 def _resumed_profile(args):
@@ -203,7 +204,7 @@ def _cmd_train(args) -> int:
 
             profile = resumed or (get_profile(args.profile) if args.profile else (Run(args.init).profile if args.init
                                                                                   else get_profile("small")))
-            profile = _with_budget(profile, "train_baseline_fewshot" if args.init else "train_baseline", args.budget_s)
+            profile = _with_budget(profile, training_stage(args.model, bool(args.init)), args.budget_s)
             last = train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
                                   n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                                   resume=args.resume, dist_info=info, progress=not args.quiet,
@@ -430,10 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.required = True
     for stage, text in (("vae", "stage 1: the 3D VAE on the source cache"),
                         ("ldm", "stage 3 (--vae): source pre-training; stage 4 (--init --k): few-shot adaptation"),
-                        ("baseline", "CGAN / 3M-CGAN / VAE-GAN: source training, or few-shot with --init --k")):
+                        ("baseline", "CGAN / 3M-CGAN / VAE-GAN / pixel DDPM: source training, or few-shot with "
+                                     "--init --k")):
         sub = train_commands.add_parser(stage, help=text)
         if stage == "baseline":
-            sub.add_argument("model", choices=("cgan", "cgan3m", "vaegan"))
+            sub.add_argument("model", choices=BASELINES,
+                             help="cgan, cgan3m, vaegan (the paper's GANs) or pixelddpm (a pixel-space DDPM with the "
+                                  "condition concatenated to its input, as Med-DDPM)")
         sub.add_argument("--data", required=True, help="prepared cache (source subjects; target for --init)")
         sub.add_argument("--out", required=True, help="run directory")
         sub.add_argument("--profile", default=None,

@@ -175,6 +175,35 @@ class BaselineConfig:
             _number(self, name)
 
 
+PIXEL_LOSSES = ("l1", "mse")
+
+
+@dataclass
+class PixelDiffusionConfig:
+    """The pixel-space diffusion peer (issue 24), in the manner of Med-DDPM (Dorjsembe et al., "Conditional
+    Diffusion Models for Semantic 3D Brain MRI Synthesis", IEEE JBHI 2024): a 3D U-Net on the volume itself (no
+    VAE), the condition's control maps concatenated to x_t at its input, no ControlNet and no mask statistics.
+    The forward process, CFG dropout and samplers are ALDM's (``Profile.diffusion``); what it predicts and its
+    loss are its own: Med-DDPM predicts the noise with an L1 loss."""
+    channels: tuple = (32, 64, 128, 256)  # U-Net widths at S, S/2, S/4, S/8 (one level per width)
+    res_blocks: int = 1
+    groups: int = 8
+    time_dim: int = 128
+    prediction: str = "epsilon"  # or "v", as DiffusionConfig.prediction
+    loss: str = "l1"  # "l1" (Med-DDPM) or "mse"
+
+    def __post_init__(self):
+        """Refuse widths the U-Net cannot build, an unknown prediction or loss."""
+        for name in ("res_blocks", "groups", "time_dim"):
+            _whole(self, name)
+        _widths(self, "channels", self.groups)
+        if self.prediction not in PREDICTIONS:
+            raise AldmError(f"PixelDiffusionConfig.prediction must be one of {', '.join(PREDICTIONS)}, got "
+                            f"{self.prediction!r}")
+        if self.loss not in PIXEL_LOSSES:
+            raise AldmError(f"PixelDiffusionConfig.loss must be one of {', '.join(PIXEL_LOSSES)}, got {self.loss!r}")
+
+
 @dataclass
 class TrainConfig:
     """One training stage: length, batch, AdamW, warm-up, clipping, accumulation, EMA, precision,
@@ -237,6 +266,9 @@ class Profile:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     train_baseline: TrainConfig = field(default_factory=TrainConfig)
     train_baseline_fewshot: TrainConfig = field(default_factory=TrainConfig)
+    pixel: PixelDiffusionConfig = field(default_factory=PixelDiffusionConfig)
+    train_pixel: TrainConfig = field(default_factory=TrainConfig)
+    train_pixel_fewshot: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
         """Refuse an image size the networks cannot take: the VAE downsamples by 4 and the U-Net's latent by
@@ -287,6 +319,9 @@ class Profile:
             baseline=build(BaselineConfig, data.get("baseline", {})),
             train_baseline=build(TrainConfig, data.get("train_baseline", {})),
             train_baseline_fewshot=build(TrainConfig, data.get("train_baseline_fewshot", {})),
+            pixel=build(PixelDiffusionConfig, data.get("pixel", {})),
+            train_pixel=build(TrainConfig, data.get("train_pixel", {})),
+            train_pixel_fewshot=build(TrainConfig, data.get("train_pixel_fewshot", {})),
         )
 
     def save(self, path: str) -> None:
@@ -318,6 +353,9 @@ def paper() -> Profile:
         train_fewshot=TrainConfig(steps=5000, lr=5e-5, warmup_steps=100, checkpoint_every=500),
         train_baseline=TrainConfig(steps=40000, lr=2e-4, warmup_steps=0, ema_decay=0.999),
         train_baseline_fewshot=TrainConfig(steps=3000, lr=1e-4, warmup_steps=0, checkpoint_every=500),
+        # the pixel DDPM peer trains as the LDM does (not part of the paper)
+        train_pixel=TrainConfig(steps=100000, lr=1e-4, warmup_steps=1000),
+        train_pixel_fewshot=TrainConfig(steps=5000, lr=5e-5, warmup_steps=100, checkpoint_every=500),
     )
 
 
@@ -337,7 +375,8 @@ def gpu() -> Profile:
         base, name="gpu", vae=dataclasses.replace(base.vae, train_crop=64),
         diffusion=dataclasses.replace(base.diffusion, prediction="v"),
         **{stage: warm(getattr(base, stage)) for stage in ("train_vae", "train_ldm", "train_fewshot", "train_baseline",
-                                                           "train_baseline_fewshot")})
+                                                           "train_baseline_fewshot", "train_pixel",
+                                                           "train_pixel_fewshot")})
 
 
 def small() -> Profile:
@@ -361,6 +400,11 @@ def small() -> Profile:
         baseline=BaselineConfig(gen_channels=(16, 32, 64), gen_res_blocks=1, disc_channels=(16, 32, 64)),
         train_baseline=train(steps=200, batch_size=2, lr=2e-4, warmup_steps=0, checkpoint_every=100),
         train_baseline_fewshot=train(steps=60, batch_size=2, lr=1e-4, warmup_steps=0, checkpoint_every=30),
+        # the pixel DDPM peer: a U-Net at 64/32/16/8 on whole volumes, trained as the LDM's stages are but on
+        # batches of 1 (a step at 64^3 costs ~1.8 s per volume on 2 CPU cores: more updates per second)
+        pixel=PixelDiffusionConfig(channels=(16, 32, 64, 64)),
+        train_pixel=train(steps=800, batch_size=1, lr=1e-3, warmup_steps=20, checkpoint_every=100),
+        train_pixel_fewshot=train(steps=150, batch_size=1, lr=3e-4, warmup_steps=10, checkpoint_every=50),
     )
 
 
@@ -384,6 +428,9 @@ def tiny() -> Profile:
                                 disc_channels=(8, 16, 16)),
         train_baseline=train(steps=4, lr=2e-4, warmup_steps=0),
         train_baseline_fewshot=train(steps=4, lr=2e-4, warmup_steps=0),
+        pixel=PixelDiffusionConfig(channels=(8, 16, 16), groups=4, time_dim=32),
+        train_pixel=train(steps=4, lr=1e-3, warmup_steps=1),
+        train_pixel_fewshot=train(steps=4, lr=1e-3, warmup_steps=1),
     )
 
 

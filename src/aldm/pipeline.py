@@ -25,6 +25,8 @@ from .diffusion.settings import GenerationSettings
 from .errors import AldmError
 from .modalities import DEFAULT_MODALITIES
 from .models.baselines.generator import BaselineGenerator
+from .models.families import PIXEL_DDPM
+from .models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_config
 from .models.unet import ConditionalDenoiser
 from .models.vae import frozen_vae
 from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
@@ -124,30 +126,95 @@ class ALDMPipeline:
         control = condition_control(m, self.condition, s, b).to(self.device)
         stats = condition_statistics(m, self.condition, b).to(self.device)
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
-        z_T = initial_noise(shape, generators, self.device)
-
-        total_steps = settings.steps
-        calls = [0]
-
-        with autocast(self.device, self.precision):
-            guided = GuidedNoise(self._denoiser(), control, stats, settings.guidance)
-
-        def eps_fn(z, t):
-            with autocast(self.device, self.precision):
-                out = guided(z, t).float()
-            eps = self.schedule.as_noise(out, z, t)  # samplers take eps, whatever the denoiser predicts
-            calls[0] += 1
-            if step_callback is not None:
-                step_callback(calls[0], total_steps)
-            return eps
-
-        z0 = run_sampler(settings.sampler, eps_fn, self.schedule, z_T, settings.steps, generators, progress)
+        z0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
+                               self.device, self.precision, progress, step_callback)
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
         with autocast(self.device, self.precision):
             decoded = self.vae.decode(latent_cl, slab=self.decode_slab)
         image = decoded.float().clamp(-1, 1)
         return {"image": image.contiguous().cpu(), "latent": latent.cpu()}
+
+
+def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, control: torch.Tensor,
+                      stats: torch.Tensor, shape: tuple, settings: GenerationSettings, generators: list,
+                      device: torch.device, precision: str, progress: bool = False, step_callback=None) -> torch.Tensor:
+    """x_0 (``shape``) from x_T ~ N(0, I) by ``settings``' sampler with classifier-free guidance (Eq. 3.8) on the
+    condition (``control`` (B, 3 M, ...), ``stats`` (B, stats_dim)): the sampling loop of every diffusion model
+    here (ALDM's latents, the pixel DDPM's volumes). The denoiser runs under ``precision``'s autocast, the
+    samplers' arithmetic in fp32; ``step_callback(step, steps)`` after each guided evaluation."""
+    x_T = initial_noise(shape, generators, device)
+    calls = [0]
+    with autocast(device, precision):
+        guided = GuidedNoise(denoiser, control, stats, settings.guidance)
+
+    def eps_fn(x, t):
+        with autocast(device, precision):
+            out = guided(x, t).float()
+        eps = schedule.as_noise(out, x, t)  # samplers take eps, whatever the denoiser predicts
+        calls[0] += 1
+        if step_callback is not None:
+            step_callback(calls[0], settings.steps)
+        return eps
+
+    return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
+
+
+class PixelDiffusionPipeline:
+    """The same call as :class:`ALDMPipeline` for a pixel DDPM run (:mod:`aldm.models.pixel_ddpm`): reverse
+    diffusion on the volume itself, the control maps at full resolution concatenated to x_t, the same
+    samplers and guidance; no VAE."""
+
+    kind = PIXEL_DDPM
+
+    def __init__(self, profile: Profile, denoiser: ConditionalDenoiser, device="cpu", info: dict | None = None,
+                 model_hash: str = "", precision: str = "auto", modalities=DEFAULT_MODALITIES):
+        if precision not in PRECISIONS:
+            raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.profile = profile
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self._bf16_denoiser = None
+        self.schedule = NoiseSchedule(pixel_diffusion_config(profile))
+        self.info = info or {}
+        self.model_hash = model_hash
+        self.modalities = tuple(modalities)
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str, device=None, precision: str = "auto") -> PixelDiffusionPipeline:
+        """The pipeline of a finished pixel DDPM run (``device`` None: CUDA when available)."""
+        run = Run(run_dir).require_generator()
+        if run.kind != PIXEL_DDPM:
+            raise AldmError(f"{run_dir}: a {run.kind} run; load it with load_pipeline")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        denoiser = pixel_denoiser(run.profile)
+        _load_state(denoiser, run.weights(), "denoiser", run)
+        return cls(run.profile, denoiser, device, run.info, run.weights_hash(), precision, run.modalities)
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks a sample passes through: the denoiser."""
+        return [self.denoiser]
+
+    validate = ALDMPipeline.validate
+    _denoiser = ALDMPipeline._denoiser
+    condition = ALDMPipeline.condition
+
+    @torch.inference_mode()
+    def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
+                 step_callback=None, brain=None) -> dict:
+        """One volume per mask (arguments as :meth:`ALDMPipeline.__call__`); returns {'image': (B, C, S, S, S)
+        float32 in [-1, 1]}."""
+        settings = self.validate(settings or GenerationSettings())
+        m, b = _check_condition(masks, brain, self.profile)
+        generators = _generators(settings.seed if generator is None else generator, m.shape[0])
+        control = condition_control(m, self.condition, None, b).to(self.device)
+        stats = null_statistics(m.shape[0], control)
+        size = self.profile.image_size
+        shape = (m.shape[0], self.profile.vae.in_channels, size, size, size)
+        x0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
+                               self.device, self.precision, progress, step_callback)
+        return {"image": x0.float().clamp(-1, 1).contiguous().cpu()}
 
 
 class BaselinePipeline:
@@ -210,11 +277,14 @@ def parameter_count(pipeline) -> int:
 
 
 def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: str = "auto"):
-    """The generation pipeline of any finished run that can generate (ALDM or a baseline);
-    ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (ALDM only: a baseline is one fp32
+    """The generation pipeline of any finished run that can generate (ALDM, the pixel DDPM or a GAN);
+    ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (``decode_slab`` ALDM only; a GAN is one fp32
     generator pass)."""
-    if Run(run_dir).require_generator().kind == "aldm":
+    kind = Run(run_dir).require_generator().kind
+    if kind == "aldm":
         return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
+    if kind == PIXEL_DDPM:
+        return PixelDiffusionPipeline.from_pretrained(run_dir, device, precision)
     return BaselinePipeline.from_pretrained(run_dir, device)
 
 

@@ -66,8 +66,11 @@ class GenerationSettings:
         return replace(self, steps=steps)
 
     def recorded(self, kind: str) -> dict:
-        """What a sample of a model of ``kind`` records of these settings: ALDM the guidance, sampler and
-        steps; a baseline none of them (guidance and steps null, sampler "not applicable")."""
-        if kind == "aldm":
+        """What a sample of a model of ``kind`` records of these settings: a diffusion model (ALDM, the pixel
+        DDPM) the guidance, sampler and steps; a GAN none of them (guidance and steps null, sampler "not
+        applicable")."""
+        from ..models.families import is_diffusion
+
+        if is_diffusion(kind):
             return {"guidance": self.guidance, "sampler": self.sampler, "steps": self.steps}
         return {"guidance": None, "sampler": NOT_APPLICABLE, "steps": None}

@@ -25,11 +25,11 @@ from ..errors import AldmError
 from ..evaluators.classifier import TASKS
 from ..evaluators.segmentation_protocols import SegmentationSettings
 from ..generate import generate
-from ..models.baselines.generator import BASELINE_NAMES
+from ..models.families import BASELINE_NAMES, training_stage
 from ..train.baselines import train_baseline
 from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
-STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot")
+STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot")
 ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
 
 
@@ -44,6 +44,8 @@ class ExperimentConfig:
     condition: str = "mask"  # what ALDM and the baselines are conditioned on (aldm.conditions)
     k: list = field(default_factory=lambda: [10, 16])
     guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
+    # comparison models (aldm.models.families): the paper's GANs by default; "pixelddpm" adds the pixel-space
+    # diffusion peer (Med-DDPM's manner), sampled with the experiment's sampler at the largest s
     baselines: list = field(default_factory=lambda: ["cgan", "cgan3m", "vaegan"])
     n_test: int = MAX_TEST_PATIENTS
     seed: int = 0
@@ -62,7 +64,8 @@ class ExperimentConfig:
     segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
     segmenter_width: int = 8
     mask_swap_pairs: int = 3  # same seed, two held-out masks: where the difference lies (0: skip)
-    steps: dict = field(default_factory=dict)  # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot
+    # optional overrides: vae, ldm, fewshot, baseline, baseline_fewshot (the GANs), pixel, pixel_fewshot (pixel DDPM)
+    steps: dict = field(default_factory=dict)
     # compute parity (instead of "steps"): seconds of training for every model, {"source": S, "fewshot": F} and
     # optionally "vae_share" (ALDM's VAE gets that share of S, its LDM the rest; default 0.5); each stage fits
     # its steps to its seconds on this machine (aldm.train.budget)
@@ -179,7 +182,8 @@ def with_budgets(profile, budget: dict):
         return profile
     share, source, fewshot = budget.get("vae_share", 0.5), float(budget["source"]), float(budget["fewshot"])
     seconds = {"train_vae": share * source, "train_ldm": (1 - share) * source, "train_fewshot": fewshot,
-               "train_baseline": source, "train_baseline_fewshot": fewshot}
+               "train_baseline": source, "train_baseline_fewshot": fewshot, "train_pixel": source,
+               "train_pixel_fewshot": fewshot}
     for stage, s in seconds.items():
         profile = with_budget(profile, stage, s)
     return profile
@@ -305,15 +309,16 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     for b in cfg.baselines:
         src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
         runs[b] = few
+        key = training_stage(b, False).removeprefix("train_")  # "baseline" (a GAN) or "pixel"
         if not finished(src):
             log(f"baseline {b}: source training")
-            train_baseline(b, cfg.source_cache, src, profile, steps=steps.get("baseline"),
+            train_baseline(b, cfg.source_cache, src, profile, steps=steps.get(key),
                            seed=cfg.seed, resume=started(src), progress=progress)
         if not finished(few):
             log(f"baseline {b}: few-shot K={k_max}")
             train_baseline(b, cfg.target_cache, few, profile, init_run=src,
                            split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
-                           steps=steps.get("baseline_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
+                           steps=steps.get(f"{key}_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
     return runs
 
 

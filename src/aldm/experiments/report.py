@@ -146,7 +146,8 @@ def figure2(rows: list[dict], path: str) -> None:
 
 def figure3(rows: list[dict], k_max: int, path: str) -> None:
     """Guidance sensitivity at K = max(K)."""
-    aldm = sorted([r for r in rows if str(r["model"]).startswith("ALDM") and r["K"] == k_max], key=lambda r: r["s"])
+    # the main rows "ALDM (K=.., s=..)" only: the ablations share K and s with one of them
+    aldm = sorted([r for r in rows if str(r["model"]).startswith("ALDM (K=") and r["K"] == k_max], key=lambda r: r["s"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     s = [r["s"] for r in aldm]
     for m in ("SSIM 2D", "TRTS AUC", "TRTS BAcc"):

@@ -40,7 +40,7 @@ from ..evaluators.segmenter import BRATS, WHOLE_TUMOUR, SegmenterConfig, region_
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
-from ..models.baselines.generator import BASELINE_NAMES
+from ..models.families import BASELINE_NAMES, is_diffusion
 from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
 from .table1 import write_table1_report
 
@@ -68,7 +68,7 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
         log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks",
             "segmentation")
         generate(run, folder, n=n_max, masks=f"appendix:{cfg.target_cache}", subjects=shots,
-                 settings=generation_settings(cfg, guidance if g == "aldm" else None, cfg.seed + 2000),
+                 settings=generation_settings(cfg, guidance if is_diffusion(g) else None, cfg.seed + 2000),
                  progress=progress, native=False)
         samples = sorted(load_synthetic(folder), key=lambda r: int(r["index"]))
         out[g] = [s for s in samples if int(s["index"]) < n_max]

@@ -33,7 +33,7 @@ from ..evaluators.classifier import ClassifierConfig, cross_validate
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
-from ..models.baselines.generator import BASELINE_NAMES
+from ..models.families import BASELINE_NAMES, is_diffusion
 from ..pipeline import load_pipeline, parameter_count
 from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
 
@@ -46,7 +46,9 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
     the largest s (as the paper's ablations), then the ablations of ``cfg.ablations`` at max(K) and s."""
     k_max, s_max = max(cfg.k), max(cfg.guidance)
-    rows = [{"name": f"{BASELINE_NAMES[b]}", "model": b, "k": k_max, "s": None} for b in cfg.baselines]
+    # a diffusion peer (the pixel DDPM) is sampled as ALDM is, at the largest s; a GAN takes no s
+    rows = [{"name": f"{BASELINE_NAMES[b]} (s={s_max:g})", "model": b, "k": k_max, "s": s_max} if is_diffusion(b)
+            else {"name": BASELINE_NAMES[b], "model": b, "k": k_max, "s": None} for b in cfg.baselines]
     rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]

@@ -45,6 +45,7 @@ from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSettings
 from ..errors import AldmError
 from ..modalities import KNOWN_MODALITIES, volume_files
+from ..models.families import is_diffusion
 from .guard import LOCAL_HOSTS, RequestGuard, page_policy
 from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
@@ -232,7 +233,7 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
         if entry is None:
             raise HTTPException(404, "unknown model; GET /api/models lists them")
         params = request.model_dump()
-        if entry.kind != "aldm":
+        if not is_diffusion(entry.kind):
             params.update(GenerationSettings().recorded(entry.kind))  # one generator pass: none of them applies
         else:
             try:

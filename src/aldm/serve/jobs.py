@@ -37,6 +37,7 @@ from ..errors import AldmError
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
+from ..models.families import is_diffusion
 from .models import ModelEntry, PipelineSlot
 
 JOB_FILE = "job.json"
@@ -286,8 +287,8 @@ class JobQueue:
                 with self._cond:
                     self._save(job)
 
-        settings = GenerationSettings(seed=job["seed"])  # a baseline: only the seed applies
-        if entry.kind == "aldm":
+        settings = GenerationSettings(seed=job["seed"])  # a GAN: only the seed applies
+        if is_diffusion(entry.kind):
             settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
                                           seed=job["seed"])
         generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=f"appendix:{entry.data}", settings=settings,

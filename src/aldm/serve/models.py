@@ -21,7 +21,7 @@ from ..artifacts.run import Run
 from ..diffusion.samplers import SAMPLERS
 from ..errors import AldmError
 from ..modalities import file_stems
-from ..models.baselines.generator import BASELINE_NAMES
+from ..models.families import BASELINE_NAMES, is_diffusion
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def describe_model(run_dir: str, model_id: str, data_override: str | None = None
         id=model_id, path=os.path.abspath(run_dir), stage=run.stage, kind=kind,
         domain="target" if run.fewshot else "source",
         label=f"{where} - {name}", image_size=profile.image_size, timesteps=profile.diffusion.timesteps,
-        samplers=SAMPLERS if kind == "aldm" else ("none",), modalities=file_stems(run.modalities),
+        samplers=SAMPLERS if is_diffusion(kind) else ("none",), modalities=file_stems(run.modalities),
         data=os.path.abspath(data) if data else "", k=k,
     )
 

@@ -34,6 +34,8 @@ from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
+from ..models.families import BASELINES as ALL_BASELINES
+from ..models.families import PIXEL_DDPM
 from ..models.vae import kl_divergence
 from .budget import fit_to_budget
 from .stages import FewShot, _override, inherit_condition, open_run, with_cache_channels
@@ -153,17 +155,31 @@ def _load_images(cache: str, rows: list[dict], condition: str) -> dict:
     return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
 
 
-@writes_folder("run_dir", "run")
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,
                    dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None,
                    condition: str | None = None) -> dict:
-    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a baseline;
-    ``condition`` (source training; None: the profile's): what it is conditioned on (:mod:`aldm.conditions`),
-    few-shot keeps its source run's."""
+    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a comparison model: a GAN
+    (here) or the pixel DDPM (:func:`aldm.train.pixel_diffusion.train_pixel_ddpm`); ``condition`` (source
+    training; None: the profile's): what it is conditioned on (:mod:`aldm.conditions`), few-shot keeps its
+    source run's."""
+    if kind == PIXEL_DDPM:
+        from .pixel_diffusion import train_pixel_ddpm
+
+        return train_pixel_ddpm(cache, run_dir, profile, init_run, k, n_test, split_path, steps, seed, resume,
+                                dist_info, progress, precision, condition)
     if kind not in BASELINES:
-        raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+        raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(ALL_BASELINES)}")
+    return _train_gan(kind, cache, run_dir, profile, init_run, k, n_test, split_path, steps, seed, resume,
+                      dist_info, progress, precision, condition)
+
+
+@writes_folder("run_dir", "run")
+def _train_gan(kind: str, cache: str, run_dir: str, profile: Profile | None, init_run: str | None, k: int | None,
+               n_test: int | None, split_path: str | None, steps: int | None, seed: int | None, resume: bool,
+               dist_info: DistInfo | None, progress: bool, precision: str | None, condition: str | None) -> dict:
+    """:func:`train_baseline` of a GAN."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
     parent = None

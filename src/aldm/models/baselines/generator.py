@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from ...conditions import control_channel_count
 from ...config import Profile
+from ..families import GANS
 from ..vae import VAE3D
 from .networks import Generator3D
 
-BASELINES = ("cgan", "cgan3m", "vaegan")
-BASELINE_NAMES = {"cgan": "CGAN", "cgan3m": "3M-CGAN", "vaegan": "VAE-GAN"}
+BASELINES = GANS  # the GANs, whose sampling side this module is
 
 
 class BaselineGenerator(nn.Module):
