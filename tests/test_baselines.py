@@ -106,3 +106,24 @@ def test_same_noise_gives_same_volume_in_any_batch(baseline_runs):
     both = pipe(masks, generator=[7, 8])["image"]
     single = pipe(masks[1:], generator=[8])["image"]
     assert np.allclose(both[1].numpy(), single[0].numpy(), atol=1e-5)
+
+
+def test_coordinates_give_the_generator_absolute_position():
+    """With ``baseline.coordinates`` the generator knows where a voxel is (CoordConv): given no mask and no
+    noise, its output varies in the middle of a 64^3 volume, beyond the reach of the borders; without, the
+    middle is one constant (zero padding is its only cue to position, hence the GANs' "boxes")."""
+    from dataclasses import replace
+
+    from aldm.models.baselines.networks import Generator3D, coordinate_channels
+
+    grid = coordinate_channels(torch.zeros(1, 1, 4, 5, 6))
+    assert grid.shape == (1, 3, 4, 5, 6) and float(grid[0, 0, 0, 0, 0]) == -1.0 and float(grid[0, 2, 0, 0, -1]) == 1.0
+    cfg = tiny().baseline
+    spread = {}
+    for coordinates in (False, True):
+        torch.manual_seed(0)
+        g = Generator3D(replace(cfg, coordinates=coordinates)).eval()
+        with torch.no_grad():
+            out = g(torch.zeros(1, 3, 64, 64, 64), torch.zeros(1), torch.zeros(1, cfg.noise_channels, 16, 16, 16))
+        spread[coordinates] = float(out[0, :, 28:36, 28:36, 28:36].std(dim=(1, 2, 3)).max())  # over space
+    assert spread[False] < 1e-5 < 1e-3 < spread[True]

@@ -153,3 +153,23 @@ def test_ablation_rows_join_table1_when_asked():
     assert len({c["id"] for c in cells(asked)}) == len(cells(asked))
     with pytest.raises(AldmError, match='"ablations".*no-attention'):
         ExperimentConfig(source_cache="s", target_cache="t", out="o", ablations=["no-attention"])
+
+
+def test_few_shot_selection_probes_pool_patients_never_test_ones():
+    """``select_fewshot`` (issue 24 item 5): ALDM's few-shot stages select on up to 4 pool patients with
+    ``select_by_probe``; it needs probes, and a split with no pool patient is one clear error."""
+    from aldm.config import small
+    from aldm.errors import AldmError
+    from aldm.experiments.common import ExperimentConfig, fewshot_selection
+
+    with pytest.raises(AldmError, match='"select_fewshot".*"probe_every"'):
+        ExperimentConfig(source_cache="s", target_cache="t", out="o", select_fewshot=True)
+    cfg = ExperimentConfig(source_cache="s", target_cache="t", out="o", k=[2], select_fewshot=True, probe_every=5)
+    split = {"k_shot": ["a", "b"], "test": ["c", "d"], "pool": ["e", "f", "g", "h", "i"]}
+    profile, probe = fewshot_selection(cfg, {2: split}, small(), None)
+    assert profile.train_fewshot.select_by_probe and not profile.train_ldm.select_by_probe
+    assert probe.subjects == ["e", "f", "g", "h"] and not set(probe.subjects) & set(split["test"] + split["k_shot"])
+    assert fewshot_selection(ExperimentConfig(source_cache="s", target_cache="t", out="o"), {2: split}, small(),
+                             None) == (small(), None)
+    with pytest.raises(AldmError, match="no pool patient"):
+        fewshot_selection(cfg, {2: {**split, "pool": []}}, small(), None)

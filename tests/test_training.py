@@ -363,3 +363,77 @@ def test_the_no_pretraining_ablation_starts_from_random_weights_not_the_source_m
                                               Run(str(tmp_path / "adapted")).lineage()] == ["adapted", "source", "vae"]
     with pytest.raises(AldmError, match="needs --init"):
         train_ldm(cache, str(tmp_path / "bad"), vae_run=tiny_runs["vae"], from_scratch=True, steps=1, progress=False)
+
+
+class _Quadratic(torch.nn.Module):
+    """A toy task: w moves toward the batch every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, batch, step, total):
+        return ((self.w - batch) ** 2).sum(), {}
+
+
+def _scripted_probe(values: dict, seen: dict):
+    """A probe whose selection figure at step s is ``values[s]``; it records the EMA weights it saw."""
+    def probe(task, step):
+        seen[step] = task.w.detach().clone()
+        return {"mse_mean": values[step]}
+
+    probe.selection = "mse_mean"
+    return probe
+
+
+def test_select_by_probe_keeps_the_best_probed_weights_and_resume_selects_the_same(tmp_path):
+    """Checkpoint selection (issue 24 item 5): the stage keeps the EMA weights of the probed step with the lowest
+    held-out figure (step 4 here), not the last; a run resumed from a checkpoint after that step keeps them too."""
+    values, seen = {2: 1.0, 4: 0.5, 6: 0.8, 8: 0.9}, {}
+    cfg = TrainConfig(steps=8, lr=0.1, warmup_steps=1, checkpoint_every=3, log_every=1, probe_every=2,
+                      select_by_probe=True, ema_decay=0.5)
+    straight = Trainer(_Quadratic(), lambda step, rank: torch.ones(3), cfg, str(tmp_path / "a"), progress=False,
+                       probe=_scripted_probe(values, seen))
+    os.makedirs(tmp_path / "a")
+    straight.run()
+    assert straight.selected == {"step": 4, "by": "mse_mean", "value": 0.5}
+    chosen = straight.selected_task().w
+    assert torch.equal(chosen, seen[4]) and not torch.equal(chosen, straight.ema.shadow.w)
+    # killed after the checkpoint of step 6 (the selection of step 4 inside it), resumed in a copy of the folder
+    os.makedirs(tmp_path / "b")
+    shutil.copy(tmp_path / "a" / "checkpoint-prev.pt", tmp_path / "b" / "checkpoint.pt")
+    shutil.copy(tmp_path / "a" / "selected.pt", tmp_path / "b" / "selected.pt")
+    resumed = Trainer(_Quadratic(), lambda step, rank: torch.ones(3), cfg, str(tmp_path / "b"), progress=False,
+                      probe=_scripted_probe(values, {}))
+    resumed.resume()
+    assert resumed.step == 6
+    resumed.run()
+    assert resumed.selected == straight.selected and torch.equal(resumed.selected_task().w, chosen)
+    # without a probe that names its selection figure, the setting is refused before any training
+    with pytest.raises(AldmError, match="select_by_probe needs a held-out probe"):
+        Trainer(_Quadratic(), lambda step, rank: torch.ones(3), cfg, str(tmp_path / "c"), progress=False)
+
+
+def test_a_selecting_few_shot_stage_records_its_choice(prepared_cache, tiny_runs, tmp_path):
+    """A few-shot LDM stage with select_by_probe saves the weights of its recorded best probed step."""
+    from aldm.artifacts.run import Run
+    from aldm.io.checkpoint import load_checkpoint
+    from aldm.train.stages import ProbeSubjects
+
+    cache = str(prepared_cache)
+    profile = tiny()
+    profile = dataclasses.replace(profile, train_fewshot=dataclasses.replace(profile.train_fewshot, probe_every=1,
+                                                                            select_by_probe=True))
+    split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
+    run_dir = str(tmp_path / "selected")
+    train_ldm(cache, run_dir, profile, init_run=tiny_runs["ldm"], split_path=os.path.join(tiny_runs["fewshot"],
+                                                                                        "split.json"),
+              progress=False, probe=ProbeSubjects(cache, split["test"][:1]))
+    run = Run(run_dir)
+    chosen = run.info["selected"]
+    with open(run.file("probe.csv"), newline="") as fh:
+        figures = {int(r["step"]): float(r["mse_mean"]) for r in csv.DictReader(fh)}
+    assert chosen["step"] == min(figures, key=figures.get) and chosen["by"] == "mse_mean"
+    selected = load_checkpoint(run.file("selected.pt"))
+    assert _equal_state(run.weights()["denoiser"], {k.removeprefix("denoiser."): v for k, v in selected.items()
+                                                    if k.startswith("denoiser.")})

@@ -142,7 +142,8 @@ def _finite_float(text: str) -> float:
 
 def _probe_subjects(args):
     """The held-out probe of ``aldm train --probe-every``: --probe-subjects of --probe-data (default
-    --data), or 2 test subjects of the few-shot split (--split, or the run's own when resuming)."""
+    --data), or of the few-shot split (--split, or the run's own when resuming) 2 test subjects — or, with
+    --select-by-probe, up to 4 pool subjects (weights chosen on test patients would be tuned to the test)."""
     from .artifacts.run import Run
     from .artifacts.split import load_split
     from .train.stages import ProbeSubjects
@@ -154,7 +155,11 @@ def _probe_subjects(args):
         split_path = args.split or (Run(args.out).split_path if args.resume else None)
         if not split_path or not os.path.exists(split_path):
             raise AldmError("--probe-every needs --probe-subjects (held-out subjects), or a few-shot --split")
-        subjects = load_split(split_path)["test"][:2]
+        split = load_split(split_path)
+        subjects = split["pool"][:4] if getattr(args, "select_by_probe", False) else split["test"][:2]
+        if not subjects:
+            raise AldmError(f"{split_path}: no pool subject (neither few-shot nor test) to select on; give "
+                            "--probe-subjects")
     return ProbeSubjects(args.probe_data or args.data, list(subjects))
 
 
@@ -220,6 +225,13 @@ def _cmd_train(args) -> int:
                                                                                   else None))
             profile = _with_budget(profile, "train_fewshot" if args.init else "train_ldm", args.budget_s)
             profile = with_probe_every(profile, args.probe_every)
+            if args.select_by_probe:
+                from dataclasses import replace
+
+                if not args.probe_every:
+                    raise AldmError("--select-by-probe needs --probe-every N (the held-out probe it selects by)")
+                stage = "train_fewshot" if args.init else "train_ldm"
+                profile = replace(profile, **{stage: replace(getattr(profile, stage), select_by_probe=True)})
             last = train_ldm(args.data, args.out, profile, vae_run=args.vae, init_run=args.init, k=args.k,
                              n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
                              resume=args.resume, dist_info=info, progress=not args.quiet,
@@ -473,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "regions (the BraTS regions WT/TC/ET of the label map) or regions+brain (and the "
                                   "brain mask); default mask, or the source run's for few-shot")
         if stage == "ldm":
+            sub.add_argument("--select-by-probe", action="store_true",
+                             help="with --probe-every: keep the EMA weights of the probed step with the lowest "
+                                  "held-out noise error instead of the last (few-shot: probed on up to 4 pool patients "
+                                  "of the split unless --probe-subjects)")
             sub.add_argument("--from-scratch", action="store_true",
                              help="with --init: train the few-shot stage from random weights (the source run gives "
                                   "only its VAE): the no-pre-training ablation")
@@ -494,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--batch-size", type=_positive_int, default=4)
     gen.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="ALDM: auto = bf16 autocast where the GPU or CPU computes bf16 natively (CUDA, "
-                          "AMX / AVX512-BF16), else fp32")
+                     help="ALDM and the pixel DDPM: auto = bf16 autocast where the GPU or CPU computes bf16 "
+                          "natively (CUDA, AMX / AVX512-BF16), else fp32")
     gen.add_argument("--decode-slab", type=_non_negative_int, default=0, metavar="PLANES",
                      help="ALDM: VAE-decode the full-resolution stage in depth slabs of PLANES planes (same volumes, "
                           "about half the decoder's peak memory, a little slower; 0 = whole volume)")

@@ -164,6 +164,10 @@ class BaselineConfig:
     vaegan_kl: float = 1e-3
     diffaugment: bool = True  # translation + intensity augmentation of D's inputs in the few-shot stage
     adam_betas: tuple = (0.5, 0.999)
+    # the generator also takes the voxel coordinates (x, y, z in [-1, 1]; CoordConv, Liu et al. 2018) beside the
+    # control maps, so it can place the anatomy of registered volumes where it is, not only near the borders
+    # and the mask; False = the control maps alone (the paper's baselines)
+    coordinates: bool = False
 
     def __post_init__(self):
         """Refuse widths or weights that cannot build or train the baselines."""
@@ -220,6 +224,10 @@ class TrainConfig:
     # averaged weights are not dominated by the initial ones; False = a constant decay
     ema_warmup: bool = False
     probe_every: int = 0  # held-out probe (reconstruction / loss per timestep band) every N steps; 0 = off
+    # with a probe that names a selection figure (the LDM's: its mean held-out noise error): the stage keeps the
+    # EMA weights of the probed step where that figure was lowest instead of the last (checkpoint selection on
+    # held-out patients, against a few-shot stage that learns its K patients by heart); False = the last
+    select_by_probe: bool = False
     # "auto": bf16 autocast where the device trains correctly in bf16 (CUDA, AMX CPUs; aldm.precision),
     # else fp32; "fp32" or "bf16" force one. Older runs' "mixed_precision": true/false read as auto/fp32.
     precision: str = "auto"

@@ -52,6 +52,7 @@ METRICS = "metrics.csv"
 PROBE = "probe.csv"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
+SELECTED = "selected.pt"  # the EMA weights of the best probed step (TrainConfig.select_by_probe)
 
 STAGES = ("vae", "ldm", "fewshot", "baseline", "segmenter")
 GENERATING_STAGES = ("ldm", "fewshot", "baseline")

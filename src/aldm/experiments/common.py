@@ -61,6 +61,10 @@ class ExperimentConfig:
     diversity_pairs: int = 100
     figure4_snapshots: int = 3
     probe_every: int = 0  # held-out learning probes of the ALDM stages every N steps (probe.csv; 0: none)
+    # ALDM's few-shot stages keep the EMA weights of their best held-out probe (every probe_every steps, on up to
+    # 4 pool patients: neither few-shot nor test) instead of the last (TrainConfig.select_by_probe); needs
+    # probe_every and a non-empty pool
+    select_fewshot: bool = False
     segmenter_steps: int = 300  # the mask-adherence segmenter (0: no mask Dice)
     segmenter_width: int = 8
     mask_swap_pairs: int = 3  # same seed, two held-out masks: where the difference lies (0: skip)
@@ -125,6 +129,8 @@ class ExperimentConfig:
         bad = [a for a in self.ablations if a not in ABLATIONS] if isinstance(self.ablations, list) else [0]
         if bad:
             raise AldmError(f'"ablations": unknown ablation(s) {bad}; choose from {", ".join(ABLATIONS)}')
+        if self.select_fewshot and not self.probe_every:
+            raise AldmError('"select_fewshot": selecting by the held-out probe needs "probe_every" > 0')
         if self.budget_s and self.steps:
             raise AldmError('"budget_s" and "steps" both set: give the stages seconds or steps, not both')
         SegmentationSettings.from_dict(self.segmentation, '"segmentation"')
@@ -244,6 +250,8 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
         profile = with_probe_every(profile, cfg.probe_every)
         probe = ProbeSubjects(cfg.target_cache, splits[max(cfg.k)]["test"][:2])  # held out from every stage
     steps = cfg.steps or {}
+    # the few-shot stages: probed (and, with select_fewshot, selected) on pool patients, never on test ones
+    fewshot_profile, fewshot_probe = fewshot_selection(cfg, splits, profile, probe)
     runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
     if not finished(runs["vae"]):
         log("stage 1: VAE")
@@ -271,8 +279,8 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
             if target is not None and os.path.exists(snapshot(target)):
                 continue
             # LDM losses do not depend on the total length, so chunked training equals one run
-            train_ldm(cfg.target_cache, run, profile, init_run=runs["ldm"], split_path=split_path,
-                      steps=target, seed=cfg.seed, resume=started(run), progress=progress, probe=probe)
+            train_ldm(cfg.target_cache, run, fewshot_profile, init_run=runs["ldm"], split_path=split_path,
+                      steps=target, seed=cfg.seed, resume=started(run), progress=progress, probe=fewshot_probe)
             snap = snapshot(target if target is not None else Run(run).profile.train_fewshot.steps)
             if k == max(cfg.k):
                 generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
@@ -290,9 +298,10 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
             ldm, few = profile.train_ldm, profile.train_fewshot
             length = replace(ldm, steps=(steps.get("ldm") or ldm.steps) + (steps.get("fewshot") or few.steps),
                              budget_s=ldm.budget_s + few.budget_s)
+            length = replace(length, select_by_probe=fewshot_profile.train_fewshot.select_by_probe)
             train_ldm(cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=runs["ldm"],
                       split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), seed=cfg.seed,
-                      resume=started(scratch), progress=progress, probe=probe, from_scratch=True)
+                      resume=started(scratch), progress=progress, probe=fewshot_probe, from_scratch=True)
     if "no-controlnet" in cfg.ablations:
         plain = replace(profile, unet=replace(profile.unet, controlnet=False))
         src, few = os.path.join(runs_dir, "ldm_nocontrolnet"), os.path.join(runs_dir, f"aldm_nocontrolnet_k{k_max}")
@@ -303,9 +312,9 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
                       resume=started(src), progress=progress, probe=probe)
         if not finished(few):
             log(f"ablation: few-shot LDM without the ControlNet, K={k_max}")
-            train_ldm(cfg.target_cache, few, plain, init_run=src,
+            train_ldm(cfg.target_cache, few, replace(plain, train_fewshot=fewshot_profile.train_fewshot), init_run=src,
                       split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), steps=steps.get("fewshot"),
-                      seed=cfg.seed, resume=started(few), progress=progress, probe=probe)
+                      seed=cfg.seed, resume=started(few), progress=progress, probe=fewshot_probe)
     for b in cfg.baselines:
         src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
         runs[b] = few
@@ -320,6 +329,20 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
                            split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
                            steps=steps.get(f"{key}_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
     return runs
+
+
+def fewshot_selection(cfg: ExperimentConfig, splits: dict, profile, probe: ProbeSubjects | None):
+    """(profile, probe) of ALDM's few-shot stages: as the other stages' unless ``select_fewshot``, which probes
+    up to 4 pool patients of the K = max(K) split (held out from training and from testing; an AldmError when
+    there are none) and keeps each stage's best probed weights (``train_fewshot.select_by_probe``)."""
+    if not cfg.select_fewshot:
+        return profile, probe
+    pool = splits[max(cfg.k)]["pool"]
+    if not pool:
+        raise AldmError(f'"select_fewshot": {cfg.target_cache} leaves no pool patient (neither few-shot nor test) '
+                        f"to select on; lower \"n_test\" or K")
+    selecting = replace(profile, train_fewshot=replace(profile.train_fewshot, select_by_probe=True))
+    return selecting, ProbeSubjects(cfg.target_cache, pool[:4])
 
 
 def generation_settings(cfg: ExperimentConfig, guidance: float | None, seed: int) -> GenerationSettings:

@@ -11,7 +11,9 @@ trains exactly as one without, and resumes bit for bit.
   the real volume's; 1.0 = as sharp);
 * :func:`ldm_probe` — the denoiser's conditional noise-prediction MSE (Eq. 3.9 without the tumour
   weight) on held-out latents, per band of timesteps, with fixed t and noise: learning shows as the
-  low- and mid-t bands falling; the high-t band stays near its floor.
+  low- and mid-t bands falling; the high-t band stays near its floor. Their mean is the figure a stage
+  with ``select_by_probe`` keeps the best weights by (a few-shot stage that starts to learn its K
+  patients by heart shows as this figure rising on other patients).
 """
 
 from __future__ import annotations
@@ -51,10 +53,14 @@ def vae_probe(images: torch.Tensor, modalities) -> Callable:
     return probe
 
 
+SELECTION = "mse_mean"  # the LDM probe's figure for checkpoint selection: its bands' mean
+
+
 def ldm_probe(encoded: dict, timesteps: int, bands: int = 4, per_band: int = 4, seed: int = 0) -> Callable:
     """Probe of an LDM task on held-out subjects' cached posteriors ``encoded`` (as
     :func:`aldm.train.stages.encode_subjects` returns): MSE per band of ``timesteps`` / ``bands`` steps,
-    ``per_band`` evenly spaced t per band, noise fixed by ``seed``."""
+    ``per_band`` evenly spaced t per band, noise fixed by ``seed``, and their mean (``mse_mean``, the figure
+    ``select_by_probe`` minimises: the probe's ``selection`` attribute names it)."""
     g = torch.Generator().manual_seed(seed)
     n = encoded["mu"].shape[0]
     edges = [round(timesteps * b / bands) for b in range(bands + 1)]
@@ -75,6 +81,8 @@ def ldm_probe(encoded: dict, timesteps: int, bands: int = 4, per_band: int = 4, 
         for name, batch in batches:
             eps, eps_hat, _ = task.noise_prediction(batch)
             out[name] = float((eps - eps_hat).square().mean())  # plain MSE: no tumour or SNR weight
+        out[SELECTION] = sum(out.values()) / len(out)
         return out
 
+    probe.selection = SELECTION  # what TrainConfig.select_by_probe minimises
     return probe

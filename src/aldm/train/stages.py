@@ -444,7 +444,9 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     last = trainer.run()
     if dist_info.is_main:
         run.save_vae(vae.state_dict())
-        ema = trainer.ema.shadow
+        ema = trainer.selected_task()  # the last step's EMA, or the best probed one's (select_by_probe)
+        if trainer.selected is not None:
+            run.record("selected", trainer.selected)
         run.save_weights({"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(), "latent_std": std.cpu()})
     barrier(dist_info)
     return last

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..artifacts.run import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE
+from ..artifacts.run import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, SELECTED
 from ..config import TrainConfig
 from ..distributed import DistInfo
 from ..errors import AldmError
@@ -95,6 +95,13 @@ class Trainer:
         # written to probe.csv; it must draw no random numbers from torch's global generator
         self.probe = probe
         self.last_probe: dict = {}
+        # select_by_probe: the probed step with the lowest figure so far, {"step", "by", "value"} (its EMA
+        # weights in SELECTED), carried in the checkpoint so that a resumed run selects as an uninterrupted one
+        self.selected: dict | None = None
+        if config.select_by_probe and run_dir is not None and self.dist.is_main and (
+                probe is None or not config.probe_every or getattr(probe, "selection", None) is None):
+            raise AldmError(f"{run_dir}: select_by_probe needs a held-out probe with a selection figure "
+                            "(--probe-every N and probe subjects, on an LDM stage)")
         self.phases = tuple(getattr(task, "phases", (None,)))
         groups = task.parameter_groups() if self.phases != (None,) else {None: list(self.task.parameters())}
         warm = max(1, config.warmup_steps)
@@ -127,7 +134,7 @@ class Trainer:
     def state(self) -> dict:
         """Everything a bit-exact resume needs: step, model, EMA, optimisers, schedulers, RNG."""
         return {
-            "step": self.step, "skipped": self.skipped, "train_s": self.train_seconds,
+            "step": self.step, "skipped": self.skipped, "train_s": self.train_seconds, "selected": self.selected,
             "model": self.task.state_dict(), "ema": self.ema.shadow.state_dict(),
             "optimizer": [self.optimizers[p].state_dict() for p in self.phases],
             "scheduler": [self.schedulers[p].state_dict() for p in self.phases],
@@ -164,6 +171,7 @@ class Trainer:
                 torch.set_rng_state(state["rng_torch"])
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
                 self.train_seconds = float(state.get("train_s", 0.0))
+                self.selected = state.get("selected")
             except (AldmError, KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
                 errors.append(f"{name}: {_checkpoint_problem(exc)}")
                 print(f"aldm: warning: {path}: cannot resume from it ({_checkpoint_problem(exc)}); trying an older one",
@@ -307,6 +315,11 @@ class Trainer:
         with torch.no_grad(), autocast(self.device, self.precision):
             figures = {k: float(v) for k, v in self.probe(self.ema.shadow, self.step).items()}
         self.last_probe = figures
+        if self.config.select_by_probe:
+            key = self.probe.selection
+            if self.selected is None or figures[key] < self.selected["value"]:
+                save_checkpoint(os.path.join(self.run_dir, SELECTED), self.ema.shadow.state_dict())
+                self.selected = {"step": self.step, "by": key, "value": figures[key]}
         path = os.path.join(self.run_dir, PROBE)
         new = not os.path.exists(path)
         with open(path, "a", newline="", encoding="utf-8") as fh:
@@ -316,6 +329,15 @@ class Trainer:
             writer.writerow({"step": self.step, "train_s": f"{train_s:.1f}",
                              **{k: f"{v:.6g}" for k, v in figures.items()}})
         plot_probe_curves([(self.name, self.run_dir)], os.path.join(self.run_dir, "probe.png"))
+
+    def selected_task(self) -> nn.Module:
+        """The EMA task a finished stage saves: with ``select_by_probe``, a copy holding the weights of the best
+        probed step (``self.selected``); else the EMA itself (the last step's)."""
+        if self.selected is None:
+            return self.ema.shadow
+        chosen = copy.deepcopy(self.ema.shadow)
+        chosen.load_state_dict(load_checkpoint(os.path.join(self.run_dir, SELECTED)))
+        return chosen
 
     def _non_finite_message(self) -> str:
         """Why training stopped after too many non-finite steps, with the likely cause and its fix."""

@@ -11,7 +11,7 @@ from ...conditions import control_channel_count
 from ...config import Profile
 from ..families import GANS
 from ..vae import VAE3D
-from .networks import Generator3D
+from .networks import Generator3D, coordinate_channels
 
 BASELINES = GANS  # the GANs, whose sampling side this module is
 
@@ -29,18 +29,20 @@ class BaselineGenerator(nn.Module):
         self.size = profile.image_size
         cfg = profile.baseline
         control = control_channel_count(profile.condition)
+        self.coordinates = cfg.coordinates
         if kind == "vaegan":
-            self.net = VAE3D(profile.vae, cond_channels=control + 1)
+            self.net = VAE3D(profile.vae, cond_channels=control + 1 + (3 if cfg.coordinates else 0))
             self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
         else:
             self.net = Generator3D(cfg, out_channels=profile.vae.in_channels, control_channels=control)
             self.noise_shape = (cfg.noise_channels,) + (profile.latent_size,) * 3
 
     def condition(self, control_full: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """VAE-GAN decoder condition: control maps pooled to latent resolution + the domain flag."""
+        """VAE-GAN decoder condition: control maps pooled to latent resolution + the domain flag (+ the latent
+        grid's voxel coordinates with ``baseline.coordinates``)."""
         c = F.adaptive_avg_pool3d(control_full, self.noise_shape[1:])
         flag = domain.view(-1, 1, 1, 1, 1).to(c.dtype).expand(-1, 1, *c.shape[2:])
-        return torch.cat([c, flag], 1)
+        return torch.cat([c, flag] + ([coordinate_channels(c)] if self.coordinates else []), 1)
 
     def forward(self, control_full: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One generator pass; shapes as in the class docstring."""

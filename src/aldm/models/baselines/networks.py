@@ -35,14 +35,25 @@ class _Res(nn.Module):
         return F.leaky_relu(x + self.body(x), 0.2)
 
 
+def coordinate_channels(like: torch.Tensor) -> torch.Tensor:
+    """The voxel coordinates of a volume shaped as ``like`` (B, C, D, H, W): (B, 3, D, H, W), each axis's
+    position in [-1, 1] (CoordConv's extra input channels, Liu et al. 2018)."""
+    b, _, *size = like.shape
+    axes = [torch.linspace(-1.0, 1.0, n, device=like.device, dtype=like.dtype) for n in size]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid.unsqueeze(0).expand(b, -1, -1, -1, -1)
+
+
 class Generator3D(nn.Module):
     """G(c, d, z) of the CGAN and 3M-CGAN: control maps (B, 3, S, S, S) + domain flag (B,) as a
-    channel, noise (B, noise_channels, S/4, S/4, S/4) at the bottleneck -> volumes (B, 3, S, S, S)."""
+    channel (+ the voxel coordinates with ``config.coordinates``), noise (B, noise_channels, S/4, S/4, S/4)
+    at the bottleneck -> volumes (B, 3, S, S, S)."""
     def __init__(self, config: BaselineConfig, out_channels: int = 3, control_channels: int = 3):
         super().__init__()
         c0, c1, c2 = config.gen_channels
         self.noise_channels = config.noise_channels
-        self.enc0 = _block(control_channels + 1, c0)
+        self.coordinates = config.coordinates
+        self.enc0 = _block(control_channels + 1 + (3 if config.coordinates else 0), c0)
         self.enc1 = _block(c0, c1, stride=2)
         self.enc2 = _block(c1, c2, stride=2)
         self.mid = nn.Sequential(_block(c2 + config.noise_channels, c2),
@@ -54,7 +65,8 @@ class Generator3D(nn.Module):
     def forward(self, control: torch.Tensor, domain: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """control (B, 3, S, S, S), domain (B,), noise (B, noise_channels, S/4, S/4, S/4) -> (B, 3, S, S, S)."""
         flag = domain.view(-1, 1, 1, 1, 1).to(control.dtype).expand(-1, 1, *control.shape[2:])
-        e0 = self.enc0(torch.cat([control, flag], 1))
+        inputs = [control, flag] + ([coordinate_channels(control)] if self.coordinates else [])
+        e0 = self.enc0(torch.cat(inputs, 1))
         e1 = self.enc1(e0)
         h = self.mid(torch.cat([self.enc2(e1), noise.to(e1.dtype)], 1))
         h = self.dec1(torch.cat([upsample_trilinear(h, e1.shape[2:]), e1], 1))
