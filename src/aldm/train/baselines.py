@@ -35,11 +35,10 @@ from ..io.lock import writes_folder
 from ..models.baselines.generator import BASELINES, BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
 from ..models.families import BASELINES as ALL_BASELINES
-from ..models.families import PIXEL_DDPM
+from ..models.families import PIXEL_DDPM, training_stage
 from ..models.vae import kl_divergence
-from .budget import fit_to_budget
-from .stages import FewShot, _override, inherit_condition, open_run, with_cache_channels
-from .trainer import Trainer, step_generator
+from .stages import FewShot, _override, inherit_condition, open_run, run_stage, with_cache_channels
+from .trainer import step_generator
 
 
 class GANTask(nn.Module):
@@ -155,6 +154,35 @@ def _load_images(cache: str, rows: list[dict], condition: str) -> dict:
     return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
 
 
+def open_comparison_run(kind: str, cache: str, run_dir: str, profile: Profile | None, fewshot: FewShot | None,
+                        steps: int | None, seed: int | None, precision: str | None, condition: str | None,
+                        resume: bool, dist_info: DistInfo,
+                        networks: tuple) -> tuple[Profile, str, Run, list, dict | None]:
+    """The run of a comparison model's stage (source training, or few-shot from ``fewshot.init_run``, which must
+    be a finished ``kind`` run): (its resolved profile, its stage config's name, the run, the rows to train on,
+    the source run's weights or None). A few-shot stage takes the source run's ``networks`` configs (the
+    profile fields its networks are built from) and condition; source training takes as many channels as the
+    cache holds."""
+    parent = None
+    if fewshot is not None:
+        source = Run(fewshot.init_run)
+        if source.kind != kind:
+            raise AldmError(f"{fewshot.init_run}: not a finished {kind} run")
+        parent = source.require_finished().weights()
+        profile = replace(profile or source.profile, **{name: getattr(source.profile, name) for name in networks})
+        profile = inherit_condition(profile, source, condition)
+    else:
+        profile = with_condition(with_cache_channels(profile or small(), cache), condition)
+    stage_config = training_stage(kind, fewshot is not None)
+    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
+    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
+    run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed,
+                         domain="target" if fewshot is not None else "source", dist_info=dist_info, resume=resume,
+                         extra={"model": kind, "fewshot": fewshot is not None}, fewshot=fewshot,
+                         parent=Run(fewshot.init_run) if fewshot is not None else None)
+    return profile, stage_config, run, rows, parent
+
+
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,
@@ -182,27 +210,10 @@ def _train_gan(kind: str, cache: str, run_dir: str, profile: Profile | None, ini
     """:func:`train_baseline` of a GAN."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
-    parent = None
-    if fewshot:
-        source = Run(init_run)
-        if source.kind != kind:
-            raise AldmError(f"{init_run}: not a finished {kind} run")
-        parent = source.weights()
-        # the networks adapted are the source run's: their configs (channels, widths) come along
-        profile = replace(profile or source.profile, vae=source.profile.vae, baseline=source.profile.baseline)
-    profile = profile or small()
-    if fewshot:
-        profile = inherit_condition(profile, source, condition)
-    else:  # trained from scratch: as many channels as the cache holds (few-shot: the source run's)
-        profile = with_condition(with_cache_channels(profile, cache), condition)
-    stage_config = "train_baseline_fewshot" if fewshot else "train_baseline"
-    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
-    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
-    domain = "target" if fewshot else "source"
-    run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
-                         resume=resume, extra={"model": kind, "fewshot": fewshot},
-                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None,
-                         parent=Run(init_run) if fewshot else None)
+    profile, stage_config, run, rows, parent = open_comparison_run(
+        kind, cache, run_dir, profile, FewShot(init_run, split_path, k, n_test) if fewshot else None, steps, seed,
+        precision, condition, resume, dist_info, networks=("vae", "baseline"))
+    cfg = getattr(profile, stage_config)
 
     data = _load_images(cache, rows, profile.condition)
     torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only
@@ -224,12 +235,8 @@ def _train_gan(kind: str, cache: str, run_dir: str, profile: Profile | None, ini
         return batch
 
     torch.manual_seed(cfg.seed)
-    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
-    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
-                      name=f"{kind}{'-fewshot' if fewshot else ''}")
-    if resume:
-        trainer.resume()
-    last = trainer.run()
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
+                              name=f"{kind}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         # raw weights of G and D to start a few-shot stage from; EMA weights of G to sample with
         run.save_weights({"task": trainer.task.state_dict(), "generator": trainer.ema.shadow.generator.state_dict()})

@@ -10,24 +10,19 @@ p_drop (§3.2.4), so that guidance applies at sampling as it does to ALDM.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..artifacts.run import Run
-from ..config import Profile, small, with_condition
+from ..config import Profile
 from ..diffusion.schedule import NoiseSchedule
 from ..distributed import DistInfo, barrier
-from ..errors import AldmError
 from ..io.lock import writes_folder
-from ..models.families import PIXEL_DDPM, training_stage
+from ..models.families import PIXEL_DDPM
 from ..models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_config
-from .baselines import _load_images
-from .budget import fit_to_budget
-from .stages import FewShot, _override, inherit_condition, open_run, with_cache_channels
-from .trainer import Trainer, step_generator
+from .baselines import _load_images, open_comparison_run
+from .stages import FewShot, run_stage
+from .trainer import step_generator
 
 
 class PixelDiffusionTask(nn.Module):
@@ -62,25 +57,11 @@ def train_pixel_ddpm(cache: str, run_dir: str, profile: Profile | None = None, i
     arguments as :func:`aldm.train.baselines.train_baseline`."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
-    parent = None
-    if fewshot:
-        source = Run(init_run)
-        if source.kind != PIXEL_DDPM:
-            raise AldmError(f"{init_run}: not a finished {PIXEL_DDPM} run")
-        parent = source.require_finished().weights()
-        # the network adapted is the source run's: its configs come along
-        profile = replace(profile or source.profile, vae=source.profile.vae, pixel=source.profile.pixel,
-                          diffusion=source.profile.diffusion)
-        profile = inherit_condition(profile, source, condition)
-    else:  # as many channels as the cache holds (few-shot: the source run's)
-        profile = with_condition(with_cache_channels(profile or small(), cache), condition)
-    stage_config = training_stage(PIXEL_DDPM, fewshot)
-    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
-    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
-    run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed, domain="target" if fewshot else "source",
-                         dist_info=dist_info, resume=resume, extra={"model": PIXEL_DDPM, "fewshot": fewshot},
-                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None,
-                         parent=Run(init_run) if fewshot else None)
+    # a few-shot stage adapts the source run's network: its configs (channels, the diffusion) come along
+    profile, stage_config, run, rows, parent = open_comparison_run(
+        PIXEL_DDPM, cache, run_dir, profile, FewShot(init_run, split_path, k, n_test) if fewshot else None, steps,
+        seed, precision, condition, resume, dist_info, networks=("vae", "pixel", "diffusion"))
+    cfg = getattr(profile, stage_config)
 
     data = _load_images(cache, rows, profile.condition)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
@@ -100,12 +81,8 @@ def train_pixel_ddpm(cache: str, run_dir: str, profile: Profile | None = None, i
         return batch
 
     torch.manual_seed(cfg.seed)
-    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
-    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
-                      name=f"{PIXEL_DDPM}{'-fewshot' if fewshot else ''}")
-    if resume:
-        trainer.resume()
-    last = trainer.run()
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
+                              name=f"{PIXEL_DDPM}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         run.save_weights({"denoiser": trainer.ema.shadow.denoiser.state_dict()})
     barrier(dist_info)

@@ -182,6 +182,18 @@ def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: in
     return run, rows
 
 
+def run_stage(task: nn.Module, sampler, profile: Profile, stage_config: str, run: Run, dist_info: DistInfo, *,
+              resume: bool, progress: bool, name: str, probe=None) -> tuple[Trainer, dict]:
+    """Train ``task`` as the ``stage_config`` stage of ``profile`` (``train_vae``, ``train_ldm``, ...) in
+    ``run``: its steps fitted to its ``budget_s`` when it has one (:func:`aldm.train.budget.fit_to_budget`),
+    resumed from the run's checkpoint when ``resume``; returns (the trainer, its last step's figures)."""
+    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
+    trainer = Trainer(task, sampler, cfg, run.path, dist_info, progress=progress, name=name, probe=probe)
+    if resume:
+        trainer.resume()
+    return trainer, trainer.run()
+
+
 # ------------------------------------------------------------------------------------------------ stage 1
 class VAETask(nn.Module):
     """L_VAE (Eq. 3.2 + 3.4, KL warm-up Eq. 3.3) of a batch {'image', 'eps'}; with ``vae.adv_weight`` > 0
@@ -269,11 +281,8 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
         held = torch.stack([torch.from_numpy(probe_data.load(r)["image"]) for r in probe.rows()])
         probe_fn = vae_probe(held, probe_data.modalities)
     task = VAETask(VAE3D(profile.vae))
-    cfg = fit_to_budget(profile, "train_vae", task, sampler, run, dist_info).train_vae
-    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress, name="vae", probe=probe_fn)
-    if resume:
-        trainer.resume()
-    last = trainer.run()
+    trainer, last = run_stage(task, sampler, profile, "train_vae", run, dist_info, resume=resume, progress=progress,
+                              name="vae", probe=probe_fn)
     if dist_info.is_main:
         run.save_weights({"vae": trainer.ema.shadow.vae.state_dict()})
     barrier(dist_info)
@@ -436,12 +445,8 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device,
                                profile.condition)
         probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
-    cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
-    trainer = Trainer(task, sampler, cfg, run_dir, dist_info, progress=progress,
-                      name="fewshot" if fewshot else "ldm", probe=probe_fn)
-    if resume:
-        trainer.resume()
-    last = trainer.run()
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
+                              name="fewshot" if fewshot else "ldm", probe=probe_fn)
     if dist_info.is_main:
         run.save_vae(vae.state_dict())
         ema = trainer.selected_task()  # the last step's EMA, or the best probed one's (select_by_probe)
