@@ -94,7 +94,10 @@ def test_probes_log_held_out_figures_and_change_nothing_else(prepared_cache, tmp
     train_ldm(cache, str(tmp_path / "ldm"), _probe_profile(), vae_run=str(tmp_path / "plain"), steps=4,
               progress=False, probe=probe)
     ldm_rows = list(csv.DictReader(open(tmp_path / "ldm" / "probe.csv")))
-    assert [r["step"] for r in ldm_rows] == ["2", "4"] and len(ldm_rows[0]) == 2 + 4  # step, train_s, 4 bands
+    # step, train_s, 4 bands and their mean (the figure select_by_probe minimises)
+    assert [r["step"] for r in ldm_rows] == ["2", "4"] and len(ldm_rows[0]) == 2 + 4 + 1
+    bands = [float(v) for k, v in ldm_rows[0].items() if k.startswith("mse_t")]
+    assert len(bands) == 4 and float(ldm_rows[0]["mse_mean"]) == pytest.approx(sum(bands) / 4, rel=1e-4)
     os.makedirs(tmp_path / "cut")
     for name in ("run.json", "config.json"):
         shutil.copy(tmp_path / "ldm" / name, tmp_path / "cut" / name)
