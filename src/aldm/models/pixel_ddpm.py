@@ -27,6 +27,7 @@ def pixel_unet_config(profile: Profile) -> UNetConfig:
     the input (``input_control``), no ControlNet."""
     cfg = profile.pixel
     return UNetConfig(channels=tuple(cfg.channels), res_blocks=cfg.res_blocks, groups=cfg.groups,
+                      # control_channels: one width per level, as UNetConfig requires; unused without a ControlNet
                       time_dim=cfg.time_dim, stats_dim=STATS_DIM, control_channels=tuple(cfg.channels),
                       control_in=control_channel_count(profile.condition), input_control=True, controlnet=False)
 
