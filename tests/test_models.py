@@ -11,7 +11,7 @@ import torch
 from aldm.config import paper, tiny
 from aldm.models.blocks import FiLM, sinusoidal_embedding
 from aldm.models.unet import ConditionalDenoiser
-from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, spectral_loss, vae_loss
+from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, spectral_loss, ssim_loss, vae_loss
 
 
 @pytest.mark.slow
@@ -23,6 +23,24 @@ def test_paper_vae_maps_112_to_8x28():
     x_hat = vae.decode(mu)
     assert x_hat.shape == (1, 3, 112, 112, 112)
     assert x_hat.abs().max() <= 1.0  # tanh
+
+
+def test_level_blocks_add_residual_blocks_at_half_resolution_and_leave_the_papers_keys_alone():
+    """level_blocks = 0 is the paper's VAE, with the keys of checkpoints saved before the option existed;
+    level_blocks = 2 adds two residual blocks at S/2 in the encoder and two in the decoder, and still maps
+    S -> S/4 -> S."""
+    plain = VAE3D(tiny().vae)
+    keys = set(plain.state_dict())
+    assert not any(k.startswith("mid.") for k in keys)
+    assert {"encoder.0.0.weight", "encoder.1.0.weight", "encoder.2.0.weight", "up1.0.weight"} <= keys
+    deep = VAE3D(dataclasses.replace(tiny().vae, level_blocks=2))
+    c1 = tiny().vae.channels[1]
+    assert len(deep.mid) == 2 and all(b.body[0].in_channels == c1 for b in deep.mid)
+    assert deep.encoder[2].body[0].in_channels == c1 and deep.encoder[3].body[0].in_channels == c1
+    x = torch.randn(1, 3, 32, 32, 32)
+    mu, _ = deep.encode(x)
+    assert mu.shape == (1, tiny().vae.latent_channels, 8, 8, 8)
+    assert deep.decode(mu).shape == x.shape
 
 
 def test_logvar_is_clamped():
@@ -158,15 +176,16 @@ def test_channels_last_decode_equals_contiguous():
 def test_split_decode_equals_whole_volume_decode(channels_last):
     """Depth slabs with halos and whole-volume instance-norm statistics: the same volume as decode(),
     for odd and anisotropic latent sizes, slabs of 1 plane up to more than the depth, and a
-    conditional decoder (the VAE-GAN's)."""
+    conditional decoder (the VAE-GAN's) and a decoder with residual blocks at S/2 (``level_blocks``)."""
     torch.manual_seed(0)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    for cond_channels in (0, 2):
-        vae = VAE3D(tiny().vae, cond_channels=cond_channels).eval()
+    for cond_channels, level_blocks in ((0, 0), (2, 0), (0, 1)):
+        config = dataclasses.replace(tiny().vae, level_blocks=level_blocks)
+        vae = VAE3D(config, cond_channels=cond_channels).eval()
         for p in vae.parameters():  # random norms and biases too: defaults (1, 0) would hide a wrong statistic
             p.normal_(0.0, 0.3)
         for shape in ((7, 8, 9), (5, 5, 5)):
-            z = torch.randn(2, tiny().vae.latent_channels, *shape) + 0.5
+            z = torch.randn(2, config.latent_channels, *shape) + 0.5
             cond = torch.rand(2, cond_channels, *shape) if cond_channels else None
             truth = vae.double().decode(z.double(), None if cond is None else cond.double())
             vae = vae.float().to(memory_format=fmt)
@@ -237,3 +256,23 @@ def test_a_denoiser_without_controlnet_has_none_and_samples_through_guidance():
         guided = GuidedNoise(model, control, stats, 3.0)(z, t)
         conditional = GuidedNoise(model, control, stats, 1.0)(z, t)
     assert guided.shape == z.shape and not torch.allclose(guided, conditional)
+
+
+def test_ssim_loss_is_zero_for_the_volume_itself_grows_with_blur_and_is_added_when_weighted():
+    """1 - SSIM: 0 for identical volumes; a blurred copy costs more than a slightly blurred one; a constant
+    offset (which L1 charges in full) costs much less than a blur of the same L1; the weighted term reaches
+    vae_loss."""
+    torch.manual_seed(0)
+    x = 0.5 + 0.3 * (torch.rand(1, 3, 16, 16, 16) * 2 - 1)  # structure around a local mean of 0.5
+    assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-5)
+    mild = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+    strong = torch.nn.functional.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert 0.05 < ssim_loss(mild, x).item() < ssim_loss(strong, x).item()
+    offset = x + torch.abs(mild - x).mean()  # the same L1 as the mild blur, no structure lost
+    assert ssim_loss(offset, x).item() < 0.2 * ssim_loss(mild, x).item()
+    cfg = dataclasses.replace(tiny().vae, ssim_weight=2.0)
+    mu, logvar = torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 4, 4, 4)
+    weighted, parts = vae_loss(x, mild, mu, logvar, cfg, step=10, total_steps=10)
+    plain, plain_parts = vae_loss(x, mild, mu, logvar, tiny().vae, step=10, total_steps=10)
+    assert "ssim" not in plain_parts
+    assert (weighted - plain).item() == pytest.approx(2.0 * parts["ssim"].item(), rel=1e-5)

@@ -52,6 +52,34 @@ def test_vae_resume_equals_uninterrupted(prepared_cache, tmp_path):
     assert not _equal_state(_weights(tmp_path / "straight"), _weights(tmp_path / "other"))
 
 
+def test_a_cosine_schedule_decays_the_logged_rate_and_resumes_exactly(prepared_cache, tmp_path):
+    """lr_schedule "cosine": warm-up, then the rate falls every update towards 0 (the trainer's log shows each
+    update's rate), "constant" keeps it; a cosine run killed at its checkpoint resumes to the same weights."""
+    cache = str(prepared_cache)
+
+    def profile(schedule):
+        return dataclasses.replace(tiny(), train_vae=dataclasses.replace(tiny().train_vae, lr_schedule=schedule,
+                                                                        warmup_steps=1))
+
+    def rates(run):
+        with open(run / "metrics.csv", encoding="utf-8") as fh:
+            return [float(r["lr"]) for r in csv.DictReader(fh)]
+
+    train_vae(cache, str(tmp_path / "cos"), profile("cosine"), steps=4, progress=False)
+    train_vae(cache, str(tmp_path / "flat"), profile("constant"), steps=4, progress=False)
+    lr = tiny().train_vae.lr
+    cos, flat = rates(tmp_path / "cos"), rates(tmp_path / "flat")
+    assert flat == pytest.approx([lr] * 4)
+    # warm-up (1 update), then 0.5 (1 + cos(pi k / 3)) for k = 0, 1, 2 of the 3 updates after it
+    assert cos == pytest.approx([lr, lr, 0.75 * lr, 0.25 * lr])
+    assert not _equal_state(_weights(tmp_path / "cos"), _weights(tmp_path / "flat"))
+    _interrupted_copy(tmp_path / "cos", tmp_path / "resumed")
+    train_vae(cache, str(tmp_path / "resumed"), profile("cosine"), steps=4, resume=True, progress=False)
+    assert _equal_state(_weights(tmp_path / "cos"), _weights(tmp_path / "resumed"))
+    with pytest.raises(AldmError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(lr_schedule="linear")
+
+
 def test_ldm_resume_equals_uninterrupted(prepared_cache, tiny_runs, tmp_path):
     cache = str(prepared_cache)
     train_ldm(cache, str(tmp_path / "a"), vae_run=tiny_runs["vae"], steps=4, progress=False)

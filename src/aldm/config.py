@@ -50,6 +50,9 @@ class VAEConfig:
     latent_channels: int = 8  # zC
     channels: tuple = (64, 128, 256)  # at S, S/2, S/4
     refine_blocks: int = 1  # residual refinement blocks at the latent resolution
+    # residual blocks at S/2 in the encoder (after its first strided convolution) and the decoder (after its
+    # first upsampling stage); 0 = the paper's single convolution per level (issue 23: decoder depth)
+    level_blocks: int = 0
     logvar_clamp: tuple = (-20.0, 10.0)
     kl_weight: float = 1e-4  # lambda_KL (Eq. 3.2), reached after the warm-up of Eq. 3.3
     kl_warmup_fraction: float = 0.35  # rho (Eq. 3.3)
@@ -57,6 +60,9 @@ class VAEConfig:
     grad_weight: float = 1.0  # weight of the 3D gradient-consistency loss (Eq. 3.4)
     # weight of a spectral (FFT amplitude) loss, MONAI's JukeboxLoss, beside L1 + gradient; 0 = off (the paper)
     spectral_weight: float = 0.0
+    # weight of a 3D SSIM loss (1 - SSIM, MONAI's SSIMLoss, Gaussian window of 7 voxels) beside L1 + gradient, the
+    # mix Zhao et al. (IEEE TCI 2017) found best for image restoration; 0 = off (the paper)
+    ssim_weight: float = 0.0
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
@@ -73,10 +79,11 @@ class VAEConfig:
         for name in ("in_channels", "latent_channels"):
             _whole(self, name)
         _whole(self, "refine_blocks", 0)
+        _whole(self, "level_blocks", 0)
         _widths(self, "channels")
         if len(self.channels) != 3:
             raise AldmError(f"VAEConfig.channels must give 3 widths (at S, S/2, S/4), got {self.channels!r}")
-        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight", "adv_weight"):
+        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight", "ssim_weight", "adv_weight"):
             _number(self, name)
         _number(self, "kl_warmup_fraction", 0.0, 1.0)
         _number(self, "adv_start_fraction", 0.0, 1.0)
@@ -208,6 +215,9 @@ class PixelDiffusionConfig:
             raise AldmError(f"PixelDiffusionConfig.loss must be one of {', '.join(PIXEL_LOSSES)}, got {self.loss!r}")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     """One training stage: length, batch, AdamW, warm-up, clipping, accumulation, EMA, precision,
@@ -217,6 +227,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 500
+    # the learning rate after the linear warm-up: "constant" (the paper's) or "cosine" (half a cosine from lr down
+    # to 0 at the last step, Loshchilov & Hutter, ICLR 2017, without restarts)
+    lr_schedule: str = "constant"
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
@@ -243,6 +256,9 @@ class TrainConfig:
         """Refuse an unknown precision and lengths, rates or decays a stage cannot run with."""
         if self.precision not in PRECISIONS:
             raise AldmError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise AldmError(f"TrainConfig.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                            f"got {self.lr_schedule!r}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
             _whole(self, name)
         for name in ("warmup_steps", "probe_every"):

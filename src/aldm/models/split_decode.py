@@ -111,7 +111,7 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
     if slab < 1:
         raise ValueError(f"slab must be at least 1 plane, got {slab}")
     h = vae.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
-    h = vae.up1(upsample_trilinear(h))  # (B, c1, 2s, 2s, 2s): an eighth of the final size
+    h = vae.mid(vae.up1(upsample_trilinear(h)))  # (B, c1, 2s, 2s, 2s): an eighth of the final size
     conv, norm = vae.up2.conv, vae.up2.norm
     depth, height, width = (2 * n for n in h.shape[2:])
     pre = torch.empty((h.shape[0], conv.out_channels, depth, height, width), dtype=h.dtype, device=h.device,

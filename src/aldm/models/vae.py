@@ -64,6 +64,7 @@ class VAE3D(nn.Module):
         self.encoder = nn.Sequential(
             ConvNormAct(config.in_channels, c0),
             ConvNormAct(c0, c1, stride=2),
+            *[RefineBlock(c1) for _ in range(config.level_blocks)],
             ConvNormAct(c1, c2, stride=2),
             *[RefineBlock(c2) for _ in range(config.refine_blocks)],
         )
@@ -72,6 +73,8 @@ class VAE3D(nn.Module):
         self.decoder_in = nn.Sequential(ConvNormAct(config.latent_channels + cond_channels, c2),
                                         *[RefineBlock(c2) for _ in range(config.refine_blocks)])
         self.up1 = ConvNormAct(c2, c1)
+        # residual blocks at S/2 after up1 (VAEConfig.level_blocks); empty for the paper's decoder
+        self.mid = nn.Sequential(*[RefineBlock(c1) for _ in range(config.level_blocks)])
         self.up2 = ConvNormAct(c1, c0)
         self.out = nn.Conv3d(c0, config.in_channels, 3, padding=1)
 
@@ -96,7 +99,7 @@ class VAE3D(nn.Module):
         if slab:
             return decode_in_slabs(self, z, cond, slab)
         h = self.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
-        h = self.up1(upsample_trilinear(h))
+        h = self.mid(self.up1(upsample_trilinear(h)))
         h = self.up2(upsample_trilinear(h))
         return torch.tanh(self.out(h))
 
@@ -136,10 +139,20 @@ def spectral_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return JukeboxLoss(spatial_dims=3)(x_hat.float(), x.float())
 
 
+def ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 - 3D SSIM (MONAI's ``SSIMLoss``: Gaussian window of 7 voxels, sigma 1.5, data range 2 of model space
+    [-1, 1]) averaged over channels and the batch, (B, C, D, H, W) -> scalar; it scores local means,
+    contrasts and structure, which L1 weighs by intensity alone. Computed in fp32."""
+    from monai.losses import SSIMLoss
+
+    return SSIMLoss(spatial_dims=3, data_range=2.0, win_size=7)(x_hat.float(), x.float())
+
+
 def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, config: VAEConfig,
              step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
-    """Eq. 3.2 + 3.4 with the KL warm-up of Eq. 3.3, plus ``spectral_weight`` x :func:`spectral_loss` when
-    that weight is set (not in the paper); returns (loss, parts for logging)."""
+    """Eq. 3.2 + 3.4 with the KL warm-up of Eq. 3.3, plus ``spectral_weight`` x :func:`spectral_loss` and
+    ``ssim_weight`` x :func:`ssim_loss` when those weights are set (not in the paper); returns (loss, parts
+    for logging)."""
     rec = torch.mean(torch.abs(x - x_hat))
     kl = kl_divergence(mu, logvar)
     grad = gradient_loss(x_hat, x)
@@ -150,6 +163,10 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: tor
         spectral = spectral_loss(x_hat, x)
         loss = loss + config.spectral_weight * spectral
         parts["spectral"] = spectral.detach()
+    if config.ssim_weight:
+        structural = ssim_loss(x_hat, x)
+        loss = loss + config.ssim_weight * structural
+        parts["ssim"] = structural.detach()
     return loss, parts
 
 

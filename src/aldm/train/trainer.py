@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 import sys
 import time
@@ -104,7 +105,6 @@ class Trainer:
                             "(--probe-every N and probe subjects, on an LDM stage)")
         self.phases = tuple(getattr(task, "phases", (None,)))
         groups = task.parameter_groups() if self.phases != (None,) else {None: list(self.task.parameters())}
-        warm = max(1, config.warmup_steps)
         self.params, self.optimizers, self.schedulers = {}, {}, {}
         for phase in self.phases:
             params = [p for p in groups[phase] if p.requires_grad]
@@ -113,7 +113,7 @@ class Trainer:
             self.optimizers[phase] = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                                        betas=betas)
             self.schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers[phase], lambda s: min(1.0, (s + 1) / warm))
+                self.optimizers[phase], lambda update: lr_factor(update, config))
         self.ema = EMA(self.task, config.ema_decay, config.ema_warmup)
         self.model = self.task
         if self.dist.world_size > 1:
@@ -242,6 +242,7 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
+                rate = self.optimizers[self.phases[0]].param_groups[0]["lr"]  # this update's (logged as "lr")
                 batches = [_pinned(self.sampler(self.step * cfg.grad_accum + m, self.dist.rank), self.device)
                            for m in range(cfg.grad_accum)]
                 total, logs, grad_norm, all_finite = 0.0, {}, 0.0, True
@@ -265,7 +266,7 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 self.train_seconds += elapsed
                 self.step_seconds.append(elapsed)
-                last = {"step": self.step, "loss": total, "lr": self.schedulers[self.phases[0]].get_last_lr()[0],
+                last = {"step": self.step, "loss": total, "lr": rate,
                         "grad_norm": grad_norm, "sec_per_step": elapsed, "train_s": self.train_seconds,
                         **{k: float(v) for k, v in logs.items()}}
                 if fh is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
@@ -378,6 +379,18 @@ class Trainer:
             self.schedulers[phase].step()
         optimizer.zero_grad(set_to_none=True)
         return total, logs, float(norm), finite
+
+
+def lr_factor(update: int, config: TrainConfig) -> float:
+    """The learning rate of optimiser update ``update`` (0-based) as a fraction of ``config.lr``: a linear
+    warm-up over ``warmup_steps``, then 1 (``lr_schedule`` "constant") or half a cosine from 1 at the first
+    update after the warm-up towards 0 one update after the last of ``steps`` ("cosine")."""
+    warm = min(1.0, (update + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant" or update < config.warmup_steps:
+        return warm
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (update - config.warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _checkpoint_problem(exc: Exception) -> str:
