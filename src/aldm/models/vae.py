@@ -53,7 +53,8 @@ class RefineBlock(nn.Module):
 class VAE3D(nn.Module):
     """The 3D VAE of §3.1 (module docstring): ``encode`` x (B, 3, S, S, S) -> (mu, logvar) each
     (B, zC, S/4, S/4, S/4) (Eq. 3.1); ``decode`` z -> x_hat in [-1, 1]; ``forward`` does both with the
-    reparameterisation. Decoder stages by name: ``decoder_in``, ``up1``, ``up2``, ``out``."""
+    reparameterisation. Decoder stages by name: ``decoder_in``, ``up1``, ``mid`` (``level_blocks``), ``up2``,
+    ``out``."""
 
     def __init__(self, config: VAEConfig, cond_channels: int = 0):
         """``cond_channels`` > 0 makes the decoder conditional: decode(z, cond) concatenates a
