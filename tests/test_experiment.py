@@ -66,7 +66,7 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
 
     caches, out = quick_demo / "cache", tmp_path / "budget"
     cfg = ExperimentConfig(source_cache=str(caches / "source"), target_cache=str(caches / "target"), out=str(out),
-                           profile="tiny", k=[3], guidance=[3.0], baselines=["cgan", "pixelddpm"], n_test=4, folds=2,
+                           profile="tiny", k=[2, 3], guidance=[3.0], baselines=["cgan", "pixelddpm"], n_test=4, folds=2,
                            repeats=1,
                            sampler_steps=3, classifier_epochs=1, frd_modalities=["flair"], diversity_pairs=6,
                            segmenter_steps=4, mask_swap_pairs=0, budget_s={"source": 3.0, "fewshot": 1.5},
@@ -75,16 +75,21 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
     runs = out / "runs"
     for name, seconds in (("vae", 1.5), ("ldm", 1.5), ("aldm_k3", 1.5), ("cgan", 3.0), ("cgan_k3", 1.5),
                           ("pixelddpm", 3.0), ("pixelddpm_k3", 1.5),
-                          ("aldm_scratch_k3", 3.0), ("ldm_nocontrolnet", 1.5), ("aldm_nocontrolnet_k3", 1.5)):
+                          ("aldm_scratch_k3", 3.0), ("ldm_nocontrolnet", 1.5), ("aldm_nocontrolnet_k3", 1.5),
+                          ("aldm_k2", 1.5), ("aldm_scratch_k2", 3.0), ("aldm_nocontrolnet_k2", 1.5)):
         run = Run(str(runs / name))
         assert run.info["budget"]["budget_s"] == seconds, name
         assert run.train_seconds is not None and run.train_seconds > 0, name
-    assert Run(str(runs / "aldm_scratch_k3")).info["from_scratch"]
-    assert not Run(str(runs / "aldm_nocontrolnet_k3")).profile.unet.controlnet
-    assert not any(k.startswith("controlnet.") for k in Run(str(runs / "aldm_nocontrolnet_k3")).weights()["denoiser"])
+    for k in (2, 3):  # the ablations at every K: each trained on its own K patients
+        scratch, plain = Run(str(runs / f"aldm_scratch_k{k}")), Run(str(runs / f"aldm_nocontrolnet_k{k}"))
+        assert scratch.info["from_scratch"]
+        assert scratch.info["k"] == len(scratch.split()["k_shot"]) == k
+        assert not plain.profile.unet.controlnet
+        assert not any(n.startswith("controlnet.") for n in plain.weights()["denoiser"])
     rows = {r["model"]: r for r in csv.DictReader(open(out / "table1.csv"))}
     for name in ("CGAN", "Pixel DDPM (s=3)", "ALDM (K=3, s=3)", "ALDM no pre-training (K=3, s=3)",
-                 "ALDM no ControlNet (K=3, s=3)", "ALDM zero-shot (s=3)"):
+                 "ALDM no ControlNet (K=3, s=3)", "ALDM zero-shot (s=3)", "ALDM (K=2, s=3)",
+                 "ALDM no pre-training (K=2, s=3)", "ALDM no ControlNet (K=2, s=3)"):
         row = rows[name]
         assert float(row["Train s"]) > 0 and float(row["Params M"]) > 0 and float(row["Sample s/vol"]) > 0, name
         assert 0.0 <= float(row["copies % (held-out)"] or 0.0) <= 100.0, name

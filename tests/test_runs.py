@@ -141,16 +141,22 @@ def test_an_experiment_budget_gives_every_model_the_same_seconds():
 
 def test_ablation_rows_join_table1_when_asked():
     from aldm.errors import AldmError
-    from aldm.experiments.common import ExperimentConfig
+    from aldm.experiments.common import ExperimentConfig, run_key
     from aldm.experiments.table1 import cells
 
     plain = ExperimentConfig(source_cache="s", target_cache="t", out="o", k=[2, 3], guidance=[1.0, 3.0])
     asked = ExperimentConfig(source_cache="s", target_cache="t", out="o", k=[2, 3], guidance=[1.0, 3.0],
                              ablations=["zero-shot", "no-pretraining", "no-controlnet"])
     extra = [c for c in cells(asked) if c not in cells(plain)]
-    assert [(c["model"], c["k"], c["s"]) for c in extra] == [("aldm-scratch", 3, 3.0), ("aldm-nocontrolnet", 3, 3.0),
-                                                             ("aldm-zeroshot", 0, 3.0)]
+    # no pre-training and no ControlNet at every K (the claims are asked at K = 10 and 16), zero-shot once
+    assert [(c["model"], c["k"], c["s"]) for c in extra] == [
+        ("aldm-scratch", 3, 3.0), ("aldm-scratch", 2, 3.0), ("aldm-nocontrolnet", 3, 3.0),
+        ("aldm-nocontrolnet", 2, 3.0), ("aldm-zeroshot", 0, 3.0)]
     assert len({c["id"] for c in cells(asked)}) == len(cells(asked))
+    # each row samples its own run: one per K for the ablations, the source LDM for zero-shot
+    assert [run_key(c) for c in extra] == ["aldm-scratch_k3", "aldm-scratch_k2", "aldm-nocontrolnet_k3",
+                                          "aldm-nocontrolnet_k2", "aldm-zeroshot"]
+    assert {run_key(c) for c in cells(plain) if c["model"] == "aldm"} == {"aldm_k2", "aldm_k3"}
     with pytest.raises(AldmError, match='"ablations".*no-attention'):
         ExperimentConfig(source_cache="s", target_cache="t", out="o", ablations=["no-attention"])
 

@@ -31,6 +31,8 @@ from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
 STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot")
 ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
+# the model key of an ablation's Table 1 rows -> its name in the config's "ablations"
+ABLATION_OF = {"aldm-zeroshot": "zero-shot", "aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet"}
 
 
 @dataclass
@@ -77,7 +79,7 @@ class ExperimentConfig:
     # rows that test the paper's claims (issue 24): "zero-shot" (the source LDM on target masks, no few-shot
     # stage), "no-pretraining" (an LDM trained from scratch on the K target patients, same VAE, for the source
     # + few-shot steps or seconds), "no-controlnet" (source LDM + few-shot without the ControlNet: FiLM
-    # statistics only, same steps or seconds); [] in the demo
+    # statistics only, same steps or seconds); the last two at every K of "k"; [] in the demo
     ablations: list = field(default_factory=list)
     segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (SegmentationSettings)
 
@@ -291,30 +293,33 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     if "zero-shot" in cfg.ablations:
         runs["aldm-zeroshot"] = runs["ldm"]
     if "no-pretraining" in cfg.ablations:
-        runs["aldm-scratch"] = scratch = os.path.join(runs_dir, f"aldm_scratch_k{k_max}")
-        if not finished(scratch):
-            log(f"ablation: LDM from scratch on the K={k_max} target patients")
-            # trained as the source LDM is (its optimiser settings), for the source + few-shot length
-            ldm, few = profile.train_ldm, profile.train_fewshot
-            length = replace(ldm, steps=(steps.get("ldm") or ldm.steps) + (steps.get("fewshot") or few.steps),
-                             budget_s=ldm.budget_s + few.budget_s)
-            length = replace(length, select_by_probe=fewshot_profile.train_fewshot.select_by_probe)
-            train_ldm(cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=runs["ldm"],
-                      split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), seed=cfg.seed,
-                      resume=started(scratch), progress=progress, probe=fewshot_probe, from_scratch=True)
+        # trained as the source LDM is (its optimiser settings), for the source + few-shot length
+        ldm, few = profile.train_ldm, profile.train_fewshot
+        length = replace(ldm, steps=(steps.get("ldm") or ldm.steps) + (steps.get("fewshot") or few.steps),
+                         budget_s=ldm.budget_s + few.budget_s)
+        length = replace(length, select_by_probe=fewshot_profile.train_fewshot.select_by_probe)
+        for k in sorted(cfg.k, reverse=True):
+            runs[f"aldm-scratch_k{k}"] = scratch = os.path.join(runs_dir, f"aldm_scratch_k{k}")
+            if not finished(scratch):
+                log(f"ablation: LDM from scratch on the K={k} target patients")
+                train_ldm(cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=runs["ldm"],
+                          split_path=os.path.join(cfg.out, f"split_k{k}.json"), seed=cfg.seed,
+                          resume=started(scratch), progress=progress, probe=fewshot_probe, from_scratch=True)
     if "no-controlnet" in cfg.ablations:
         plain = replace(profile, unet=replace(profile.unet, controlnet=False))
-        src, few = os.path.join(runs_dir, "ldm_nocontrolnet"), os.path.join(runs_dir, f"aldm_nocontrolnet_k{k_max}")
-        runs["aldm-nocontrolnet"] = few
+        src = os.path.join(runs_dir, "ldm_nocontrolnet")
         if not finished(src):
             log("ablation: source LDM without the ControlNet")
             train_ldm(cfg.source_cache, src, plain, vae_run=runs["vae"], steps=steps.get("ldm"), seed=cfg.seed,
                       resume=started(src), progress=progress, probe=probe)
-        if not finished(few):
-            log(f"ablation: few-shot LDM without the ControlNet, K={k_max}")
-            train_ldm(cfg.target_cache, few, replace(plain, train_fewshot=fewshot_profile.train_fewshot), init_run=src,
-                      split_path=os.path.join(cfg.out, f"split_k{k_max}.json"), steps=steps.get("fewshot"),
-                      seed=cfg.seed, resume=started(few), progress=progress, probe=fewshot_probe)
+        for k in sorted(cfg.k, reverse=True):
+            runs[f"aldm-nocontrolnet_k{k}"] = few = os.path.join(runs_dir, f"aldm_nocontrolnet_k{k}")
+            if not finished(few):
+                log(f"ablation: few-shot LDM without the ControlNet, K={k}")
+                train_ldm(cfg.target_cache, few, replace(plain, train_fewshot=fewshot_profile.train_fewshot),
+                          init_run=src, split_path=os.path.join(cfg.out, f"split_k{k}.json"),
+                          steps=steps.get("fewshot"), seed=cfg.seed, resume=started(few), progress=progress,
+                          probe=fewshot_probe)
     for b in cfg.baselines:
         src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
         runs[b] = few
@@ -329,6 +334,17 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
                            split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
                            steps=steps.get(f"{key}_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
     return runs
+
+
+def run_key(cell: dict) -> str:
+    """The key in :func:`train_all`'s runs of the model a Table 1 cell samples: ``aldm_k<K>`` for ALDM,
+    ``<ablation>_k<K>`` for the no-pre-training and no-ControlNet rows (one run per K), the model's name
+    otherwise (a baseline at K = max(K); the zero-shot row's source LDM)."""
+    if cell["model"] == "aldm":
+        return f"aldm_k{cell['k']}"
+    if cell["model"] in ("aldm-scratch", "aldm-nocontrolnet"):
+        return f"{cell['model']}_k{cell['k']}"
+    return cell["model"]
 
 
 def fewshot_selection(cfg: ExperimentConfig, splits: dict, profile, probe: ProbeSubjects | None):

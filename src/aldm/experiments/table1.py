@@ -35,7 +35,7 @@ from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import BASELINE_NAMES, is_diffusion
 from ..pipeline import load_pipeline, parameter_count
-from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
+from .common import ABLATION_OF, ExperimentConfig, generation_settings, log, make_splits, real_items, run_key, train_all
 
 VAE_BOUND = "vae-reconstruction.json"  # cells/: the VAE reconstruction bound (vae_bound)
 
@@ -44,7 +44,8 @@ __all__ = ["ExperimentConfig", "cells", "run_table1", "write_table1_report"]
 
 def cells(cfg: ExperimentConfig) -> list[dict]:
     """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
-    the largest s (as the paper's ablations), then the ablations of ``cfg.ablations`` at max(K) and s."""
+    the largest s (as the paper's ablations), then the ablations of ``cfg.ablations`` at the largest s: no
+    pre-training and no ControlNet at every K (largest first), zero-shot once (K = 0)."""
     k_max, s_max = max(cfg.k), max(cfg.guidance)
     # a diffusion peer (the pixel DDPM) is sampled as ALDM is, at the largest s; a GAN takes no s
     rows = [{"name": f"{BASELINE_NAMES[b]} (s={s_max:g})", "model": b, "k": k_max, "s": s_max} if is_diffusion(b)
@@ -52,12 +53,10 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
-    if "no-pretraining" in cfg.ablations:
-        rows.append({"name": f"ALDM no pre-training (K={k_max}, s={s_max:g})", "model": "aldm-scratch", "k": k_max,
-                     "s": s_max})
-    if "no-controlnet" in cfg.ablations:
-        rows.append({"name": f"ALDM no ControlNet (K={k_max}, s={s_max:g})", "model": "aldm-nocontrolnet",
-                     "k": k_max, "s": s_max})
+    for model, label in (("aldm-scratch", "no pre-training"), ("aldm-nocontrolnet", "no ControlNet")):
+        if ABLATION_OF[model] in cfg.ablations:  # at every K, as ALDM's own rows
+            rows += [{"name": f"ALDM {label} (K={k}, s={s_max:g})", "model": model, "k": k, "s": s_max}
+                     for k in sorted(cfg.k, reverse=True)]
     if "zero-shot" in cfg.ablations:  # K = 0: no target patient trained on (its classifier split is K_max's)
         rows.append({"name": f"ALDM zero-shot (s={s_max:g})", "model": "aldm-zeroshot", "k": 0, "s": s_max,
                      "split_k": k_max})
@@ -193,7 +192,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                 result = json.load(fh)
             if ("mask_swap" in result or not cfg.mask_swap_pairs) and "cost" in result:
                 continue
-        run = runs[f"aldm_k{cell['k']}"] if cell["model"] == "aldm" else runs[cell["model"]]
+        run = runs[run_key(cell)]
         pipe = load_pipeline(run)  # one load for the cell's samples and its mask-swap check
         sample_s = None
         if result is None:
