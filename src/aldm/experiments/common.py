@@ -31,8 +31,8 @@ from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
 STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot")
 ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
-# the model key of an ablation's Table 1 rows -> its name in the config's "ablations"
-ABLATION_OF = {"aldm-zeroshot": "zero-shot", "aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet"}
+# the ablations trained once per K of "k": their Table 1 model key -> their name in the config's "ablations"
+PER_K_ABLATIONS = {"aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet"}
 
 
 @dataclass
@@ -342,7 +342,7 @@ def run_key(cell: dict) -> str:
     otherwise (a baseline at K = max(K); the zero-shot row's source LDM)."""
     if cell["model"] == "aldm":
         return f"aldm_k{cell['k']}"
-    if cell["model"] in ("aldm-scratch", "aldm-nocontrolnet"):
+    if cell["model"] in PER_K_ABLATIONS:
         return f"{cell['model']}_k{cell['k']}"
     return cell["model"]
 

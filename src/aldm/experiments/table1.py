@@ -35,7 +35,16 @@ from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import BASELINE_NAMES, is_diffusion
 from ..pipeline import load_pipeline, parameter_count
-from .common import ABLATION_OF, ExperimentConfig, generation_settings, log, make_splits, real_items, run_key, train_all
+from .common import (
+    PER_K_ABLATIONS,
+    ExperimentConfig,
+    generation_settings,
+    log,
+    make_splits,
+    real_items,
+    run_key,
+    train_all,
+)
 
 VAE_BOUND = "vae-reconstruction.json"  # cells/: the VAE reconstruction bound (vae_bound)
 
@@ -54,7 +63,7 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
     for model, label in (("aldm-scratch", "no pre-training"), ("aldm-nocontrolnet", "no ControlNet")):
-        if ABLATION_OF[model] in cfg.ablations:  # at every K, as ALDM's own rows
+        if PER_K_ABLATIONS[model] in cfg.ablations:  # at every K, as ALDM's own rows
             rows += [{"name": f"ALDM {label} (K={k}, s={s_max:g})", "model": model, "k": k, "s": s_max}
                      for k in sorted(cfg.k, reverse=True)]
     if "zero-shot" in cfg.ablations:  # K = 0: no target patient trained on (its classifier split is K_max's)
