@@ -137,6 +137,19 @@ def test_vae_trains_on_random_crops(prepared_cache, tmp_path, monkeypatch):
     profile.vae = dataclasses.replace(profile.vae, train_crop=16)
     train_vae(str(prepared_cache), str(tmp_path / "crop"), profile, steps=2, progress=False)
     assert seen == [(16, 16, 16)] * 2
+    # vae.tumour_weight: the label maps travel with the images and are cropped with them
+    labelled = []
+
+    def labels_spy(self, batch, step, total):
+        labelled.append((tuple(batch["labels"].shape[2:]), set(batch["labels"].unique().tolist())))
+        return forward(self, batch, step, total)
+
+    monkeypatch.setattr(stages.VAETask, "forward", labels_spy)
+    profile.vae = dataclasses.replace(profile.vae, tumour_weight=2.0)
+    train_vae(str(prepared_cache), str(tmp_path / "weighted"), profile, steps=3, progress=False)
+    assert [shape for shape, _ in labelled] == [(16, 16, 16)] * 3
+    assert set().union(*(values for _, values in labelled)) <= {0, 1, 2, 4}
+    profile.vae = dataclasses.replace(profile.vae, tumour_weight=0.0)
     with pytest.raises(AldmError, match="multiple of 4"):  # refused when the config is built
         dataclasses.replace(profile.vae, train_crop=18)
     profile.vae = dataclasses.replace(profile.vae, train_crop=64)

@@ -11,7 +11,16 @@ import torch
 from aldm.config import paper, tiny
 from aldm.models.blocks import FiLM, sinusoidal_embedding
 from aldm.models.unet import ConditionalDenoiser
-from aldm.models.vae import VAE3D, gradient_loss, kl_divergence, kl_weight, spectral_loss, ssim_loss, vae_loss
+from aldm.models.vae import (
+    VAE3D,
+    gradient_loss,
+    kl_divergence,
+    kl_weight,
+    region_weight,
+    spectral_loss,
+    ssim_loss,
+    vae_loss,
+)
 
 
 @pytest.mark.slow
@@ -276,3 +285,24 @@ def test_ssim_loss_is_zero_for_the_volume_itself_grows_with_blur_and_is_added_wh
     plain, plain_parts = vae_loss(x, mild, mu, logvar, tiny().vae, step=10, total_steps=10)
     assert "ssim" not in plain_parts
     assert (weighted - plain).item() == pytest.approx(2.0 * parts["ssim"].item(), rel=1e-5)
+
+
+def test_region_weight_counts_nested_brats_regions_and_weights_the_l1_term():
+    """vae.tumour_weight: background 1, oedema 1 + w, necrosis 1 + 2 w, enhancing 1 + 3 w; the L1 term is the
+    weight-averaged error, so an error inside the enhancing tumour costs more than the same error outside,
+    and equal weights give the plain mean."""
+    labels = torch.tensor([0, 2, 1, 4], dtype=torch.uint8).view(1, 1, 4, 1, 1)
+    assert region_weight(labels, 2.0).flatten().tolist() == [1.0, 3.0, 5.0, 7.0]
+    cfg = dataclasses.replace(tiny().vae, tumour_weight=2.0)
+    x = torch.zeros(1, 2, 4, 1, 1)
+    mu, logvar = torch.zeros(1, 8, 1, 1, 1), torch.zeros(1, 8, 1, 1, 1)
+    inside, outside = x.clone(), x.clone()
+    inside[:, :, 3] = 1.0  # an error of 1 in the enhancing voxel
+    outside[:, :, 0] = 1.0  # the same error in the background voxel
+    weight = region_weight(labels, cfg.tumour_weight)
+    _, at_et = vae_loss(x, inside, mu, logvar, cfg, 10, 10, weight)
+    _, at_bg = vae_loss(x, outside, mu, logvar, cfg, 10, 10, weight)
+    assert float(at_et["rec"]) == pytest.approx(7 / 16) and float(at_bg["rec"]) == pytest.approx(1 / 16)
+    _, plain = vae_loss(x, inside, mu, logvar, cfg, 10, 10)
+    _, flat = vae_loss(x, inside, mu, logvar, cfg, 10, 10, torch.full_like(weight, 3.0))
+    assert float(flat["rec"]) == pytest.approx(float(plain["rec"])) == pytest.approx(1 / 4)

@@ -63,6 +63,11 @@ class VAEConfig:
     # weight of a 3D SSIM loss (1 - SSIM, MONAI's SSIMLoss, Gaussian window of 7 voxels) beside L1 + gradient, the
     # mix Zhao et al. (IEEE TCI 2017) found best for image restoration; 0 = off (the paper)
     ssim_weight: float = 0.0
+    # the reconstruction L1 weighted voxel-wise by 1 + tumour_weight * (number of BraTS regions holding the voxel:
+    # oedema 1, necrosis 2 (WT, TC), enhancing 3 (WT, TC, ET)), as a weighted mean (aldm.models.vae.region_weight);
+    # the sub-regions are a few per cent of the voxels and an unweighted L1 lets the VAE smooth them away
+    # (issue 26: the enhancing rim on T1c). 0 = off (the paper)
+    tumour_weight: float = 0.0
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
@@ -83,7 +88,8 @@ class VAEConfig:
         _widths(self, "channels")
         if len(self.channels) != 3:
             raise AldmError(f"VAEConfig.channels must give 3 widths (at S, S/2, S/4), got {self.channels!r}")
-        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight", "ssim_weight", "adv_weight"):
+        for name in ("kl_weight", "rec_weight", "grad_weight", "spectral_weight", "ssim_weight", "adv_weight",
+                     "tumour_weight"):
             _number(self, name)
         _number(self, "kl_warmup_fraction", 0.0, 1.0)
         _number(self, "adv_start_fraction", 0.0, 1.0)

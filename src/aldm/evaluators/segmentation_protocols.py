@@ -1,8 +1,8 @@
 """Downstream segmentation protocols: does a tumour segmenter trained on few real target patients get
 better when synthetic volumes are added?
 
-Every protocol trains the same 3D whole-tumour segmenter (:mod:`aldm.evaluators.segmenter`: MONAI SegResNet,
-DiceCELoss, sliding-window inference) and tests it on real target patients that no generator and no
+Every protocol trains the same 3D tumour segmenter (:mod:`aldm.evaluators.segmenter`: MONAI SegResNet,
+Dice + per-channel BCE loss, sliding-window inference) and tests it on real target patients that no generator and no
 segmenter of that protocol has seen (the experiment's patient-grouped CV folds over the held-out test
 and pool patients; the K few-shot patients are never in a fold):
 
@@ -17,9 +17,10 @@ Synthetic volumes come only from the K few-shot patients' masks (the paper's App
 their own masks, then each moved into another few-shot patient's brain), never from a tested
 patient's mask; :func:`check_no_leak` enforces it for every training set. Only the ceiling depends on
 the fold: the other protocols train once per seed and are scored on every fold's test patients.
-The synthetic volumes carry a binary mask only (the generators are conditioned on the whole
-tumour), so every protocol segments the whole tumour; BraTS sub-regions would need sub-region masks
-from the generators.
+In the paper's ``mask`` condition the generators follow the whole tumour only, so every protocol segments
+the whole tumour; in a ``regions`` condition (issue 26) every synthetic volume carries the label map it was
+drawn from and every protocol trains and scores the three BraTS regions (WT, TC, ET:
+:mod:`aldm.experiments.segmentation`).
 """
 
 from __future__ import annotations

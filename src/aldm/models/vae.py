@@ -149,12 +149,26 @@ def ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return SSIMLoss(spatial_dims=3, data_range=2.0, win_size=7)(x_hat.float(), x.float())
 
 
+def region_weight(labels: torch.Tensor, tumour_weight: float) -> torch.Tensor:
+    """Voxel weights (B, 1, S, S, S) of BraTS label maps ``labels`` (B, 1, S, S, S) in {0, 1, 2, 4}:
+    1 + ``tumour_weight`` x the number of nested BraTS regions (:data:`aldm.conditions.REGIONS`: WT, TC, ET)
+    holding the voxel — background 1, oedema 1 + w, necrosis 1 + 2 w, enhancing 1 + 3 w."""
+    from ..conditions import REGIONS
+
+    count = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    for values in REGIONS.values():
+        count += torch.isin(labels, torch.tensor(values, device=labels.device)).float()
+    return 1.0 + tumour_weight * count
+
+
 def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, config: VAEConfig,
-             step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
+             step: int, total_steps: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Eq. 3.2 + 3.4 with the KL warm-up of Eq. 3.3, plus ``spectral_weight`` x :func:`spectral_loss` and
     ``ssim_weight`` x :func:`ssim_loss` when those weights are set (not in the paper); returns (loss, parts
-    for logging)."""
-    rec = torch.mean(torch.abs(x - x_hat))
+    for logging). ``weight`` (B, 1, S, S, S), e.g. :func:`region_weight`: the L1 term becomes the
+    weight-averaged absolute error (the same as the plain mean when every weight is equal)."""
+    error = torch.abs(x - x_hat)
+    rec = torch.mean(error) if weight is None else torch.sum(error * weight) / (torch.sum(weight) * x.shape[1])
     kl = kl_divergence(mu, logvar)
     grad = gradient_loss(x_hat, x)
     beta = kl_weight(step, total_steps, config.kl_weight, config.kl_warmup_fraction)

@@ -32,7 +32,7 @@ from ..distributed import DistInfo, barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
-from ..models.vae import VAE3D, frozen_vae, vae_loss
+from ..models.vae import VAE3D, frozen_vae, region_weight, vae_loss
 from ..models.vae_adversary import (
     adversary_start,
     check_discriminator_fits,
@@ -218,8 +218,9 @@ class VAETask(nn.Module):
         return phase != "d" or step >= adversary_start(self.vae.config, total_steps)
 
     def forward(self, batch: dict, step: int, total_steps: int, phase: str | None = None):
-        """The loss of a batch {'image' (B, C, S, S, S), 'eps' (B, zC, s, s, s)} for ``phase`` (None or
-        ``g``: the VAE's; ``d``: the discriminator's); returns (loss, parts)."""
+        """The loss of a batch {'image' (B, C, S, S, S), 'eps' (B, zC, s, s, s)[, 'labels' (B, 1, S, S, S) when
+        ``vae.tumour_weight`` is set]} for ``phase`` (None or ``g``: the VAE's; ``d``: the discriminator's);
+        returns (loss, parts)."""
         device = next(self.parameters()).device
         x = batch["image"].to(device, non_blocking=True)
         if phase == "d":
@@ -229,8 +230,11 @@ class VAETask(nn.Module):
         mu, logvar = self.vae.encode(x)
         z = mu + torch.exp(0.5 * logvar) * batch["eps"].to(device, dtype=mu.dtype)
         x_hat = self.vae.decode(z)
+        weight = None
+        if "labels" in batch:  # vae.tumour_weight: the sub-regions weigh more in the L1 term
+            weight = region_weight(batch["labels"].to(device), self.vae.config.tumour_weight)
         loss, parts = vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step,
-                               total_steps)
+                               total_steps, weight)
         if phase == "g":
             nan = torch.tensor(float("nan"))
             parts.update(adv=torch.zeros(()), d_loss=nan)  # the same log columns before the adversary starts
@@ -262,16 +266,21 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
                          resume=resume, extra={})
     data = PreparedCache(cache)
     images = torch.stack([torch.from_numpy(data.load(r)["image"]).half() for r in rows])
+    # the label maps only when the loss weights the tumour's regions (vae.tumour_weight)
+    labels = (torch.stack([torch.from_numpy(data.load(r)["labels"].astype(np.uint8)) for r in rows])
+              if profile.vae.tumour_weight else None)
     latent_shape = (profile.vae.latent_channels,) + ((crop or profile.image_size) // 4,) * 3
 
     def sampler(step: int, rank: int) -> dict:
         g = step_generator(cfg.seed, step, rank)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
-        batch = images[idx].float()
+        volumes = {"image": images[idx].float()} | ({} if labels is None else {"labels": labels[idx]})
         if crop:  # one random cube per sample, on the 4-voxel grid of the latents
             starts = torch.randint((profile.image_size - crop) // 4 + 1, (cfg.batch_size, 3), generator=g) * 4
-            batch = torch.stack([v[:, a:a + crop, b:b + crop, c:c + crop] for v, (a, b, c) in zip(batch, starts)])
-        return {"image": batch, "eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
+            volumes = {key: torch.stack([v[:, a:a + crop, b:b + crop, c:c + crop]
+                                         for v, (a, b, c) in zip(stacked, starts)])
+                       for key, stacked in volumes.items()}
+        return volumes | {"eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
 
     torch.manual_seed(cfg.seed)
     probe_fn = None
