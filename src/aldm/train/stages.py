@@ -265,10 +265,12 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
                          resume=resume, extra={})
     data = PreparedCache(cache)
-    images = torch.stack([torch.from_numpy(data.load(r)["image"]).half() for r in rows])
+    subjects = [data.load(r) for r in rows]  # each subject's arrays read once
+    images = torch.stack([torch.from_numpy(d["image"]).half() for d in subjects])
     # the label maps only when the loss weights the tumour's regions (vae.tumour_weight)
-    labels = (torch.stack([torch.from_numpy(data.load(r)["labels"].astype(np.uint8)) for r in rows])
+    labels = (torch.stack([torch.from_numpy(d["labels"].astype(np.uint8)) for d in subjects])
               if profile.vae.tumour_weight else None)
+    del subjects
     latent_shape = (profile.vae.latent_channels,) + ((crop or profile.image_size) // 4,) * 3
 
     def sampler(step: int, rank: int) -> dict:
