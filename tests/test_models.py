@@ -260,11 +260,16 @@ def test_a_denoiser_without_controlnet_has_none_and_samples_through_guidance():
     z, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([3, 70])
     stats, control = torch.randn(2, 8), torch.rand(2, 3, 8, 8, 8)
     torch.nn.init.normal_(model.unet.out[-1].weight)  # a trained-looking output layer (a zero one hides FiLM)
+    films = [m for m in model.modules() if isinstance(m, FiLM)]
+    assert films
+    for film in films:  # and trained-looking FiLM layers: zero-initialised, they are the identity (Eq. 3.7)
+        torch.nn.init.normal_(film.mlp[-1].weight)
     with torch.no_grad():
         assert torch.equal(model(z, t, control, stats), model.unet(z, t, stats, None))
         guided = GuidedNoise(model, control, stats, 3.0)(z, t)
         conditional = GuidedNoise(model, control, stats, 1.0)(z, t)
-    assert guided.shape == z.shape and not torch.allclose(guided, conditional)
+    # the null half has no statistics: guidance moves the output by far more than float rounding
+    assert guided.shape == z.shape and (guided - conditional).abs().max() > 1e-2
 
 
 def test_ssim_loss_is_zero_for_the_volume_itself_grows_with_blur_and_is_added_when_weighted():

@@ -196,6 +196,7 @@ def _cmd_train(args) -> int:
     from .artifacts.run import Run
     from .config import get_profile
     from .distributed import init_distributed, shutdown
+    from .config import with_decoder_regions
     from .train.stages import train_ldm, train_vae, with_probe_every
 
     resumed = _resumed_profile(args)
@@ -216,6 +217,11 @@ def _cmd_train(args) -> int:
                                   precision=args.precision, condition=args.condition)
         elif args.stage == "vae":
             profile = resumed or get_profile(args.profile or "small")
+            if args.decoder_regions and not profile.vae.decoder_regions:
+                if resumed:
+                    raise AldmError(f"{args.out}: the run's VAE was started without --decoder-regions; resume "
+                                    "without it or choose another --out")
+                profile = with_decoder_regions(profile)
             profile = with_probe_every(_with_budget(profile, "train_vae", args.budget_s), args.probe_every)
             last = train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
                              dist_info=info, progress=not args.quiet, precision=args.precision, probe=probe)
@@ -472,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override the profile's: auto = bf16 autocast where the device trains correctly in "
                               "bf16 (CUDA, AMX CPUs), else fp32")
         sub.add_argument("--quiet", action="store_true")
+        if stage == "vae":
+            sub.add_argument("--decoder-regions", action="store_true",
+                             help="the decoder also sees the tumour's BraTS regions (WT/TC/ET of the label map) at "
+                                  "every resolution, so thin sub-regions (the enhancing rim) are drawn where the label "
+                                  "map puts them; its LDMs must be trained with --condition regions (not in the paper)")
         if stage == "ldm":
             sub.add_argument("--vae", default=None, help="finished VAE run (stage 3)")
         if stage in ("ldm", "baseline"):

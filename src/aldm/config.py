@@ -68,6 +68,12 @@ class VAEConfig:
     # the sub-regions are a few per cent of the voxels and an unweighted L1 lets the VAE smooth them away
     # (issue 26: the enhancing rim on T1c). 0 = off (the paper)
     tumour_weight: float = 0.0
+    # the decoder also sees the tumour's BraTS regions (WT, TC, ET masks of the label map, at every decoder
+    # resolution: area-averaged to S/4 and S/2, exact at S), so a sub-region the latents blur (the enhancing rim)
+    # is drawn where the label map puts it — a label-conditioned decoder as in brainSPADE (Fernandez et al.,
+    # SASHIMI 2022). Every decode then needs the label map: training (the cache's), sampling (the condition's).
+    # Not in the paper (False); the regions-mode experiments and demo turn it on (issue 26)
+    decoder_regions: bool = False
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
     train_crop: int = 0
@@ -96,6 +102,8 @@ class VAEConfig:
         _whole(self, "disc_channels")
         _whole(self, "disc_layers")
         _whole(self, "train_crop", 0)
+        if not isinstance(self.decoder_regions, bool):
+            raise AldmError(f"VAEConfig.decoder_regions must be true or false, got {self.decoder_regions!r}")
         if self.train_crop % 4:
             raise AldmError(f"VAEConfig.train_crop must be a multiple of 4 (0: whole volumes), got {self.train_crop}")
 
@@ -462,6 +470,13 @@ def tiny() -> Profile:
         train_pixel=train(steps=4, lr=1e-3, warmup_steps=1),
         train_pixel_fewshot=train(steps=4, lr=1e-3, warmup_steps=1),
     )
+
+
+def with_decoder_regions(profile: Profile, on: bool = True) -> Profile:
+    """``profile`` with its VAE's decoder label-conditioned (``VAEConfig.decoder_regions``) or not."""
+    if profile.vae.decoder_regions == on:
+        return profile
+    return dataclasses.replace(profile, vae=dataclasses.replace(profile.vae, decoder_regions=on))
 
 
 def with_condition(profile: Profile, condition: str | None) -> Profile:

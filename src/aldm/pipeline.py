@@ -131,7 +131,8 @@ class ALDMPipeline:
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
         with autocast(self.device, self.precision):
-            decoded = self.vae.decode(latent_cl, slab=self.decode_slab)
+            # a decoder_regions VAE draws the sub-regions of the label map (the condition's own)
+            decoded = self.vae.decode(latent_cl, slab=self.decode_slab, labels=m.view(m.shape[0], 1, *m.shape[-3:]))
         image = decoded.float().clamp(-1, 1)
         return {"image": image.contiguous().cpu(), "latent": latent.cpu()}
 

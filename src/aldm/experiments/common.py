@@ -17,7 +17,7 @@ from ..artifacts.cache import PreparedCache
 from ..artifacts.run import WEIGHTS, Run
 from ..artifacts.split import save_split
 from ..conditions import parse_condition
-from ..config import PROFILES, get_profile, with_budget, with_condition
+from ..config import PROFILES, get_profile, with_budget, with_condition, with_decoder_regions
 from ..data.splits import MAX_TEST_PATIENTS, few_shot_split, with_cv_folds
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..diffusion.settings import GenerationSettings
@@ -44,6 +44,9 @@ class ExperimentConfig:
     out: str
     profile: str = "small"
     condition: str = "mask"  # what ALDM and the baselines are conditioned on (aldm.conditions)
+    # ALDM's VAE decoder sees the label map's regions (VAEConfig.decoder_regions); None: on under a regions
+    # condition, off under "mask" (the paper's VAE, which a binary mask could not drive)
+    vae_decoder_regions: bool | None = None
     k: list = field(default_factory=lambda: [10, 16])
     guidance: list = field(default_factory=lambda: [0.3, 0.5, 1.0, 3.0])
     # comparison models (aldm.models.families): the paper's GANs by default; "pixelddpm" adds the pixel-space
@@ -97,6 +100,11 @@ class ExperimentConfig:
             raise AldmError(f'"profile": unknown profile {self.profile!r}; choose one of {", ".join(PROFILES)} '
                             "or a JSON config file")
         parse_condition(self.condition, '"condition"')
+        if self.vae_decoder_regions is not None and not isinstance(self.vae_decoder_regions, bool):
+            raise AldmError(f'"vae_decoder_regions": expected true, false or null, got {self.vae_decoder_regions!r}')
+        if self.vae_decoder_regions and self.condition == "mask":
+            raise AldmError('"vae_decoder_regions": a decoder that draws the sub-regions needs a regions condition '
+                            '("condition": "regions" or "regions+brain")')
         positive_ints("k", self.k)
         if not isinstance(self.guidance, list) or not self.guidance:
             raise AldmError(f'"guidance": expected a non-empty list of guidance scales, got {self.guidance!r}')
@@ -136,6 +144,11 @@ class ExperimentConfig:
         if self.budget_s and self.steps:
             raise AldmError('"budget_s" and "steps" both set: give the stages seconds or steps, not both')
         SegmentationSettings.from_dict(self.segmentation, '"segmentation"')
+
+    def decoder_regions(self) -> bool:
+        """Whether ALDM's VAE decoder sees the label map's regions: ``vae_decoder_regions``, or by default
+        whether the condition is a regions one."""
+        return self.condition != "mask" if self.vae_decoder_regions is None else self.vae_decoder_regions
 
     @classmethod
     def load(cls, path: str) -> ExperimentConfig:
@@ -257,8 +270,8 @@ def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dic
     runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
     if not finished(runs["vae"]):
         log("stage 1: VAE")
-        train_vae(cfg.source_cache, runs["vae"], profile, steps=steps.get("vae"), seed=cfg.seed,
-                  resume=started(runs["vae"]), progress=progress, probe=probe)
+        train_vae(cfg.source_cache, runs["vae"], with_decoder_regions(profile, cfg.decoder_regions()),
+                  steps=steps.get("vae"), seed=cfg.seed, resume=started(runs["vae"]), progress=progress, probe=probe)
     if not finished(runs["ldm"]):
         log("stages 2-3: source LDM")
         train_ldm(cfg.source_cache, runs["ldm"], profile, vae_run=runs["vae"],

@@ -148,7 +148,8 @@ def vae_bound(vae_run: str, segmenter: str, items: list[dict], modalities) -> di
     with torch.inference_mode():
         for item in items:
             mu, _ = vae.encode(torch.from_numpy(item["image"])[None])
-            recons.append(vae.decode(mu)[0].float().clamp(-1, 1).numpy())
+            labels = torch.from_numpy(item["labels"].astype("float32"))[None]  # for a decoder_regions VAE
+            recons.append(vae.decode(mu, labels=labels.view(1, 1, *labels.shape[-3:]))[0].float().clamp(-1, 1).numpy())
     model, config, _ = load_segmenter(segmenter)
     adherence = mask_adherence(model, config, np.stack(recons), np.stack([i["labels"] for i in items]))
     contrast = contrast_check([(r, i["labels"], i["brain"]) for r, i in zip(recons, items)],

@@ -103,15 +103,23 @@ def _instance_norm_silu_(x: torch.Tensor, norm: torch.nn.GroupNorm, moments: _Ru
 
 
 @torch.no_grad()
-def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab: int = 16) -> torch.Tensor:
+def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab: int = 16,
+                    regions: torch.Tensor | None = None) -> torch.Tensor:
     """``vae.decode(z, cond)`` with the full-resolution stage over depth slabs of ``slab`` planes.
 
-    z (B, zC, s, s, s) [+ cond] -> (B, 3, 4s, 4s, 4s) in [-1, 1]. Inference only (no autograd graph).
+    z (B, zC, s, s, s) [+ cond] -> (B, 3, 4s, 4s, 4s) in [-1, 1]; ``regions`` (B, 3, 4s, 4s, 4s): a
+    label-conditioned decoder's region maps (:func:`aldm.models.vae.with_regions`), sliced with each slab.
+    Inference only (no autograd graph).
     """
+    from .vae import with_regions
+
     if slab < 1:
         raise ValueError(f"slab must be at least 1 plane, got {slab}")
-    h = vae.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
-    h = vae.mid(vae.up1(upsample_trilinear(h)))  # (B, c1, 2s, 2s, 2s): an eighth of the final size
+    h = vae.decoder_in(with_regions(z if cond is None else torch.cat([z, cond], dim=1), regions))
+    h = vae.mid(vae.up1(with_regions(upsample_trilinear(h), regions)))  # (B, c1, 2s, 2s, 2s): an eighth of the size
+
+    def halo(rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # planes [lo, hi) with their region maps
+        return rows if regions is None else torch.cat([rows, regions[:, :, lo:hi].to(rows.dtype)], dim=1)
     conv, norm = vae.up2.conv, vae.up2.norm
     depth, height, width = (2 * n for n in h.shape[2:])
     pre = torch.empty((h.shape[0], conv.out_channels, depth, height, width), dtype=h.dtype, device=h.device,
@@ -119,7 +127,8 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
     moments = _RunningMoments()
     for start in range(0, depth, slab):
         stop = min(start + slab, depth)
-        rows = _upsampled_planes(h, max(start - 1, 0), min(stop + 1, depth))
+        lo, hi = max(start - 1, 0), min(stop + 1, depth)
+        rows = halo(_upsampled_planes(h, lo, hi), lo, hi)
         part = _conv_planes(conv, rows, start == 0, stop == depth)
         del rows
         moments.add(part)
@@ -131,7 +140,8 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
                       memory_format=_format(pre))
     for start in range(0, depth, slab):
         stop = min(start + slab, depth)
-        rows = pre[:, :, max(start - 1, 0):min(stop + 1, depth)]
+        lo, hi = max(start - 1, 0), min(stop + 1, depth)
+        rows = halo(pre[:, :, lo:hi], lo, hi)
         out[:, :, start:stop] = torch.tanh(_conv_planes(vae.out, rows, start == 0, stop == depth))
     return out
 

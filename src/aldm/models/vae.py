@@ -4,6 +4,11 @@ Encoder: 3x3x3 convolutions with instance norm and SiLU; two strided convolution
 residual refinement blocks at the latent resolution; 1x1 heads for mu and log-variance (clamped),
 the diagonal Gaussian posterior of Eq. 3.1. Decoder: mirror image with trilinear upsampling +
 convolution twice (no transposed convolutions) and a final tanh. Losses: Eq. 3.2-3.4.
+
+With ``VAEConfig.decoder_regions`` (not in the paper) the decoder is label-conditioned: the three nested BraTS
+regions of the tumour's label map (:func:`decoder_region_maps`, (B, 3, S, S, S)) are concatenated to the input of
+each decoder stage at its resolution — area-averaged to S/4 and S/2, exact at S — so a thin sub-region that four
+times fewer latent voxels cannot hold (the enhancing rim on T1c) is drawn where the label map says.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..conditions import REGIONS
 from ..config import VAEConfig
+from ..errors import AldmError
 from .blocks import instance_norm, upsample_trilinear
 from .split_decode import decode_in_slabs
 
@@ -58,10 +65,12 @@ class VAE3D(nn.Module):
 
     def __init__(self, config: VAEConfig, cond_channels: int = 0):
         """``cond_channels`` > 0 makes the decoder conditional: decode(z, cond) concatenates a
-        (B, cond_channels, s, s, s) condition to z (the VAE-GAN baseline); ALDM's VAE uses 0."""
+        (B, cond_channels, s, s, s) condition to z (the VAE-GAN baseline); ALDM's VAE uses 0.
+        ``config.decoder_regions``: every decoder stage also takes the tumour's region maps (module docstring)."""
         super().__init__()
         self.config = config
         c0, c1, c2 = config.channels
+        r = self.region_channels = len(REGIONS) if config.decoder_regions else 0
         self.encoder = nn.Sequential(
             ConvNormAct(config.in_channels, c0),
             ConvNormAct(c0, c1, stride=2),
@@ -71,13 +80,13 @@ class VAE3D(nn.Module):
         )
         self.mu = nn.Conv3d(c2, config.latent_channels, 1)
         self.logvar = nn.Conv3d(c2, config.latent_channels, 1)
-        self.decoder_in = nn.Sequential(ConvNormAct(config.latent_channels + cond_channels, c2),
+        self.decoder_in = nn.Sequential(ConvNormAct(config.latent_channels + cond_channels + r, c2),
                                         *[RefineBlock(c2) for _ in range(config.refine_blocks)])
-        self.up1 = ConvNormAct(c2, c1)
+        self.up1 = ConvNormAct(c2 + r, c1)
         # residual blocks at S/2 after up1 (VAEConfig.level_blocks); empty for the paper's decoder
         self.mid = nn.Sequential(*[RefineBlock(c1) for _ in range(config.level_blocks)])
-        self.up2 = ConvNormAct(c1, c0)
-        self.out = nn.Conv3d(c0, config.in_channels, 3, padding=1)
+        self.up2 = ConvNormAct(c1 + r, c0)
+        self.out = nn.Conv3d(c0 + r, config.in_channels, 3, padding=1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 3.1: (mu, log sigma^2), each (B, zC, S/4, S/4, S/4); log-variance clamped."""
@@ -91,23 +100,62 @@ class VAE3D(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None, slab: int = 0) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None, slab: int = 0,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, zC, s, s, s) [+ cond (B, cond_channels, s, s, s)] -> x_hat (B, 3, 4s, 4s, 4s) in [-1, 1].
 
-        ``slab`` > 0: the full-resolution stage runs over depth slabs of that many planes
+        ``labels`` (B, 1, 4s, 4s, 4s), BraTS label maps {0, 1, 2, 4}: needed by a decoder with
+        ``decoder_regions`` (an AldmError without them), ignored by the paper's. ``slab`` > 0: the
+        full-resolution stage runs over depth slabs of that many planes
         (:func:`aldm.models.split_decode.decode_in_slabs`: the same volume at about half the peak memory;
         inference only, no autograd graph)."""
+        regions = self.regions_of(labels, z)
         if slab:
-            return decode_in_slabs(self, z, cond, slab)
-        h = self.decoder_in(z if cond is None else torch.cat([z, cond], dim=1))
-        h = self.mid(self.up1(upsample_trilinear(h)))
-        h = self.up2(upsample_trilinear(h))
-        return torch.tanh(self.out(h))
+            return decode_in_slabs(self, z, cond, slab, regions)
+        h = self.decoder_in(with_regions(z if cond is None else torch.cat([z, cond], dim=1), regions))
+        h = self.mid(self.up1(with_regions(upsample_trilinear(h), regions)))
+        h = self.up2(with_regions(upsample_trilinear(h), regions))
+        return torch.tanh(self.out(with_regions(h, regions)))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """x (B, 3, S, S, S) -> (x_hat, mu, logvar) with z = mu + sigma * eps."""
+    def regions_of(self, labels: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor | None:
+        """The decoder's region maps (B, 3, 4s, 4s, 4s) of ``labels`` in z's dtype and layout (None for the
+        paper's decoder); an AldmError when this decoder needs them and none (or the wrong size) are given."""
+        if not self.region_channels:
+            return None
+        size = tuple(4 * n for n in z.shape[2:])
+        if labels is None:
+            raise AldmError("this VAE's decoder draws the tumour's sub-regions (vae.decoder_regions): decoding needs "
+                            "the label map")
+        if labels.ndim != 5 or labels.shape[1] != 1 or tuple(labels.shape[2:]) != size \
+                or labels.shape[0] != z.shape[0]:
+            raise AldmError(f"the decoder's label maps must be ({z.shape[0]}, 1, {', '.join(map(str, size))}), "
+                            f"got {tuple(labels.shape)}")
+        return decoder_region_maps(labels.to(z.device)).to(z.dtype)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None):
+        """x (B, 3, S, S, S) [+ labels (B, 1, S, S, S) for a ``decoder_regions`` VAE] -> (x_hat, mu, logvar)
+        with z = mu + sigma * eps."""
         mu, logvar = self.encode(x)
-        return self.decode(self.sample(mu, logvar, generator)), mu, logvar
+        return self.decode(self.sample(mu, logvar, generator), labels=labels), mu, logvar
+
+
+def decoder_region_maps(labels: torch.Tensor) -> torch.Tensor:
+    """The nested BraTS regions (:data:`aldm.conditions.REGIONS`: WT, TC, ET) of label maps ``labels``
+    (B, 1, D, H, W) in {0, 1, 2, 4} as binary float masks (B, 3, D, H, W): what a ``decoder_regions`` decoder
+    sees (a region missing from a label map is an empty channel)."""
+    rounded = torch.round(labels.float())
+    return torch.cat([torch.isin(rounded, torch.tensor(values, dtype=rounded.dtype, device=labels.device)).float()
+                      for values in REGIONS.values()], dim=1)
+
+
+def with_regions(h: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
+    """h (B, C, d, h, w) with ``regions`` (B, 3, D, H, W) area-averaged to h's grid concatenated as 3 more
+    channels (the fraction of each coarse voxel in each region); h itself when ``regions`` is None."""
+    if regions is None:
+        return h
+    if regions.shape[2:] != h.shape[2:]:
+        regions = F.adaptive_avg_pool3d(regions, h.shape[2:])
+    return torch.cat([h, regions.to(h.dtype)], dim=1)
 
 
 def kl_weight(step: int, total_steps: int, weight: float, warmup_fraction: float) -> float:
@@ -153,12 +201,7 @@ def region_weight(labels: torch.Tensor, tumour_weight: float) -> torch.Tensor:
     """Voxel weights (B, 1, S, S, S) of BraTS label maps ``labels`` (B, 1, S, S, S) in {0, 1, 2, 4}:
     1 + ``tumour_weight`` x the number of nested BraTS regions (:data:`aldm.conditions.REGIONS`: WT, TC, ET)
     holding the voxel — background 1, oedema 1 + w, necrosis 1 + 2 w, enhancing 1 + 3 w."""
-    from ..conditions import REGIONS
-
-    count = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    for values in REGIONS.values():
-        count += torch.isin(labels, torch.tensor(values, device=labels.device)).float()
-    return 1.0 + tumour_weight * count
+    return 1.0 + tumour_weight * decoder_region_maps(labels).sum(dim=1, keepdim=True)
 
 
 def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, config: VAEConfig,
@@ -188,8 +231,6 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: tor
 def frozen_vae(config: VAEConfig, state: dict, device="cpu", where: str = "the VAE weights") -> VAE3D:
     """A VAE3D of ``config`` with ``state`` loaded, in eval mode and without gradients, on ``device``;
     an AldmError naming ``where`` when the weights do not fit the config."""
-    from ..errors import AldmError
-
     vae = VAE3D(config)
     try:
         vae.load_state_dict(state)

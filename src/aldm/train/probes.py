@@ -26,9 +26,10 @@ from ..metrics.sharpness import gradient_sharpness, head_mask
 from ..modalities import file_stems
 
 
-def vae_probe(images: torch.Tensor, modalities) -> Callable:
+def vae_probe(images: torch.Tensor, modalities, labels: torch.Tensor | None = None) -> Callable:
     """Probe of a VAE task on held-out volumes ``images`` (P, C, S, S, S) in [-1, 1], channel c being
-    ``modalities[c]``: PSNR, 3D SSIM and sharpness of the reconstruction per modality."""
+    ``modalities[c]``, with their label maps ``labels`` (P, 1, S, S, S; a ``decoder_regions`` VAE decodes with
+    them): PSNR, 3D SSIM and sharpness of the reconstruction per modality."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
     psnr, ssim = PSNRMetric(max_val=2.0), SSIMMetric(spatial_dims=3, data_range=2.0)
@@ -39,7 +40,8 @@ def vae_probe(images: torch.Tensor, modalities) -> Callable:
         for i in range(len(images)):
             x = images[i:i + 1].to(device)
             mu, _ = task.vae.encode(x)
-            x_hat = task.vae.decode(mu).float().clamp(-1, 1).cpu()
+            x_hat = task.vae.decode(mu, labels=None if labels is None else labels[i:i + 1].to(device))
+            x_hat = x_hat.float().clamp(-1, 1).cpu()
             real = images[i].numpy()
             head = head_mask(real)
             ratio = gradient_sharpness(x_hat[0].numpy(), head) / gradient_sharpness(real, head)

@@ -219,7 +219,7 @@ class VAETask(nn.Module):
 
     def forward(self, batch: dict, step: int, total_steps: int, phase: str | None = None):
         """The loss of a batch {'image' (B, C, S, S, S), 'eps' (B, zC, s, s, s)[, 'labels' (B, 1, S, S, S) when
-        ``vae.tumour_weight`` is set]} for ``phase`` (None or ``g``: the VAE's; ``d``: the discriminator's);
+        ``vae.tumour_weight`` or ``vae.decoder_regions`` is set]} for ``phase`` (None or ``g``: the VAE's; ``d``: the discriminator's);
         returns (loss, parts)."""
         device = next(self.parameters()).device
         x = batch["image"].to(device, non_blocking=True)
@@ -229,10 +229,11 @@ class VAETask(nn.Module):
             return loss, {"d_loss": loss.detach()}
         mu, logvar = self.vae.encode(x)
         z = mu + torch.exp(0.5 * logvar) * batch["eps"].to(device, dtype=mu.dtype)
-        x_hat = self.vae.decode(z)
+        labels = batch["labels"].to(device) if "labels" in batch else None
+        x_hat = self.vae.decode(z, labels=labels)  # a decoder_regions decoder sees the label map
         weight = None
-        if "labels" in batch:  # vae.tumour_weight: the sub-regions weigh more in the L1 term
-            weight = region_weight(batch["labels"].to(device), self.vae.config.tumour_weight)
+        if labels is not None and self.vae.config.tumour_weight:  # the sub-regions weigh more in the L1 term
+            weight = region_weight(labels, self.vae.config.tumour_weight)
         loss, parts = vae_loss(x.float(), x_hat.float(), mu.float(), logvar.float(), self.vae.config, step,
                                total_steps, weight)
         if phase == "g":
@@ -267,9 +268,9 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     data = PreparedCache(cache)
     subjects = [data.load(r) for r in rows]  # each subject's arrays read once
     images = torch.stack([torch.from_numpy(d["image"]).half() for d in subjects])
-    # the label maps only when the loss weights the tumour's regions (vae.tumour_weight)
+    # the label maps only when the loss weights the tumour's regions (vae.tumour_weight) or the decoder draws them
     labels = (torch.stack([torch.from_numpy(d["labels"].astype(np.uint8)) for d in subjects])
-              if profile.vae.tumour_weight else None)
+              if profile.vae.tumour_weight or profile.vae.decoder_regions else None)
     del subjects
     latent_shape = (profile.vae.latent_channels,) + ((crop or profile.image_size) // 4,) * 3
 
@@ -289,8 +290,9 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
     if probe is not None:
         probe.check_held_out(rows)
         probe_data = PreparedCache(probe.cache)
-        held = torch.stack([torch.from_numpy(probe_data.load(r)["image"]) for r in probe.rows()])
-        probe_fn = vae_probe(held, probe_data.modalities)
+        held = [probe_data.load(r) for r in probe.rows()]
+        probe_fn = vae_probe(torch.stack([torch.from_numpy(d["image"]) for d in held]), probe_data.modalities,
+                             torch.stack([torch.from_numpy(d["labels"].astype(np.uint8)) for d in held]))
     task = VAETask(VAE3D(profile.vae))
     trainer, last = run_stage(task, sampler, profile, "train_vae", run, dist_info, resume=resume, progress=progress,
                               name="vae", probe=probe_fn)
@@ -414,6 +416,9 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         profile = inherit_condition(profile, vae_source, condition)
     else:
         profile = with_condition(profile, condition)
+    if profile.vae.decoder_regions and profile.condition == "mask":
+        raise AldmError(f"{vae_source.path}: this VAE's decoder draws the tumour's sub-regions from the label map "
+                        "(vae.decoder_regions); train the LDM with --condition regions or regions+brain")
     parent = vae_source.require_finished().weights() if fewshot else None
     stage_config = "train_fewshot" if fewshot else "train_ldm"
     cfg = _override(getattr(profile, stage_config), steps, seed, precision)

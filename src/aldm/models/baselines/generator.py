@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +33,9 @@ class BaselineGenerator(nn.Module):
         control = control_channel_count(profile.condition)
         self.coordinates = cfg.coordinates
         if kind == "vaegan":
-            self.net = VAE3D(profile.vae, cond_channels=control + 1 + (3 if cfg.coordinates else 0))
+            # the paper's VAE-GAN: its condition enters at the latent resolution only (never a decoder_regions one)
+            self.net = VAE3D(replace(profile.vae, decoder_regions=False),
+                             cond_channels=control + 1 + (3 if cfg.coordinates else 0))
             self.noise_shape = (profile.vae.latent_channels,) + (profile.latent_size,) * 3
         else:
             self.net = Generator3D(cfg, out_channels=profile.vae.in_channels, control_channels=control)
