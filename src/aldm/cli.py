@@ -194,9 +194,8 @@ def _resumed_profile(args):
 
 def _cmd_train(args) -> int:
     from .artifacts.run import Run
-    from .config import get_profile
+    from .config import get_profile, with_decoder_regions
     from .distributed import init_distributed, shutdown
-    from .config import with_decoder_regions
     from .train.stages import train_ldm, train_vae, with_probe_every
 
     resumed = _resumed_profile(args)

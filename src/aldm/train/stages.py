@@ -219,8 +219,8 @@ class VAETask(nn.Module):
 
     def forward(self, batch: dict, step: int, total_steps: int, phase: str | None = None):
         """The loss of a batch {'image' (B, C, S, S, S), 'eps' (B, zC, s, s, s)[, 'labels' (B, 1, S, S, S) when
-        ``vae.tumour_weight`` or ``vae.decoder_regions`` is set]} for ``phase`` (None or ``g``: the VAE's; ``d``: the discriminator's);
-        returns (loss, parts)."""
+        ``vae.tumour_weight`` or ``vae.decoder_regions`` is set]} for ``phase`` (None or ``g``: the VAE's; ``d``:
+        the discriminator's); returns (loss, parts)."""
         device = next(self.parameters()).device
         x = batch["image"].to(device, non_blocking=True)
         if phase == "d":
