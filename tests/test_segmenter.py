@@ -76,7 +76,8 @@ def test_real_volumes_score_high_and_a_constant_volume_near_zero(prepared_cache,
     assert real["mask_dice_mean"] > 0.5, real
     constant = mask_adherence(model, config, np.full_like(images, -1.0), masks)
     # a volume without any image content scores far below the real ones: what it finds is the 60-step
-    # segmenter's prior blob, whose overlap varies by machine (0.03-0.14 measured), so the bound is relative
+    # segmenter's prior blob, whose overlap varies by machine (under 0.1 on earlier CI machines, 0.14 on one),
+    # so the bound is relative to the real volumes' Dice
     assert constant["mask_dice_mean"] < min(0.25, real["mask_dice_mean"] / 3), (real, constant)
 
 
