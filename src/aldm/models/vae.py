@@ -143,9 +143,9 @@ def decoder_region_maps(labels: torch.Tensor) -> torch.Tensor:
     """The nested BraTS regions (:data:`aldm.conditions.REGIONS`: WT, TC, ET) of label maps ``labels``
     (B, 1, D, H, W) in {0, 1, 2, 4} as binary float masks (B, 3, D, H, W): what a ``decoder_regions`` decoder
     sees (a region missing from a label map is an empty channel)."""
-    rounded = torch.round(labels.float())
-    return torch.cat([torch.isin(rounded, torch.tensor(values, dtype=rounded.dtype, device=labels.device)).float()
-                      for values in REGIONS.values()], dim=1)
+    from ..data.control import region_masks
+
+    return region_masks(labels.float())
 
 
 def with_regions(h: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
