@@ -10,6 +10,10 @@ import torch
 
 torch.set_num_threads(2)
 
+# Every ``aldm`` subprocess of the suite runs as on a machine without tcmalloc (aldm.allocator), whether or not
+# this one has it: its note must never turn a one-line error into two (tests/test_allocator.py covers tcmalloc).
+os.environ["ALDM_TCMALLOC"] = "none"
+
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):

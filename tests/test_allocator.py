@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from aldm import allocator
 
@@ -45,3 +46,39 @@ def test_missing_tcmalloc_is_said_in_one_line_with_its_cost_and_fix(monkeypatch)
     assert allocator.missing_tcmalloc_note({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}) is None
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "/usr/lib/libtcmalloc.so.4")
     assert allocator.missing_tcmalloc_note({}) is None
+
+
+def test_aldm_tcmalloc_names_the_library_or_none(monkeypatch, tmp_path):
+    library = tmp_path / "libtcmalloc.so.4"
+    library.write_bytes(b"")
+    monkeypatch.setenv("ALDM_TCMALLOC", str(library))
+    assert allocator.find_tcmalloc() == str(library)
+    monkeypatch.setenv("ALDM_TCMALLOC", str(tmp_path / "missing.so"))
+    assert allocator.find_tcmalloc() is None
+    monkeypatch.setenv("ALDM_TCMALLOC", "none")
+    assert allocator.find_tcmalloc() is None
+
+
+def test_the_note_comes_with_training_progress_once(monkeypatch, capsys):
+    from aldm.config import TrainConfig
+    from aldm.train.trainer import Trainer
+
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setattr(allocator, "_said", False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("ALDM_ALLOCATOR", raising=False)
+
+    class Task(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch, step, total):
+            return (self.w - 1).pow(2).sum(), {}
+
+    config = TrainConfig(steps=1, precision="fp32", warmup_steps=0)
+    Trainer(Task(), lambda step, rank: {}, config, None, progress=False)
+    assert allocator.NO_TCMALLOC_NOTE not in capsys.readouterr().err
+    Trainer(Task(), lambda step, rank: {}, config, None, progress=True)
+    Trainer(Task(), lambda step, rank: {}, config, None, progress=True)
+    assert capsys.readouterr().err.count(allocator.NO_TCMALLOC_NOTE) == 1

@@ -13,7 +13,12 @@ glibc told never to ``mmap`` and never to trim (``MALLOC_MMAP_MAX_=0``,
 ``MALLOC_TRIM_THRESHOLD_``), which removes most of the faults (21.7 s for the same step).
 
 ``ALDM_ALLOCATOR``: ``auto`` (default), ``tcmalloc``, ``glibc-tuned`` or ``system`` (leave the
-process alone).
+process alone). ``ALDM_TCMALLOC``: the tcmalloc library to use (a path, for one outside the system's library
+folders, e.g. a conda environment's), or ``none`` to run as on a machine without it.
+
+The note that tcmalloc is missing (:func:`missing_tcmalloc_note`) is printed by the training loop beside its
+progress bar (:func:`say_missing_tcmalloc_once`), never before a command has checked its input: a command's
+error stays one line on every machine.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ MARK = "_ALDM_ALLOCATOR_SET"
 
 
 def find_tcmalloc() -> str | None:
-    """The first tcmalloc library found on this machine (Linux), or None."""
+    """The tcmalloc library named by ``$ALDM_TCMALLOC`` (None for ``none`` or a path that is not a file), else
+    the first one found in the system's library folders (Linux), or None."""
+    chosen = os.environ.get("ALDM_TCMALLOC")
+    if chosen:
+        return chosen if chosen.lower() != "none" and os.path.isfile(chosen) else None
     for pattern in TCMALLOC_GLOBS:
         found = sorted(glob.glob(pattern))
         if found:
@@ -82,6 +91,21 @@ def missing_tcmalloc_note(env: dict | None = None) -> str | None:
     return NO_TCMALLOC_NOTE
 
 
+_said = False
+
+
+def say_missing_tcmalloc_once() -> None:
+    """Print :func:`missing_tcmalloc_note` to stderr the first time a process calls this (the training loop
+    does, when it shows progress); nothing where tcmalloc runs or another allocator was chosen."""
+    global _said
+    if _said:
+        return
+    _said = True
+    note = missing_tcmalloc_note()
+    if note:
+        print(note, file=sys.stderr)
+
+
 def relaunch_with_fast_allocator(argv: list[str] | None = None) -> None:
     """Re-execute this process once with the chosen allocator; returns only when nothing changes
     (already set, ``system``, not Linux) or the re-exec fails."""
@@ -92,9 +116,6 @@ def relaunch_with_fast_allocator(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"aldm: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    note = missing_tcmalloc_note()
-    if note:
-        print(note, file=sys.stderr)
     if name == "system" or env == dict(os.environ):
         return
     env[MARK] = name

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..allocator import say_missing_tcmalloc_once
 from ..artifacts.run import CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, PROBE, SELECTED
 from ..config import TrainConfig
 from ..distributed import DistInfo
@@ -129,6 +130,8 @@ class Trainer:
         note = training_fallback_note(self.device) if config.precision == "auto" else None
         if note and self.dist.is_main and progress:
             print(note, file=sys.stderr)
+        if self.progress:
+            say_missing_tcmalloc_once()
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
