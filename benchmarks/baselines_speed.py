@@ -13,7 +13,8 @@ import time
 import torch
 
 from aldm.config import get_profile
-from aldm.train.baselines import BASELINES, GANTask
+from aldm.models.families import GANS
+from aldm.train.baselines import GANTask
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     prof, device = get_profile(args.profile), torch.device(args.device)
     s, b = prof.image_size, 1
     results = {"profile": prof.name, "device": args.device, "threads": torch.get_num_threads()}
-    for kind in BASELINES:
+    for kind in GANS:
         task = GANTask(kind, prof, augment=True).to(device)
         opts = {p: torch.optim.AdamW(ps, lr=1e-4) for p, ps in task.parameter_groups().items()}
         mask = torch.zeros(b, 1, s, s, s)

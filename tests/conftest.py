@@ -65,11 +65,12 @@ def tiny_runs(prepared_cache, tmp_path_factory):
 def baseline_runs(prepared_cache, tmp_path_factory):
     """Each baseline trained (source, then few-shot K = 2) in the tiny profile: {kind: few-shot run dir}."""
     from aldm.config import tiny
-    from aldm.train.baselines import BASELINES, train_baseline
+    from aldm.models.families import GANS
+    from aldm.train.baselines import train_baseline
 
     runs = tmp_path_factory.mktemp("baselines")
     out = {}
-    for kind in BASELINES:
+    for kind in GANS:
         train_baseline(kind, str(prepared_cache), str(runs / kind), tiny(), progress=False)
         train_baseline(kind, str(prepared_cache), str(runs / f"{kind}_k2"), init_run=str(runs / kind), k=2,
                        n_test=2, progress=False)

@@ -9,7 +9,6 @@ generated (model space) and a segmenter folder (segmenter.json + segmenter.pt).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -209,14 +208,3 @@ def test_a_cache_of_other_modalities_is_refused_by_a_run_of_three(prepared_cache
                  "--steps", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds T1, T1c, T2, FLAIR but the parent run was trained on T1, T2, FLAIR" in err[0]
-
-
-# ------------------------------------------------------------------------------------------------ layers
-def test_no_import_runs_against_the_layer_order():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "code_health.py")
-    spec = importlib.util.spec_from_file_location("code_health", path)
-    health = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(health)
-    against = [line for rel, tree in health.modules() for line in health.layer_violations(rel, tree)]
-    assert against == []
-    assert health.layer_of("artifacts/run.py") < health.layer_of("data/splits.py") < health.layer_of("train/x.py")

@@ -15,13 +15,14 @@ from scipy import ndimage
 from aldm.config import tiny
 from aldm.errors import AldmError
 from aldm.generate import generate
+from aldm.models.families import GANS
 from aldm.pipeline import BaselinePipeline, load_pipeline
-from aldm.train.baselines import BASELINES, GANTask, train_baseline
+from aldm.train.baselines import GANTask, train_baseline
 
 pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
 
 
-@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("kind", GANS)
 def test_trains_with_finite_losses_in_both_stages(baseline_runs, kind):
     for run in (baseline_runs[f"{kind}_source"], baseline_runs[kind]):
         rows = list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))
@@ -39,7 +40,7 @@ def _masks(offset: int) -> torch.Tensor:
     return m
 
 
-@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("kind", GANS)
 def test_moving_the_mask_moves_the_synthetic_tumour(baseline_runs, kind):
     pipe = load_pipeline(baseline_runs[kind], device="cpu")
     assert isinstance(pipe, BaselinePipeline)
@@ -56,7 +57,7 @@ def test_moving_the_mask_moves_the_synthetic_tumour(baseline_runs, kind):
     assert 6 < centre[0] < 25
 
 
-@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("kind", GANS)
 def test_samples_come_from_noise_not_copies(baseline_runs, kind):
     pipe = load_pipeline(baseline_runs[kind], device="cpu")
     out = pipe(torch.cat([_masks(8), _masks(8)]), generator=[1, 2])["image"]
@@ -96,7 +97,7 @@ def test_fewshot_needs_a_run_of_the_same_kind(baseline_runs, prepared_cache, tmp
     with pytest.raises(AldmError, match="not a finished cgan run"):
         train_baseline("cgan", str(prepared_cache), str(tmp_path / "x"), init_run=baseline_runs["vaegan_source"],
                        k=2, progress=False)
-    with pytest.raises(AldmError, match="unknown baseline"):
+    with pytest.raises(AldmError, match="unknown model .stylegan."):
         train_baseline("stylegan", str(prepared_cache), str(tmp_path / "y"), progress=False)
 
 

@@ -83,3 +83,20 @@ def test_every_train_subcommand_parses_its_options():
     gan = parser.parse_args(["train", "baseline", "cgan", *common, "--init", "r", "--k", "3", "--n-test", "2",
                              "--condition", "regions+brain"])
     assert gan.condition == "regions+brain" and gan.n_test == 2 and not hasattr(gan, "from_scratch")
+    source = parser.parse_args(["train", "source", *common, "--vae", "v", "--condition", "regions",
+                                "--select-by-probe", "--probe-every", "5"])
+    assert source.vae == "v" and source.select_by_probe and not hasattr(source, "init")
+    fewshot = parser.parse_args(["train", "fewshot", *common, "--init", "r", "--split", "s.json", "--from-scratch"])
+    assert fewshot.init == "r" and fewshot.split == "s.json" and not hasattr(fewshot, "vae")
+    with pytest.raises(SystemExit):  # few-shot adapts a source run: --init is required
+        parser.parse_args(["train", "fewshot", *common, "--k", "3"])
+
+
+def test_train_ldm_says_which_stage_it_chose(tiny_runs, prepared_cache, tmp_path, capsys):
+    assert main(["train", "ldm", "--data", str(prepared_cache), "--out", str(tmp_path / "fs"), "--init",
+                 tiny_runs["ldm"], "--k", "2", "--n-test", "2", "--steps", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "--init given: few-shot adaptation, as 'aldm train fewshot'" in out
+    assert main(["train", "fewshot", "--data", str(prepared_cache), "--out", str(tmp_path / "fs2"), "--init",
+                 tiny_runs["ldm"], "--k", "2", "--n-test", "2", "--steps", "1", "--quiet"]) == 0
+    assert "as 'aldm train" not in capsys.readouterr().out

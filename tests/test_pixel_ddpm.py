@@ -113,12 +113,11 @@ def test_generate_cli_records_the_diffusion_settings(pixel_runs, tmp_path):
 
 
 def test_few_shot_refuses_a_source_run_of_another_kind(pixel_runs, prepared_cache, tmp_path):
-    from aldm.train.pixel_diffusion import train_pixel_ddpm
-
     gan = str(tmp_path / "cgan")
     train_baseline("cgan", str(prepared_cache), gan, tiny(), steps=1, progress=False)
     with pytest.raises(AldmError, match="not a finished pixelddpm run"):
-        train_pixel_ddpm(str(prepared_cache), str(tmp_path / "x"), init_run=gan, k=2, n_test=2, progress=False)
+        train_baseline("pixelddpm", str(prepared_cache), str(tmp_path / "x"), init_run=gan, k=2, n_test=2,
+                       progress=False)
     with pytest.raises(AldmError, match="not a finished cgan run"):
         train_baseline("cgan", str(prepared_cache), str(tmp_path / "y"), init_run=pixel_runs["source"], k=2,
                        n_test=2, progress=False)

@@ -1,4 +1,7 @@
-"""``ALDMPipeline``: mask -> synthetic T1/T2/FLAIR volume, from a finished LDM run directory.
+"""The generation pipelines: one interface (:class:`GenerationPipeline`, as diffusers' ``DiffusionPipeline``)
+and one class per model family — ``ALDMPipeline`` (the paper's), ``PixelDiffusionPipeline``, ``BaselinePipeline``
+(the GANs) — loaded from a finished run by :func:`load_pipeline` through the family registry
+(:mod:`aldm.models.families`).
 
     pipe = ALDMPipeline.from_pretrained("runs/fewshot_k16")
     out = pipe(masks, GenerationSettings(guidance=3.0, sampler="dpmpp2m", steps=20), generator=seeds)
@@ -10,6 +13,8 @@ latent statistics -> frozen VAE decoder.
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
@@ -25,14 +30,56 @@ from .diffusion.settings import GenerationSettings
 from .errors import AldmError
 from .modalities import DEFAULT_MODALITIES
 from .models.baselines.generator import BaselineGenerator
-from .models.families import PIXEL_DDPM
+from .models.families import PIXEL_DDPM, family
 from .models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_config
 from .models.unet import ConditionalDenoiser
 from .models.vae import frozen_vae
 from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
 
 
-class ALDMPipeline:
+class GenerationPipeline(ABC):
+    """What every family's pipeline is: built from a finished run by :meth:`from_pretrained`, called on a batch
+    of conditions with :class:`~aldm.diffusion.settings.GenerationSettings` and seeds, returning
+    {'image': (B, C, S, S, S) float32 in [-1, 1], ...}; ``modalities`` names the C channels, ``networks()`` the
+    networks a sample passes through (a Table 1 cost column), ``kind`` the family, ``info`` the run's record,
+    ``model_hash`` its weights' checksum, ``profile`` its configs."""
+
+    kind: str
+    profile: Profile
+    modalities: tuple
+    info: dict
+    model_hash: str
+    device: torch.device
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, run_dir: str, device: str | torch.device | None = None, decode_slab: int = 0,
+                        precision: str = "auto") -> GenerationPipeline:
+        """The pipeline of a finished run of this family (``device`` None: CUDA when available); ``decode_slab``
+        and ``precision`` where the family has a decoder or mixed precision (else they are ignored)."""
+
+    @abstractmethod
+    def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
+                 step_callback=None, brain=None) -> dict:
+        """One volume per condition: ``masks`` (B, 1, S, S, S) binary masks or BraTS label maps as the model's
+        condition takes, ``brain`` (B, 1, S, S, S) brain masks where it needs them, ``generator`` a seed, one
+        torch.Generator or one per sample; ``step_callback(i, n)`` after each network evaluation round."""
+
+    @abstractmethod
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks a sample passes through."""
+
+    def validate(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` checked against this model (default: as they are)."""
+        return settings
+
+    @property
+    def condition(self) -> str:
+        """What this model is conditioned on (:mod:`aldm.conditions`)."""
+        return self.profile.condition
+
+
+class ALDMPipeline(GenerationPipeline):
     """Masks (B, 1, S, S, S) -> synthetic volumes (B, C, S, S, S) with a trained ALDM (Eq. 3.10; see the
     module docstring). Build it from a run with :meth:`from_pretrained`."""
 
@@ -101,11 +148,6 @@ class ALDMPipeline:
         return cls(profile, vae, denoiser, weights["latent_mean"], weights["latent_std"], device, run.info,
                    run.weights_hash(), decode_slab, precision, run.modalities)
 
-    @property
-    def condition(self) -> str:
-        """What this model is conditioned on (:mod:`aldm.conditions`)."""
-        return self.profile.condition
-
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
                  step_callback=None, brain=None) -> dict:
@@ -161,7 +203,7 @@ def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, co
     return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
 
 
-class PixelDiffusionPipeline:
+class PixelDiffusionPipeline(GenerationPipeline):
     """The same call as :class:`ALDMPipeline` for a pixel DDPM run (:mod:`aldm.models.pixel_ddpm`): reverse
     diffusion on the volume itself, the control maps at full resolution concatenated to x_t, the same
     samplers and guidance; no VAE."""
@@ -183,8 +225,10 @@ class PixelDiffusionPipeline:
         self.modalities = tuple(modalities)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str, device=None, precision: str = "auto") -> PixelDiffusionPipeline:
-        """The pipeline of a finished pixel DDPM run (``device`` None: CUDA when available)."""
+    def from_pretrained(cls, run_dir: str, device=None, decode_slab: int = 0,
+                        precision: str = "auto") -> PixelDiffusionPipeline:
+        """The pipeline of a finished pixel DDPM run (``device`` None: CUDA when available; no decoder, so
+        ``decode_slab`` does not apply)."""
         run = Run(run_dir).require_generator()
         if run.kind != PIXEL_DDPM:
             raise AldmError(f"{run_dir}: a {run.kind} run; load it with load_pipeline")
@@ -199,7 +243,6 @@ class PixelDiffusionPipeline:
 
     validate = ALDMPipeline.validate
     _denoiser = ALDMPipeline._denoiser
-    condition = ALDMPipeline.condition
 
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
@@ -218,7 +261,7 @@ class PixelDiffusionPipeline:
         return {"image": x0.float().clamp(-1, 1).contiguous().cpu()}
 
 
-class BaselinePipeline:
+class BaselinePipeline(GenerationPipeline):
     """The same call as :class:`ALDMPipeline` for a CGAN / 3M-CGAN / VAE-GAN run: one generator pass
     per batch from per-sample noise (z ~ N(0, I): prior samples, never reconstructions). Guidance,
     steps and sampler do not apply to these models; their samples record them as not applicable
@@ -236,8 +279,10 @@ class BaselinePipeline:
         self.model_hash = model_hash
 
     @classmethod
-    def from_pretrained(cls, run_dir: str, device=None) -> BaselinePipeline:
-        """The pipeline of a finished baseline run (``device`` None: CUDA when available)."""
+    def from_pretrained(cls, run_dir: str, device=None, decode_slab: int = 0,
+                        precision: str = "auto") -> BaselinePipeline:
+        """The pipeline of a finished GAN run (``device`` None: CUDA when available); one fp32 generator pass,
+        so ``decode_slab`` and ``precision`` do not apply."""
         run = Run(run_dir).require_generator()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         generator = BaselineGenerator(run.kind, run.profile)
@@ -249,11 +294,6 @@ class BaselinePipeline:
         """The networks a sample passes through: the generator."""
         return [self.generator]
 
-    def validate(self, settings: GenerationSettings) -> GenerationSettings:
-        """``settings`` as they are: guidance, sampler and steps do not apply to a baseline."""
-        return settings
-
-    condition = ALDMPipeline.condition
 
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
@@ -277,16 +317,12 @@ def parameter_count(pipeline) -> int:
     return sum(p.numel() for net in pipeline.networks() for p in net.parameters())
 
 
-def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: str = "auto"):
-    """The generation pipeline of any finished run that can generate (ALDM, the pixel DDPM or a GAN);
-    ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (``decode_slab`` ALDM only; a GAN is one fp32
-    generator pass)."""
+def load_pipeline(run_dir: str, device=None, decode_slab: int = 0, precision: str = "auto") -> GenerationPipeline:
+    """The generation pipeline of any finished run that can generate, of the class its family registers
+    (:mod:`aldm.models.families`); ``decode_slab``, ``precision``: see :class:`ALDMPipeline` (``decode_slab``
+    ALDM only; a GAN is one fp32 generator pass)."""
     kind = Run(run_dir).require_generator().kind
-    if kind == "aldm":
-        return ALDMPipeline.from_pretrained(run_dir, device, decode_slab, precision)
-    if kind == PIXEL_DDPM:
-        return PixelDiffusionPipeline.from_pretrained(run_dir, device, precision)
-    return BaselinePipeline.from_pretrained(run_dir, device)
+    return family(kind).pipeline_class().from_pretrained(run_dir, device, decode_slab, precision)
 
 
 def _load_state(module: torch.nn.Module, weights: dict, key: str, run: Run) -> None:

@@ -25,7 +25,7 @@ from ..errors import AldmError
 from ..evaluators.classifier import TASKS
 from ..evaluators.segmentation_protocols import SegmentationSettings
 from ..generate import generate
-from ..models.families import BASELINE_NAMES, training_stage
+from ..models.families import comparison_models, training_stage
 from ..train.baselines import train_baseline
 from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
 
@@ -114,9 +114,10 @@ class ExperimentConfig:
             except AldmError as exc:
                 key = "guidance" if "guidance" in str(exc) else "sampler" if "sampler" in str(exc) else "sampler_steps"
                 raise AldmError(f'"{key}": {exc}') from None
-        unknown = [b for b in self.baselines if b not in BASELINE_NAMES] if isinstance(self.baselines, list) else [0]
+        known = comparison_models()
+        unknown = [b for b in self.baselines if b not in known] if isinstance(self.baselines, list) else [0]
         if unknown:
-            raise AldmError(f'"baselines": unknown baseline(s) {unknown}; choose from {", ".join(BASELINE_NAMES)}')
+            raise AldmError(f'"baselines": unknown baseline(s) {unknown}; choose from {", ".join(known)}')
         if self.classifier_task not in TASKS:
             raise AldmError(f'"classifier_task": unknown task {self.classifier_task!r}; '
                             f'choose one of {", ".join(TASKS)}')

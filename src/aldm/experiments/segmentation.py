@@ -40,7 +40,7 @@ from ..evaluators.segmenter import BRATS, WHOLE_TUMOUR, SegmenterConfig, region_
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
-from ..models.families import BASELINE_NAMES, is_diffusion
+from ..models.families import is_diffusion, title
 from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
 from .table1 import write_table1_report
 
@@ -54,7 +54,7 @@ def generator_label(generator: str | None, guidance: float) -> str:
     """How a generator is named in the table and figure."""
     if generator is None:
         return "-"
-    return f"ALDM (s={guidance:g})" if generator == "aldm" else BASELINE_NAMES.get(generator, generator)
+    return f"ALDM (s={guidance:g})" if generator == "aldm" else title(generator)
 
 
 def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs: dict, shots: list[str],

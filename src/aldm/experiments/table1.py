@@ -33,7 +33,7 @@ from ..evaluators.classifier import ClassifierConfig, cross_validate
 from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
-from ..models.families import BASELINE_NAMES, is_diffusion
+from ..models.families import is_diffusion, title
 from ..pipeline import load_pipeline, parameter_count
 from .common import (
     PER_K_ABLATIONS,
@@ -57,8 +57,8 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     pre-training and no ControlNet at every K (largest first), zero-shot once (K = 0)."""
     k_max, s_max = max(cfg.k), max(cfg.guidance)
     # a diffusion peer (the pixel DDPM) is sampled as ALDM is, at the largest s; a GAN takes no s
-    rows = [{"name": f"{BASELINE_NAMES[b]} (s={s_max:g})", "model": b, "k": k_max, "s": s_max} if is_diffusion(b)
-            else {"name": BASELINE_NAMES[b], "model": b, "k": k_max, "s": None} for b in cfg.baselines]
+    rows = [{"name": f"{title(b)} (s={s_max:g})", "model": b, "k": k_max, "s": s_max} if is_diffusion(b)
+            else {"name": title(b), "model": b, "k": k_max, "s": None} for b in cfg.baselines]
     rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]

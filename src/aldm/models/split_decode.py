@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .blocks import upsample_trilinear
+from .decoder_regions import with_regions
 
 
 def _source_plane(out_index: int) -> int:
@@ -108,11 +109,9 @@ def decode_in_slabs(vae, z: torch.Tensor, cond: torch.Tensor | None = None, slab
     """``vae.decode(z, cond)`` with the full-resolution stage over depth slabs of ``slab`` planes.
 
     z (B, zC, s, s, s) [+ cond] -> (B, 3, 4s, 4s, 4s) in [-1, 1]; ``regions`` (B, 3, 4s, 4s, 4s): a
-    label-conditioned decoder's region maps (:func:`aldm.models.vae.with_regions`), sliced with each slab.
+    label-conditioned decoder's region maps (:func:`aldm.models.decoder_regions.with_regions`), sliced with each slab.
     Inference only (no autograd graph).
     """
-    from .vae import with_regions
-
     if slab < 1:
         raise ValueError(f"slab must be at least 1 plane, got {slab}")
     h = vae.decoder_in(with_regions(z if cond is None else torch.cat([z, cond], dim=1), regions))

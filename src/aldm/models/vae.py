@@ -21,6 +21,7 @@ from ..conditions import REGIONS
 from ..config import VAEConfig
 from ..errors import AldmError
 from .blocks import instance_norm, upsample_trilinear
+from .decoder_regions import decoder_region_maps, with_regions
 from .split_decode import decode_in_slabs
 
 
@@ -137,25 +138,6 @@ class VAE3D(nn.Module):
         with z = mu + sigma * eps."""
         mu, logvar = self.encode(x)
         return self.decode(self.sample(mu, logvar, generator), labels=labels), mu, logvar
-
-
-def decoder_region_maps(labels: torch.Tensor) -> torch.Tensor:
-    """The nested BraTS regions (:data:`aldm.conditions.REGIONS`: WT, TC, ET) of label maps ``labels``
-    (B, 1, D, H, W) in {0, 1, 2, 4} as binary float masks (B, 3, D, H, W): what a ``decoder_regions`` decoder
-    sees (a region missing from a label map is an empty channel)."""
-    from ..data.control import region_masks
-
-    return region_masks(labels.float())
-
-
-def with_regions(h: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
-    """h (B, C, d, h, w) with ``regions`` (B, 3, D, H, W) area-averaged to h's grid concatenated as 3 more
-    channels (the fraction of each coarse voxel in each region); h itself when ``regions`` is None."""
-    if regions is None:
-        return h
-    if regions.shape[2:] != h.shape[2:]:
-        regions = F.adaptive_avg_pool3d(regions, h.shape[2:])
-    return torch.cat([h, regions.to(h.dtype)], dim=1)
 
 
 def kl_weight(step: int, total_steps: int, weight: float, warmup_fraction: float) -> float:

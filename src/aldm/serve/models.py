@@ -21,7 +21,7 @@ from ..artifacts.run import Run
 from ..diffusion.samplers import SAMPLERS
 from ..errors import AldmError
 from ..modalities import file_stems
-from ..models.families import BASELINE_NAMES, is_diffusion
+from ..models.families import is_diffusion, title
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def describe_model(run_dir: str, model_id: str, data_override: str | None = None
     """A :class:`ModelEntry` for a finished run that can generate, or an AldmError naming the folder."""
     run = Run(run_dir).require_generator()
     profile, kind, k = run.profile, run.kind, run.k
-    name = {"aldm": "ALDM", **BASELINE_NAMES}.get(kind, kind)
+    name = title(kind)
     where = f"PDGM few-shot (K={k})" if run.fewshot else "GBM source"
     data = data_override or run.data
     if data:

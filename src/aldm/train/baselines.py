@@ -17,27 +17,22 @@ norm, EMA of the generator, DiffAugment in the few-shot stage).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..artifacts.cache import PreparedCache
-from ..artifacts.run import Run
 from ..conditions import condition_masks
-from ..config import Profile, small, with_condition
-from ..data.control import condition_control, condition_mask_stack
+from ..config import Profile
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
-from ..models.baselines.generator import BASELINES, BaselineGenerator
+from ..models.baselines.generator import BaselineGenerator
 from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hinge_d_loss, hinge_g_loss
-from ..models.families import BASELINES as ALL_BASELINES
-from ..models.families import PIXEL_DDPM, training_stage
+from ..models.families import comparison_models, family
 from ..models.vae import kl_divergence
-from .stages import FewShot, _override, inherit_condition, open_run, run_stage, with_cache_channels
+from .comparison import load_condition_volumes, open_comparison_run
+from .requests import FewShot, Runtime, StageRequest
+from .stages import run_stage
 from .trainer import step_generator
 
 
@@ -139,83 +134,40 @@ class GANTask(nn.Module):
         return loss, logs
 
 
-def _load_images(cache: str, rows: list[dict], condition: str) -> dict:
-    """Volumes (N, C, S, S, S), the condition's masks (N, M, S, S, S; channel 0 the whole tumour) and control
-    maps (N, 3 M, S, S, S) of ``rows``, float16."""
-    images, masks, controls = [], [], []
-    prepared = PreparedCache(cache)
-    for row in rows:
-        data = prepared.load(row)
-        labels = torch.from_numpy(data["labels"].astype(np.float32))[None]
-        brain = torch.from_numpy(data["brain"].astype(np.float32))[None]
-        images.append(torch.from_numpy(data["image"]).half())
-        masks.append(condition_mask_stack(labels, condition, brain)[0].half())
-        controls.append(condition_control(labels, condition, None, brain)[0].half())
-    return {"image": torch.stack(images), "mask": torch.stack(masks), "control": torch.stack(controls)}
-
-
-def open_comparison_run(kind: str, cache: str, run_dir: str, profile: Profile | None, fewshot: FewShot | None,
-                        steps: int | None, seed: int | None, precision: str | None, condition: str | None,
-                        resume: bool, dist_info: DistInfo,
-                        networks: tuple) -> tuple[Profile, str, Run, list, dict | None]:
-    """The run of a comparison model's stage (source training, or few-shot from ``fewshot.init_run``, which must
-    be a finished ``kind`` run): (its resolved profile, its stage config's name, the run, the rows to train on,
-    the source run's weights or None). A few-shot stage takes the source run's ``networks`` configs (the
-    profile fields its networks are built from) and condition; source training takes as many channels as the
-    cache holds."""
-    parent = None
-    if fewshot is not None:
-        source = Run(fewshot.init_run)
-        if source.kind != kind:
-            raise AldmError(f"{fewshot.init_run}: not a finished {kind} run")
-        parent = source.require_finished().weights()
-        profile = replace(profile or source.profile, **{name: getattr(source.profile, name) for name in networks})
-        profile = inherit_condition(profile, source, condition)
-    else:
-        profile = with_condition(with_cache_channels(profile or small(), cache), condition)
-    stage_config = training_stage(kind, fewshot is not None)
-    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
-    profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
-    run, rows = open_run(run_dir, "baseline", profile, cache, seed=cfg.seed,
-                         domain="target" if fewshot is not None else "source", dist_info=dist_info, resume=resume,
-                         extra={"model": kind, "fewshot": fewshot is not None}, fewshot=fewshot,
-                         parent=Run(fewshot.init_run) if fewshot is not None else None)
-    return profile, stage_config, run, rows, parent
-
-
 def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
                    k: int | None = None, n_test: int | None = None, split_path: str | None = None,
                    steps: int | None = None, seed: int | None = None, resume: bool = False,
                    dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None,
                    condition: str | None = None) -> dict:
-    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a comparison model: a GAN
-    (here) or the pixel DDPM (:func:`aldm.train.pixel_diffusion.train_pixel_ddpm`); ``condition`` (source
-    training; None: the profile's): what it is conditioned on (:mod:`aldm.conditions`), few-shot keeps its
-    source run's."""
-    if kind == PIXEL_DDPM:
-        from .pixel_diffusion import train_pixel_ddpm
+    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a comparison model, by
+    keywords: builds the :class:`~aldm.train.requests.StageRequest` and runs :func:`train_comparison`."""
+    fewshot = FewShot(init_run, split_path, k, n_test) if init_run is not None else None
+    request = StageRequest(cache, run_dir, profile, fewshot, steps, seed, precision, condition,
+                           Runtime(resume, dist_info, progress))
+    return train_comparison(kind, request)
 
-        return train_pixel_ddpm(cache, run_dir, profile, init_run, k, n_test, split_path, steps, seed, resume,
-                                dist_info, progress, precision, condition)
-    if kind not in BASELINES:
-        raise AldmError(f"unknown baseline {kind!r}; choose one of {', '.join(ALL_BASELINES)}")
-    return _train_gan(kind, cache, run_dir, profile, init_run, k, n_test, split_path, steps, seed, resume,
-                      dist_info, progress, precision, condition)
+
+def train_comparison(kind: str, request: StageRequest) -> dict:
+    """One stage of the comparison model ``kind`` (a GAN: :func:`train_gan`; the pixel DDPM:
+    :func:`aldm.train.pixel_diffusion.train_pixel_ddpm`; any registered family's trainer); ``request.condition``
+    (source training; None: the profile's): what it is conditioned on (:mod:`aldm.conditions`), few-shot keeps
+    its source run's. Returns the last step's figures."""
+    chosen = family(kind)
+    if not chosen.comparison:
+        raise AldmError(f"{kind!r} is not a comparison model; choose one of {', '.join(comparison_models())}")
+    return chosen.trainer_function()(kind, request)
 
 
 @writes_folder("run_dir", "run")
-def _train_gan(kind: str, cache: str, run_dir: str, profile: Profile | None, init_run: str | None, k: int | None,
-               n_test: int | None, split_path: str | None, steps: int | None, seed: int | None, resume: bool,
-               dist_info: DistInfo | None, progress: bool, precision: str | None, condition: str | None) -> dict:
-    """:func:`train_baseline` of a GAN."""
-    dist_info = dist_info or DistInfo()
-    fewshot = init_run is not None
-    profile, stage_config, run, rows, parent = open_comparison_run(
-        kind, cache, run_dir, profile, FewShot(init_run, split_path, k, n_test) if fewshot else None, steps, seed,
-        precision, condition, resume, dist_info, networks=("vae", "baseline"))
+def _train_gan_in(kind: str, request: StageRequest, run_dir: str, dist_info) -> dict:
+    """:func:`train_gan` with the run folder locked (one writer per folder; ``run_dir`` and
+    ``dist_info`` are the request's, named for the lock)."""
+    dist_info = request.runtime.dist
+    fewshot = request.fewshot is not None
+    profile, stage_config, run, rows, parent = open_comparison_run(kind, request)
     cfg = getattr(profile, stage_config)
 
-    data = _load_images(cache, rows, profile.condition)
+    data = load_condition_volumes(request.cache, rows, profile.condition)
     torch.manual_seed(cfg.seed)  # the initial weights (and spectral-norm vectors) depend on the seed only
     task = GANTask(kind, profile, augment=fewshot and profile.baseline.diffaugment)
     if parent is not None:
@@ -235,10 +187,17 @@ def _train_gan(kind: str, cache: str, run_dir: str, profile: Profile | None, ini
         return batch
 
     torch.manual_seed(cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
+                              progress=request.runtime.progress,
                               name=f"{kind}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         # raw weights of G and D to start a few-shot stage from; EMA weights of G to sample with
         run.save_weights({"task": trainer.task.state_dict(), "generator": trainer.ema.shadow.generator.state_dict()})
     barrier(dist_info)
     return last
+
+
+def train_gan(kind: str, request: StageRequest) -> dict:
+    """One stage of the GAN ``kind`` (cgan, cgan3m, vaegan): source training, or few-shot adaptation of a
+    finished run of the same kind."""
+    return _train_gan_in(kind, request, request.run_dir, request.runtime.dist_info)

@@ -14,14 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Profile
 from ..diffusion.schedule import NoiseSchedule
-from ..distributed import DistInfo, barrier
+from ..distributed import barrier
 from ..io.lock import writes_folder
-from ..models.families import PIXEL_DDPM
 from ..models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_config
-from .baselines import _load_images, open_comparison_run
-from .stages import FewShot, run_stage
+from .comparison import load_condition_volumes, open_comparison_run
+from .requests import StageRequest
+from .stages import run_stage
 from .trainer import step_generator
 
 
@@ -47,23 +46,23 @@ class PixelDiffusionTask(nn.Module):
         return loss, {"dropped": 1.0 - b["keep"].mean()}
 
 
+def train_pixel_ddpm(kind: str, request: StageRequest) -> dict:
+    """Source training (no ``request.fewshot``) or few-shot adaptation of the pixel DDPM (``kind``:
+    ``pixelddpm``); as :func:`aldm.train.baselines.train_comparison`."""
+    return _train_pixel_in(kind, request, request.run_dir, request.runtime.dist_info)
+
+
 @writes_folder("run_dir", "run")
-def train_pixel_ddpm(cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
-                     k: int | None = None, n_test: int | None = None, split_path: str | None = None,
-                     steps: int | None = None, seed: int | None = None, resume: bool = False,
-                     dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None,
-                     condition: str | None = None) -> dict:
-    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K or a split) of the pixel DDPM;
-    arguments as :func:`aldm.train.baselines.train_baseline`."""
-    dist_info = dist_info or DistInfo()
-    fewshot = init_run is not None
+def _train_pixel_in(kind: str, request: StageRequest, run_dir: str, dist_info) -> dict:
+    """:func:`train_pixel_ddpm` with the run folder locked (one writer per folder; ``run_dir`` and
+    ``dist_info`` are the request's, named for the lock)."""
+    dist_info = request.runtime.dist
+    fewshot = request.fewshot is not None
     # a few-shot stage adapts the source run's network: its configs (channels, the diffusion) come along
-    profile, stage_config, run, rows, parent = open_comparison_run(
-        PIXEL_DDPM, cache, run_dir, profile, FewShot(init_run, split_path, k, n_test) if fewshot else None, steps,
-        seed, precision, condition, resume, dist_info, networks=("vae", "pixel", "diffusion"))
+    profile, stage_config, run, rows, parent = open_comparison_run(kind, request)
     cfg = getattr(profile, stage_config)
 
-    data = _load_images(cache, rows, profile.condition)
+    data = load_condition_volumes(request.cache, rows, profile.condition)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     denoiser = pixel_denoiser(profile)
     if parent is not None:
@@ -81,8 +80,9 @@ def train_pixel_ddpm(cache: str, run_dir: str, profile: Profile | None = None, i
         return batch
 
     torch.manual_seed(cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
-                              name=f"{PIXEL_DDPM}{'-fewshot' if fewshot else ''}")
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
+                              progress=request.runtime.progress,
+                              name=f"{kind}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         run.save_weights({"denoiser": trainer.ema.shadow.denoiser.state_dict()})
     barrier(dist_info)

@@ -42,6 +42,7 @@ from ..models.vae_adversary import (
 )
 from .budget import fit_to_budget
 from .probes import ldm_probe, vae_probe
+from .requests import FewShot
 from .trainer import Trainer, step_generator
 
 
@@ -127,17 +128,6 @@ def with_probe_every(profile: Profile | None, every: int | None) -> Profile | No
         return profile
     return replace(profile, **{stage: replace(getattr(profile, stage), probe_every=every)
                                for stage in ("train_vae", "train_ldm", "train_fewshot")})
-
-
-@dataclass
-class FewShot:
-    """What a few-shot stage adapts and on whom: the finished source run ``init_run`` and either a saved
-    split (``split_path``) or K shots drawn now (``k``, with ``n_test`` held-out test patients)."""
-
-    init_run: str
-    split_path: str | None = None
-    k: int | None = None
-    n_test: int | None = None
 
 
 def select_fewshot(cache: str, rows: list[dict], run: Run, resume: bool, fewshot: FewShot,

@@ -11,11 +11,8 @@ import torch.nn.functional as F
 
 from ...conditions import control_channel_count
 from ...config import Profile
-from ..families import GANS
 from ..vae import VAE3D
 from .networks import Generator3D, coordinate_channels
-
-BASELINES = GANS  # the GANs, whose sampling side this module is
 
 
 class BaselineGenerator(nn.Module):

@@ -1,0 +1,5 @@
+"""``python -m aldm.cli``: the ``aldm`` command."""
+
+from . import entry
+
+entry()
