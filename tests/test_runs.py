@@ -179,3 +179,27 @@ def test_few_shot_selection_probes_pool_patients_never_test_ones():
                              None) == (small(), None)
     with pytest.raises(AldmError, match="no pool patient"):
         fewshot_selection(cfg, {2: {**split, "pool": []}}, small(), None)
+
+
+def test_an_experiment_config_with_four_mistakes_reports_all_four(tmp_path):
+    import json
+
+    from aldm.errors import AldmError
+    from aldm.experiments.common import ExperimentConfig
+
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"source_cache": "s", "target_cache": "t", "out": "o", "k": [0], "sampler": "euler",
+                                "baselines": ["cgan", "stylegan"], "colour": "blue"}))
+    with pytest.raises(AldmError) as caught:
+        ExperimentConfig.load(str(path))
+    said = str(caught.value)
+    assert "\n" not in said and said.startswith(f"{path}: 4 problems: (1) unknown key(s) colour")
+    for key in ('"k"', '"sampler"', '"baselines": unknown baseline(s) [\'stylegan\']'):
+        assert key in said
+    # guidance is judged on its own: a good scale with a bad sampler blames the sampler alone
+    path.write_text(json.dumps({"source_cache": "s", "target_cache": "t", "out": "o", "sampler_steps": 0}))
+    with pytest.raises(AldmError, match=r'exp.json: "sampler_steps": steps must be'):
+        ExperimentConfig.load(str(path))
+    path.write_text(json.dumps({"target_cache": "t"}))
+    with pytest.raises(AldmError, match="missing key.s. source_cache, out"):
+        ExperimentConfig.load(str(path))

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import WEIGHTS, Run
@@ -33,6 +33,17 @@ STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "
 ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
 # the ablations trained once per K of "k": their Table 1 model key -> their name in the config's "ablations"
 PER_K_ABLATIONS = {"aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet"}
+
+
+class ConfigProblems(AldmError):
+    """Every problem found in an experiment config (``problems``, one line each naming its key), said in one
+    line: the first alone, or "N problems: (1) ...; (2) ..." (all at once, as nnU-Net reports a dataset's)."""
+
+    def __init__(self, problems: list[str], path: str | None = None):
+        self.problems = list(problems)
+        said = problems[0] if len(problems) == 1 else \
+            f"{len(problems)} problems: " + "; ".join(f"({n}) {p}" for n, p in enumerate(problems, 1))
+        super().__init__(f"{path}: {said}" if path else said)
 
 
 @dataclass
@@ -87,64 +98,12 @@ class ExperimentConfig:
     segmentation: dict = field(default_factory=dict)  # aldm experiment segmentation (SegmentationSettings)
 
     def __post_init__(self):
-        """Refuse, before any work, what would fail later: an unknown profile, sampler, baseline, classifier
-        task, FRD modality or steps key, K or test sizes that are not positive, guidance outside its range,
-        a bad segmentation section (an AldmError naming the key)."""
-        def positive_ints(key, values, allow_zero=False):
-            low = 0 if allow_zero else 1
-            if not isinstance(values, list) or not values or any(
-                    isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
-                raise AldmError(f'"{key}": expected a non-empty list of whole numbers >= {low}, got {values!r}')
-
-        if self.profile not in PROFILES and not str(self.profile).endswith(".json"):
-            raise AldmError(f'"profile": unknown profile {self.profile!r}; choose one of {", ".join(PROFILES)} '
-                            "or a JSON config file")
-        parse_condition(self.condition, '"condition"')
-        if self.vae_decoder_regions is not None and not isinstance(self.vae_decoder_regions, bool):
-            raise AldmError(f'"vae_decoder_regions": expected true, false or null, got {self.vae_decoder_regions!r}')
-        if self.vae_decoder_regions and self.condition == "mask":
-            raise AldmError('"vae_decoder_regions": a decoder that draws the sub-regions needs a regions condition '
-                            '("condition": "regions" or "regions+brain")')
-        positive_ints("k", self.k)
-        if not isinstance(self.guidance, list) or not self.guidance:
-            raise AldmError(f'"guidance": expected a non-empty list of guidance scales, got {self.guidance!r}')
-        for g in self.guidance:
-            try:
-                GenerationSettings(guidance=g, sampler=self.sampler, steps=self.sampler_steps)
-            except AldmError as exc:
-                key = "guidance" if "guidance" in str(exc) else "sampler" if "sampler" in str(exc) else "sampler_steps"
-                raise AldmError(f'"{key}": {exc}') from None
-        known = comparison_models()
-        unknown = [b for b in self.baselines if b not in known] if isinstance(self.baselines, list) else [0]
-        if unknown:
-            raise AldmError(f'"baselines": unknown baseline(s) {unknown}; choose from {", ".join(known)}')
-        if self.classifier_task not in TASKS:
-            raise AldmError(f'"classifier_task": unknown task {self.classifier_task!r}; '
-                            f'choose one of {", ".join(TASKS)}')
-        for key in ("n_test", "folds", "repeats", "classifier_epochs", "classifier_width", "diversity_pairs",
-                    "figure4_snapshots", "probe_every", "segmenter_steps", "segmenter_width", "mask_swap_pairs"):
-            positive_ints(key, [getattr(self, key)], allow_zero=key not in ("repeats", "classifier_width",
-                                                                            "segmenter_width", "classifier_epochs"))
-        if self.frd_modalities is not None:
-            from ..modalities import KNOWN_MODALITIES, file_stems
-
-            known = file_stems(KNOWN_MODALITIES)
-            bad = [m for m in self.frd_modalities if m not in known] if isinstance(self.frd_modalities, list) else [0]
-            if bad:
-                raise AldmError(f'"frd_modalities": unknown modality {bad}; choose from {", ".join(known)}')
-        bad = sorted(set(self.steps) - set(STEP_KEYS)) if isinstance(self.steps, dict) else ["(not an object)"]
-        if bad:
-            raise AldmError(f'"steps": unknown stage(s) {bad}; known: {", ".join(STEP_KEYS)}')
-        positive_ints("steps", list(self.steps.values()) or [1])
-        check_budget(self.budget_s)
-        bad = [a for a in self.ablations if a not in ABLATIONS] if isinstance(self.ablations, list) else [0]
-        if bad:
-            raise AldmError(f'"ablations": unknown ablation(s) {bad}; choose from {", ".join(ABLATIONS)}')
-        if self.select_fewshot and not self.probe_every:
-            raise AldmError('"select_fewshot": selecting by the held-out probe needs "probe_every" > 0')
-        if self.budget_s and self.steps:
-            raise AldmError('"budget_s" and "steps" both set: give the stages seconds or steps, not both')
-        SegmentationSettings.from_dict(self.segmentation, '"segmentation"')
+        """Refuse, before any work, what would fail later — every problem at once, in one AldmError: an
+        unknown profile, sampler, baseline, classifier task, FRD modality or steps key, K or test sizes that are
+        not positive, guidance outside its range, a bad segmentation section (each naming its key)."""
+        problems = config_problems(self)
+        if problems:
+            raise ConfigProblems(problems)
 
     def decoder_regions(self) -> bool:
         """Whether ALDM's VAE decoder sees the label map's regions: ``vae_decoder_regions``, or by default
@@ -163,15 +122,21 @@ class ExperimentConfig:
             raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
         if not isinstance(data, dict):
             raise AldmError(f"{path}: not a valid experiment config (not a JSON object)")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise AldmError(f"{path}: unknown key(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise AldmError(f"{path}: not a valid experiment config ({exc})") from exc
-        except AldmError as exc:
-            raise AldmError(f"{path}: {exc}") from None
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        problems = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+            ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+        if not missing:
+            try:
+                config = cls(**{k: v for k, v in data.items() if k in names})
+            except ConfigProblems as exc:
+                problems += exc.problems
+            else:
+                if not problems:
+                    return config
+        raise ConfigProblems(problems, path)
 
 
 BUDGET_KEYS = ("source", "fewshot", "vae_share")
@@ -194,6 +159,115 @@ def check_budget(budget) -> None:
     share = budget.get("vae_share", 0.5)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
         raise AldmError(f'"budget_s": "vae_share" must be a number between 0 and 1, got {share!r}')
+
+
+def _positive_ints(key: str, values, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(values, list) or not values or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+        raise AldmError(f'"{key}": expected a non-empty list of whole numbers >= {low}, got {values!r}')
+
+
+def _check_models(cfg: ExperimentConfig) -> None:
+    if cfg.profile not in PROFILES and not str(cfg.profile).endswith(".json"):
+        raise AldmError(f'"profile": unknown profile {cfg.profile!r}; choose one of {", ".join(PROFILES)} '
+                        "or a JSON config file")
+
+
+def _check_condition(cfg: ExperimentConfig) -> None:
+    parse_condition(cfg.condition, '"condition"')
+    if cfg.vae_decoder_regions is not None and not isinstance(cfg.vae_decoder_regions, bool):
+        raise AldmError(f'"vae_decoder_regions": expected true, false or null, got {cfg.vae_decoder_regions!r}')
+    if cfg.vae_decoder_regions and cfg.condition == "mask":
+        raise AldmError('"vae_decoder_regions": a decoder that draws the sub-regions needs a regions condition '
+                        '("condition": "regions" or "regions+brain")')
+
+
+def _check_guidance(cfg: ExperimentConfig) -> None:
+    if not isinstance(cfg.guidance, list) or not cfg.guidance:
+        raise AldmError(f'"guidance": expected a non-empty list of guidance scales, got {cfg.guidance!r}')
+    for g in cfg.guidance:
+        try:
+            GenerationSettings(guidance=g)
+        except AldmError as exc:
+            raise AldmError(f'"guidance": {exc}') from None
+
+
+def _check_sampler(cfg: ExperimentConfig) -> None:
+    try:
+        GenerationSettings(sampler=cfg.sampler)
+    except AldmError as exc:
+        raise AldmError(f'"sampler": {exc}') from None
+    try:
+        GenerationSettings(sampler=cfg.sampler, steps=cfg.sampler_steps)
+    except AldmError as exc:
+        raise AldmError(f'"sampler_steps": {exc}') from None
+
+
+def _check_baselines(cfg: ExperimentConfig) -> None:
+    known = comparison_models()
+    unknown = [b for b in cfg.baselines if b not in known] if isinstance(cfg.baselines, list) else [0]
+    if unknown:
+        raise AldmError(f'"baselines": unknown baseline(s) {unknown}; choose from {", ".join(known)}')
+
+
+def _check_classifier(cfg: ExperimentConfig) -> None:
+    if cfg.classifier_task not in TASKS:
+        raise AldmError(f'"classifier_task": unknown task {cfg.classifier_task!r}; choose one of {", ".join(TASKS)}')
+
+
+def _check_frd(cfg: ExperimentConfig) -> None:
+    if cfg.frd_modalities is None:
+        return
+    from ..modalities import KNOWN_MODALITIES, file_stems
+
+    known = file_stems(KNOWN_MODALITIES)
+    bad = [m for m in cfg.frd_modalities if m not in known] if isinstance(cfg.frd_modalities, list) else [0]
+    if bad:
+        raise AldmError(f'"frd_modalities": unknown modality {bad}; choose from {", ".join(known)}')
+
+
+def _check_steps(cfg: ExperimentConfig) -> None:
+    bad = sorted(set(cfg.steps) - set(STEP_KEYS)) if isinstance(cfg.steps, dict) else ["(not an object)"]
+    if bad:
+        raise AldmError(f'"steps": unknown stage(s) {bad}; known: {", ".join(STEP_KEYS)}')
+    _positive_ints("steps", list(cfg.steps.values()) or [1])
+    if cfg.budget_s and cfg.steps:
+        raise AldmError('"budget_s" and "steps" both set: give the stages seconds or steps, not both')
+
+
+def _check_ablations(cfg: ExperimentConfig) -> None:
+    bad = [a for a in cfg.ablations if a not in ABLATIONS] if isinstance(cfg.ablations, list) else [0]
+    if bad:
+        raise AldmError(f'"ablations": unknown ablation(s) {bad}; choose from {", ".join(ABLATIONS)}')
+
+
+def _check_selection(cfg: ExperimentConfig) -> None:
+    if cfg.select_fewshot and not cfg.probe_every:
+        raise AldmError('"select_fewshot": selecting by the held-out probe needs "probe_every" > 0')
+
+
+# the counts an experiment config holds, and whether 0 is allowed for each
+COUNTS = {"n_test": True, "folds": True, "repeats": False, "classifier_epochs": False, "classifier_width": False,
+          "diversity_pairs": True, "figure4_snapshots": True, "probe_every": True, "segmenter_steps": True,
+          "segmenter_width": False, "mask_swap_pairs": True}
+
+
+def config_problems(cfg: ExperimentConfig) -> list[str]:
+    """Every problem of an experiment config, one line each naming its key (empty: none)."""
+    checks = [_check_models, _check_condition, lambda c: _positive_ints("k", c.k), _check_guidance, _check_sampler,
+              _check_baselines, _check_classifier, _check_frd, _check_steps, lambda c: check_budget(c.budget_s),
+              _check_ablations, _check_selection,
+              lambda c: SegmentationSettings.from_dict(c.segmentation, '"segmentation"')]
+    checks += [lambda c, key=key, zero=zero: _positive_ints(key, [getattr(c, key)], allow_zero=zero)
+               for key, zero in COUNTS.items()]
+    problems = []
+    for check in checks:
+        try:
+            check(cfg)
+        except AldmError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def with_budgets(profile, budget: dict):
