@@ -64,3 +64,37 @@ def test_function_length_and_parameters(trees):
                                         f"{sorted(wide - TOO_MANY_PARAMETERS)}"
     assert TOO_LONG <= long and TOO_MANY_PARAMETERS <= wide, \
         f"within the limits now, take off the lists: {sorted((TOO_LONG - long) | (TOO_MANY_PARAMETERS - wide))}"
+
+
+def test_the_layout_in_docs_lists_every_module_and_nothing_else(trees):
+    import os
+    import re
+
+    text = open(os.path.join(structure.ROOT, "..", "..", "docs", "design.md"), encoding="utf-8").read()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    entries, listed = {}, set()
+    for line in block.splitlines():
+        if re.match(r"^  \S", line):
+            current = line.split()[0]
+            entries[current] = line
+        elif re.match(r"^ {4,}\S", line) and entries:
+            entries[current] += " " + line
+    for name, entry in entries.items():
+        if name.endswith("/"):
+            listed |= {name + found for found in re.findall(r"[\w/]+\.py", entry.split(None, 1)[1])}
+        else:
+            listed.add(name)
+    modules = {rel for rel in trees if not rel.endswith("__init__.py")}
+    assert sorted(modules - listed) == [], "modules missing from docs/design.md's Layout"
+    assert sorted(listed - modules) == [], "names in docs/design.md's Layout that are no module"
+
+
+def test_the_source_names_no_issue_numbers(trees):
+    import os
+    import re
+
+    found = []
+    for rel in trees:
+        with open(os.path.join(structure.ROOT, rel), encoding="utf-8") as fh:
+            found += [f"{rel}:{n}" for n, line in enumerate(fh, 1) if re.search(r"\bissues? #?\d+", line, re.I)]
+    assert found == [], "src/ comments explain the code; its history lives in the issues and docs/results.md"

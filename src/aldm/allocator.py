@@ -73,7 +73,7 @@ def current_allocator() -> str:
     return "system"
 
 
-#: measured on a 2-core AMD EPYC (issue 23): a small-profile VAE step took 0.33 s with glibc and 0.23 s with
+#: measured on a 2-core AMD EPYC (docs/performance.md): a small-profile VAE step took 0.33 s with glibc and 0.23 s with
 #: tcmalloc on the same machine (``aldm demo`` took 2129 s there without it, 878 s on a faster one with it)
 NO_TCMALLOC_NOTE = ("aldm: note: tcmalloc not found, so training runs about 1.45x slower (measured on 2 CPU cores); "
                     "install it with: sudo apt-get install libgoogle-perftools4 (Debian/Ubuntu; "

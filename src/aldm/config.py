@@ -51,7 +51,7 @@ class VAEConfig:
     channels: tuple = (64, 128, 256)  # at S, S/2, S/4
     refine_blocks: int = 1  # residual refinement blocks at the latent resolution
     # residual blocks at S/2 in the encoder (after its first strided convolution) and the decoder (after its
-    # first upsampling stage); 0 = the paper's single convolution per level (issue 23: decoder depth)
+    # first upsampling stage); 0 = the paper's single convolution per level
     level_blocks: int = 0
     logvar_clamp: tuple = (-20.0, 10.0)
     kl_weight: float = 1e-4  # lambda_KL (Eq. 3.2), reached after the warm-up of Eq. 3.3
@@ -66,13 +66,13 @@ class VAEConfig:
     # the reconstruction L1 weighted voxel-wise by 1 + tumour_weight * (number of BraTS regions holding the voxel:
     # oedema 1, necrosis 2 (WT, TC), enhancing 3 (WT, TC, ET)), as a weighted mean (aldm.models.vae.region_weight);
     # the sub-regions are a few per cent of the voxels and an unweighted L1 lets the VAE smooth them away
-    # (issue 26: the enhancing rim on T1c). 0 = off (the paper)
+    # (the enhancing rim on T1c). 0 = off (the paper)
     tumour_weight: float = 0.0
     # the decoder also sees the tumour's BraTS regions (WT, TC, ET masks of the label map, at every decoder
     # resolution: area-averaged to S/4 and S/2, exact at S), so a sub-region the latents blur (the enhancing rim)
     # is drawn where the label map puts it — a label-conditioned decoder as in brainSPADE (Fernandez et al.,
     # SASHIMI 2022). Every decode then needs the label map: training (the cache's), sampling (the condition's).
-    # Not in the paper (False); the regions-mode experiments and demo turn it on (issue 26)
+    # Not in the paper (False); the regions-mode experiments and demo turn it on
     decoder_regions: bool = False
     # train on random cubic crops of this edge (a multiple of 4; 0 = whole volumes, the paper): the
     # network is fully convolutional, so crops buy more steps per CPU-second
@@ -124,7 +124,7 @@ class UNetConfig:
     # 2024, conditions on the mask); False = the ControlNet alone carries them (the paper)
     input_control: bool = False
     # False: no ControlNet, the condition reaches the U-Net through the FiLM statistics alone (and input_control
-    # when set) — the no-ControlNet ablation of issue 24; True = the paper
+    # when set) — the no-ControlNet ablation; True = the paper
     controlnet: bool = True
 
     def __post_init__(self):
@@ -205,7 +205,7 @@ PIXEL_LOSSES = ("l1", "mse")
 
 @dataclass
 class PixelDiffusionConfig:
-    """The pixel-space diffusion peer (issue 24), in the manner of Med-DDPM (Dorjsembe et al., "Conditional
+    """The pixel-space diffusion peer, in the manner of Med-DDPM (Dorjsembe et al., "Conditional
     Diffusion Models for Semantic 3D Brain MRI Synthesis", IEEE JBHI 2024): a 3D U-Net on the volume itself (no
     VAE), the condition's control maps concatenated to x_t at its input, no ControlNet and no mask statistics.
     The forward process, CFG dropout and samplers are ALDM's (``Profile.diffusion``); what it predicts and its

@@ -182,7 +182,7 @@ class Run(ArtifactFolder):
         while run is not None and run.exists and os.path.abspath(run.path) not in seen:
             chain.append(run)
             seen.add(os.path.abspath(run.path))
-            # a few-shot run trained from scratch (issue 24's ablation) took only the VAE of its init run
+            # a few-shot run trained from scratch (the no-pre-training ablation) took only the VAE of its init run
             keys = ("vae_run",) if run.info.get("from_scratch") else ("init_run", "vae_run")
             parents = [run.info.get(key) for key in keys]
             run = next((Run(p) for p in parents if p and os.path.abspath(p) not in seen), None)

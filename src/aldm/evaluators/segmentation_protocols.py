@@ -18,7 +18,7 @@ their own masks, then each moved into another few-shot patient's brain), never f
 patient's mask; :func:`check_no_leak` enforces it for every training set. Only the ceiling depends on
 the fold: the other protocols train once per seed and are scored on every fold's test patients.
 In the paper's ``mask`` condition the generators follow the whole tumour only, so every protocol segments
-the whole tumour; in a ``regions`` condition (issue 26) every synthetic volume carries the label map it was
+the whole tumour; in a ``regions`` condition every synthetic volume carries the label map it was
 drawn from and every protocol trains and scores the three BraTS regions (WT, TC, ET:
 :mod:`aldm.experiments.segmentation`).
 """

@@ -90,7 +90,7 @@ class ExperimentConfig:
     # optionally "vae_share" (ALDM's VAE gets that share of S, its LDM the rest; default 0.5); each stage fits
     # its steps to its seconds on this machine (aldm.train.budget)
     budget_s: dict = field(default_factory=dict)
-    # rows that test the paper's claims (issue 24): "zero-shot" (the source LDM on target masks, no few-shot
+    # rows that test the paper's claims: "zero-shot" (the source LDM on target masks, no few-shot
     # stage), "no-pretraining" (an LDM trained from scratch on the K target patients, same VAE, for the source
     # + few-shot steps or seconds), "no-controlnet" (source LDM + few-shot without the ControlNet: FiLM
     # statistics only, same steps or seconds); the last two at every K of "k"; [] in the demo

@@ -1,4 +1,4 @@
-"""Sharpness of synthetic volumes against real ones (issue 23): is a generator's detail as fine as a scan's?
+"""Sharpness of synthetic volumes against real ones: is a generator's detail as fine as a scan's?
 
 * :func:`gradient_sharpness` — mean 3D gradient magnitude |grad x| (central differences, numpy) inside
   the head of one modality; :func:`sharpness_ratio` — that of a set of synthetic volumes over that of the

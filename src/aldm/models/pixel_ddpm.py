@@ -1,4 +1,4 @@
-"""The pixel-space diffusion peer of Table 1 (issue 24), in the manner of Med-DDPM (Dorjsembe et al.,
+"""The pixel-space diffusion peer of Table 1, in the manner of Med-DDPM (Dorjsembe et al.,
 "Conditional Diffusion Models for Semantic 3D Brain MRI Synthesis", IEEE JBHI 2024): the denoiser works on
 the volume itself, x_t (B, C, S, S, S), with the condition's control maps (B, 3 M, S, S, S) concatenated to
 it channel-wise at the U-Net's input; no VAE, no ControlNet, no FiLM statistics.

@@ -1,4 +1,4 @@
-"""Compute budgets: a stage trained for a number of seconds rather than a number of steps (issue 24).
+"""Compute budgets: a stage trained for a number of seconds rather than a number of steps.
 
 A fair comparison of generators gives each the same training time on the same machine. A stage whose
 ``TrainConfig.budget_s`` is set fits its step count to that budget when the run starts: it times
@@ -26,7 +26,7 @@ from ..distributed import DistInfo
 from .trainer import Trainer
 
 # timed steps of a fit: the median of 9 (the first left out); with 5, a transient load on the machine while
-# they ran overestimated the step by 21-27 % in 2 of 13 VAE runs (docs/model.md, issue 23 third round)
+# they ran overestimated the step by 21-27 % in 2 of 13 VAE runs (docs/model.md)
 CALIBRATION_STEPS = 10
 BUDGET = "budget"  # the run.json key of the fit
 

@@ -1,4 +1,4 @@
-"""Held-out probes: what the EMA weights have learnt so far, measured during training (issue 16).
+"""Held-out probes: what the EMA weights have learnt so far, measured during training.
 
 A probe is a callable ``probe(ema_task, step) -> {name: value}`` that the trainer runs every
 ``probe_every`` steps on rank 0 and appends to the run's ``probe.csv``. Probes draw no random numbers

@@ -391,7 +391,7 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
     target subjects of a saved split); ``probe``: held-out subjects whose noise-prediction error per
     timestep band is measured every ``probe_every`` steps (probe.csv). ``condition`` (stage 3; None: the
     profile's): what the denoiser is conditioned on (:mod:`aldm.conditions`); stage 4 keeps its parent's.
-    ``from_scratch`` (stage 4, the no-pre-training ablation of issue 24): the denoiser starts from random
+    ``from_scratch`` (stage 4, the no-pre-training ablation): the denoiser starts from random
     weights, not the source run's; the source run gives only its VAE, latent statistics and networks' shapes."""
     dist_info = dist_info or DistInfo()
     fewshot = init_run is not None
