@@ -22,7 +22,7 @@ from .artifacts.run import Run
 from .artifacts.samples import SampleRecord, SampleSet
 from .conditions import SEG_FILE, needs_brain
 from .data.geometry import to_native, unscale_intensities
-from .data.masks import resolve_masks
+from .data.masks import MaskSource, resolve_masks
 from .diffusion.settings import GenerationSettings
 from .distributed import DistInfo, barrier
 from .errors import AldmError
@@ -37,7 +37,7 @@ REQUEST_FIELDS = ("model_hash", "guidance", "sampler", "steps", "seed", "mask_su
 
 
 @writes_folder("out_dir", "sample folder")
-def generate(model_dir: str, out_dir: str, n: int, masks: str | None = None, subjects: list | None = None,
+def generate(model_dir: str, out_dir: str, n: int, masks: MaskSource | str | None = None, subjects: list | None = None,
              settings: GenerationSettings | None = None, batch_size: int = 4, dist_info: DistInfo | None = None,
              device=None, progress: bool = True, native: bool = True, pipeline=None, on_progress=None,
              decode_slab: int = 0, overwrite: bool = False, log=None) -> list[SampleRecord]:

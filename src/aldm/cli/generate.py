@@ -10,6 +10,7 @@ from .arguments import finite_float, non_negative_int, positive_int
 
 
 def _cmd_generate(args) -> int:
+    from ..data.masks import MaskSource
     from ..diffusion.settings import GenerationSettings
     from ..distributed import init_distributed, shutdown
     from ..generate import generate
@@ -19,7 +20,8 @@ def _cmd_generate(args) -> int:
     info = init_distributed()
     try:
         start = time.perf_counter()
-        rows = generate(args.model, args.out, args.n, masks=args.masks, subjects=args.subjects, settings=settings,
+        masks = MaskSource.parse(args.masks) if args.masks else None
+        rows = generate(args.model, args.out, args.n, masks=masks, subjects=args.subjects, settings=settings,
                         batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet,
                         decode_slab=args.decode_slab, overwrite=args.overwrite)
         elapsed = time.perf_counter() - start

@@ -220,19 +220,44 @@ def relocated_masks(cache: str, subjects: list | None, seed: int) -> list[MaskIt
 MASK_KINDS = ("cache", "folder", "relocated", "appendix")
 
 
-def resolve_masks(spec: str | None, model: Run, image_size: int, subjects: list | None, seed: int,
+@dataclass(frozen=True)
+class MaskSource:
+    """Where the masks of a generation come from: ``kind`` (``cache``, ``folder``, ``relocated`` or
+    ``appendix``; see the module docstring) and the ``path`` of the cache or folder. The command line's
+    ``--masks KIND:PATH`` is parsed once by :meth:`parse`; code passes the object."""
+
+    kind: str
+    path: str
+
+    def __post_init__(self):
+        """Refuse an unknown kind."""
+        if self.kind not in MASK_KINDS:
+            raise AldmError(f"unknown mask source {self.kind!r}; choose one of {', '.join(MASK_KINDS)}")
+
+    @classmethod
+    def parse(cls, spec: str) -> MaskSource:
+        """``KIND:PATH``, or a bare path (a prepared cache's, else a folder of masks)."""
+        kind, _, path = spec.partition(":")
+        if kind in MASK_KINDS:
+            return cls(kind, path)
+        return cls("cache" if PreparedCache.is_cache(spec) else "folder", spec)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}"
+
+
+def resolve_masks(source: MaskSource | str | None, model: Run, image_size: int, subjects: list | None, seed: int,
                   n: int = 1, condition: str = "mask") -> list[MaskItem]:
-    """Mask items for a ``--masks`` value (see the module docstring; None: the ``model`` run's own
-    cache) for a model of ``condition``; ``n`` only matters to appendix."""
-    if spec is None:
-        spec = "cache:" + model.data
-    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in MASK_KINDS else ("", "", spec)
-    if not kind:
-        kind = "cache" if PreparedCache.is_cache(spec) else "folder"
-    if kind == "cache":
-        return masks_from_cache(path, subjects, model)
-    if kind == "relocated":
-        return relocated_masks(path, subjects, seed)
-    if kind == "appendix":
-        return appendix_masks(path, n, seed, subjects, model)
-    return masks_from_folder(path, image_size, condition)
+    """Mask items from ``source`` (a :class:`MaskSource`, its ``KIND:PATH`` text, or None: the ``model`` run's
+    own cache) for a model of ``condition``; ``n`` only matters to appendix."""
+    if source is None:
+        source = MaskSource("cache", model.data)
+    elif isinstance(source, str):
+        source = MaskSource.parse(source)
+    if source.kind == "cache":
+        return masks_from_cache(source.path, subjects, model)
+    if source.kind == "relocated":
+        return relocated_masks(source.path, subjects, seed)
+    if source.kind == "appendix":
+        return appendix_masks(source.path, n, seed, subjects, model)
+    return masks_from_folder(source.path, image_size, condition)

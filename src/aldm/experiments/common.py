@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 from ..artifacts.cache import PreparedCache
@@ -18,6 +19,7 @@ from ..artifacts.run import WEIGHTS, Run
 from ..artifacts.split import save_split
 from ..conditions import parse_condition
 from ..config import PROFILES, get_profile, with_budget, with_condition, with_decoder_regions
+from ..data.masks import MaskSource
 from ..data.splits import MAX_TEST_PATIENTS, few_shot_split, with_cv_folds
 from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..diffusion.settings import GenerationSettings
@@ -330,98 +332,197 @@ def make_splits(cfg: ExperimentConfig) -> dict:
     return splits
 
 
+@dataclass
+class PlannedRun:
+    """One training run of an experiment: its ``name`` (the key :func:`train_all` returns it under), folder,
+    the line logged when it starts, the runs it starts from (``needs``: names of earlier ones) and
+    ``train(resume)``, which trains it (or continues it, with ``resume``). ``done()``: whether nothing is
+    left to do (default: its weights exist)."""
+
+    name: str
+    path: str
+    title: str
+    needs: tuple
+    train: Callable[[bool], None]
+    done: Callable[[], bool] | None = None
+
+    def finished(self) -> bool:
+        """Whether the run needs no more training."""
+        return self.done() if self.done is not None else finished(self.path)
+
+
 def train_all(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> dict:
-    """Every training run of the experiment; returns {model key: run dir}. Figure-4 snapshots included."""
-    runs_dir = os.path.join(cfg.out, "runs")
-    # the stages copy what they change: it stays as loaded
+    """Every training run of the experiment (:func:`plan_runs`), each trained or continued in order once the
+    runs it needs are finished; returns {name: run dir} (with ``aldm-zeroshot``, the source LDM itself, when
+    that ablation is asked for). Figure-4 snapshots included. Safe to re-run: finished runs are skipped."""
+    plan = plan_runs(cfg, splits, progress)
+    done = set()
+    for run in plan:
+        missing = [n for n in run.needs if n not in done]
+        if missing:
+            raise AldmError(f"{run.path}: planned before the run(s) it starts from ({', '.join(missing)})")
+        if not run.finished():
+            log(run.title)
+            run.train(started(run.path))
+        done.add(run.name)
+    runs = {run.name: run.path for run in plan}
+    if "zero-shot" in cfg.ablations:
+        runs["aldm-zeroshot"] = runs["ldm"]
+    return runs
+
+
+def plan_runs(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> list[PlannedRun]:
+    """The training runs of an experiment, in the order they train: ALDM's VAE, source LDM and few-shot LDM
+    per K, the ablations asked for (per K), and each comparison model's source then few-shot run."""
     profile = with_budgets(with_condition(get_profile(cfg.profile), cfg.condition), cfg.budget_s)
     probe = None
     if cfg.probe_every:
         profile = with_probe_every(profile, cfg.probe_every)
         probe = ProbeSubjects(cfg.target_cache, splits[max(cfg.k)]["test"][:2])  # held out from every stage
-    steps = cfg.steps or {}
     # the few-shot stages: probed (and, with select_fewshot, selected) on pool patients, never on test ones
     fewshot_profile, fewshot_probe = fewshot_selection(cfg, splits, profile, probe)
-    runs = {"vae": os.path.join(runs_dir, "vae"), "ldm": os.path.join(runs_dir, "ldm")}
-    if not finished(runs["vae"]):
-        log("stage 1: VAE")
-        train_vae(cfg.source_cache, runs["vae"], with_decoder_regions(profile, cfg.decoder_regions()),
-                  steps=steps.get("vae"), seed=cfg.seed, resume=started(runs["vae"]), progress=progress, probe=probe)
-    if not finished(runs["ldm"]):
-        log("stages 2-3: source LDM")
-        train_ldm(cfg.source_cache, runs["ldm"], profile, vae_run=runs["vae"],
-                  steps=steps.get("ldm"), seed=cfg.seed, resume=started(runs["ldm"]), progress=progress, probe=probe)
-    total = steps.get("fewshot") or profile.train_fewshot.steps
-    for k in sorted(cfg.k):
-        run = runs[f"aldm_k{k}"] = os.path.join(runs_dir, f"aldm_k{k}")
-        split_path = os.path.join(cfg.out, f"split_k{k}.json")
-        def snapshot(step: int, k: int = k) -> str:
-            return os.path.join(cfg.out, "figure4", f"k{k}_step{step}")
+    setting = _RunSetting(cfg, splits, profile, fewshot_profile, probe, fewshot_probe, progress)
+    plan = _aldm_runs(setting)
+    if "no-pretraining" in cfg.ablations:
+        plan += _scratch_runs(setting)
+    if "no-controlnet" in cfg.ablations:
+        plan += _no_controlnet_runs(setting)
+    for b in cfg.baselines:
+        plan += _comparison_runs(setting, b)
+    return plan
 
-        # under a budget the length is known once the stage has fitted it (its config.json): one snapshot, at the end
+
+@dataclass
+class _RunSetting:
+    """What every planned run of an experiment is built from."""
+
+    cfg: ExperimentConfig
+    splits: dict
+    profile: object
+    fewshot_profile: object
+    probe: ProbeSubjects | None
+    fewshot_probe: ProbeSubjects | None
+    progress: bool
+
+    def path(self, name: str) -> str:
+        """The folder of run ``name`` below the experiment's runs/."""
+        return os.path.join(self.cfg.out, "runs", name)
+
+    def split(self, k: int) -> str:
+        """The saved split of K."""
+        return os.path.join(self.cfg.out, f"split_k{k}.json")
+
+    def steps(self, key: str):
+        """The experiment's "steps" override of a stage (None: the profile's)."""
+        return (self.cfg.steps or {}).get(key)
+
+
+def _aldm_runs(st: _RunSetting) -> list[PlannedRun]:
+    cfg, profile = st.cfg, st.profile
+    vae, ldm = st.path("vae"), st.path("ldm")
+    plan = [
+        PlannedRun("vae", vae, "stage 1: VAE", (), lambda resume: train_vae(
+            cfg.source_cache, vae, with_decoder_regions(profile, cfg.decoder_regions()), steps=st.steps("vae"),
+            seed=cfg.seed, resume=resume, progress=st.progress, probe=st.probe)),
+        PlannedRun("ldm", ldm, "stages 2-3: source LDM", ("vae",), lambda resume: train_ldm(
+            cfg.source_cache, ldm, profile, vae_run=vae, steps=st.steps("ldm"), seed=cfg.seed, resume=resume,
+            progress=st.progress, probe=st.probe)),
+    ]
+    for k in sorted(cfg.k):
+        plan.append(_fewshot_run(st, k))
+    return plan
+
+
+def _fewshot_run(st: _RunSetting, k: int) -> PlannedRun:
+    """ALDM's few-shot run of K; at the largest K trained in ``figure4_snapshots`` chunks, one sample of a test
+    patient after each (Figure 4; LDM losses do not depend on the total length, so chunked training equals one
+    run). Under a budget the length is known once the stage has fitted it: one snapshot, at the end."""
+    cfg = st.cfg
+    run, total, largest = st.path(f"aldm_k{k}"), st.steps("fewshot") or st.profile.train_fewshot.steps, k == max(cfg.k)
+
+    def snapshot(step: int) -> str:
+        return os.path.join(cfg.out, "figure4", f"k{k}_step{step}")
+
+    def done() -> bool:
         length = Run(run).profile.train_fewshot.steps if cfg.budget_s and finished(run) else total
-        if finished(run) and (k != max(cfg.k) or os.path.exists(snapshot(length))):
-            continue
-        log(f"stage 4: few-shot LDM, K={k}")
-        chunks = max(1, cfg.figure4_snapshots) if k == max(cfg.k) and not cfg.budget_s else 1
+        return finished(run) and (not largest or os.path.exists(snapshot(length)))
+
+    def train(resume: bool) -> None:
+        chunks = max(1, cfg.figure4_snapshots) if largest and not cfg.budget_s else 1
         for i in range(1, chunks + 1):
             target = None if cfg.budget_s else max(1, round(total * i / chunks))
             if target is not None and os.path.exists(snapshot(target)):
                 continue
-            # LDM losses do not depend on the total length, so chunked training equals one run
-            train_ldm(cfg.target_cache, run, fewshot_profile, init_run=runs["ldm"], split_path=split_path,
-                      steps=target, seed=cfg.seed, resume=started(run), progress=progress, probe=fewshot_probe)
+            train_ldm(cfg.target_cache, run, st.fewshot_profile, init_run=st.path("ldm"), split_path=st.split(k),
+                      steps=target, seed=cfg.seed, resume=started(run), progress=st.progress,
+                      probe=st.fewshot_probe)
             snap = snapshot(target if target is not None else Run(run).profile.train_fewshot.steps)
-            if k == max(cfg.k):
-                generate(run, snap, n=1, masks=f"cache:{cfg.target_cache}", subjects=splits[k]["test"][:1],
-                         settings=generation_settings(cfg, max(cfg.guidance), cfg.seed), progress=False, native=False)
+            if largest:
+                generate(run, snap, n=1, masks=MaskSource("cache", cfg.target_cache),
+                         subjects=st.splits[k]["test"][:1], settings=generation_settings(cfg, max(cfg.guidance),
+                                                                                        cfg.seed),
+                         progress=False, native=False)
             if Run(run).finished and i < chunks:
                 os.remove(Run(run).file(WEIGHTS))  # not finished yet: the next chunk continues
-    k_max = max(cfg.k)
-    if "zero-shot" in cfg.ablations:
-        runs["aldm-zeroshot"] = runs["ldm"]
-    if "no-pretraining" in cfg.ablations:
-        # trained as the source LDM is (its optimiser settings), for the source + few-shot length
-        ldm, few = profile.train_ldm, profile.train_fewshot
-        length = replace(ldm, steps=(steps.get("ldm") or ldm.steps) + (steps.get("fewshot") or few.steps),
-                         budget_s=ldm.budget_s + few.budget_s)
-        length = replace(length, select_by_probe=fewshot_profile.train_fewshot.select_by_probe)
-        for k in sorted(cfg.k, reverse=True):
-            runs[f"aldm-scratch_k{k}"] = scratch = os.path.join(runs_dir, f"aldm_scratch_k{k}")
-            if not finished(scratch):
-                log(f"ablation: LDM from scratch on the K={k} target patients")
-                train_ldm(cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=runs["ldm"],
-                          split_path=os.path.join(cfg.out, f"split_k{k}.json"), seed=cfg.seed,
-                          resume=started(scratch), progress=progress, probe=fewshot_probe, from_scratch=True)
-    if "no-controlnet" in cfg.ablations:
-        plain = replace(profile, unet=replace(profile.unet, controlnet=False))
-        src = os.path.join(runs_dir, "ldm_nocontrolnet")
-        if not finished(src):
-            log("ablation: source LDM without the ControlNet")
-            train_ldm(cfg.source_cache, src, plain, vae_run=runs["vae"], steps=steps.get("ldm"), seed=cfg.seed,
-                      resume=started(src), progress=progress, probe=probe)
-        for k in sorted(cfg.k, reverse=True):
-            runs[f"aldm-nocontrolnet_k{k}"] = few = os.path.join(runs_dir, f"aldm_nocontrolnet_k{k}")
-            if not finished(few):
-                log(f"ablation: few-shot LDM without the ControlNet, K={k}")
-                train_ldm(cfg.target_cache, few, replace(plain, train_fewshot=fewshot_profile.train_fewshot),
-                          init_run=src, split_path=os.path.join(cfg.out, f"split_k{k}.json"),
-                          steps=steps.get("fewshot"), seed=cfg.seed, resume=started(few), progress=progress,
-                          probe=fewshot_probe)
-    for b in cfg.baselines:
-        src, few = os.path.join(runs_dir, b), os.path.join(runs_dir, f"{b}_k{k_max}")
-        runs[b] = few
-        key = training_stage(b, False).removeprefix("train_")  # "baseline" (a GAN) or "pixel"
-        if not finished(src):
-            log(f"baseline {b}: source training")
-            train_baseline(b, cfg.source_cache, src, profile, steps=steps.get(key),
-                           seed=cfg.seed, resume=started(src), progress=progress)
-        if not finished(few):
-            log(f"baseline {b}: few-shot K={k_max}")
-            train_baseline(b, cfg.target_cache, few, profile, init_run=src,
-                           split_path=os.path.join(cfg.out, f"split_k{k_max}.json"),
-                           steps=steps.get(f"{key}_fewshot"), seed=cfg.seed, resume=started(few), progress=progress)
-    return runs
+
+    return PlannedRun(f"aldm_k{k}", run, f"stage 4: few-shot LDM, K={k}", ("ldm",), train, done)
+
+
+def _scratch_runs(st: _RunSetting) -> list[PlannedRun]:
+    """The no-pre-training ablation per K: trained as the source LDM is (its optimiser settings), for the
+    source + few-shot length, from random weights on the K target patients (the source run gives its VAE)."""
+    cfg, profile = st.cfg, st.profile
+    ldm, few = profile.train_ldm, profile.train_fewshot
+    length = replace(ldm, steps=(st.steps("ldm") or ldm.steps) + (st.steps("fewshot") or few.steps),
+                     budget_s=ldm.budget_s + few.budget_s,
+                     select_by_probe=st.fewshot_profile.train_fewshot.select_by_probe)
+    plan = []
+    for k in sorted(cfg.k, reverse=True):
+        scratch = st.path(f"aldm_scratch_k{k}")
+        plan.append(PlannedRun(
+            f"aldm-scratch_k{k}", scratch, f"ablation: LDM from scratch on the K={k} target patients", ("ldm",),
+            lambda resume, scratch=scratch, k=k: train_ldm(
+                cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=st.path("ldm"),
+                split_path=st.split(k), seed=cfg.seed, resume=resume, progress=st.progress, probe=st.fewshot_probe,
+                from_scratch=True)))
+    return plan
+
+
+def _no_controlnet_runs(st: _RunSetting) -> list[PlannedRun]:
+    """The no-ControlNet ablation: a source LDM and its few-shot runs per K without the ControlNet."""
+    cfg = st.cfg
+    plain = replace(st.profile, unet=replace(st.profile.unet, controlnet=False))
+    src = st.path("ldm_nocontrolnet")
+    plan = [PlannedRun("ldm-nocontrolnet", src, "ablation: source LDM without the ControlNet", ("vae",),
+                       lambda resume: train_ldm(cfg.source_cache, src, plain, vae_run=st.path("vae"),
+                                                steps=st.steps("ldm"), seed=cfg.seed, resume=resume,
+                                                progress=st.progress, probe=st.probe))]
+    for k in sorted(cfg.k, reverse=True):
+        few = st.path(f"aldm_nocontrolnet_k{k}")
+        plan.append(PlannedRun(
+            f"aldm-nocontrolnet_k{k}", few, f"ablation: few-shot LDM without the ControlNet, K={k}",
+            ("ldm-nocontrolnet",), lambda resume, few=few, k=k: train_ldm(
+                cfg.target_cache, few, replace(plain, train_fewshot=st.fewshot_profile.train_fewshot),
+                init_run=src, split_path=st.split(k), steps=st.steps("fewshot"), seed=cfg.seed, resume=resume,
+                progress=st.progress, probe=st.fewshot_probe)))
+    return plan
+
+
+def _comparison_runs(st: _RunSetting, model: str) -> list[PlannedRun]:
+    """A comparison model's source run and its few-shot run at the largest K (the latter under the model's
+    name, as Table 1 rows look it up)."""
+    cfg, k_max = st.cfg, max(st.cfg.k)
+    src, few = st.path(model), st.path(f"{model}_k{k_max}")
+    key = training_stage(model, False).removeprefix("train_")  # "baseline" (a GAN) or "pixel"
+    return [
+        PlannedRun(f"{model}-source", src, f"baseline {model}: source training", (), lambda resume: train_baseline(
+            model, cfg.source_cache, src, st.profile, steps=st.steps(key), seed=cfg.seed, resume=resume,
+            progress=st.progress)),
+        PlannedRun(model, few, f"baseline {model}: few-shot K={k_max}", (f"{model}-source",),
+                   lambda resume: train_baseline(
+                       model, cfg.target_cache, few, st.profile, init_run=src, split_path=st.split(k_max),
+                       steps=st.steps(f"{key}_fewshot"), seed=cfg.seed, resume=resume, progress=st.progress)),
+    ]
 
 
 def run_key(cell: dict) -> str:

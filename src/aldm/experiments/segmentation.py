@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from ..data.masks import MaskSource
 from ..errors import AldmError
 from ..evaluate import load_synthetic
 from ..evaluators.segmentation_protocols import (
@@ -67,7 +68,7 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
         folder = os.path.join(cfg.out, FOLDER, "samples", g)
         log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks",
             "segmentation")
-        generate(run, folder, n=n_max, masks=f"appendix:{cfg.target_cache}", subjects=shots,
+        generate(run, folder, n=n_max, masks=MaskSource("appendix", cfg.target_cache), subjects=shots,
                  settings=generation_settings(cfg, guidance if is_diffusion(g) else None, cfg.seed + 2000),
                  progress=progress, native=False)
         samples = sorted(load_synthetic(folder), key=lambda r: int(r["index"]))

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..artifacts.segmenter import SegmenterRun
+from ..data.masks import MaskSource
 from ..evaluate import evaluate, load_synthetic
 from ..evaluators.classifier import ClassifierConfig, cross_validate
 from ..generate import generate
@@ -209,7 +210,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             log(f"cell {cell['name']}: generate + evaluate")
             samples_dir = os.path.join(cfg.out, "samples", cell["id"])
             start = time.perf_counter()
-            generate(run, samples_dir, n=len(test), masks=f"cache:{cfg.target_cache}", subjects=test,
+            generate(run, samples_dir, n=len(test), masks=MaskSource("cache", cfg.target_cache), subjects=test,
                      settings=generation_settings(cfg, cell["s"], cfg.seed + 1000), progress=progress, native=False,
                      pipeline=pipe)
             sample_s = (time.perf_counter() - start) / len(test)

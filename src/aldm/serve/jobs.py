@@ -32,6 +32,7 @@ from collections import deque
 
 from ..artifacts.samples import SampleSet
 from ..conditions import SEG_FILE
+from ..data.masks import MaskSource
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
 from ..generate import generate
@@ -291,6 +292,6 @@ class JobQueue:
         if is_diffusion(entry.kind):
             settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
                                           seed=job["seed"])
-        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=f"appendix:{entry.data}", settings=settings,
-                 batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
+        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=MaskSource("appendix", entry.data),
+                 settings=settings, batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
         progress.update(done=job["n"], step=0, steps=0)
