@@ -59,7 +59,7 @@ def test_a_release_0_2_run_generates_and_its_samples_record_the_new_schema(tmp_p
 
 
 def test_release_0_2_samples_read_and_evaluate(tmp_path):
-    from aldm.evaluate import evaluate, load_synthetic
+    from aldm.evaluate import EvaluationSettings, evaluate, load_synthetic
 
     samples = SampleSet(SAMPLES)
     records = samples.records()
@@ -68,7 +68,8 @@ def test_release_0_2_samples_read_and_evaluate(tmp_path):
     assert samples.verify() == (2, [])
     loaded = load_synthetic(SAMPLES)
     assert loaded[0]["image"].shape == (3, 32, 32, 32) and loaded[0]["mask"].shape == (1, 32, 32, 32)
-    result = evaluate(CACHE, SAMPLES, str(tmp_path / "ev"), frd_modalities=(), inception=str(tmp_path / "none"))
+    result = evaluate(CACHE, SAMPLES, str(tmp_path / "ev"),
+                      EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none")))
     assert result["n_samples"] == 2 and 0 < result["ssim_3d_patient_mean"] <= 1
 
 

@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from aldm.cli import main
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
-from aldm.evaluate import evaluate
+from aldm.evaluate import EvaluationSettings, evaluate
 from aldm.generate import generate
 from aldm.metrics.fid import fid_scores
 from aldm.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_features
@@ -140,7 +140,7 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
                                    "extra")
     samples.write_index(samples.records() + [extra])
     result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
-                      inception=str(tmp_path / "none.pth"))
+                      EvaluationSettings(inception=str(tmp_path / "none.pth")))
     assert result["excluded_few_shot_samples"] == 1 and result["n_samples"] == 2
     assert -1 <= result["ssim_2d_patient_mean"] <= 1 and result["fid"] is None
     assert "FID Inception weights not found" in result["fid_unavailable"]

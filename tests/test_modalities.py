@@ -68,10 +68,10 @@ def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
             assert sorted(os.listdir(folder / space)) == ["flair.nii.gz", "mask.nii.gz", "seg.nii.gz", "t1.nii.gz",
                                                           "t1c.nii.gz", "t2.nii.gz"]
         assert nib.load(folder / "model" / "t1c.nii.gz").shape == (32, 32, 32)
-    from aldm.evaluate import evaluate
+    from aldm.evaluate import EvaluationSettings, evaluate
 
-    result = evaluate(str(cache4), str(tmp_path / "gen-ldm"), str(tmp_path / "ev"), frd_modalities=(),
-                      inception=str(tmp_path / "none"))
+    result = evaluate(str(cache4), str(tmp_path / "gen-ldm"), str(tmp_path / "ev"),
+                      EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none")))
     assert result["n_samples"] == 1
 
 

@@ -83,7 +83,7 @@ def test_real_volumes_score_high_and_a_constant_volume_near_zero(prepared_cache,
 
 @pytest.mark.slow
 def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prepared_cache, tmp_path):
-    from aldm.evaluate import evaluate
+    from aldm.evaluate import EvaluationSettings, evaluate
     from aldm.generate import generate
 
     generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2,
@@ -92,13 +92,13 @@ def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prep
     fit_on_caches([str(prepared_cache)], str(leaky), SegmenterConfig(init_filters=4, steps=2), held_out=set(),
                   progress=False)
     with pytest.raises(AldmError, match="trained on 2 of the evaluated mask subjects"):
-        evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"), frd_modalities=(),
-                 inception=str(tmp_path / "none.pth"), segmenter=str(leaky))
+        evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
+                 EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none.pth"), segmenter=str(leaky)))
     clean = tmp_path / "clean"
     fit_on_caches([str(prepared_cache)], str(clean), SegmenterConfig(init_filters=4, steps=2),
                   held_out=set(tiny_runs_test_subjects(tiny_runs)), progress=False)
-    result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"), frd_modalities=(),
-                      inception=str(tmp_path / "none.pth"), segmenter=str(clean))
+    result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
+                      EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none.pth"), segmenter=str(clean)))
     adherence = result["mask_adherence"]
     assert adherence["n_samples"] == 2 and 0 <= adherence["mask_dice_mean"] <= 1
     assert 0 <= adherence["real_dice_mean"] <= 1 and adherence["shuffled_dice_mean"] is not None

@@ -12,11 +12,11 @@ MAX_LINES = 80
 MAX_PARAMETERS = 8
 # functions over the limits today, to be split or given a request object; a new one fails the test, and so
 # does one listed here that is back within the limits (take it off the list)
-TOO_LONG = {"serve/app.py:create_app", "evaluate.py:evaluate"}
+TOO_LONG: set = set()
 TOO_MANY_PARAMETERS = {
     "train/stages.py:train_ldm", "generate.py:generate", "train/baselines.py:train_baseline",
     "generate.py:_generate_batches", "pipeline.py:ALDMPipeline.__init__", "pipeline.py:reverse_diffusion",
-    "train/stages.py:open_run", "train/stages.py:train_vae", "data/cache.py:prepare_dataset", "evaluate.py:evaluate",
+    "train/stages.py:open_run", "train/stages.py:train_vae", "data/cache.py:prepare_dataset",
     "train/stages.py:run_stage", "train/trainer.py:Trainer.__init__",
 }
 

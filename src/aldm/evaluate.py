@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,24 +112,68 @@ def sharpness_figures(pairs: list, modalities) -> dict:
                          "real": {m: [float(v) for v in p] for m, p in zip(modalities, real_power)}}}
 
 
-def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str | None = None,
-             device: str = "cpu", log=None, frd_modalities=None, diversity_pairs: int = 100,
-             segmenter: str | None = None, reference: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a synthetic set is scored: ``inception`` (the FID weights file; None: FID is skipped with its
+    reason), ``device``, ``frd_modalities`` (file stems; None: every modality of the cache; (): no FRD),
+    ``diversity_pairs`` (MS-SSIM pairs at most) and ``segmenter`` (a folder of
+    :mod:`aldm.evaluators.segmenter`: adds the mask adherence)."""
+
+    inception: str | None = None
+    device: str = "cpu"
+    frd_modalities: tuple | None = None
+    diversity_pairs: int = 100
+    segmenter: str | None = None
+
+
+def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: EvaluationSettings | None = None,
+             log=None, reference: dict | None = None) -> dict:
     """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
     (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
-    diversity and memorisation, and with ``segmenter`` (a folder of :mod:`aldm.evaluators.segmenter`) the
-    mask adherence; samples from few-shot training masks are excluded. Writes
-    ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics.
+    diversity and memorisation, sharpness, the region contrasts of labelled samples, and with a
+    segmenter the mask adherence (:class:`EvaluationSettings`); samples from few-shot training masks are
+    excluded. Writes ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics.
 
     ``reference``: a dict the caller keeps across evaluations (an experiment's cells): what depends on
     the real volumes alone — their MS-SSIM diversity, the segmenter's ceiling on them, their FRD
     features — is computed on first use and reused, keyed by the real subjects (same numbers)."""
+    settings = settings or EvaluationSettings()
     log = log or (lambda line: print(line, file=sys.stderr))
     reference = {} if reference is None else reference
-    samples = load_synthetic(synthetic_dir)
     cache = PreparedCache(real_cache).require()
+    samples, paired, cached, split, excluded = _paired_samples(cache, synthetic_dir, log)
+    frd_modalities = _frd_channels(cache, samples, synthetic_dir, settings.frd_modalities)
+    real = {p: data["image"] for p, data in cached.items()}
+    per_patient = _similarity_per_patient(paired, real)
+    result = {
+        "n_samples": len(samples), "n_patients": len(per_patient), "excluded_few_shot_samples": len(excluded),
+        "ssim_2d_patient_mean": float(np.mean([np.mean(p["ssim_2d"]) for p in per_patient.values()])),
+        "ssim_3d_patient_mean": float(np.mean([np.mean(p["ssim_3d"]) for p in per_patient.values()])),
+    }
+    result.update(_diversity_and_copies(samples, real, cache, split, settings.diversity_pairs, reference))
+    result.update(sharpness_figures([(s["image"], real[s["mask_subject"]], cached[s["mask_subject"]]["brain"])
+                                     for s in paired], cache.modalities))
+    if settings.segmenter:
+        result["mask_adherence"] = _mask_adherence(settings.segmenter, paired, cached, settings.device, reference)
+    if all(s["labels"] is not None for s in paired):
+        from .metrics.region_contrast import contrast_check
+
+        result["region_contrast"] = contrast_check(
+            [(s["image"], s["labels"], cached[s["mask_subject"]]["brain"]) for s in paired],
+            [(data["image"], data["labels"], data["brain"]) for data in cached.values()], cache.modalities)
+    if frd_modalities:
+        result.update(_frd(samples, cached, cache, frd_modalities, reference, log))
+    result.update(_fid(paired, real, per_patient, settings, log))
+    _write(out_dir, result, per_patient)
+    return result
+
+
+def _paired_samples(cache: PreparedCache, synthetic_dir: str, log) -> tuple:
+    """(the samples scored, those whose mask subject has a real volume in ``cache``, {subject: its cached
+    arrays}, the generating run's split or None, the samples left out) of a generate folder: samples made from
+    the masks of the run's few-shot training subjects are not held out, and are left out with a warning."""
+    samples = load_synthetic(synthetic_dir)
     rows = cache.by_subject()
-    frd_modalities = _frd_channels(cache, samples, synthetic_dir, frd_modalities)
     split = Run(samples[0]["model"]).split() if samples and samples[0]["model"] else None
     excluded = []
     if split:
@@ -139,77 +184,79 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         samples = [s for s in samples if s["mask_subject"] not in shots]
     paired = [s for s in samples if s["mask_subject"] in rows]
     if not paired:
-        raise AldmError(f"{synthetic_dir}: no sample's mask subject is in {real_cache}; nothing to pair")
+        raise AldmError(f"{synthetic_dir}: no sample's mask subject is in {cache.path}; nothing to pair")
     cached = {s["mask_subject"]: cache.load(rows[s["mask_subject"]]) for s in paired}
-    real = {p: data["image"] for p, data in cached.items()}
+    return samples, paired, cached, split, excluded
 
+
+def _similarity_per_patient(paired: list[dict], real: dict) -> dict:
+    """{patient: {"ssim_2d": [...], "ssim_3d": [...]}} of each sample against its patient's real volume."""
     per_patient: dict = {}
     for s in paired:
         p = per_patient.setdefault(s["mask_subject"], {"ssim_2d": [], "ssim_3d": []})
         p["ssim_2d"].append(ssim_2d_slices(real[s["mask_subject"]], s["image"]))
         p["ssim_3d"].append(ssim_3d(real[s["mask_subject"]], s["image"]))
-    result = {
-        "n_samples": len(samples), "n_patients": len(per_patient), "excluded_few_shot_samples": len(excluded),
-        "ssim_2d_patient_mean": float(np.mean([np.mean(p["ssim_2d"]) for p in per_patient.values()])),
-        "ssim_3d_patient_mean": float(np.mean([np.mean(p["ssim_3d"]) for p in per_patient.values()])),
-    }
-    synth_vols = [s["image"] for s in samples]
-    real_vols = list(real.values())
+    return per_patient
+
+
+def _diversity_and_copies(samples: list[dict], real: dict, cache: PreparedCache, split: dict | None, pairs: int,
+                          reference: dict) -> dict:
+    """MS-SSIM diversity of the synthetic and the real volumes (the real ones once per subject set, in
+    ``reference``) and, with the K training volumes at hand, memorisation."""
+    out = {}
+    synth_vols, real_vols = [s["image"] for s in samples], list(real.values())
     if len(synth_vols) >= 2 and len(real_vols) >= 2:
-        result["ms_ssim_diversity_synthetic"] = ms_ssim_diversity(synth_vols, max_pairs=diversity_pairs)
-        key = ("ms_ssim_diversity", tuple(real), diversity_pairs)
+        out["ms_ssim_diversity_synthetic"] = ms_ssim_diversity(synth_vols, max_pairs=pairs)
+        key = ("ms_ssim_diversity", tuple(real), pairs)
         if key not in reference:
-            reference[key] = ms_ssim_diversity(real_vols, max_pairs=diversity_pairs)
-        result["ms_ssim_diversity_real"] = reference[key]
+            reference[key] = ms_ssim_diversity(real_vols, max_pairs=pairs)
+        out["ms_ssim_diversity_real"] = reference[key]
+    rows = cache.by_subject()
     if split and split["k_shot"] and all(k in rows for k in split["k_shot"]):
         training = [cache.load(rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5
-        result["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
+        out["memorisation"] = memorisation(synth_vols, training, real_vols, brain)
+    return out
 
-    result.update(sharpness_figures([(s["image"], real[s["mask_subject"]], cached[s["mask_subject"]]["brain"])
-                                     for s in paired], cache.modalities))
-    if segmenter:
-        result["mask_adherence"] = _mask_adherence(segmenter, paired, cached, device, reference)
-    if all(s["labels"] is not None for s in paired):
-        from .metrics.region_contrast import contrast_check
 
-        result["region_contrast"] = contrast_check(
-            [(s["image"], s["labels"], cached[s["mask_subject"]]["brain"]) for s in paired],
-            [(data["image"], data["labels"], data["brain"]) for data in cached.values()], cache.modalities)
+def _frd(samples: list[dict], cached: dict, cache: PreparedCache, modalities: tuple, reference: dict, log) -> dict:
+    """FRD per modality inside the brain (:mod:`aldm.metrics.frd`); when it cannot run, why."""
+    from .metrics.frd import frd_scores
 
-    if frd_modalities:
-        from .metrics.frd import frd_scores
+    brains = {p: data["brain"][0] for p, data in cached.items()}
+    try:
+        return frd_scores([data["image"] for data in cached.values()], [s["image"] for s in samples],
+                          [brains[p] for p in cached],
+                          [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
+                          modalities=modalities, modality_names=file_stems(cache.modalities), reference=reference)
+    except AldmError as exc:
+        log(f"aldm: FRD skipped: {exc}")
+        return {"frd_unavailable": str(exc)}
 
-        try:
-            brains = {p: data["brain"][0] for p, data in cached.items()}
-            result.update(frd_scores(real_vols, synth_vols, [brains[p] for p in real],
-                                     [brains.get(s["mask_subject"], next(iter(brains.values()))) for s in samples],
-                                     modalities=frd_modalities, modality_names=file_stems(cache.modalities),
-                                     reference=reference))
-        except AldmError as exc:
-            result["frd_unavailable"] = str(exc)
-            log(f"aldm: FRD skipped: {exc}")
 
+def _fid(paired: list[dict], real: dict, per_patient: dict, settings: EvaluationSettings, log) -> dict:
+    """FID per patient (into ``per_patient``), its patient mean and pooled value, or why it was skipped (no
+    Inception weights: FID's are not downloaded at run time)."""
     try:
         from .metrics.fid import fid_scores, slice_features
         from .metrics.inception import load_fid_inception
 
-        net = load_fid_inception(inception, device)
+        net = load_fid_inception(settings.inception, settings.device)
     except AldmError as exc:
-        result["fid"] = None
-        result["fid_unavailable"] = str(exc)
         log(f"aldm: FID skipped: {exc}")
-    else:
-        real_f = {p: slice_features(v, net) for p, v in real.items()}
-        synth_f: dict = {}
-        for s in paired:
-            synth_f.setdefault(s["mask_subject"], []).append(slice_features(s["image"], net))
-        synth_f = {p: np.concatenate(v) for p, v in synth_f.items()}
-        scores = fid_scores(real_f, synth_f)
-        for patient, value in scores.pop("fid_per_patient").items():
-            per_patient[patient]["fid"] = value
-        result.update(scores)
+        return {"fid": None, "fid_unavailable": str(exc)}
+    real_f = {p: slice_features(v, net) for p, v in real.items()}
+    synth_f: dict = {}
+    for s in paired:
+        synth_f.setdefault(s["mask_subject"], []).append(slice_features(s["image"], net))
+    scores = fid_scores(real_f, {p: np.concatenate(v) for p, v in synth_f.items()})
+    for patient, value in scores.pop("fid_per_patient").items():
+        per_patient[patient]["fid"] = value
+    return scores
 
+
+def _write(out_dir: str, result: dict, per_patient: dict) -> None:
+    """``metrics.json`` and ``per_patient.csv`` in ``out_dir``, atomically."""
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
@@ -219,4 +266,3 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, inception: str |
         writer.writerow([patient, len(p["ssim_2d"]), round(float(np.mean(p["ssim_2d"])), 6),
                          round(float(np.mean(p["ssim_3d"])), 6), p.get("fid", "")])
     atomic_write_text(os.path.join(out_dir, "per_patient.csv"), buf.getvalue())
-    return result

@@ -11,11 +11,12 @@ from .arguments import positive_int
 def _cmd_evaluate(args) -> int:
     import json
 
-    from ..evaluate import evaluate
+    from ..evaluate import EvaluationSettings, evaluate
 
     modalities = None if args.frd is None else () if args.frd == "none" else tuple(args.frd.split(","))
-    result = evaluate(args.real, args.synthetic, args.out, inception=args.inception, device=args.device,
-                      frd_modalities=modalities, segmenter=args.segmenter)
+    result = evaluate(args.real, args.synthetic, args.out,
+                      EvaluationSettings(inception=args.inception, device=args.device, frd_modalities=modalities,
+                                         segmenter=args.segmenter))
     shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {os.path.abspath(os.path.join(args.out, 'metrics.json'))}")

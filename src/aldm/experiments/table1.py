@@ -29,7 +29,7 @@ from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..artifacts.segmenter import SegmenterRun
 from ..data.masks import MaskSource
-from ..evaluate import evaluate, load_synthetic
+from ..evaluate import EvaluationSettings, evaluate, load_synthetic
 from ..evaluators.classifier import ClassifierConfig, cross_validate
 from ..generate import generate
 from ..io.atomic import atomic_write_text
@@ -214,9 +214,10 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                      settings=generation_settings(cfg, cell["s"], cfg.seed + 1000), progress=progress, native=False,
                      pipeline=pipe)
             sample_s = (time.perf_counter() - start) / len(test)
-            fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]),
-                                inception=cfg.inception, log=log, frd_modalities=cfg.frd_modalities,
-                                diversity_pairs=cfg.diversity_pairs, segmenter=segmenter, reference=real_scores)
+            scoring = EvaluationSettings(inception=cfg.inception, frd_modalities=cfg.frd_modalities,
+                                         diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)
+            fidelity = evaluate(cfg.target_cache, samples_dir, os.path.join(cfg.out, "eval", cell["id"]), scoring,
+                                log=log, reference=real_scores)
             synthetic = [{"subject": s["mask_subject"], "image": s["image"],
                           "mask": target.load(rows[s["mask_subject"]])["mask"],
                           "idh": rows[s["mask_subject"]]["idh"] or None,

@@ -176,6 +176,18 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
                               "(paper Appendix A).")
     app.state.queue = queue
 
+    _handle_errors(app)
+    app.add_middleware(RequestGuard, allowed_hosts=(*LOCAL_HOSTS, *(allowed_hosts or ())), max_body=MAX_BODY_BYTES,
+                       page_csp=page_policy(_page()))
+
+    _job_routes(app, queue, entries)
+    _sample_routes(app, queue, caches)
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Validation errors without the input echoed back; HTTP errors as JSON, a 405's Allow listing every
+    route's methods for the path."""
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         # location and message only: echoing the input back fails on NaN/Inf and may be large
@@ -194,24 +206,18 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
             headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
-    app.add_middleware(RequestGuard, allowed_hosts=(*LOCAL_HOSTS, *(allowed_hosts or ())), max_body=MAX_BODY_BYTES,
-                       page_csp=page_policy(_page()))
 
-    def job_or_404(job_id: str) -> dict:
-        job = queue.view(job_id)
-        if job is None:
-            raise HTTPException(404, "no such job")
-        return job
+def _job_of(queue: JobQueue, job_id: str) -> dict:
+    """The job ``job_id`` of ``queue`` (404 when there is none)."""
+    job = queue.view(job_id)
+    if job is None:
+        raise HTTPException(404, "no such job")
+    return job
 
-    def sample_dir_or_404(job_id: str, sample: str) -> str:
-        job_or_404(job_id)
-        if queue.sample_meta(job_id, sample) is None:
-            raise HTTPException(404, "the job has no such finished sample")
-        try:
-            return inside(queue.samples_dir(job_id), sample)
-        except AldmError as exc:
-            raise HTTPException(404, "no such sample") from exc
 
+def _job_routes(app: FastAPI, queue: JobQueue, entries: dict) -> None:
+    """The page, health, the models and the jobs: submit (validated like the generation command), cancel,
+    list, view."""
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return _page()
@@ -263,7 +269,21 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
 
     @app.get("/api/jobs/{job_id}", response_model=Job, responses={404: {"description": "unknown job"}})
     def get_job(job_id: str = Path(pattern=JOB_ID)):
-        return job_or_404(job_id)
+        return _job_of(queue, job_id)
+
+
+def _sample_routes(app: FastAPI, queue: JobQueue, caches: set) -> None:
+    """A finished sample's volumes for the viewer (synthetic, or the real reference), its NIfTI files and a
+    zip of them."""
+
+    def sample_dir_or_404(job_id: str, sample: str) -> str:
+        _job_of(queue, job_id)
+        if queue.sample_meta(job_id, sample) is None:
+            raise HTTPException(404, "the job has no such finished sample")
+        try:
+            return inside(queue.samples_dir(job_id), sample)
+        except AldmError as exc:
+            raise HTTPException(404, "no such sample") from exc
 
     @app.get("/api/jobs/{job_id}/samples/{sample}/volume/{channel}",
              responses={200: {"content": {"application/octet-stream": {}},
@@ -323,5 +343,3 @@ def create_app(model_runs: list[str], out: str = "aldm-serve", data: list[str] |
             zf.write(inside(folder, SAMPLE_DONE), f"{sample}/{SAMPLE_DONE}")
         return Response(buf.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{sample}.zip"'})
-
-    return app
