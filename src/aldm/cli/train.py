@@ -24,7 +24,7 @@ def _probe_subjects(args):
     --select-by-probe, up to 4 pool subjects (weights chosen on test patients would be tuned to the test)."""
     from ..artifacts.run import Run
     from ..artifacts.split import load_split
-    from ..train.stages import ProbeSubjects
+    from ..train.requests import ProbeSubjects
 
     if not args.probe_every:
         return None
@@ -86,9 +86,26 @@ def _parent_or_named_profile(args, resumed, parent: str | None, default: str | N
     return get_profile(default) if default else None
 
 
+def _request(args, info, profile, fewshot=None, probe=None):
+    """The :class:`~aldm.train.requests.StageRequest` of a ``train`` command's options."""
+    from ..train.requests import Runtime, StageRequest
+
+    return StageRequest(args.data, args.out, profile, fewshot, args.steps, args.seed, args.precision,
+                        getattr(args, "condition", None), Runtime(args.resume, info, not args.quiet), probe)
+
+
+def _fewshot_of(args):
+    """The few-shot part of a request (--init with --k / --n-test / --split, --from-scratch), or None."""
+    from ..train.requests import FewShot
+
+    if not getattr(args, "init", None):
+        return None
+    return FewShot(args.init, args.split, args.k, args.n_test, getattr(args, "from_scratch", False))
+
+
 def _train_vae(args, info, resumed):
     from ..config import with_decoder_regions
-    from ..train.stages import train_vae, with_probe_every
+    from ..train.stages import vae_stage, with_probe_every
 
     profile = resumed or _parent_or_named_profile(args, None, None, "small")
     if args.decoder_regions and not profile.vae.decoder_regions:
@@ -97,15 +114,18 @@ def _train_vae(args, info, resumed):
                             "without it or choose another --out")
         profile = with_decoder_regions(profile)
     profile = with_probe_every(_with_budget(profile, "train_vae", args.budget_s), args.probe_every)
-    return train_vae(args.data, args.out, profile, steps=args.steps, seed=args.seed, resume=args.resume,
-                     dist_info=info, progress=not args.quiet, precision=args.precision, probe=_probe_subjects(args))
+    return vae_stage(_request(args, info, profile, probe=_probe_subjects(args)))
 
 
 def _train_latent(args, info, resumed):
     """Stage 3 (``args.vae``) or stage 4 (``args.init``) of the latent model."""
-    from ..train.stages import train_ldm, with_probe_every
+    from ..train.stages import fewshot_stage, source_stage, with_probe_every
 
     init, vae = getattr(args, "init", None), getattr(args, "vae", None)
+    if bool(init) == bool(vae):
+        raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
+    if getattr(args, "from_scratch", False) and not init:
+        raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
     stage = "train_fewshot" if init else "train_ldm"
     profile = _parent_or_named_profile(args, resumed, init or vae, None)
     profile = with_probe_every(_with_budget(profile, stage, args.budget_s), args.probe_every)
@@ -113,11 +133,8 @@ def _train_latent(args, info, resumed):
         if not args.probe_every:
             raise AldmError("--select-by-probe needs --probe-every N (the held-out probe it selects by)")
         profile = replace(profile, **{stage: replace(getattr(profile, stage), select_by_probe=True)})
-    return train_ldm(args.data, args.out, profile, vae_run=vae, init_run=init, k=getattr(args, "k", None),
-                     n_test=getattr(args, "n_test", None), split_path=getattr(args, "split", None),
-                     steps=args.steps, seed=args.seed, resume=args.resume, dist_info=info,
-                     progress=not args.quiet, precision=args.precision, probe=_probe_subjects(args),
-                     condition=getattr(args, "condition", None), from_scratch=getattr(args, "from_scratch", False))
+    request = _request(args, info, profile, _fewshot_of(args), _probe_subjects(args))
+    return fewshot_stage(request) if init else source_stage(request, vae)
 
 
 def _train_ldm_alias(args, info, resumed):
@@ -131,14 +148,11 @@ def _train_ldm_alias(args, info, resumed):
 
 
 def _train_baseline(args, info, resumed):
-    from ..train.baselines import train_baseline
+    from ..train.baselines import train_comparison
 
     profile = _parent_or_named_profile(args, resumed, args.init, "small")
     profile = _with_budget(profile, training_stage(args.model, bool(args.init)), args.budget_s)
-    return train_baseline(args.model, args.data, args.out, profile, init_run=args.init, k=args.k,
-                          n_test=args.n_test, split_path=args.split, steps=args.steps, seed=args.seed,
-                          resume=args.resume, dist_info=info, progress=not args.quiet,
-                          precision=args.precision, condition=args.condition)
+    return train_comparison(args.model, _request(args, info, profile, _fewshot_of(args)))
 
 
 TRAINERS = {"vae": _train_vae, "source": _train_latent, "fewshot": _train_latent, "ldm": _train_ldm_alias,

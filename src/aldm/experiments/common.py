@@ -28,8 +28,9 @@ from ..evaluators.classifier import TASKS
 from ..evaluators.segmentation_protocols import SegmentationSettings
 from ..generate import generate
 from ..models.families import comparison_models, training_stage
-from ..train.baselines import train_baseline
-from ..train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
+from ..train.baselines import train_comparison
+from ..train.requests import FewShot, ProbeSubjects, Runtime, StageRequest
+from ..train.stages import fewshot_stage, source_stage, vae_stage, with_probe_every
 
 STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot")
 ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
@@ -416,17 +417,22 @@ class _RunSetting:
         """The experiment's "steps" override of a stage (None: the profile's)."""
         return (self.cfg.steps or {}).get(key)
 
+    def request(self, cache: str, run: str, profile, resume: bool, steps=None, fewshot: FewShot | None = None,
+                probe: ProbeSubjects | None = None) -> StageRequest:
+        """The training request of one run of the experiment (its seed, progress and condition)."""
+        return StageRequest(cache, run, profile, fewshot, steps, self.cfg.seed, None, None,
+                            Runtime(resume, None, self.progress), probe)
+
 
 def _aldm_runs(st: _RunSetting) -> list[PlannedRun]:
     cfg, profile = st.cfg, st.profile
     vae, ldm = st.path("vae"), st.path("ldm")
     plan = [
-        PlannedRun("vae", vae, "stage 1: VAE", (), lambda resume: train_vae(
-            cfg.source_cache, vae, with_decoder_regions(profile, cfg.decoder_regions()), steps=st.steps("vae"),
-            seed=cfg.seed, resume=resume, progress=st.progress, probe=st.probe)),
-        PlannedRun("ldm", ldm, "stages 2-3: source LDM", ("vae",), lambda resume: train_ldm(
-            cfg.source_cache, ldm, profile, vae_run=vae, steps=st.steps("ldm"), seed=cfg.seed, resume=resume,
-            progress=st.progress, probe=st.probe)),
+        PlannedRun("vae", vae, "stage 1: VAE", (), lambda resume: vae_stage(st.request(
+            cfg.source_cache, vae, with_decoder_regions(profile, cfg.decoder_regions()), resume, st.steps("vae"),
+            probe=st.probe))),
+        PlannedRun("ldm", ldm, "stages 2-3: source LDM", ("vae",), lambda resume: source_stage(st.request(
+            cfg.source_cache, ldm, profile, resume, st.steps("ldm"), probe=st.probe), vae)),
     ]
     for k in sorted(cfg.k):
         plan.append(_fewshot_run(st, k))
@@ -453,9 +459,8 @@ def _fewshot_run(st: _RunSetting, k: int) -> PlannedRun:
             target = None if cfg.budget_s else max(1, round(total * i / chunks))
             if target is not None and os.path.exists(snapshot(target)):
                 continue
-            train_ldm(cfg.target_cache, run, st.fewshot_profile, init_run=st.path("ldm"), split_path=st.split(k),
-                      steps=target, seed=cfg.seed, resume=started(run), progress=st.progress,
-                      probe=st.fewshot_probe)
+            fewshot_stage(st.request(cfg.target_cache, run, st.fewshot_profile, started(run), target,
+                                     FewShot(st.path("ldm"), st.split(k)), st.fewshot_probe))
             snap = snapshot(target if target is not None else Run(run).profile.train_fewshot.steps)
             if largest:
                 generate(run, snap, n=1, masks=MaskSource("cache", cfg.target_cache),
@@ -481,10 +486,9 @@ def _scratch_runs(st: _RunSetting) -> list[PlannedRun]:
         scratch = st.path(f"aldm_scratch_k{k}")
         plan.append(PlannedRun(
             f"aldm-scratch_k{k}", scratch, f"ablation: LDM from scratch on the K={k} target patients", ("ldm",),
-            lambda resume, scratch=scratch, k=k: train_ldm(
-                cfg.target_cache, scratch, replace(profile, train_fewshot=length), init_run=st.path("ldm"),
-                split_path=st.split(k), seed=cfg.seed, resume=resume, progress=st.progress, probe=st.fewshot_probe,
-                from_scratch=True)))
+            lambda resume, scratch=scratch, k=k: fewshot_stage(st.request(
+                cfg.target_cache, scratch, replace(profile, train_fewshot=length), resume,
+                fewshot=FewShot(st.path("ldm"), st.split(k), from_scratch=True), probe=st.fewshot_probe))))
     return plan
 
 
@@ -494,17 +498,15 @@ def _no_controlnet_runs(st: _RunSetting) -> list[PlannedRun]:
     plain = replace(st.profile, unet=replace(st.profile.unet, controlnet=False))
     src = st.path("ldm_nocontrolnet")
     plan = [PlannedRun("ldm-nocontrolnet", src, "ablation: source LDM without the ControlNet", ("vae",),
-                       lambda resume: train_ldm(cfg.source_cache, src, plain, vae_run=st.path("vae"),
-                                                steps=st.steps("ldm"), seed=cfg.seed, resume=resume,
-                                                progress=st.progress, probe=st.probe))]
+                       lambda resume: source_stage(st.request(cfg.source_cache, src, plain, resume, st.steps("ldm"),
+                                                              probe=st.probe), st.path("vae")))]
     for k in sorted(cfg.k, reverse=True):
         few = st.path(f"aldm_nocontrolnet_k{k}")
         plan.append(PlannedRun(
             f"aldm-nocontrolnet_k{k}", few, f"ablation: few-shot LDM without the ControlNet, K={k}",
-            ("ldm-nocontrolnet",), lambda resume, few=few, k=k: train_ldm(
-                cfg.target_cache, few, replace(plain, train_fewshot=st.fewshot_profile.train_fewshot),
-                init_run=src, split_path=st.split(k), steps=st.steps("fewshot"), seed=cfg.seed, resume=resume,
-                progress=st.progress, probe=st.fewshot_probe)))
+            ("ldm-nocontrolnet",), lambda resume, few=few, k=k: fewshot_stage(st.request(
+                cfg.target_cache, few, replace(plain, train_fewshot=st.fewshot_profile.train_fewshot), resume,
+                st.steps("fewshot"), FewShot(src, st.split(k)), st.fewshot_probe))))
     return plan
 
 
@@ -515,13 +517,13 @@ def _comparison_runs(st: _RunSetting, model: str) -> list[PlannedRun]:
     src, few = st.path(model), st.path(f"{model}_k{k_max}")
     key = training_stage(model, False).removeprefix("train_")  # "baseline" (a GAN) or "pixel"
     return [
-        PlannedRun(f"{model}-source", src, f"baseline {model}: source training", (), lambda resume: train_baseline(
-            model, cfg.source_cache, src, st.profile, steps=st.steps(key), seed=cfg.seed, resume=resume,
-            progress=st.progress)),
+        PlannedRun(f"{model}-source", src, f"baseline {model}: source training", (),
+                   lambda resume: train_comparison(model, st.request(cfg.source_cache, src, st.profile, resume,
+                                                                     st.steps(key)))),
         PlannedRun(model, few, f"baseline {model}: few-shot K={k_max}", (f"{model}-source",),
-                   lambda resume: train_baseline(
-                       model, cfg.target_cache, few, st.profile, init_run=src, split_path=st.split(k_max),
-                       steps=st.steps(f"{key}_fewshot"), seed=cfg.seed, resume=resume, progress=st.progress)),
+                   lambda resume: train_comparison(model, st.request(
+                       cfg.target_cache, few, st.profile, resume, st.steps(f"{key}_fewshot"),
+                       FewShot(src, st.split(k_max))))),
     ]
 
 

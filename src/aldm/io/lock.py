@@ -78,15 +78,19 @@ def exclusive_writer(folder: str, what: str = "folder", enabled: bool = True) ->
 
 def writes_folder(argument: str, what: str) -> Callable:
     """Decorator: the function holds the writer lock of the folder passed as ``argument`` while it runs
-    (rank 0 only: a ``dist_info`` argument whose ``is_main`` is false skips the lock; none means one process)."""
+    (rank 0 only: a ``dist_info`` argument whose ``is_main`` is false skips the lock; none means one process).
+    ``argument`` may name a training request instead (an object with ``run_dir`` and ``runtime.dist_info``,
+    :class:`aldm.train.requests.StageRequest`): its folder and process group are taken."""
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
-            dist_info = bound.arguments.get("dist_info")
-            with exclusive_writer(bound.arguments[argument], what, enabled=dist_info is None or dist_info.is_main):
+            folder, dist_info = bound.arguments[argument], bound.arguments.get("dist_info")
+            if hasattr(folder, "run_dir"):
+                folder, dist_info = folder.run_dir, folder.runtime.dist_info
+            with exclusive_writer(folder, what, enabled=dist_info is None or dist_info.is_main):
                 return fn(*args, **kwargs)
         return wrapper
     return decorate

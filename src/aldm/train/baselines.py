@@ -158,10 +158,10 @@ def train_comparison(kind: str, request: StageRequest) -> dict:
     return chosen.trainer_function()(kind, request)
 
 
-@writes_folder("run_dir", "run")
-def _train_gan_in(kind: str, request: StageRequest, run_dir: str, dist_info) -> dict:
-    """:func:`train_gan` with the run folder locked (one writer per folder; ``run_dir`` and
-    ``dist_info`` are the request's, named for the lock)."""
+@writes_folder("request", "run")
+def train_gan(kind: str, request: StageRequest) -> dict:
+    """One stage of the GAN ``kind`` (cgan, cgan3m, vaegan): source training, or few-shot adaptation of a
+    finished run of the same kind."""
     dist_info = request.runtime.dist
     fewshot = request.fewshot is not None
     profile, stage_config, run, rows, parent = open_comparison_run(kind, request)
@@ -196,8 +196,3 @@ def _train_gan_in(kind: str, request: StageRequest, run_dir: str, dist_info) -> 
     barrier(dist_info)
     return last
 
-
-def train_gan(kind: str, request: StageRequest) -> dict:
-    """One stage of the GAN ``kind`` (cgan, cgan3m, vaegan): source training, or few-shot adaptation of a
-    finished run of the same kind."""
-    return _train_gan_in(kind, request, request.run_dir, request.runtime.dist_info)

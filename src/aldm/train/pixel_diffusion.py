@@ -46,16 +46,10 @@ class PixelDiffusionTask(nn.Module):
         return loss, {"dropped": 1.0 - b["keep"].mean()}
 
 
+@writes_folder("request", "run")
 def train_pixel_ddpm(kind: str, request: StageRequest) -> dict:
     """Source training (no ``request.fewshot``) or few-shot adaptation of the pixel DDPM (``kind``:
     ``pixelddpm``); as :func:`aldm.train.baselines.train_comparison`."""
-    return _train_pixel_in(kind, request, request.run_dir, request.runtime.dist_info)
-
-
-@writes_folder("run_dir", "run")
-def _train_pixel_in(kind: str, request: StageRequest, run_dir: str, dist_info) -> dict:
-    """:func:`train_pixel_ddpm` with the run folder locked (one writer per folder; ``run_dir`` and
-    ``dist_info`` are the request's, named for the lock)."""
     dist_info = request.runtime.dist
     fewshot = request.fewshot is not None
     # a few-shot stage adapts the source run's network: its configs (channels, the diffusion) come along

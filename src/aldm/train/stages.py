@@ -15,7 +15,7 @@ also hold ``vae.pt`` and the latent statistics, so a finished LDM run is all tha
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from ..models.vae_adversary import (
 )
 from .budget import fit_to_budget
 from .probes import ldm_probe, vae_probe
-from .requests import FewShot
+from .requests import FewShot, ProbeSubjects, Runtime, StageRequest
 from .trainer import Trainer, step_generator
 
 
@@ -71,33 +71,6 @@ def _check_data(cache: str, rows: list[dict], profile: Profile, modalities: tupl
     if size != profile.image_size:
         raise AldmError(f"{cache}: volumes are {size}^3 but profile {profile.name!r} expects "
                         f"{profile.image_size}^3; prepare the cache with --size {profile.image_size}")
-
-
-@dataclass
-class ProbeSubjects:
-    """Held-out subjects for a training probe (:mod:`aldm.train.probes`): ``subjects`` of ``cache``."""
-
-    cache: str
-    subjects: list
-
-    def rows(self) -> list[dict]:
-        """Their manifest rows (an AldmError naming a subject that is not in the cache)."""
-        by_name = PreparedCache(self.cache).require().by_subject()
-        missing = [s for s in self.subjects if s not in by_name]
-        if missing:
-            raise AldmError(f"{self.cache}: probe subject(s) {', '.join(missing)} not in the cache")
-        return [by_name[s] for s in self.subjects]
-
-    def modalities(self) -> tuple:
-        """The channels of the probe's cache."""
-        return PreparedCache(self.cache).modalities
-
-    def check_held_out(self, training_rows: list[dict]) -> ProbeSubjects:
-        """This probe, if none of its subjects is trained on (else an AldmError naming them)."""
-        seen = sorted(set(self.subjects) & {r["subject"] for r in training_rows})
-        if seen:
-            raise AldmError(f"probe subject(s) {', '.join(seen)} are training subjects; probe held-out ones")
-        return self
 
 
 def with_cache_channels(profile: Profile, cache: str) -> Profile:
@@ -239,22 +212,29 @@ class VAETask(nn.Module):
         return loss, parts
 
 
-@writes_folder("run_dir", "run")
 def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
               domain: str = "source", precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
-    """Stage 1: the VAE on the ``domain`` subjects of ``cache``; ``probe``: held-out subjects whose
-    reconstruction is measured every ``probe_every`` steps (probe.csv)."""
-    dist_info = dist_info or DistInfo()
-    cfg = _override(profile.train_vae, steps, seed, precision)
+    """Stage 1 by keywords: builds the :class:`StageRequest` and runs :func:`vae_stage`."""
+    return vae_stage(StageRequest(cache, run_dir, profile, None, steps, seed, precision, None,
+                                  Runtime(resume, dist_info, progress), probe), domain)
+
+
+@writes_folder("request", "run")
+def vae_stage(request: StageRequest, domain: str = "source") -> dict:
+    """Stage 1: the VAE on the ``domain`` subjects of ``request.cache`` (``request.profile`` required);
+    ``request.probe``: held-out subjects whose reconstruction is measured every ``probe_every`` steps
+    (probe.csv). Returns the last step's figures."""
+    dist_info, cache = request.runtime.dist, request.cache
+    cfg = _override(request.profile.train_vae, request.steps, request.seed, request.precision)
     # the caller's profile is left as it was; the VAE takes as many channels as the cache holds
-    profile = with_cache_channels(replace(profile, train_vae=cfg), cache)
+    profile = with_cache_channels(replace(request.profile, train_vae=cfg), cache)
     crop = profile.vae.train_crop
     if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
         raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
     check_discriminator_fits(profile.vae, crop or profile.image_size)
-    run, rows = open_run(run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
-                         resume=resume, extra={})
+    run, rows = open_run(request.run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
+                         resume=request.runtime.resume, extra={})
     data = PreparedCache(cache)
     subjects = [data.load(r) for r in rows]  # each subject's arrays read once
     images = torch.stack([torch.from_numpy(d["image"]).half() for d in subjects])
@@ -276,20 +256,25 @@ def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = No
         return volumes | {"eps": torch.randn((cfg.batch_size, *latent_shape), generator=g)}
 
     torch.manual_seed(cfg.seed)
-    probe_fn = None
-    if probe is not None:
-        probe.check_held_out(rows)
-        probe_data = PreparedCache(probe.cache)
-        held = [probe_data.load(r) for r in probe.rows()]
-        probe_fn = vae_probe(torch.stack([torch.from_numpy(d["image"]) for d in held]), probe_data.modalities,
-                             torch.stack([torch.from_numpy(d["labels"].astype(np.uint8)) for d in held]))
+    probe_fn = _vae_probe(request.probe, rows)
     task = VAETask(VAE3D(profile.vae))
-    trainer, last = run_stage(task, sampler, profile, "train_vae", run, dist_info, resume=resume, progress=progress,
-                              name="vae", probe=probe_fn)
+    trainer, last = run_stage(task, sampler, profile, "train_vae", run, dist_info, resume=request.runtime.resume,
+                              progress=request.runtime.progress, name="vae", probe=probe_fn)
     if dist_info.is_main:
         run.save_weights({"vae": trainer.ema.shadow.vae.state_dict()})
     barrier(dist_info)
     return last
+
+
+def _vae_probe(probe: ProbeSubjects | None, rows: list[dict]):
+    """The held-out reconstruction probe of stage 1 (None without probe subjects)."""
+    if probe is None:
+        return None
+    probe.check_held_out(rows)
+    probe_data = PreparedCache(probe.cache)
+    held = [probe_data.load(r) for r in probe.rows()]
+    return vae_probe(torch.stack([torch.from_numpy(d["image"]) for d in held]), probe_data.modalities,
+                     torch.stack([torch.from_numpy(d["labels"].astype(np.uint8)) for d in held]))
 
 
 # ------------------------------------------------------------------------------------------------ stage 2
@@ -380,59 +365,74 @@ def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: 
     return replace(cfg, **changes)
 
 
-@writes_folder("run_dir", "run")
 def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run: str | None = None,
               init_run: str | None = None, k: int | None = None, n_test: int | None = None,
               split_path: str | None = None, steps: int | None = None, seed: int | None = None,
               resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
               precision: str | None = None, probe: ProbeSubjects | None = None, condition: str | None = None,
               from_scratch: bool = False) -> dict:
-    """Stage 3 (``vae_run`` given: source pre-training) or stage 4 (``init_run`` given: few-shot on K
-    target subjects of a saved split); ``probe``: held-out subjects whose noise-prediction error per
-    timestep band is measured every ``probe_every`` steps (probe.csv). ``condition`` (stage 3; None: the
-    profile's): what the denoiser is conditioned on (:mod:`aldm.conditions`); stage 4 keeps its parent's.
-    ``from_scratch`` (stage 4, the no-pre-training ablation): the denoiser starts from random
-    weights, not the source run's; the source run gives only its VAE, latent statistics and networks' shapes."""
-    dist_info = dist_info or DistInfo()
+    """Stage 3 (``vae_run`` given: :func:`source_stage`) or stage 4 (``init_run`` given: :func:`fewshot_stage`)
+    by keywords: builds the :class:`StageRequest` and runs the stage."""
     fewshot = init_run is not None
     if fewshot == (vae_run is not None):
         raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
     if from_scratch and not fewshot:
         raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
-    vae_source = Run(init_run if fewshot else vae_run)
-    # the LDM's VAE is the parent's, whatever profile is given: its config (channels, widths) comes along
-    profile = replace(profile or vae_source.profile, vae=vae_source.profile.vae)
-    if fewshot:  # the denoiser adapted is the parent's, conditioned as it was
-        profile = inherit_condition(profile, vae_source, condition)
-    else:
-        profile = with_condition(profile, condition)
-    if profile.vae.decoder_regions and profile.condition == "mask":
-        raise AldmError(f"{vae_source.path}: this VAE's decoder draws the tumour's sub-regions from the label map "
-                        "(vae.decoder_regions); train the LDM with --condition regions or regions+brain")
+    request = StageRequest(cache, run_dir, profile,
+                           FewShot(init_run, split_path, k, n_test, from_scratch) if fewshot else None, steps,
+                           seed, precision, condition, Runtime(resume, dist_info, progress), probe)
+    return fewshot_stage(request) if fewshot else source_stage(request, vae_run)
+
+
+def source_stage(request: StageRequest, vae_run: str) -> dict:
+    """Stages 2-3: the latent statistics and the conditional denoiser pre-trained on the source subjects of
+    ``request.cache``, on the finished VAE run ``vae_run``. ``request.condition`` (None: the profile's): what the
+    denoiser is conditioned on (:mod:`aldm.conditions`); ``request.profile`` None: the VAE run's.
+    ``request.probe``: held-out subjects whose noise-prediction error per timestep band is measured every
+    ``probe_every`` steps (probe.csv). Returns the last step's figures."""
+    if request.fewshot is not None:
+        raise AldmError("source pre-training starts from a VAE run; a few-shot request goes to fewshot_stage")
+    return _latent_stage(request, Run(vae_run))
+
+
+def fewshot_stage(request: StageRequest) -> dict:
+    """Stage 4: few-shot adaptation of the finished source run ``request.fewshot.init_run`` on K target subjects
+    of a saved split (or drawn now); it keeps its parent's condition. With ``fewshot.from_scratch`` (the
+    no-pre-training ablation) the denoiser starts from random weights; the source run gives only its VAE,
+    latent statistics and networks' shapes. Returns the last step's figures."""
+    if request.fewshot is None:
+        raise AldmError("few-shot adaptation needs the source run it adapts (--init)")
+    return _latent_stage(request, Run(request.fewshot.init_run))
+
+
+@writes_folder("request", "run")
+def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
+    """Stage 3 or 4 (``request.fewshot`` None or not) with ``vae_source`` the run whose VAE it builds on."""
+    dist_info, fewshot, cache = request.runtime.dist, request.fewshot, request.cache
+    profile = _latent_profile(request, vae_source)
     parent = vae_source.require_finished().weights() if fewshot else None
     stage_config = "train_fewshot" if fewshot else "train_ldm"
-    cfg = _override(getattr(profile, stage_config), steps, seed, precision)
+    cfg = _override(getattr(profile, stage_config), request.steps, request.seed, request.precision)
     profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
     device = dist_info.device
     vae = frozen_vae(vae_source.profile.vae, vae_source.vae_state(), device, vae_source.path)
-    run, rows = open_run(run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
-                         domain="target" if fewshot else "source", dist_info=dist_info, resume=resume,
+    scratch = bool(fewshot and fewshot.from_scratch)
+    run, rows = open_run(request.run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
+                         domain="target" if fewshot else "source", dist_info=dist_info,
+                         resume=request.runtime.resume,
                          extra={"vae_run": os.path.abspath(vae_source.info.get("vae_run", vae_source.path)
-                                                           if from_scratch else vae_source.path),
-                                **({"from_scratch": True} if from_scratch else {})},
-                         fewshot=FewShot(init_run, split_path, k, n_test) if fewshot else None, parent=vae_source)
+                                                           if scratch else vae_source.path),
+                                **({"from_scratch": True} if scratch else {})},
+                         fewshot=fewshot, parent=vae_source)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device, profile.condition)
-    if fewshot:
-        mean, std = parent["latent_mean"], parent["latent_std"]
-    else:
-        mean, std = latent_statistics(encoded["mu"])
-    schedule = NoiseSchedule(profile.diffusion)
+    mean, std = (parent["latent_mean"], parent["latent_std"]) if fewshot else latent_statistics(encoded["mu"])
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
-    if fewshot and not from_scratch:
+    if fewshot and not scratch:
         denoiser.load_state_dict(parent["denoiser"])
-    task = LDMTask(denoiser, schedule, profile.diffusion.tumour_weight, mean, std, profile.diffusion.min_snr_gamma)
+    task = LDMTask(denoiser, NoiseSchedule(profile.diffusion), profile.diffusion.tumour_weight, mean, std,
+                   profile.diffusion.min_snr_gamma)
     n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
 
     def sampler(step: int, rank: int) -> dict:
@@ -447,12 +447,12 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
 
     torch.manual_seed(cfg.seed)
     probe_fn = None
-    if probe is not None:
-        held = encode_subjects(vae, probe.cache, probe.check_held_out(rows).rows(), profile.latent_size, device,
-                               profile.condition)
+    if request.probe is not None:
+        held = encode_subjects(vae, request.probe.cache, request.probe.check_held_out(rows).rows(),
+                               profile.latent_size, device, profile.condition)
         probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=resume, progress=progress,
-                              name="fewshot" if fewshot else "ldm", probe=probe_fn)
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
+                              progress=request.runtime.progress, name="fewshot" if fewshot else "ldm", probe=probe_fn)
     if dist_info.is_main:
         run.save_vae(vae.state_dict())
         ema = trainer.selected_task()  # the last step's EMA, or the best probed one's (select_by_probe)
@@ -461,3 +461,17 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
         run.save_weights({"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(), "latent_std": std.cpu()})
     barrier(dist_info)
     return last
+
+
+def _latent_profile(request: StageRequest, vae_source: Run) -> Profile:
+    """The profile of a latent stage: the request's (None: the parent run's) with the parent's VAE config, its
+    condition the parent's (few-shot) or the request's; a label-conditioned VAE refused under a binary mask."""
+    profile = replace(request.profile or vae_source.profile, vae=vae_source.profile.vae)
+    if request.fewshot is not None:  # the denoiser adapted is the parent's, conditioned as it was
+        profile = inherit_condition(profile, vae_source, request.condition)
+    else:
+        profile = with_condition(profile, request.condition)
+    if profile.vae.decoder_regions and profile.condition == "mask":
+        raise AldmError(f"{vae_source.path}: this VAE's decoder draws the tumour's sub-regions from the label map "
+                        "(vae.decoder_regions); train the LDM with --condition regions or regions+brain")
+    return profile
