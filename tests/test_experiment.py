@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
     cfg = ExperimentConfig(source_cache=str(caches / "source"), target_cache=str(caches / "target"), out=str(out),
                            profile="tiny", k=[2, 3], guidance=[3.0], baselines=["cgan", "pixelddpm"], n_test=4, folds=2,
                            repeats=1,
-                           sampler_steps=3, classifier_epochs=1, frd_modalities=["flair"], diversity_pairs=6,
+                           sampler_steps=3, classifier_epochs=1, frd_modalities=[], diversity_pairs=6,
                            segmenter_steps=4, mask_swap_pairs=0, budget_s={"source": 3.0, "fewshot": 1.5},
                            ablations=["zero-shot", "no-pretraining", "no-controlnet"])
     assert run_table1(cfg, progress=False)
@@ -164,10 +165,12 @@ def test_rerun_recomputes_nothing(quick_demo):
     assert weights == os.path.getmtime(quick_demo / "table1" / "runs" / "vae" / "weights.pt")
 
 
-def test_regions_demo_reports_every_brats_region(tmp_path):
+def test_regions_demo_reports_every_brats_region(quick_demo, tmp_path):
     """aldm demo --quick --regions --segmentation: four modalities, regions-conditioned generators, Table 1
-    with TC / ET Dice and the contrast checks, the segmentation experiment per region, T1c in Figure 5."""
+    with TC / ET Dice and the contrast checks, the segmentation experiment per region, T1c in Figure 5. The
+    phantom cohorts are the plain demo's (the demo writes them only when missing; they hold T1c)."""
     out = tmp_path / "regions"
+    shutil.copytree(quick_demo / "phantom", out / "phantom")
     assert main(["demo", "--out", str(out), "--quick", "--quiet", "--regions", "--segmentation"]) == 0
     t1 = out / "table1"
     config = json.loads((t1 / "runs" / "aldm_k3" / "config.json").read_text())

@@ -82,8 +82,7 @@ def _cmd_data_split(args) -> int:
 
 def register(commands) -> None:
     """Add ``aldm data`` and its sub-commands to ``commands`` (an argparse sub-parsers object)."""
-    from ..data.cohorts import DATASETS
-    from ..data.preprocess import MODES
+    from ..data.cohorts import DATASETS, MODES
 
     data = commands.add_parser("data", help="phantom cohorts, dataset ingestion, cache, splits")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

@@ -17,6 +17,9 @@ from . import layouts
 from .labels import parse_codeletion, parse_grade, parse_idh
 
 DATASETS = ("upenn-gbm", "ucsf-pdgm", "brats2021", "brats2023", "folder")
+#: how a brain is brought to the model's cube (aldm.data.preprocess): its box resized to the cube (the paper's
+#: reference code) or cropped / padded at a fixed spacing
+MODES = ("resize", "crop-pad")
 #: which dataset each reader assumes by default. Every reader finds T1 (native, never T1-contrast), T1c
 #: (UPENN-GBM T1GD, UCSF-PDGM T1c, BraTS 2021 t1ce, BraTS 2023 t1c, folder t1c.nii.gz), T2 and FLAIR.
 DEFAULT_DOMAIN = {"upenn-gbm": "source", "ucsf-pdgm": "target", "brats2021": "source", "brats2023": "source",

@@ -35,9 +35,7 @@ from monai.transforms import (
 from ..errors import AldmError
 from ..io.nifti import load_nifti
 from ..modalities import DEFAULT_MODALITIES
-from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, SubjectRecord
-
-MODES = ("resize", "crop-pad")
+from .cohorts import ALLOWED_LABELS, DEFAULT_ALLOWED_LABELS, MODES, SubjectRecord
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ T = 1000 in the paper profile); everything else is written as the paper's equati
 from __future__ import annotations
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
 
 from ..config import DiffusionConfig
 
@@ -16,6 +15,8 @@ class NoiseSchedule:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s) for t = 0..T-1 (index t is the paper's step t+1)."""
 
     def __init__(self, config: DiffusionConfig):
+        from monai.networks.schedulers import DDPMScheduler  # MONAI loads with the first schedule, not the CLI
+
         self.config = config
         monai = DDPMScheduler(num_train_timesteps=config.timesteps, schedule="linear_beta",
                               beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)

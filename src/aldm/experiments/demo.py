@@ -35,7 +35,8 @@ SETTINGS = {
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
               "folds": 2, "repeats": 1, "steps": {"vae": 3, "ldm": 3, "fewshot": 3, "baseline": 2,
                                                   "baseline_fewshot": 2},
-              "guidance": [1.0, 3.0], "sampler_steps": 3, "classifier_epochs": 1, "frd": ["flair"],
+              # no FRD: radiomics features are a quarter of a smoke run's time (aldm evaluate's tests cover them)
+              "guidance": [1.0, 3.0], "sampler_steps": 3, "classifier_epochs": 1, "frd": [],
               "diversity_pairs": 6, "segmenter_steps": 20,
               "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 4, "width": 8, "crop": 16}},
 }
