@@ -6,54 +6,48 @@ import argparse
 import math
 
 
+def _parsed(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _refuse_unless(ok: bool, message: str) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(message)
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    value = _parsed(text, int, "a whole number")
+    _refuse_unless(value >= 1, f"must be at least 1, got {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    value = _parsed(text, int, "a whole number")
+    _refuse_unless(value >= 0, f"must be >= 0, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    value = _parsed(text, float, "a number")
+    _refuse_unless(value > 0 and value != float("inf"), f"must be a number > 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number."""
+    value = _parsed(text, float, "a number")
+    _refuse_unless(math.isfinite(value), f"must be a finite number, got {text}")
     return value
 
 
 def port(text: str) -> int:
     """A TCP port, 1 to 65535."""
     value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {value}")
+    _refuse_unless(value <= 65535, f"a port is 1..65535, got {value}")
     return value
-
-
-def finite_float(text: str) -> float:
-    """A finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
