@@ -141,7 +141,8 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: Evalua
     log = log or (lambda line: print(line, file=sys.stderr))
     reference = {} if reference is None else reference
     cache = PreparedCache(real_cache).require()
-    samples, paired, cached, split, excluded = _paired_samples(cache, synthetic_dir, log)
+    rows = cache.by_subject()
+    samples, paired, cached, split, excluded = _paired_samples(cache, rows, synthetic_dir, log)
     frd_modalities = _frd_channels(cache, samples, synthetic_dir, settings.frd_modalities)
     real = {p: data["image"] for p, data in cached.items()}
     per_patient = _similarity_per_patient(paired, real)
@@ -150,7 +151,7 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: Evalua
         "ssim_2d_patient_mean": float(np.mean([np.mean(p["ssim_2d"]) for p in per_patient.values()])),
         "ssim_3d_patient_mean": float(np.mean([np.mean(p["ssim_3d"]) for p in per_patient.values()])),
     }
-    result.update(_diversity_and_copies(samples, real, cache, split, settings.diversity_pairs, reference))
+    result.update(_diversity_and_copies(samples, real, cache, rows, split, settings.diversity_pairs, reference))
     result.update(sharpness_figures([(s["image"], real[s["mask_subject"]], cached[s["mask_subject"]]["brain"])
                                      for s in paired], cache.modalities))
     if settings.segmenter:
@@ -168,12 +169,12 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: Evalua
     return result
 
 
-def _paired_samples(cache: PreparedCache, synthetic_dir: str, log) -> tuple:
+def _paired_samples(cache: PreparedCache, rows: dict, synthetic_dir: str, log) -> tuple:
     """(the samples scored, those whose mask subject has a real volume in ``cache``, {subject: its cached
-    arrays}, the generating run's split or None, the samples left out) of a generate folder: samples made from
+    arrays}, the generating run's split or None, the samples left out) of a generate folder, ``rows`` the cache's
+    manifest rows by subject: samples made from
     the masks of the run's few-shot training subjects are not held out, and are left out with a warning."""
     samples = load_synthetic(synthetic_dir)
-    rows = cache.by_subject()
     split = Run(samples[0]["model"]).split() if samples and samples[0]["model"] else None
     excluded = []
     if split:
@@ -199,8 +200,8 @@ def _similarity_per_patient(paired: list[dict], real: dict) -> dict:
     return per_patient
 
 
-def _diversity_and_copies(samples: list[dict], real: dict, cache: PreparedCache, split: dict | None, pairs: int,
-                          reference: dict) -> dict:
+def _diversity_and_copies(samples: list[dict], real: dict, cache: PreparedCache, rows: dict, split: dict | None,
+                          pairs: int, reference: dict) -> dict:
     """MS-SSIM diversity of the synthetic and the real volumes (the real ones once per subject set, in
     ``reference``) and, with the K training volumes at hand, memorisation."""
     out = {}
@@ -211,7 +212,6 @@ def _diversity_and_copies(samples: list[dict], real: dict, cache: PreparedCache,
         if key not in reference:
             reference[key] = ms_ssim_diversity(real_vols, max_pairs=pairs)
         out["ms_ssim_diversity_real"] = reference[key]
-    rows = cache.by_subject()
     if split and split["k_shot"] and all(k in rows for k in split["k_shot"]):
         training = [cache.load(rows[k])["image"] for k in split["k_shot"]]
         brain = np.mean([v[0] > -0.999 for v in training + real_vols], axis=0) > 0.5

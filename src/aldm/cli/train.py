@@ -119,13 +119,10 @@ def _train_vae(args, info, resumed):
 
 def _train_latent(args, info, resumed):
     """Stage 3 (``args.vae``) or stage 4 (``args.init``) of the latent model."""
-    from ..train.stages import fewshot_stage, source_stage, with_probe_every
+    from ..train.stages import check_latent_parent, fewshot_stage, source_stage, with_probe_every
 
     init, vae = getattr(args, "init", None), getattr(args, "vae", None)
-    if bool(init) == bool(vae):
-        raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
-    if getattr(args, "from_scratch", False) and not init:
-        raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
+    check_latent_parent(vae, init, getattr(args, "from_scratch", False))
     stage = "train_fewshot" if init else "train_ldm"
     profile = _parent_or_named_profile(args, resumed, init or vae, None)
     profile = with_probe_every(_with_budget(profile, stage, args.budget_s), args.probe_every)

@@ -31,7 +31,8 @@ class Family:
     (a few-shot stage takes them from its source run); ``stages``: the profile's training configs of its source
     and its few-shot stage; ``trainer`` / ``pipeline``: ``"package.module:attribute"`` of its training
     function (``train(kind, request)`` with a :class:`aldm.train.requests.StageRequest`, returning the last
-    step's figures; ALDM's stages are commands of their own, ``aldm train vae / source / fewshot``) and of its
+    step's figures; None for ALDM, whose stages are commands of their own, ``aldm train vae / source /
+    fewshot``) and of its
     pipeline class (an :class:`aldm.pipeline.GenerationPipeline`); ``comparison``: trained by ``aldm train
     baseline`` and listed among an experiment's "baselines"."""
 
@@ -40,7 +41,7 @@ class Family:
     diffusion: bool
     networks: tuple
     stages: tuple
-    trainer: str
+    trainer: str | None
     pipeline: str
     comparison: bool = True
 
@@ -49,7 +50,10 @@ class Family:
         return self.stages[1 if fewshot else 0]
 
     def trainer_function(self):
-        """The family's training function, imported now."""
+        """The family's training function, imported now (an AldmError for a family trained by commands of its
+        own, as ALDM is)."""
+        if self.trainer is None:
+            raise AldmError(f"{self.name} is trained by its own commands, not as a comparison model")
         return _resolve(self.trainer)
 
     def pipeline_class(self):
@@ -115,7 +119,7 @@ def training_stage(kind: str, fewshot: bool) -> str:
 _GAN_NETWORKS = ("vae", "baseline")
 _GAN_STAGES = ("train_baseline", "train_baseline_fewshot")
 register(Family("aldm", "ALDM", diffusion=True, networks=("vae", "unet", "diffusion"),
-                stages=("train_ldm", "train_fewshot"), trainer="aldm.train.stages:train_ldm",
+                stages=("train_ldm", "train_fewshot"), trainer=None,
                 pipeline="aldm.pipeline:ALDMPipeline", comparison=False))
 register(Family("cgan", "CGAN", diffusion=False, networks=_GAN_NETWORKS, stages=_GAN_STAGES,
                 trainer="aldm.train.baselines:train_gan", pipeline="aldm.pipeline:BaselinePipeline"))
@@ -127,5 +131,5 @@ register(Family("pixelddpm", "Pixel DDPM", diffusion=True, networks=("vae", "pix
                 stages=("train_pixel", "train_pixel_fewshot"), trainer="aldm.train.pixel_diffusion:train_pixel_ddpm",
                 pipeline="aldm.pipeline:PixelDiffusionPipeline"))
 
-GANS = ("cgan", "cgan3m", "vaegan")
+GANS = tuple(f.name for f in families() if f.comparison and not f.diffusion)  # the built-in GANs
 PIXEL_DDPM = "pixelddpm"

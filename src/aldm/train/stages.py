@@ -357,9 +357,8 @@ class LDMTask(nn.Module):
 
 
 def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: str | None = None) -> TrainConfig:
-    """``cfg`` with the command line's --steps, --seed and --precision where given."""
-    if steps is not None and steps < 1:
-        raise AldmError(f"--steps must be at least 1, got {steps}")
+    """``cfg`` with the command line's --steps, --seed and --precision where given (a StageRequest has checked
+    them)."""
     changes = {key: value for key, value in (("steps", steps), ("seed", seed), ("precision", precision))
                if value is not None}
     return replace(cfg, **changes)
@@ -373,15 +372,21 @@ def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run:
               from_scratch: bool = False) -> dict:
     """Stage 3 (``vae_run`` given: :func:`source_stage`) or stage 4 (``init_run`` given: :func:`fewshot_stage`)
     by keywords: builds the :class:`StageRequest` and runs the stage."""
+    check_latent_parent(vae_run, init_run, from_scratch)
     fewshot = init_run is not None
-    if fewshot == (vae_run is not None):
-        raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
-    if from_scratch and not fewshot:
-        raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
     request = StageRequest(cache, run_dir, profile,
                            FewShot(init_run, split_path, k, n_test, from_scratch) if fewshot else None, steps,
                            seed, precision, condition, Runtime(resume, dist_info, progress), probe)
     return fewshot_stage(request) if fewshot else source_stage(request, vae_run)
+
+
+def check_latent_parent(vae_run: str | None, init_run: str | None, from_scratch: bool = False) -> None:
+    """A latent stage builds on exactly one run: a VAE run (stage 3) or a source run to adapt (stage 4, which
+    alone may start from scratch); an AldmError saying so otherwise."""
+    if (init_run is not None) == (vae_run is not None):
+        raise AldmError("give exactly one of --vae (source pre-training) or --init (few-shot adaptation)")
+    if from_scratch and init_run is None:
+        raise AldmError("from_scratch trains the few-shot stage without pre-training: it needs --init (for the VAE)")
 
 
 def source_stage(request: StageRequest, vae_run: str) -> dict:
