@@ -29,7 +29,7 @@ from .errors import AldmError
 from .interrupt import Stopped, graceful_stop
 from .io.atomic import free_bytes, human_bytes, require_free_space
 from .io.lock import writes_folder
-from .modalities import DEFAULT_MODALITIES, MASK_FILE, file_stems
+from .modalities import MASK_FILE, file_stems
 from .pipeline import load_pipeline
 
 # what a re-run must ask the same as the samples already there (the request; precision may differ by machine)
@@ -70,7 +70,7 @@ def generate(model_dir: str, out_dir: str, n: int, masks: MaskSource | str | Non
         if overwrite:
             samples.remove_samples()
         samples.prepare()  # half-written samples of an interrupted run are removed; redone below
-        _check_same_request(samples, plan)
+        samples.check_request(plan, REQUEST_FIELDS)
     barrier(dist_info)
     todo = [i for i in range(n)
             if i % dist_info.world_size == dist_info.rank and not samples.is_finished(plan[i].sample)]
@@ -98,27 +98,6 @@ def _planned(i: int, item, pipe, settings: GenerationSettings, model_dir: str) -
         **settings.recorded(pipe.kind), precision=getattr(pipe, "precision", "fp32"),
         model=os.path.abspath(model_dir), model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""),
         modalities=list(pipe.modalities), condition=pipe.profile.condition)
-
-
-def _check_same_request(samples: SampleSet, plan: list[SampleRecord]) -> None:
-    """Refuse to continue a folder whose finished samples another request made: one line naming the sample
-    and what differs, or the samples this request would not make."""
-    planned = {p.sample: p for p in plan}
-    for name in samples.finished_names():
-        if name not in planned:
-            raise AldmError(f"{samples.sample_dir(name)}: made by another request (other masks or more samples); "
-                            "pass --overwrite to start afresh or choose another --out")
-        have, want = samples.read_record(name), planned[name]
-        differs = [f"{k} {getattr(have, k)!r} here, {getattr(want, k)!r} asked"
-                   for k in REQUEST_FIELDS if _comparable(getattr(have, k)) != _comparable(getattr(want, k))]
-        if differs:
-            raise AldmError(f"{samples.sample_dir(name)}: made with other settings ({'; '.join(differs)}); pass "
-                            "--overwrite to start afresh or choose another --out")
-
-
-def _comparable(value):
-    """Values as a request compares them (a 0.2 sample records no modalities: the paper's three)."""
-    return list(DEFAULT_MODALITIES) if value == [] else value
 
 
 def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> dict:

@@ -24,6 +24,7 @@ from .conditions import brats_label_map, needs_brain
 from .config import Profile
 from .data.control import condition_control, condition_statistics
 from .diffusion.guidance import GuidedNoise
+from .diffusion.inpainting import KnownLatent, constrained, sample_resampled
 from .diffusion.samplers import initial_noise, run_sampler
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.settings import GenerationSettings
@@ -149,10 +150,20 @@ class ALDMPipeline(GenerationPipeline):
                    run.weights_hash(), decode_slab, precision, run.modalities)
 
     @torch.inference_mode()
+    def encode(self, image) -> torch.Tensor:
+        """The normalised latent (B, zC, s, s, s) of volumes ``image`` (B, C, S, S, S) in [-1, 1]: the VAE
+        posterior's mean (Eq. 3.1) in the units the denoiser learnt, (mu - latent mean) / latent std."""
+        x = torch.as_tensor(np.asarray(image, dtype=np.float32)).to(self.device)
+        with autocast(self.device, self.precision):
+            mu, _ = self.vae.encode(x.contiguous(memory_format=torch.channels_last_3d))
+        return (mu.float() - self.latent_mean) / self.latent_std
+
+    @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
-                 step_callback=None, brain=None) -> dict:
+                 step_callback=None, brain=None, known: KnownLatent | None = None) -> dict:
         """Generate one volume per mask with ``settings`` (guidance s, sampler, steps; default
-        :class:`GenerationSettings`).
+        :class:`GenerationSettings`); with ``known`` (:mod:`aldm.diffusion.inpainting`) only the latent's
+        unknown region is generated, the rest kept (an edit of a scan, :mod:`aldm.editing`).
 
         ``masks`` (B, 1, S, S, S) or (B, S, S, S) in model space: binary tumour masks or BraTS label maps
         {0, 1, 2, 4} (a ``regions`` model needs label maps; a ``mask`` model reads labels > 0 as tumour);
@@ -169,7 +180,7 @@ class ALDMPipeline(GenerationPipeline):
         stats = condition_statistics(m, self.condition, b).to(self.device)
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
         z0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
-                               self.device, self.precision, progress, step_callback)
+                               self.device, self.precision, progress, step_callback, known)
         latent = z0 * self.latent_std + self.latent_mean
         latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
         with autocast(self.device, self.precision):
@@ -181,13 +192,18 @@ class ALDMPipeline(GenerationPipeline):
 
 def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, control: torch.Tensor,
                       stats: torch.Tensor, shape: tuple, settings: GenerationSettings, generators: list,
-                      device: torch.device, precision: str, progress: bool = False, step_callback=None) -> torch.Tensor:
+                      device: torch.device, precision: str, progress: bool = False, step_callback=None,
+                      known: KnownLatent | None = None) -> torch.Tensor:
     """x_0 (``shape``) from x_T ~ N(0, I) by ``settings``' sampler with classifier-free guidance (Eq. 3.8) on the
     condition (``control`` (B, 3 M, ...), ``stats`` (B, stats_dim)): the sampling loop of every diffusion model
     here (ALDM's latents, the pixel DDPM's volumes). The denoiser runs under ``precision``'s autocast, the
-    samplers' arithmetic in fp32; ``step_callback(step, steps)`` after each guided evaluation."""
+    samplers' arithmetic in fp32; ``step_callback(step, steps)`` after each guided evaluation. ``known``: the
+    part of x_0 that is given (:mod:`aldm.diffusion.inpainting`; its ``jumps`` > 1 resamples on DDIM steps)."""
     x_T = initial_noise(shape, generators, device)
+    if known is not None:
+        x_T = known.start(x_T, schedule)
     calls = [0]
+    total = settings.steps if known is None else known.evaluations(settings.steps)
     with autocast(device, precision):
         guided = GuidedNoise(denoiser, control, stats, settings.guidance)
 
@@ -197,10 +213,15 @@ def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, co
         eps = schedule.as_noise(out, x, t)  # samplers take eps, whatever the denoiser predicts
         calls[0] += 1
         if step_callback is not None:
-            step_callback(calls[0], settings.steps)
+            step_callback(calls[0], total)
         return eps
 
-    return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
+    if known is None:
+        return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
+    eps_fn = constrained(eps_fn, known, schedule)
+    if known.jumps > 1:
+        return known.finish(sample_resampled(eps_fn, schedule, x_T, settings.steps, known.jumps, generators, progress))
+    return known.finish(run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress))
 
 
 class PixelDiffusionPipeline(GenerationPipeline):

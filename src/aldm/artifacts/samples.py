@@ -27,7 +27,7 @@ from ..conditions import DEFAULT_CONDITION, SEG_FILE
 from ..errors import AldmError
 from ..io.atomic import WRITE_ERRORS, WriteFailed, atomic_write_text, remove_stale_temps, sha256_file, write_failure
 from ..io.nifti import load_nifti, save_nifti
-from ..modalities import MASK_FILE, file_stems, parse_modalities
+from ..modalities import DEFAULT_MODALITIES, MASK_FILE, file_stems, parse_modalities
 from .cache import csv_columns
 from .folder import ArtifactFolder
 
@@ -102,6 +102,11 @@ class SampleRecord:
         return parse_modalities(self.modalities or None, f"sample {self.sample}")
 
 
+def _comparable(value):
+    """Values as a request compares them (a 0.2 sample records no modalities: the paper's three)."""
+    return list(DEFAULT_MODALITIES) if value == [] else value
+
+
 class SampleSet(ArtifactFolder):
     """One ``aldm generate`` output folder. ``SampleSet(path)`` touches no file."""
 
@@ -152,10 +157,11 @@ class SampleSet(ArtifactFolder):
         os.makedirs(self.path, exist_ok=True)
         remove_stale_temps(self.path)
 
-    def write_sample(self, record: SampleRecord, volumes: dict) -> None:
+    def write_sample(self, record: SampleRecord, volumes: dict, documents: dict | None = None) -> None:
         """All files of one sample, into a temp folder renamed at the end (no half-written samples).
 
         ``volumes``: {space ("model" / "native"): {file stem: (array (X, Y, Z), affine (4, 4), on-disk dtype)}};
+        ``documents``: {file name: JSON-able data} written beside them (an edit's ``edit.json``);
         ``sample.json`` gets ``record`` and every file's checksum."""
         final = self.sample_dir(record.sample)
         tmp = os.path.join(self.path, f".tmp-{record.sample}")
@@ -167,6 +173,8 @@ class SampleSet(ArtifactFolder):
                 os.makedirs(os.path.join(tmp, space))
                 for stem, (array, affine, dtype) in files.items():
                     save_nifti(os.path.join(tmp, space, f"{stem}.nii.gz"), array, affine, dtype)
+            for file_name, data in (documents or {}).items():
+                atomic_write_text(os.path.join(tmp, file_name), json.dumps(data, indent=2) + "\n")
             sums = {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))
                     for d, _, names in sorted(os.walk(tmp)) for f in sorted(names)}
             atomic_write_text(os.path.join(tmp, SAMPLE_DONE),
@@ -181,6 +189,22 @@ class SampleSet(ArtifactFolder):
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
+
+    def check_request(self, plan: list[SampleRecord], fields: tuple) -> None:
+        """Refuse to continue a folder whose finished samples another request made: one line naming the sample
+        and which of ``fields`` differ from ``plan`` (the records this request will write), or the samples this
+        request would not make."""
+        planned = {p.sample: p for p in plan}
+        for name in self.finished_names():
+            if name not in planned:
+                raise AldmError(f"{self.sample_dir(name)}: made by another request (other masks, edits or more "
+                                "samples); pass --overwrite to start afresh or choose another --out")
+            have, want = self.read_record(name), planned[name]
+            differs = [f"{k} {getattr(have, k)!r} here, {getattr(want, k)!r} asked"
+                       for k in fields if _comparable(getattr(have, k)) != _comparable(getattr(want, k))]
+            if differs:
+                raise AldmError(f"{self.sample_dir(name)}: made with other settings ({'; '.join(differs)}); pass "
+                                "--overwrite to start afresh or choose another --out")
 
     def write_index(self, records: list[SampleRecord]) -> None:
         """``samples.csv``: one row per finished sample (modalities joined by ';')."""

@@ -11,10 +11,10 @@ import sys
 
 from .. import __version__
 from ..errors import AldmError
-from . import data, demo, evaluate, experiment, export, generate, serve, train
+from . import data, demo, edit, evaluate, experiment, export, generate, serve, train
 
 #: the command modules, in the order ``aldm --help`` lists them; each has ``register(commands)``
-COMMANDS = (data, train, generate, evaluate, export, experiment, serve, demo)
+COMMANDS = (data, train, generate, edit, evaluate, export, experiment, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

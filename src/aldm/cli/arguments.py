@@ -51,3 +51,32 @@ def port(text: str) -> int:
     value = positive_int(text)
     _refuse_unless(value <= 65535, f"a port is 1..65535, got {value}")
     return value
+
+
+def add_sampling_arguments(parser) -> None:
+    """The options of a diffusion sampler (guidance s, steps, sampler, seed, precision), as ``aldm generate`` and
+    ``aldm edit`` share them; :func:`sampling_settings` reads them back."""
+    from ..config import PRECISIONS
+    from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+    from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE
+
+    parser.add_argument("--guidance", type=finite_float, default=DEFAULT_GUIDANCE,
+                        help=f"classifier-free guidance scale s (Eq. 3.8), {GUIDANCE_RANGE[0]:g} to "
+                             f"{GUIDANCE_RANGE[1]:g}")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"sampler steps (default {DEFAULT_STEPS}; DDPM: all T)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                        help="dpmpp2m (DPM-Solver++ 2M, best per step; default), ddim, or ddpm (ancestral, all T "
+                             "steps)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="ALDM and the pixel DDPM: auto = bf16 autocast where the GPU or CPU computes bf16 "
+                             "natively (CUDA, AMX / AVX512-BF16), else fp32")
+
+
+def sampling_settings(args):
+    """The :class:`~aldm.diffusion.settings.GenerationSettings` of :func:`add_sampling_arguments`' options."""
+    from ..diffusion.settings import GenerationSettings
+
+    return GenerationSettings(guidance=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                              precision=args.precision)

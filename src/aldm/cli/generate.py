@@ -5,18 +5,15 @@ from __future__ import annotations
 import os
 import time
 
-from ..config import PRECISIONS
-from .arguments import finite_float, non_negative_int, positive_int
+from .arguments import add_sampling_arguments, non_negative_int, positive_int, sampling_settings
 
 
 def _cmd_generate(args) -> int:
     from ..data.masks import MaskSource
-    from ..diffusion.settings import GenerationSettings
     from ..distributed import init_distributed, shutdown
     from ..generate import generate
 
-    settings = GenerationSettings(guidance=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                  precision=args.precision)
+    settings = sampling_settings(args)
     info = init_distributed()
     try:
         start = time.perf_counter()
@@ -34,9 +31,6 @@ def _cmd_generate(args) -> int:
 
 def register(commands) -> None:
     """Add ``aldm generate`` to ``commands`` (an argparse sub-parsers object)."""
-    from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-    from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE
-
     gen = commands.add_parser("generate", help="synthetic volumes from masks, NIfTI in model and native space")
     gen.add_argument("--model", required=True, help="finished LDM, few-shot or baseline run")
     gen.add_argument("--masks", default=None,
@@ -44,17 +38,8 @@ def register(commands) -> None:
                           "default: the model's held-out subjects")
     gen.add_argument("--subjects", nargs="+", default=None, help="only these mask subjects")
     gen.add_argument("--n", type=positive_int, default=8, help="number of samples")
-    gen.add_argument("--guidance", type=finite_float, default=DEFAULT_GUIDANCE,
-                     help=f"classifier-free guidance scale s (Eq. 3.8), {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g}")
-    gen.add_argument("--steps", type=positive_int, default=None,
-                     help=f"sampler steps (default {DEFAULT_STEPS}; DDPM: all T)")
-    gen.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
-                     help="dpmpp2m (DPM-Solver++ 2M, best per step; default), ddim, or ddpm (ancestral, all T steps)")
-    gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    add_sampling_arguments(gen)
     gen.add_argument("--batch-size", type=positive_int, default=4)
-    gen.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="ALDM and the pixel DDPM: auto = bf16 autocast where the GPU or CPU computes bf16 "
-                          "natively (CUDA, AMX / AVX512-BF16), else fp32")
     gen.add_argument("--decode-slab", type=non_negative_int, default=0, metavar="PLANES",
                      help="ALDM: VAE-decode the full-resolution stage in depth slabs of PLANES planes (same volumes, "
                           "about half the decoder's peak memory, a little slower; 0 = whole volume)")

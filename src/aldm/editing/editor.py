@@ -1,0 +1,82 @@
+"""The latent edit of one scan (model space): what ``aldm edit`` does to each variant.
+
+1. R, the region of change (:mod:`aldm.editing.region`), from the old and the new label map;
+2. the scan's latent z0 = (mu(x) - latent mean) / latent std (the VAE encoder, Eq. 3.1), known wherever a
+   latent cell holds no voxel of R;
+3. reverse diffusion under the *new* label map (Eq. 3.8, 3.10) that generates the cells touching R and keeps the
+   rest on a forward-noised trajectory of z0 (:mod:`aldm.diffusion.inpainting`; RePaint's resampling with
+   ``jumps`` > 1);
+4. the VAE decoder on the sampled latent, with the new label map where it draws sub-regions;
+5. out = x outside R (the input's own voxels, bit for bit), w * decoded + (1 - w) * x inside it, w the seam
+   ramp of :func:`~aldm.editing.region.blend_weight`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..conditions import needs_brain
+from ..diffusion.inpainting import KnownLatent
+from ..diffusion.settings import GenerationSettings
+from ..errors import AldmError
+from .region import blend_weight, change_region, latent_keep, voxel_spacing
+
+DEFAULT_MARGIN_MM = 6.0
+MAX_JUMPS = 20
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How an edit is made beside the sampler's settings: ``margin_mm`` of R around the tumours (and the width
+    of the seam ramp), ``jumps`` RePaint resampling rounds per step (1: none; more costs that many times the
+    network evaluations)."""
+
+    margin_mm: float = DEFAULT_MARGIN_MM
+    jumps: int = 1
+
+    def __post_init__(self):
+        """Refuse a negative or non-finite margin and jumps outside 1..:data:`MAX_JUMPS`."""
+        m = self.margin_mm
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+            raise AldmError(f"--margin must be a distance in mm of at least 0, got {m!r}")
+        if isinstance(self.jumps, bool) or not isinstance(self.jumps, int) or not 1 <= self.jumps <= MAX_JUMPS:
+            raise AldmError(f"--resample must be a whole number from 1 to {MAX_JUMPS}, got {self.jumps!r}")
+
+
+@dataclass
+class EditedVolume:
+    """One edit in model space: ``image`` (C, S, S, S) float32, ``labels`` (S, S, S) uint8 the new label map,
+    ``region`` (S, S, S) bool R, ``weight`` (S, S, S) float32 the blend, ``decoded`` (C, S, S, S) the decoder's
+    volume before blending."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    region: np.ndarray
+    weight: np.ndarray
+    decoded: np.ndarray
+
+
+def edit_volume(pipe, image: np.ndarray, old: np.ndarray, new: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+                settings: GenerationSettings, edit: EditSettings, seed: int) -> EditedVolume:
+    """Edit ``image`` (C, S, S, S) in [-1, 1] from label map ``old`` to ``new`` (S, S, S) with an
+    :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``brain`` (S, S, S), ``affine`` the model
+    grid's (for millimetres); ``seed`` the sampler's noise."""
+    spacing = voxel_spacing(affine)
+    region = change_region(old, new, brain, edit.margin_mm, spacing)
+    if not region.any():
+        raise AldmError("the edit changes no voxel (no tumour before or after it)")
+    weight = blend_weight(region, old, new, spacing, edit.margin_mm)
+    keep = latent_keep(region, pipe.profile.latent_size).to(pipe.device)
+    known = KnownLatent(pipe.encode(image[None]), keep, edit.jumps)
+    condition = torch.from_numpy(new[None, None].astype(np.float32))
+    brains = torch.from_numpy(brain[None, None].astype(np.float32)) if needs_brain(pipe.condition) else None
+    out = pipe(condition, settings, generator=[seed], brain=brains, known=known)
+    decoded = out["image"][0].numpy()
+    blended = weight * decoded + (1.0 - weight) * image
+    edited = np.where(region[None], blended, image).astype(np.float32)
+    return EditedVolume(image=edited, labels=new, region=region, weight=weight, decoded=decoded)
+
