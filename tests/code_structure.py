@@ -19,13 +19,14 @@ LAYERS = (
     ("models/", "diffusion/"),
     ("train/",),
     ("pipeline.py", "metrics/"),
-    ("generate.py", "evaluators/"),
+    ("generate.py", "evaluators/", "editing/"),
     ("evaluate.py", "serve/", "export.py"),
     ("experiments/",),
     ("cli/",),
 )
 # modules on the inference side, which must not import training code (aldm.train)
-INFERENCE = ("pipeline.py", "generate.py", "artifacts/", "metrics/", "evaluate.py", "serve/", "data/masks.py")
+INFERENCE = ("pipeline.py", "generate.py", "editing/", "artifacts/", "metrics/", "evaluate.py", "serve/",
+             "data/masks.py")
 
 
 def layer_of(rel: str) -> int:

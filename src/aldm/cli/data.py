@@ -14,11 +14,15 @@ def _cmd_data_synth(args) -> int:
 
     start = time.perf_counter()
     roots = synth_cohorts(args.out, args.n_source, args.n_target, seed=args.seed, workers=args.workers,
-                          progress=not args.quiet)
-    n = args.n_source + args.n_target
+                          progress=not args.quiet, healthy_twins=args.healthy_twins, n_healthy=args.healthy)
+    n = args.n_source + args.n_target + args.healthy
     elapsed = time.perf_counter() - start
     print(f"wrote {args.n_source} source subjects to {roots['source']}")
     print(f"wrote {args.n_target} target subjects to {roots['target']}")
+    if "twins" in roots:
+        print(f"wrote their healthy twins to {roots['twins']}")
+    if "healthy" in roots:
+        print(f"wrote {args.healthy} healthy subjects to {roots['healthy']}")
     print(f"{elapsed:.1f} s in all, {elapsed / max(n, 1):.2f} s per subject with {args.workers} worker(s)")
     return 0
 
@@ -92,6 +96,11 @@ def register(commands) -> None:
     synth.add_argument("out", help="output folder (gets UPENN-GBM/ and UCSF-PDGM/)")
     synth.add_argument("--n-source", type=non_negative_int, default=24, help="UPENN-GBM-like subjects")
     synth.add_argument("--n-target", type=non_negative_int, default=24, help="UCSF-PDGM-like subjects")
+    synth.add_argument("--healthy-twins", action="store_true",
+                       help="also each subject without its tumour (OUT/healthy-twins/<subject>/): the truth a tumour's "
+                            "removal is scored against")
+    synth.add_argument("--healthy", type=non_negative_int, default=0, metavar="N",
+                       help="also N healthy subjects (OUT/healthy/HEALTHY-NNNN/) to insert tumours into")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=positive_int, default=1)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -65,7 +65,9 @@ def register(commands) -> None:
                            "t1/t2/flair[/mask].nii.gz; no label map: a healthy scan)")
     what = edit.add_mutually_exclusive_group(required=True)
     what.add_argument("--labels", metavar="FILE", help="the new label map (BraTS 0/1/2/4) on the subject's grid")
-    what.add_argument("--move", type=_shift, metavar="DX,DY,DZ", help="move the tumour by these mm (RAS)")
+    what.add_argument("--move", type=_shift, metavar="DX,DY,DZ",
+                      help="move the tumour by these mm (RAS: +x right, +y anterior, +z up; a negative first: "
+                           "--move=-10,0,0)")
     what.add_argument("--grow", type=finite_float, metavar="F", help="scale the tumour's diameter by F > 1")
     what.add_argument("--shrink", type=finite_float, metavar="F", help="scale the tumour's diameter by F < 1")
     what.add_argument("--transplant", metavar="OTHER",

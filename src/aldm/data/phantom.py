@@ -17,6 +17,8 @@ Pipeline for a subject (all on the 240x240x155 native grid of the real datasets)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -36,13 +38,17 @@ class PhantomSubject:
     """Native-grid arrays of one subject (shape 240x240x155, LPS affine :data:`NATIVE_AFFINE`).
 
     ``images`` maps modality name -> float32 intensities (0 outside the brain);
-    ``segmentation`` uint8 in {0, 1, 2, 4}; ``tissue`` uint8 (0 background, 1 CSF, 2 GM, 3 WM).
+    ``segmentation`` uint8 in {0, 1, 2, 4}; ``tissue`` uint8 (0 background, 1 CSF, 2 GM, 3 WM);
+    ``healthy``: the images as they would be without the tumour — the same deformed anatomy (its mass effect
+    included), scanner, bias field and noise, so they equal ``images`` wherever the tumour does not reach —
+    when asked for.
     """
 
     images: dict
     segmentation: np.ndarray
     tissue: np.ndarray
     phenotype: Phenotype
+    healthy: dict | None = None  # the same anatomy, scanner, bias and noise without the tumour (its healthy twin)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple, coarse: tuple, channels: int = 1) -> torch.Tensor:
@@ -230,12 +236,21 @@ def _compose(phenotype: Phenotype, maps: dict, seg: np.ndarray, box: tuple, rng:
     return images
 
 
-def synthesize_subject(phenotype: Phenotype, seed: int) -> PhantomSubject:
-    """Make one phantom subject; deterministic for (phenotype, seed)."""
+def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = False,
+                       tumour: bool = True) -> PhantomSubject:
+    """Make one phantom subject; deterministic for (phenotype, seed). ``healthy_twin``: also its images without
+    the tumour (the same random draws, so identical away from it); ``tumour=False``: a healthy subject (no
+    tumour, no mass effect; its segmentation all 0)."""
     rng = np.random.default_rng(seed)
+    if not tumour:
+        phenotype = dataclasses.replace(phenotype, mass_effect=0.0)
     maps, centre_vox = _warp_template(phenotype, rng)
     seg, box = _grow_tumour(phenotype, maps, centre_vox, rng)
+    if not tumour:
+        seg = np.zeros_like(seg)
+    twin_rng = copy.deepcopy(rng)
     images = _compose(phenotype, maps, seg, box, rng)
+    healthy = _compose(phenotype, maps, np.zeros_like(seg), box, twin_rng) if healthy_twin else None
     brain = maps["brain"] > 0.5
     csf, gm, wm = maps["csf"][brain], maps["gm"][brain], maps["wm"][brain]
     classes = np.where((wm >= gm) & (wm >= csf), 3, np.where(gm >= csf, 2, 1)).astype(np.uint8)
@@ -243,4 +258,5 @@ def synthesize_subject(phenotype: Phenotype, seed: int) -> PhantomSubject:
     tissue[WORK_BOX][brain] = classes
     segmentation = np.zeros(NATIVE_SHAPE, dtype=np.uint8)
     segmentation[WORK_BOX] = np.where(brain, seg, 0)
-    return PhantomSubject(images=images, segmentation=segmentation, tissue=tissue, phenotype=phenotype)
+    return PhantomSubject(images=images, segmentation=segmentation, tissue=tissue, phenotype=phenotype,
+                          healthy=healthy)

@@ -4,6 +4,10 @@
 downloads: same folder and file names, CSV names, columns and value spellings, int16 NIfTI
 (UCSF with ``scl_slope``), 240x240x155 at 1 mm with an LPS affine. Each subject's random
 stream is spawned from the cohort seed, so output is identical for any number of workers.
+
+Beyond the downloads, for scoring scan edits against a truth real data lacks: ``OUT/healthy-twins/<subject>/``
+(each subject's images without its tumour, the same anatomy and noise) and ``OUT/healthy/HEALTHY-NNNN/``
+(healthy subjects), both in aldm's folder layout (``t1.nii.gz`` ...; no label map).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from . import layouts
 from .phantom import MODALITIES, synthesize_subject
 from .phenotype import SOURCE, TARGET, Phenotype, sample_phenotype
 from .template import NATIVE_AFFINE
+
+TWINS_ROOT = "healthy-twins"  # each subject without its tumour, in aldm's folder layout
+HEALTHY_ROOT = "healthy"  # healthy subjects, in aldm's folder layout
 
 
 def _subject_streams(seed: int, n_source: int, n_target: int) -> list:
@@ -109,12 +116,31 @@ def _clinical_row(domain: str, subject_id: str, pheno: Phenotype, rng: np.random
     }
 
 
+def _write_folder_case(folder: str, images: dict, domain: str = SOURCE) -> None:
+    """One scan in aldm's folder layout (``t1.nii.gz``, ``t1c.nii.gz``, ``t2.nii.gz``, ``flair.nii.gz``; no label
+    map: a healthy scan), int16 as ``domain``'s downloads store it (whole numbers, or with a ``scl_slope``)."""
+    for modality in MODALITIES:
+        image = np.round(images[modality]).astype(np.int16) if domain == SOURCE else images[modality]
+        save_nifti(os.path.join(folder, layouts.FOLDER_FILES[modality]), image, NATIVE_AFFINE, np.int16)
+
+
+def _write_healthy(job: tuple) -> None:
+    """Synthesise and write one healthy subject (no tumour, the target domain's scanner)."""
+    folder, pheno_seed, anatomy_seed = job
+    pheno = sample_phenotype(TARGET, np.random.default_rng(pheno_seed))
+    _write_folder_case(folder, synthesize_subject(pheno, anatomy_seed, tumour=False).images, TARGET)
+
+
 def _write_subject(job: tuple) -> dict:
-    """Synthesise and write one subject; returns its metadata row (run in worker processes)."""
-    domain, root, subject_id, pheno_seed, anatomy_seed, manual = job
+    """Synthesise and write one subject (and its healthy twin under ``twins``, when given); returns its metadata
+    row (run in worker processes)."""
+    domain, root, subject_id, pheno_seed, anatomy_seed, manual, twins = job
     rng = np.random.default_rng(pheno_seed)
     pheno = sample_phenotype(domain, rng)
-    subject = synthesize_subject(pheno, anatomy_seed)
+    subject = synthesize_subject(pheno, anatomy_seed, healthy_twin=twins is not None)
+    if twins is not None:
+        name = subject_id if domain == SOURCE else layouts.ucsf_study(int(subject_id.rsplit("-", 1)[1]))
+        _write_folder_case(os.path.join(twins, name), subject.healthy, domain)
     if domain == SOURCE:
         for modality in MODALITIES:
             img = np.round(subject.images[modality]).astype(np.int16)
@@ -142,13 +168,18 @@ def _csv_text(columns: tuple, rows: list) -> str:
 
 
 def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers: int = 1,
-                  progress: bool = True) -> dict:
-    """Write both phantom cohorts under ``out``; returns {'source': root, 'target': root}.
+                  progress: bool = True, healthy_twins: bool = False, n_healthy: int = 0) -> dict:
+    """Write both phantom cohorts under ``out``; returns {'source': root, 'target': root} (and 'twins',
+    'healthy' when written).
 
-    Existing subjects are overwritten (atomically); the CSVs are written last.
+    ``healthy_twins``: each subject's anatomy without its tumour under ``out/healthy-twins/<subject>/`` (the
+    ground truth of a tumour's removal); ``n_healthy``: healthy subjects under ``out/healthy/HEALTHY-NNNN/``
+    (a healthy cohort to insert tumours into), both in aldm's folder layout. Existing subjects are overwritten
+    (atomically); the CSVs are written last.
     """
     upenn_root = os.path.join(out, layouts.UPENN_ROOT)
     ucsf_root = os.path.join(out, layouts.UCSF_ROOT)
+    twins = os.path.join(out, TWINS_ROOT) if healthy_twins else None
     ucsf_numbers = _ucsf_numbers(n_target, seed)
     manual_rng = np.random.default_rng([seed, 11])
     jobs = []
@@ -156,10 +187,10 @@ def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers
         if domain == SOURCE:
             # ~1 in 4 UPENN scans has a manual segmentation; the first always does.
             manual = index == 0 or bool(manual_rng.random() < 0.25)
-            jobs.append((domain, upenn_root, layouts.upenn_id(index + 1), pheno_seed, anatomy_seed, manual))
+            jobs.append((domain, upenn_root, layouts.upenn_id(index + 1), pheno_seed, anatomy_seed, manual, twins))
         else:
             jobs.append((domain, ucsf_root, layouts.ucsf_csv_id(ucsf_numbers[index]), pheno_seed, anatomy_seed,
-                         False))
+                         False, twins))
     bar = tqdm(total=len(jobs), desc="phantom subjects", unit="subj", disable=not progress)
     rows = []
     for row in parallel_map(_write_subject, jobs, workers):
@@ -174,4 +205,18 @@ def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers
     if n_target:
         atomic_write_text(os.path.join(ucsf_root, layouts.UCSF_METADATA_CSV),
                           _csv_text(layouts.UCSF_METADATA_COLUMNS, target_rows))
-    return {"source": upenn_root, "target": ucsf_root}
+    roots = {"source": upenn_root, "target": ucsf_root, **({"twins": twins} if twins else {})}
+    if n_healthy:
+        roots["healthy"] = _synth_healthy(os.path.join(out, HEALTHY_ROOT), n_healthy, seed, workers, progress)
+    return roots
+
+
+def _synth_healthy(root: str, n: int, seed: int, workers: int, progress: bool) -> str:
+    """``n`` healthy subjects under ``root`` (their own random streams, apart from the cohorts'); returns root."""
+    streams = np.random.SeedSequence([seed, 13]).spawn(n)
+    jobs = [(os.path.join(root, f"HEALTHY-{i + 1:04d}"), *(int(v) for v in child.generate_state(2)))
+            for i, child in enumerate(streams)]
+    for _ in tqdm(parallel_map(_write_healthy, jobs, workers), total=n, desc="healthy subjects", unit="subj",
+                  disable=not progress):
+        pass
+    return root

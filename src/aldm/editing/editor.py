@@ -60,11 +60,12 @@ class EditedVolume:
     decoded: np.ndarray
 
 
-def edit_volume(pipe, image: np.ndarray, old: np.ndarray, new: np.ndarray, brain: np.ndarray, affine: np.ndarray,
-                settings: GenerationSettings, edit: EditSettings, seed: int) -> EditedVolume:
-    """Edit ``image`` (C, S, S, S) in [-1, 1] from label map ``old`` to ``new`` (S, S, S) with an
-    :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``brain`` (S, S, S), ``affine`` the model
-    grid's (for millimetres); ``seed`` the sampler's noise."""
+def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, edit: EditSettings,
+                seed: int) -> EditedVolume:
+    """Edit ``subject`` (an :class:`~aldm.editing.subjects.EditSubject`: its model-space ``image`` (C, S, S, S) in
+    [-1, 1], ``labels``, ``brain`` and ``model_affine``, for millimetres) from its label map to ``new`` (S, S, S)
+    with an :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``seed``: the sampler's noise."""
+    image, old, brain, affine = subject.image, subject.labels, subject.brain, subject.model_affine
     spacing = voxel_spacing(affine)
     region = change_region(old, new, brain, edit.margin_mm, spacing)
     if not region.any():

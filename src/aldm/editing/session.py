@@ -1,6 +1,6 @@
 """``aldm edit``: the edits of one scan, written as a sample folder that export, evaluation and the web viewer read.
 
-``OUT/edit-IIII_<subject>_<operation>/`` holds, like a generated sample (:mod:`aldm.artifacts.samples`),
+``OUT/sample-IIII_<subject>_<operation>/`` holds, like a generated sample (:mod:`aldm.artifacts.samples`),
 ``model/{<channel>,mask,seg,region}.nii.gz`` and ``native/...`` (the subject's native grid and intensities),
 ``sample.json``, and ``edit.json``: the edit's record (the inputs' checksums, the operation, the region of change
 and the settings). Variant i uses seed ``seed + i``. Outside the region of change every voxel of the native
@@ -86,8 +86,7 @@ def edit_scan(request: EditRequest, log=None) -> list[SampleRecord]:
             if samples.is_finished(record.sample):
                 continue
             start = time.perf_counter()
-            edited = edit_volume(pipe, subject.image, subject.labels, new, subject.brain, subject.model_affine,
-                                 settings, request.edit, record.seed)
+            edited = edit_volume(pipe, subject, new, settings, request.edit, record.seed)
             seconds = time.perf_counter() - start
             volumes = edit_volumes(subject, edited, pipe.modalities, request.native)
             document = _edit_record(subject, request, edited, inputs, seconds)
@@ -149,7 +148,7 @@ def _planned(i: int, subject: EditSubject, request: EditRequest, pipe, settings:
     op = request.operation.describe()
     source = f"edit:{op}:margin={request.edit.margin_mm:g}mm:jumps={request.edit.jumps}"
     return SampleRecord(
-        sample=f"edit-{i:04d}_{subject.name}_{op}", index=i, mask_subject=subject.name, mask_source=source,
+        sample=f"sample-{i:04d}_{subject.name}_{op}", index=i, mask_subject=subject.name, mask_source=source,
         context_subject=subject.name, mask_cache=subject.source, seed=settings.seed + i,
         **settings.recorded(pipe.kind), precision=pipe.precision, model=os.path.abspath(request.model),
         model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""), modalities=list(pipe.modalities),
