@@ -7,7 +7,7 @@ values (nearest-neighbour moves, no blending of labels):
 * ``move DX,DY,DZ``: the tumour translated by that many millimetres (RAS: +x right, +y anterior, +z superior),
   rounded to whole voxels;
 * ``grow F`` / ``shrink F``: the tumour scaled by F about its centre of mass (F > 1 grows, F < 1 shrinks its
-  diameter);
+  diameter), up to the brain's edge;
 * ``transplant OTHER``: another patient's label map in place of this one's tumour, where it lies in that
   patient's model space when it fits inside this brain, else moved whole to where it fits;
 * ``remove``: no tumour (healthy tissue generated where it was).

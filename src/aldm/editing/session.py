@@ -131,7 +131,7 @@ def new_label_map(subject: EditSubject, operation: LabelEdit, run: Run, seed: in
     elif operation.kind == "move":
         new, _ = moved(old, operation.shift_mm, subject.model_affine)
     elif operation.kind in ("grow", "shrink"):
-        new = scaled(old, operation.factor)
+        new = np.where(subject.brain > 0, scaled(old, operation.factor), 0)  # a tumour grows up to the brain's edge
     elif operation.kind == "transplant":
         where = operation.path
         other = load_subject(operation.path, run.modalities, _prep_config(run)).labels
