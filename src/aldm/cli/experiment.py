@@ -1,8 +1,11 @@
-"""``aldm experiment``: Table 1 with Figures 2-5, and the downstream segmentation experiment (resumable)."""
+"""``aldm experiment``: Table 1 with Figures 2-5, the downstream segmentation experiment (resumable) and the
+scan-editing experiment."""
 
 from __future__ import annotations
 
 import os
+
+from .arguments import add_sampling_arguments, finite_float, positive_int, sampling_settings
 
 
 def _cmd_experiment(args) -> int:
@@ -19,6 +22,17 @@ def _cmd_segmentation_experiment(args) -> int:
 
     table = run_segmentation(ExperimentConfig.load(args.config), progress=not args.quiet)
     print(f"segmentation table: {os.path.abspath(table)}")
+    return 0
+
+
+def _cmd_edit_experiment(args) -> int:
+    from ..editing.editor import EditSettings
+    from ..experiments.editing import EditExperiment, run_edit_experiment
+
+    exp = EditExperiment(model=args.model, out=args.out, subjects=args.subjects, settings=sampling_settings(args),
+                         edit=EditSettings(args.margin, args.resample), twins=args.twins, segmenter=args.segmenter)
+    run_edit_experiment(exp, log=(lambda line: None) if args.quiet else print)
+    print(f"edit tables: {os.path.abspath(os.path.join(args.out, 'edit.md'))}")
     return 0
 
 
@@ -39,3 +53,17 @@ def register(commands) -> None:
                                                         "settings (see docs/evaluation.md)")
     seg_exp.add_argument("--quiet", action="store_true")
     seg_exp.set_defaults(func=_cmd_segmentation_experiment)
+    edit_exp = exp_commands.add_parser(
+        "edit", help="scan edits on held-out patients: healthy fill and removal (BraTS inpainting metrics) against "
+                     "simple fills, insertion / move / grow / shrink (seam, sharpness, contrasts, Dice)")
+    edit_exp.add_argument("--model", required=True, help="finished few-shot ALDM run (its cache and held-out split)")
+    edit_exp.add_argument("--out", required=True)
+    edit_exp.add_argument("--subjects", type=positive_int, default=8, help="held-out subjects at most")
+    edit_exp.add_argument("--twins", default=None,
+                          help="healthy twins (aldm data synth --healthy-twins): removal scored against them")
+    edit_exp.add_argument("--segmenter", default=None, help="a segmenter folder (Table 1's): per-region Dice")
+    edit_exp.add_argument("--margin", type=finite_float, default=6.0, metavar="MM")
+    edit_exp.add_argument("--resample", type=positive_int, default=1, metavar="J")
+    add_sampling_arguments(edit_exp)
+    edit_exp.add_argument("--quiet", action="store_true")
+    edit_exp.set_defaults(func=_cmd_edit_experiment)

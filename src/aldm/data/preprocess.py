@@ -158,24 +158,30 @@ def brain_mask(images: np.ndarray) -> np.ndarray:
     return np.any(images != 0, axis=0)
 
 
-def scale_to_unit(images: np.ndarray, brain: np.ndarray, percentiles=(1.0, 99.0)) -> tuple[np.ndarray, list]:
-    """Map each channel's [p_low, p_high] of brain voxels to [-1, 1] (clipped); background -1.
+def scale_to_unit(images: np.ndarray, brain: np.ndarray, percentiles=(1.0, 99.0),
+                  ranges: list | None = None) -> tuple[np.ndarray, list]:
+    """Map each channel's [p_low, p_high] of brain voxels to [-1, 1] (clipped); background -1. ``ranges``:
+    [(low, high) per channel] to use instead of the percentiles (another scan's, to compare in its units).
 
     Returns (scaled float32 array, [(p_low, p_high) per channel]) so the mapping can be inverted.
     """
+    given, ranges = ranges, []
     out = np.full(images.shape, -1.0, dtype=np.float32)
-    ranges = []
     for c in range(images.shape[0]):
         vals = images[c][brain]
-        lo, hi = (np.percentile(vals, percentiles) if vals.size else (0.0, 1.0))
+        if given is not None:
+            lo, hi = given[c]
+        else:
+            lo, hi = (np.percentile(vals, percentiles) if vals.size else (0.0, 1.0))
         hi = hi if hi > lo else lo + 1.0
         out[c][brain] = np.clip((vals - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
         ranges.append((float(lo), float(hi)))
     return out, ranges
 
 
-def preprocess(volume: NativeVolume, config: PrepConfig) -> dict:
-    """Model-space arrays of a verified subject.
+def preprocess(volume: NativeVolume, config: PrepConfig, ranges: list | None = None) -> dict:
+    """Model-space arrays of a verified subject (``ranges``: intensity ranges to scale by instead of its own
+    percentiles, :func:`scale_to_unit`).
 
     Returns ``image`` float32 (C, S, S, S) in [-1, 1]; ``mask`` uint8 (1, S, S, S) binary tumour;
     ``labels`` uint8 (1, S, S, S) sub-regions {0, 1, 2, 4}; ``brain`` uint8 (1, S, S, S);
@@ -192,7 +198,7 @@ def preprocess(volume: NativeVolume, config: PrepConfig) -> dict:
     out = _transforms(config)(data)
     image = out["image"].numpy().astype(np.float32)
     model_brain = out["brain"].numpy()[0] > 0.5
-    scaled, ranges = scale_to_unit(image, model_brain, config.percentiles)
+    scaled, ranges = scale_to_unit(image, model_brain, config.percentiles, ranges)
     labels = np.rint(out["labels"].numpy()).astype(np.uint8)
     nz = np.argwhere(brain)
     return {

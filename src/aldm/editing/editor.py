@@ -23,7 +23,7 @@ from ..conditions import needs_brain
 from ..diffusion.inpainting import KnownLatent
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
-from .region import blend_weight, change_region, latent_keep, voxel_spacing
+from .region import blend_weight, change_region, changed_voxels, latent_keep, voxel_spacing
 
 DEFAULT_MARGIN_MM = 6.0
 MAX_JUMPS = 20
@@ -60,17 +60,19 @@ class EditedVolume:
     decoded: np.ndarray
 
 
-def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, edit: EditSettings,
-                seed: int) -> EditedVolume:
+def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, edit: EditSettings, seed: int,
+                changed: np.ndarray | None = None) -> EditedVolume:
     """Edit ``subject`` (an :class:`~aldm.editing.subjects.EditSubject`: its model-space ``image`` (C, S, S, S) in
     [-1, 1], ``labels``, ``brain`` and ``model_affine``, for millimetres) from its label map to ``new`` (S, S, S)
-    with an :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``seed``: the sampler's noise."""
-    image, old, brain, affine = subject.image, subject.labels, subject.brain, subject.model_affine
-    spacing = voxel_spacing(affine)
-    region = change_region(old, new, brain, edit.margin_mm, spacing)
+    with an :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``seed``: the sampler's noise;
+    ``changed`` (S, S, S) bool: the voxels to draw afresh (default both tumours; a healthy fill names its
+    region)."""
+    image, brain, spacing = subject.image, subject.brain, voxel_spacing(subject.model_affine)
+    changed = changed_voxels(subject.labels, new) if changed is None else changed
+    region = change_region(changed, brain, edit.margin_mm, spacing)
     if not region.any():
         raise AldmError("the edit changes no voxel (no tumour before or after it)")
-    weight = blend_weight(region, old, new, spacing, edit.margin_mm)
+    weight = blend_weight(region, changed, spacing, edit.margin_mm)
     keep = latent_keep(region, pipe.profile.latent_size).to(pipe.device)
     known = KnownLatent(pipe.encode(image[None]), keep, edit.jumps)
     condition = torch.from_numpy(new[None, None].astype(np.float32))
@@ -80,4 +82,3 @@ def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, ed
     blended = weight * decoded + (1.0 - weight) * image
     edited = np.where(region[None], blended, image).astype(np.float32)
     return EditedVolume(image=edited, labels=new, region=region, weight=weight, decoded=decoded)
-

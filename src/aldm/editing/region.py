@@ -1,6 +1,6 @@
 """The region of change R of an edit and the weights that blend the edit into the scan.
 
-R is the union of the old and the new tumour, dilated by a margin in millimetres (the model grid's own
+R is the union of the old and the new tumour (or any set of voxels to draw afresh), dilated by a margin in millimetres (the model grid's own
 spacing, which ``resize`` preprocessing makes anisotropic), inside the brain. Outside R the output is the
 input, voxel for voxel. Inside R the edit is blended in with a weight that rises from 0 at R's border to 1
 at the margin's inner edge, so the seam is a ramp across the margin rather than a step; the tumours
@@ -20,27 +20,32 @@ def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
-def change_region(old: np.ndarray, new: np.ndarray, brain: np.ndarray, margin_mm: float,
-                  spacing: np.ndarray) -> np.ndarray:
-    """R (S, S, S) bool: voxels within ``margin_mm`` of the old or the new tumour (label maps (S, S, S), > 0 is
-    tumour), inside ``brain``."""
-    union = (old > 0) | (new > 0)
-    if not union.any():
-        return np.zeros(union.shape, dtype=bool)
-    distance = ndimage.distance_transform_edt(~union, sampling=spacing)
+def changed_voxels(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """(S, S, S) bool: the voxels an edit from label map ``old`` to ``new`` must draw afresh — both tumours."""
+    return (old > 0) | (new > 0)
+
+
+def change_region(changed: np.ndarray, brain: np.ndarray, margin_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """R (S, S, S) bool: voxels within ``margin_mm`` of the ``changed`` ones (S, S, S) bool, inside ``brain``."""
+    if not changed.any():
+        return np.zeros(changed.shape, dtype=bool)
+    distance = ndimage.distance_transform_edt(~changed, sampling=spacing)
     return (distance <= margin_mm) & (brain > 0)
 
 
-def blend_weight(region: np.ndarray, old: np.ndarray, new: np.ndarray, spacing: np.ndarray,
-                 margin_mm: float) -> np.ndarray:
-    """w (S, S, S) float32 in [0, 1]: 0 outside ``region``, 1 on both tumours, between them linear in the
-    distance to the tumours over ``margin_mm`` (a step when the margin is under one voxel)."""
-    union = (old > 0) | (new > 0)
-    if not union.any() or margin_mm <= 0:
+def blend_weight(region: np.ndarray, changed: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
+    """w (S, S, S) float32 in [0, 1]: 0 outside ``region``, 1 on the ``changed`` voxels, between them linear in
+    the distance to them over ``margin_mm`` (a step when the margin is 0)."""
+    if not changed.any() or margin_mm <= 0:
         return region.astype(np.float32)
-    distance = ndimage.distance_transform_edt(~union, sampling=spacing)
+    distance = ndimage.distance_transform_edt(~changed, sampling=spacing)
     ramp = np.clip(1.0 - distance / (margin_mm + float(spacing.min())), 0.0, 1.0)
     return np.where(region, ramp, 0.0).astype(np.float32)
+
+
+def boundary_shell(region: np.ndarray) -> np.ndarray:
+    """(S, S, S) bool: the voxels within one voxel of R's border, on both sides (where a seam would show)."""
+    return ndimage.binary_dilation(region) & ~ndimage.binary_erosion(region)
 
 
 def latent_keep(region: np.ndarray, latent_size: int) -> torch.Tensor:

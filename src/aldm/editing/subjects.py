@@ -119,8 +119,20 @@ def case_files(folder: str, modalities) -> tuple[dict, str | None]:
     return images, find("seg")
 
 
-def from_case(folder: str, modalities, prep: PrepConfig) -> EditSubject:
-    """The case in ``folder`` brought to model space with ``prep``; every file checked (one line naming it)."""
+def healthy_twin(folder: str, subject: EditSubject, prep: PrepConfig) -> np.ndarray:
+    """(C, S, S, S): the healthy twin in ``folder`` (the subject's scan without its tumour, a case folder) in
+    ``subject``'s model space and intensity units; an AldmError when it lies on another grid."""
+    modalities = [m for m in subject.native_files if m != SEG_FILE]  # the subject's channels, in order
+    twin = from_case(folder, modalities, prep, ranges=subject.intensity_ranges)
+    if twin.native_shape != tuple(subject.native_shape) or not np.allclose(twin.model_affine, subject.model_affine,
+                                                                             atol=1e-3):
+        raise AldmError(f"{folder}: a healthy twin on another grid than {subject.source}")
+    return twin.image
+
+
+def from_case(folder: str, modalities, prep: PrepConfig, ranges: list | None = None) -> EditSubject:
+    """The case in ``folder`` brought to model space with ``prep`` (scaled by ``ranges`` when given, else by its
+    own percentiles); every file checked (one line naming it)."""
     images, seg_path = case_files(folder, modalities)
     arrays, affine = [], None
     for modality in modalities:
@@ -141,7 +153,7 @@ def from_case(folder: str, modalities, prep: PrepConfig) -> EditSubject:
         labels = brats_label_map(values, seg_path)
     volume = NativeVolume(images=np.stack(arrays).astype(np.float32), labels=labels, affine=affine)
     out = preprocess(volume, PrepConfig(**{**prep.as_dict(), "modalities": tuple(modalities),
-                                           "percentiles": tuple(prep.percentiles)}))
+                                           "percentiles": tuple(prep.percentiles)}), ranges)
     files = [*images.values(), *([seg_path] if seg_path else [])]
     brain = out["brain"][0] if brain_mask(volume.images).any() else None
     if brain is None or not brain.any():

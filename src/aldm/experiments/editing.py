@@ -1,0 +1,253 @@
+"""``aldm experiment edit``: how well aldm edits real scans, on a model's held-out patients.
+
+(a) healthy fill — a region voided in healthy tissue (another patient's tumour shape, placed away from this
+    tumour) filled again, scored against the scan itself; and, where healthy twins are given, the tumour
+    removed, scored against the twin. Fills compared: the tissue's mean, the VAE's reconstruction of the
+    voided scan, whole-volume regeneration under the same label map, and the edit; the BraTS inpainting
+    metrics inside the region (:mod:`aldm.metrics.inpainting`), channels averaged.
+(b) insertion — another held-out patient's label map transplanted in place of this one's tumour (and into the
+    healthy twins); (c) the tumour moved, grown and shrunk. Measured for (b) and (c): per-region Dice of a
+    segmenter (when given) against the new label map beside its Dice on the real scans (the ceiling), the
+    region contrasts' signs, whole-volume sharpness over the input's, and the seam: gradient magnitude on R's
+    boundary shell over the same shell of the input.
+
+Writes ``OUT/edit.json`` (every number) and ``OUT/edit.md`` (the tables); :func:`edit_figure` draws one patient
+edited several ways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
+from ..data.masks import relocate_mask
+from ..diffusion.settings import GenerationSettings
+from ..editing.editor import EditSettings, edit_volume
+from ..editing.operations import moved, placed_inside, scaled
+from ..editing.region import boundary_shell, change_region, voxel_spacing
+from ..editing.session import _prep_config
+from ..editing.subjects import EditSubject, from_cache, healthy_twin
+from ..errors import AldmError
+from ..io.atomic import atomic_write_text
+from ..metrics.inpainting import model_space_scores
+from ..metrics.region_contrast import contrast_check
+from ..metrics.sharpness import gradient_magnitude, gradient_sharpness, head_mask
+from ..pipeline import load_pipeline
+
+FILLS = ("tissue mean", "VAE of the voided scan", "whole-volume regeneration", "edit")
+OPERATIONS = ("transplant", "move", "grow", "shrink")
+
+
+@dataclass(frozen=True)
+class EditExperiment:
+    """What ``aldm experiment edit`` runs: the ALDM ``model`` run (its cache and held-out split), the ``out``
+    folder, ``subjects`` held-out patients at most, the sampler's ``settings``, the ``edit`` settings, the
+    ``twins`` folder (``aldm data synth --healthy-twins``) and a ``segmenter`` folder, each optional."""
+
+    model: str
+    out: str
+    subjects: int = 8
+    settings: GenerationSettings = GenerationSettings()
+    edit: EditSettings = EditSettings()
+    twins: str | None = None
+    segmenter: str | None = None
+
+
+def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
+    """Run (a)-(c) of the module docstring and write ``edit.json`` and ``edit.md``; returns the results."""
+    run = Run(exp.model).require_generator()
+    split = run.split()
+    if run.kind != "aldm" or split is None or len(split["test"]) < 2:
+        raise AldmError(f"{exp.model}: needs a few-shot ALDM run with at least two held-out subjects")
+    pipe = load_pipeline(exp.model, precision=exp.settings.precision)
+    settings = pipe.validate(exp.settings)
+    names = split["test"][:exp.subjects]
+    subjects = [from_cache(run.data, name, run.modalities) for name in names]
+    start = time.perf_counter()
+    fills, removals, edits = [], [], []
+    for i, subject in enumerate(subjects):
+        seed = settings.seed + i
+        donor = subjects[(i + 1) % len(subjects)]
+        fills.append(_healthy_fill(pipe, subject, donor, settings, exp.edit, seed))
+        twin = _twin(exp.twins, subject, run)
+        if twin is not None:
+            removals.append(_removal(pipe, subject, twin, settings, exp.edit, seed))
+        edits += _label_edits(pipe, subject, donor, twin, settings, exp.edit, seed)
+        log(f"aldm experiment edit: {subject.name} ({i + 1}/{len(subjects)}, {time.perf_counter() - start:.0f} s)")
+    results = {"model": os.path.abspath(exp.model), "subjects": names, "settings": asdict(settings),
+               "edit": asdict(exp.edit), "healthy_fill": _summary(fills), "removal": _summary(removals),
+               "edits": _edit_summary(edits, subjects, run.modalities, exp.segmenter),
+               "seconds": round(time.perf_counter() - start, 1)}
+    os.makedirs(exp.out, exist_ok=True)
+    atomic_write_text(os.path.join(exp.out, "edit.json"), json.dumps(results, indent=2) + "\n")
+    atomic_write_text(os.path.join(exp.out, "edit.md"), edit_tables(results))
+    return results
+
+
+def _twin(twins: str | None, subject: EditSubject, run: Run) -> np.ndarray | None:
+    """The subject's healthy twin in its model space, when a twins folder holds it."""
+    folder = os.path.join(twins, subject.name) if twins else None
+    return healthy_twin(folder, subject, _prep_config(run)) if folder and os.path.isdir(folder) else None
+
+
+def _fills(pipe, subject: EditSubject, changed: np.ndarray, new: np.ndarray, settings, edit, seed) -> dict:
+    """{fill name: (C, S, S, S) volume} for the voxels ``changed``, the result drawn under label map ``new``."""
+    normal = (subject.brain > 0) & ~changed & (subject.labels == 0)
+    mean_fill = subject.image.copy()
+    for c in range(mean_fill.shape[0]):
+        mean_fill[c][changed] = subject.image[c][normal].mean()
+    with torch.inference_mode():
+        latent = pipe.encode(mean_fill[None]) * pipe.latent_std + pipe.latent_mean
+        labels = torch.from_numpy(new[None, None].astype(np.float32)).to(pipe.device)
+        vae = pipe.vae.decode(latent, labels=labels).float().clamp(-1, 1)[0].cpu().numpy()
+    brain = torch.from_numpy(subject.brain[None, None].astype(np.float32))
+    whole = pipe(torch.from_numpy(new[None, None].astype(np.float32)), settings, generator=[seed], brain=brain)
+    edited = edit_volume(pipe, replace(subject, labels=new), new, settings, edit, seed, changed=changed)
+    return dict(zip(FILLS, (mean_fill, vae, whole["image"][0].numpy(), edited.image)))
+
+
+def _scores(volumes: dict, truth: np.ndarray, mask: np.ndarray) -> dict:
+    """{fill: {ssim, psnr, mse}} inside ``mask``, each the mean over channels."""
+    out = {}
+    for name, volume in volumes.items():
+        per_channel = [model_space_scores(volume[c], truth[c], mask) for c in range(truth.shape[0])]
+        out[name] = {k: float(np.mean([p[k] for p in per_channel])) for k in ("ssim", "psnr", "mse")}
+    return out
+
+
+def _healthy_fill(pipe, subject: EditSubject, donor: EditSubject, settings, edit, seed) -> dict:
+    """(a): ``donor``'s tumour shape voided in ``subject``'s healthy tissue (away from its tumour) and filled."""
+    spacing = voxel_spacing(subject.model_affine)
+    tumour_zone = change_region(subject.labels > 0, np.ones_like(subject.brain), 2 * edit.margin_mm, spacing)
+    healthy = (subject.brain > 0) & ~tumour_zone
+    void = relocate_mask((donor.labels > 0).astype(np.uint8), healthy.astype(np.uint8),
+                         np.random.default_rng(seed)) > 0
+    void &= healthy
+    if not void.any():
+        raise AldmError(f"{subject.source}: no healthy tissue large enough to void")
+    volumes = _fills(pipe, subject, void, subject.labels, settings, edit, seed)
+    return {"subject": subject.name, "voxels": int(void.sum()), "scores": _scores(volumes, subject.image, void)}
+
+
+def _removal(pipe, subject: EditSubject, twin: np.ndarray, settings, edit, seed) -> dict:
+    """(a): the tumour removed, scored inside it against the healthy twin."""
+    tumour = subject.labels > 0
+    volumes = _fills(pipe, subject, tumour, np.zeros_like(subject.labels), settings, edit, seed)
+    return {"subject": subject.name, "voxels": int(tumour.sum()), "scores": _scores(volumes, twin, tumour)}
+
+
+def _label_edits(pipe, subject: EditSubject, donor: EditSubject, twin, settings, edit, seed) -> list[dict]:
+    """(b) and (c): the edited volumes of ``subject`` (and of its twin, when given), with what they are measured
+    against."""
+    affine = subject.model_affine
+    asks = {"transplant": placed_inside(donor.labels, subject.brain, seed),
+            "grow": np.where(subject.brain > 0, scaled(subject.labels, 1.3), 0).astype(np.uint8),
+            "shrink": scaled(subject.labels, 0.7)}
+    for shift in ((10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0)):
+        try:
+            labels, _ = moved(subject.labels, shift, affine)
+        except AldmError:
+            continue
+        if (subject.brain[labels > 0] > 0).mean() > 0.99:
+            asks["move"] = labels
+            break
+    out = []
+    for name, new in asks.items():
+        edited = edit_volume(pipe, subject, new, settings, edit, seed)
+        out.append({"subject": subject.name, "operation": name, "image": edited.image, "labels": new,
+                    "region": edited.region, "input": subject.image, "brain": subject.brain})
+    if twin is not None:
+        host = replace(subject, image=twin, labels=np.zeros_like(subject.labels))
+        new = placed_inside(donor.labels, subject.brain, seed)
+        edited = edit_volume(pipe, host, new, settings, edit, seed)
+        out.append({"subject": subject.name, "operation": "insert into twin", "image": edited.image, "labels": new,
+                    "region": edited.region, "input": twin, "brain": subject.brain})
+    return out
+
+
+def _seam(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float:
+    """Mean gradient magnitude on R's boundary shell in ``image`` over the same in ``reference`` (channels
+    averaged): 1 when the seam is no sharper an edge than the input had there."""
+    shell = boundary_shell(region)
+    ratios = [gradient_magnitude(image[c])[shell].mean() / gradient_magnitude(reference[c])[shell].mean()
+              for c in range(image.shape[0])]
+    return float(np.mean(ratios))
+
+
+def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, segmenter: str | None) -> dict:
+    """Per operation: seam, sharpness over the input's, region-contrast signs and (with a segmenter) Dice."""
+    out = {}
+    for operation in dict.fromkeys(e["operation"] for e in edits):
+        chosen = [e for e in edits if e["operation"] == operation]
+        sharp = [gradient_sharpness(e["image"], head_mask(e["input"], e["brain"])).mean()
+                 / gradient_sharpness(e["input"], head_mask(e["input"], e["brain"])).mean() for e in chosen]
+        contrasts = contrast_check([(e["image"], e["labels"], e["brain"]) for e in chosen],
+                                   [(s.image, s.labels, s.brain) for s in subjects], modalities)
+        out[operation] = {"n": len(chosen), "seam": _mean_std([_seam(e["image"], e["input"], e["region"])
+                                                                for e in chosen]),
+                          "sharpness_over_input": _mean_std(sharp),
+                          "contrast_signs": f"{contrasts['right_signs']}/{contrasts['scored']}",
+                          "contrasts": contrasts["checks"]}
+        if segmenter:
+            out[operation]["dice"] = _dice(segmenter, chosen, subjects)
+    return out
+
+
+def _dice(segmenter: str, chosen: list[dict], subjects: list[EditSubject]) -> dict:
+    """Per-region Dice of the segmenter on the edited volumes against their label maps, and on the real ones."""
+    from ..evaluators.segmenter import load_segmenter, mask_adherence
+
+    model, config, _ = load_segmenter(segmenter)
+    edited = mask_adherence(model, config, np.stack([e["image"] for e in chosen]),
+                            np.stack([e["labels"][None] for e in chosen]))
+    real = mask_adherence(model, config, np.stack([s.image for s in subjects]),
+                          np.stack([s.labels[None] for s in subjects]))
+    return {region: {"edited": v["dice_mean"], "real": real["regions"][region]["dice_mean"]}
+            for region, v in edited["regions"].items()}
+
+
+def _mean_std(values) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))} if len(values) else {}
+
+
+def _summary(items: list[dict]) -> dict:
+    """Per fill: the mean and std over subjects of each score; and the items themselves."""
+    if not items:
+        return {}
+    table = {fill: {k: _mean_std([it["scores"][fill][k] for it in items]) for k in ("ssim", "psnr", "mse")}
+             for fill in FILLS}
+    return {"n": len(items), "fills": table, "subjects": items}
+
+
+def edit_tables(results: dict) -> str:
+    """The Markdown tables of ``edit.json``."""
+    lines = ["# Scan edits on held-out patients", "",
+             f"model `{results['model']}`, {len(results['subjects'])} held-out subjects, "
+             f"{results['settings']['sampler']} {results['settings']['steps']} steps, s = "
+             f"{results['settings']['guidance']}, margin {results['edit']['margin_mm']} mm, "
+             f"resampling {results['edit']['jumps']}; {results['seconds']} s", ""]
+    for key, title in (("healthy_fill", "Healthy fill (voided healthy tissue, against the scan)"),
+                       ("removal", "Tumour removal (against the healthy twin)")):
+        part = results[key]
+        if not part:
+            continue
+        lines += [f"## {title}, n = {part['n']}", "", "| fill | SSIM | PSNR (dB) | MSE |", "|---|---|---|---|"]
+        for fill, scores in part["fills"].items():
+            lines.append(f"| {fill} | " + " | ".join(f"{scores[k]['mean']:.3f} ± {scores[k]['std']:.3f}"
+                                                        for k in ("ssim", "psnr", "mse")) + " |")
+        lines.append("")
+    lines += ["## Label-map edits", "", "| edit | n | seam | sharpness / input | contrast signs | Dice WT / TC / ET "
+              "(edited; real) |", "|---|---|---|---|---|---|"]
+    for name, part in results["edits"].items():
+        dice = part.get("dice")
+        dice_text = " / ".join(f"{v['edited']:.2f}; {v['real']:.2f}" for v in dice.values()) if dice else "–"
+        lines.append(f"| {name} | {part['n']} | {part['seam']['mean']:.2f} ± {part['seam']['std']:.2f} | "
+                     f"{part['sharpness_over_input']['mean']:.2f} | {part['contrast_signs']} | {dice_text} |")
+    return "\n".join(lines) + "\n"
