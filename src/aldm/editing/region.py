@@ -1,10 +1,10 @@
 """The region of change R of an edit and the weights that blend the edit into the scan.
 
-R is the union of the old and the new tumour (or any set of voxels to draw afresh), dilated by a margin in millimetres (the model grid's own
-spacing, which ``resize`` preprocessing makes anisotropic), inside the brain. Outside R the output is the
-input, voxel for voxel. Inside R the edit is blended in with a weight that rises from 0 at R's border to 1
-at the margin's inner edge, so the seam is a ramp across the margin rather than a step; the tumours
-themselves are always at weight 1.
+R is the union of the old and the new tumour (or any set of voxels to draw afresh), dilated by a margin in
+millimetres (the model grid's own spacing, which ``resize`` preprocessing makes anisotropic), inside the brain.
+Outside R the output is the input, voxel for voxel. Inside R the edit is blended in with a weight that rises
+from 0 at R's border to 1 at the margin's inner edge, so the seam is a ramp across the margin rather than a
+step; the voxels drawn afresh (the tumours) are always at weight 1.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..data.masks import relocate_mask
 from ..diffusion.settings import GenerationSettings
