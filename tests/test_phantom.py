@@ -121,3 +121,24 @@ def test_phenotype_frequencies_follow_the_cohorts():
     assert size_mut < size_gbm
     source = [sample_phenotype(SOURCE, rng) for _ in range(200)]
     assert all(p.grade == 4 and not p.idh_mutant and p.enhancing for p in source)
+
+
+def test_a_healthy_twin_is_the_subject_without_its_tumour():
+    """The twin shares the subject's anatomy, scanner and noise: identical away from the tumour, different on it;
+    a healthy subject has no tumour at all."""
+    import numpy as np
+    from scipy import ndimage
+
+    from aldm.data.phantom import synthesize_subject
+    from aldm.data.phenotype import TARGET, sample_phenotype
+
+    pheno = sample_phenotype(TARGET, np.random.default_rng(3))
+    subject = synthesize_subject(pheno, 11, healthy_twin=True)
+    tumour = subject.segmentation > 0
+    near = ndimage.distance_transform_edt(~tumour) <= 6  # the soft compartments and slice blur reach ~5 voxels
+    for modality, image in subject.images.items():
+        twin = subject.healthy[modality]
+        assert np.array_equal(image[~near], twin[~near]), modality
+        assert np.abs(image[tumour] - twin[tumour]).mean() > 0.05 * image[tumour].mean(), modality
+    healthy = synthesize_subject(pheno, 11, tumour=False)
+    assert not healthy.segmentation.any() and healthy.healthy is None

@@ -40,6 +40,7 @@ from ..metrics.region_contrast import contrast_check
 from ..metrics.sharpness import gradient_magnitude, gradient_sharpness, head_mask
 from ..pipeline import load_pipeline
 
+FIGURE = "edit-figure.png"
 FILLS = ("tissue mean", "VAE of the voided scan", "whole-volume regeneration", "edit")
 OPERATIONS = ("transplant", "move", "grow", "shrink")
 
@@ -85,6 +86,8 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
                "edits": _edit_summary(edits, subjects, run.modalities, exp.segmenter),
                "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(exp.out, exist_ok=True)
+    first = [e for e in edits if e["subject"] == subjects[0].name and e["operation"] != "insert into twin"]
+    edit_figure(subjects[0], first, run.modalities, os.path.join(exp.out, FIGURE))
     atomic_write_text(os.path.join(exp.out, "edit.json"), json.dumps(results, indent=2) + "\n")
     atomic_write_text(os.path.join(exp.out, "edit.md"), edit_tables(results))
     return results
@@ -148,7 +151,7 @@ def _label_edits(pipe, subject: EditSubject, donor: EditSubject, twin, settings,
     affine = subject.model_affine
     asks = {"transplant": placed_inside(donor.labels, subject.brain, seed),
             "grow": np.where(subject.brain > 0, scaled(subject.labels, 1.3), 0).astype(np.uint8),
-            "shrink": scaled(subject.labels, 0.7)}
+            "shrink": scaled(subject.labels, 0.7), "remove": np.zeros_like(subject.labels)}
     for shift in ((10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0)):
         try:
             labels, _ = moved(subject.labels, shift, affine)
@@ -250,3 +253,37 @@ def edit_tables(results: dict) -> str:
         lines.append(f"| {name} | {part['n']} | {part['seam']['mean']:.2f} ± {part['seam']['std']:.2f} | "
                      f"{part['sharpness_over_input']['mean']:.2f} | {part['contrast_signs']} | {dice_text} |")
     return "\n".join(lines) + "\n"
+
+
+def edit_figure(subject: EditSubject, edits: list[dict], modalities, path: str) -> None:
+    """One patient edited several ways: a row per modality, the input then each edit (an axial plane through the
+    tumours), the label map in red and the region of change in yellow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    union = (subject.labels > 0) | np.any([e["labels"] > 0 for e in edits], axis=0)
+    z = int(np.argwhere(union).mean(0)[2]) if union.any() else subject.labels.shape[2] // 2
+    columns = [("input", subject.image, subject.labels, None)] + [
+        (e["operation"], e["image"], e["labels"], e["region"]) for e in edits]
+    fig, axes = plt.subplots(len(modalities), len(columns), figsize=(1.9 * len(columns), 1.9 * len(modalities)),
+                             squeeze=False)
+    for j, (name, image, labels, region) in enumerate(columns):
+        for i, modality in enumerate(modalities):
+            ax = axes[i, j]
+            ax.imshow(image[i][:, :, z].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+            for mask, colour in ((labels, "red"), (region, "gold")):
+                if mask is not None and (mask[:, :, z] > 0).any():
+                    ax.contour((mask[:, :, z] > 0).T.astype(np.float32), levels=[0.5], colors=colour,
+                               linewidths=0.6, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(modality, fontsize=8)
+    fig.suptitle(f"{subject.name}: real anatomy outside the yellow region, the edit inside it", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
