@@ -149,7 +149,7 @@ def _planned(i: int, subject: EditSubject, request: EditRequest, pipe, settings:
     source = f"edit:{op}:margin={request.edit.margin_mm:g}mm:jumps={request.edit.jumps}"
     return SampleRecord(
         sample=f"sample-{i:04d}_{subject.name}_{op}", index=i, mask_subject=subject.name, mask_source=source,
-        context_subject=subject.name, mask_cache=subject.source, seed=settings.seed + i,
+        context_subject=subject.name, mask_cache=subject.cache or subject.source, seed=settings.seed + i,
         **settings.recorded(pipe.kind), precision=pipe.precision, model=os.path.abspath(request.model),
         model_hash=pipe.model_hash, stage=pipe.info.get("stage", ""), modalities=list(pipe.modalities),
         condition=pipe.profile.condition)

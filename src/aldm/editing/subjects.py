@@ -36,7 +36,7 @@ class EditSubject:
     """A scan to edit. ``image`` (C, S, S, S) float32 in [-1, 1] (channels: the model's modalities), ``labels``
     and ``brain`` (S, S, S) uint8; the geometry of its native grid and the intensity ranges that map model
     space back to it; ``native_files`` {modality: path} of its native images; ``checksums`` {path: SHA-256}
-    of every input read; ``healthy`` (C, S, S, S): its anatomy before the tumour, when known (phantoms)."""
+    of every input read; ``cache``: the prepared cache it comes from, if any."""
 
     name: str
     source: str
@@ -49,7 +49,7 @@ class EditSubject:
     intensity_ranges: list
     native_files: dict = field(default_factory=dict)
     checksums: dict = field(default_factory=dict)
-    healthy: np.ndarray | None = None
+    cache: str = ""  # the prepared cache it comes from ("" for a case on disk)
 
     def native_images(self, modalities) -> np.ndarray:
         """(C, X, Y, Z) float32: the native images of ``modalities``, as stored (scaling applied)."""
@@ -88,7 +88,6 @@ def from_cache(folder: str, subject: str, modalities) -> EditSubject:
         raise AldmError(f"{cache.file(row['file'])}: subject {subject} has no {', '.join(missing)}, which the model "
                         "needs")
     picked = [have.index(m) for m in modalities]
-    healthy = data.get("healthy")
     return EditSubject(
         name=subject, source=f"cache:{os.path.abspath(folder)}:{subject}", image=data["image"][picked],
         labels=data["labels"][0], brain=data["brain"][0], model_affine=np.asarray(json.loads(row["model_affine"])),
@@ -96,7 +95,7 @@ def from_cache(folder: str, subject: str, modalities) -> EditSubject:
         intensity_ranges=[json.loads(row["intensity_ranges"])[i] for i in picked],
         native_files={**{m: row.get(file_stem(m), "") for m in modalities}, SEG_FILE: row.get("mask", "")},
         checksums={cache.file(row["file"]): row["sha256"]},
-        healthy=None if healthy is None else healthy[picked].astype(np.float32))
+        cache=os.path.abspath(folder))
 
 
 def case_files(folder: str, modalities) -> tuple[dict, str | None]:

@@ -75,7 +75,12 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
     for i, subject in enumerate(subjects):
         seed = settings.seed + i
         donor = subjects[(i + 1) % len(subjects)]
-        fills.append(_healthy_fill(pipe, subject, donor, settings, exp.edit, seed))
+        fill = _healthy_fill(pipe, subject, donor, settings, exp.edit, seed)
+        if fill is None:
+            log(f"aldm experiment edit: {subject.name}: no healthy tissue holds a void of another tumour's shape; "
+                "left out of the healthy fill")
+        else:
+            fills.append(fill)
         twin = _twin(exp.twins, subject, run)
         if twin is not None:
             removals.append(_removal(pipe, subject, twin, settings, exp.edit, seed))
@@ -124,18 +129,31 @@ def _scores(volumes: dict, truth: np.ndarray, mask: np.ndarray) -> dict:
     return out
 
 
-def _healthy_fill(pipe, subject: EditSubject, donor: EditSubject, settings, edit, seed) -> dict:
-    """(a): ``donor``'s tumour shape voided in ``subject``'s healthy tissue (away from its tumour) and filled."""
+def _healthy_fill(pipe, subject: EditSubject, donor: EditSubject, settings, edit, seed) -> dict | None:
+    """(a): ``donor``'s tumour shape voided in ``subject``'s healthy tissue (away from its tumour, scaled down
+    when it does not fit) and filled; None when no healthy tissue holds it."""
     spacing = voxel_spacing(subject.model_affine)
     tumour_zone = change_region(subject.labels > 0, np.ones_like(subject.brain), 2 * edit.margin_mm, spacing)
     healthy = (subject.brain > 0) & ~tumour_zone
-    void = relocate_mask((donor.labels > 0).astype(np.uint8), healthy.astype(np.uint8),
-                         np.random.default_rng(seed)) > 0
-    void &= healthy
-    if not void.any():
-        raise AldmError(f"{subject.source}: no healthy tissue large enough to void")
+    void = _void(donor.labels > 0, healthy, seed)
+    if void is None:
+        return None
     volumes = _fills(pipe, subject, void, subject.labels, settings, edit, seed)
     return {"subject": subject.name, "voxels": int(void.sum()), "scores": _scores(volumes, subject.image, void)}
+
+
+def _void(shape: np.ndarray, healthy: np.ndarray, seed: int) -> np.ndarray | None:
+    """``shape`` (S, S, S) bool placed inside ``healthy`` tissue — scaled down (0.7, then 0.5) when it does not fit
+    whole — or None when even the smallest does not."""
+    for factor in (1.0, 0.7, 0.5):
+        mask = shape if factor == 1.0 else scaled(shape.astype(np.uint8), factor) > 0
+        try:
+            placed = relocate_mask(mask.astype(np.uint8), healthy.astype(np.uint8), np.random.default_rng(seed)) > 0
+        except AldmError:
+            continue
+        if (healthy[placed]).mean() >= 0.95:
+            return placed & healthy
+    return None
 
 
 def _removal(pipe, subject: EditSubject, twin: np.ndarray, settings, edit, seed) -> dict:
