@@ -126,6 +126,47 @@ def test_bad_parameters_get_4xx_with_a_message(served, body, status, words):
     assert words in json.dumps(resp.json())
 
 
+def test_an_edit_job_edits_a_held_out_patient_and_shows_its_input(served, tiny_runs):
+    client, _, _ = served
+    split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
+    assert client.get("/api/models/fewshot/subjects").json() == split["test"]  # never the few-shot patients
+    patient, donor = split["test"][:2]
+    body = {"model": "fewshot", **GOOD, "n": 1, "edit": {"subject": patient, "operation": "transplant",
+                                                        "donor": donor}}
+    job = wait_for(client, client.post("/api/jobs", json=body).json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["edit"]["operation"] == "transplant"
+    (sample,) = job["samples"]
+    assert sample["edit"] and sample["context_subject"] == patient and sample["mask_source"].startswith("edit:")
+    base = f"/api/jobs/{job['id']}/samples/{sample['sample']}"
+    edited = np.frombuffer(client.get(f"{base}/volume/t1").content, np.uint8)
+    ref = client.get(f"{base}/volume/t1?source=reference")
+    assert ref.headers["x-subject"] == patient
+    real = np.frombuffer(ref.content, np.uint8)
+    region = np.asarray(nib.load(client.app.state.queue.samples_dir(job["id"]) + f"/{sample['sample']}/model/"
+                                 "region.nii.gz").dataobj).reshape(-1) > 0
+    assert np.array_equal(edited[~region], real[~region]) and not np.array_equal(edited[region], real[region])
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"subject": "nobody", "operation": "remove"}, "not one of the patients"),
+    ({"subject": "{k_shot}", "operation": "remove"}, "not one of the patients"),  # a few-shot patient is not offered
+    ({"subject": "{test}", "operation": "grow", "factor": 0.5}, "--grow takes a factor above 1"),
+    ({"subject": "{test}", "operation": "move", "shift_mm": [0, 0]}, "shift_mm"),
+    ({"subject": "{test}", "operation": "move", "shift_mm": [0.1, 0, 0]}, "nothing to edit"),
+    ({"subject": "{test}", "operation": "transplant"}, "needs a donor"),
+    ({"subject": "{test}", "operation": "explode"}, "operation"),
+    ({"subject": "../etc", "operation": "remove"}, "subject"),
+])
+def test_bad_edits_are_refused_when_submitted(served, tiny_runs, edit, words):
+    client, _, _ = served
+    split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
+    edit = {k: (v.format(test=split["test"][0], k_shot=split["k_shot"][0]) if isinstance(v, str) else v)
+            for k, v in edit.items()}
+    resp = client.post("/api/jobs", json={"model": "fewshot", **GOOD, "edit": edit})
+    assert resp.status_code == 422 and words in json.dumps(resp.json()), resp.text
+
+
 def test_errors_do_not_echo_the_request(served):
     client, _, _ = served
     resp = client.post("/api/jobs", json={"model": "<script>alert(1)</script>"})

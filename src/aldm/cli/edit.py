@@ -41,11 +41,10 @@ def _operation(args):
 
 
 def _cmd_edit(args) -> int:
-    from ..editing.editor import EditSettings
     from ..editing.session import EditRequest, edit_scan
 
     request = EditRequest(model=args.model, subject=args.subject, operation=_operation(args), out=args.out, n=args.n,
-                          settings=sampling_settings(args), edit=EditSettings(args.margin, args.resample),
+                          settings=sampling_settings(args), edit=edit_settings(args),
                           native=not args.model_space_only, overwrite=args.overwrite, device=args.device)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     records = edit_scan(request, log)
@@ -53,9 +52,30 @@ def _cmd_edit(args) -> int:
     return 0
 
 
+def add_edit_arguments(parser) -> None:
+    """How an edit is made (margin, resampling, harmonisation), as ``aldm edit`` and ``aldm experiment edit``
+    share them; :func:`edit_settings` reads them back."""
+    from ..editing.editor import DEFAULT_MARGIN_MM, MAX_JUMPS
+
+    parser.add_argument("--margin", type=finite_float, default=DEFAULT_MARGIN_MM, metavar="MM",
+                        help="the region of change: the old and new tumours dilated by MM (also the seam's ramp)")
+    parser.add_argument("--resample", type=positive_int, default=1, metavar="J",
+                        help=f"RePaint resampling: J rounds per DDIM step (1: none; up to {MAX_JUMPS}; J times the "
+                             "network evaluations)")
+    parser.add_argument("--no-harmonise", action="store_true",
+                        help="keep the decoder's intensity offset from the scan (by default removed, as measured "
+                             "over the region's margin)")
+
+
+def edit_settings(args):
+    """The :class:`~aldm.editing.editor.EditSettings` of :func:`add_edit_arguments`' options."""
+    from ..editing.editor import EditSettings
+
+    return EditSettings(args.margin, args.resample, not args.no_harmonise)
+
+
 def register(commands) -> None:
     """Add ``aldm edit`` to ``commands`` (an argparse sub-parsers object)."""
-    from ..editing.editor import DEFAULT_MARGIN_MM, MAX_JUMPS
 
     edit = commands.add_parser("edit", help="edit a real scan by its label map: insert, move, grow, shrink, "
                                             "transplant or remove a tumour; the rest of the scan unchanged")
@@ -75,11 +95,7 @@ def register(commands) -> None:
     what.add_argument("--remove", action="store_true", help="healthy tissue where the tumour was")
     edit.add_argument("--n", type=positive_int, default=1, help="number of variants (seeds seed, seed + 1, ...)")
     add_sampling_arguments(edit)
-    edit.add_argument("--margin", type=finite_float, default=DEFAULT_MARGIN_MM, metavar="MM",
-                      help="the region of change: the old and new tumours dilated by MM (also the seam's ramp)")
-    edit.add_argument("--resample", type=positive_int, default=1, metavar="J",
-                      help=f"RePaint resampling: J rounds per DDIM step (1: none; up to {MAX_JUMPS}; J times the "
-                           "network evaluations)")
+    add_edit_arguments(edit)
     edit.add_argument("--model-space-only", action="store_true",
                       help="write the model-space files only (no native grid; the native images are not read)")
     edit.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .arguments import add_sampling_arguments, finite_float, positive_int, sampling_settings
+from .arguments import add_sampling_arguments, positive_int, sampling_settings
+from .edit import add_edit_arguments, edit_settings
 
 
 def _cmd_experiment(args) -> int:
@@ -26,11 +27,10 @@ def _cmd_segmentation_experiment(args) -> int:
 
 
 def _cmd_edit_experiment(args) -> int:
-    from ..editing.editor import EditSettings
     from ..experiments.editing import EditExperiment, run_edit_experiment
 
     exp = EditExperiment(model=args.model, out=args.out, subjects=args.subjects, settings=sampling_settings(args),
-                         edit=EditSettings(args.margin, args.resample), twins=args.twins, segmenter=args.segmenter)
+                         edit=edit_settings(args), twins=args.twins, segmenter=args.segmenter)
     run_edit_experiment(exp, log=(lambda line: None) if args.quiet else print)
     print(f"edit tables: {os.path.abspath(os.path.join(args.out, 'edit.md'))}")
     return 0
@@ -62,8 +62,7 @@ def register(commands) -> None:
     edit_exp.add_argument("--twins", default=None,
                           help="healthy twins (aldm data synth --healthy-twins): removal scored against them")
     edit_exp.add_argument("--segmenter", default=None, help="a segmenter folder (Table 1's): per-region Dice")
-    edit_exp.add_argument("--margin", type=finite_float, default=6.0, metavar="MM")
-    edit_exp.add_argument("--resample", type=positive_int, default=1, metavar="J")
+    add_edit_arguments(edit_exp)
     add_sampling_arguments(edit_exp)
     edit_exp.add_argument("--quiet", action="store_true")
     edit_exp.set_defaults(func=_cmd_edit_experiment)

@@ -7,7 +7,9 @@
    rest on a forward-noised trajectory of z0 (:mod:`aldm.diffusion.inpainting`; RePaint's resampling with
    ``jumps`` > 1);
 4. the VAE decoder on the sampled latent, with the new label map where it draws sub-regions;
-5. out = x outside R (the input's own voxels, bit for bit), w * decoded + (1 - w) * x inside it, w the seam
+5. the decoder's mean intensity offset from the scan over R's margin (tissue the edit regenerates but does not
+   change) removed per channel (:func:`harmonised`);
+6. out = x outside R (the input's own voxels, bit for bit), w * decoded + (1 - w) * x inside it, w the seam
    ramp of :func:`~aldm.editing.region.blend_weight`.
 """
 
@@ -33,10 +35,11 @@ MAX_JUMPS = 20
 class EditSettings:
     """How an edit is made beside the sampler's settings: ``margin_mm`` of R around the tumours (and the width
     of the seam ramp), ``jumps`` RePaint resampling rounds per step (1: none; more costs that many times the
-    network evaluations)."""
+    network evaluations), ``harmonise``: remove the decoder's intensity offset (:func:`harmonised`)."""
 
     margin_mm: float = DEFAULT_MARGIN_MM
     jumps: int = 1
+    harmonise: bool = True
 
     def __post_init__(self):
         """Refuse a negative or non-finite margin and jumps outside 1..:data:`MAX_JUMPS`."""
@@ -61,12 +64,12 @@ class EditedVolume:
 
 
 def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, edit: EditSettings, seed: int,
-                changed: np.ndarray | None = None) -> EditedVolume:
+                changed: np.ndarray | None = None, step_callback=None) -> EditedVolume:
     """Edit ``subject`` (an :class:`~aldm.editing.subjects.EditSubject`: its model-space ``image`` (C, S, S, S) in
     [-1, 1], ``labels``, ``brain`` and ``model_affine``, for millimetres) from its label map to ``new`` (S, S, S)
     with an :class:`~aldm.pipeline.ALDMPipeline` ``pipe`` (module docstring); ``seed``: the sampler's noise;
     ``changed`` (S, S, S) bool: the voxels to draw afresh (default both tumours; a healthy fill names its
-    region)."""
+    region); ``step_callback(step, steps)`` after each network evaluation round."""
     image, brain, spacing = subject.image, subject.brain, voxel_spacing(subject.model_affine)
     changed = changed_voxels(subject.labels, new) if changed is None else changed
     region = change_region(changed, brain, edit.margin_mm, spacing)
@@ -77,8 +80,23 @@ def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, ed
     known = KnownLatent(pipe.encode(image[None]), keep, edit.jumps)
     condition = torch.from_numpy(new[None, None].astype(np.float32))
     brains = torch.from_numpy(brain[None, None].astype(np.float32)) if needs_brain(pipe.condition) else None
-    out = pipe(condition, settings, generator=[seed], brain=brains, known=known)
+    out = pipe(condition, settings, generator=[seed], brain=brains, known=known, step_callback=step_callback)
     decoded = out["image"][0].numpy()
+    if edit.harmonise:
+        decoded = harmonised(decoded, image, region & ~changed)
     blended = weight * decoded + (1.0 - weight) * image
     edited = np.where(region[None], blended, image).astype(np.float32)
     return EditedVolume(image=edited, labels=new, region=region, weight=weight, decoded=decoded)
+
+
+def harmonised(decoded: np.ndarray, image: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """``decoded`` (C, S, S, S) less its mean offset from ``image`` over ``band`` (S, S, S) bool, per channel.
+
+    The band is R's margin: voxels whose latent the edit regenerated but whose tissue it did not change, so the
+    decoded volume should reproduce the scan there; what it does not reproduce on average is the decoder's
+    bias on this scan (a VAE decodes real anatomy a little darker or brighter), which would otherwise show as
+    a patch of other brightness. Without a band (no margin) nothing is corrected."""
+    if not band.any():
+        return decoded
+    offsets = (decoded[:, band] - image[:, band]).mean(axis=1)
+    return (decoded - offsets[:, None, None, None]).astype(np.float32)

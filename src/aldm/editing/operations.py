@@ -60,9 +60,9 @@ class LabelEdit:
             raise AldmError(f"--{self.kind} needs a file or a cache subject")
 
     def describe(self) -> str:
-        """A short name of the operation, for folder names and records (``move+10+0-5mm``, ``grow1.3``)."""
+        """A short name of the operation, for folder names and records (``moveX10Y0Z-5mm``, ``grow1.3``)."""
         if self.kind == "move":
-            return "move" + "".join(f"{v:+g}" for v in self.shift_mm) + "mm"
+            return "move" + "".join(f"{axis}{v:g}" for axis, v in zip("XYZ", self.shift_mm)) + "mm"
         if self.kind in ("grow", "shrink"):
             return f"{self.kind}{self.factor:g}"
         if self.kind == "transplant":

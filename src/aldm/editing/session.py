@@ -58,8 +58,10 @@ class EditRequest:
     device: str | None = None
 
 
-def edit_scan(request: EditRequest, log=None) -> list[SampleRecord]:
-    """Make and write the edits of ``request`` (module docstring); returns every variant's record."""
+def edit_scan(request: EditRequest, log=None, pipeline=None, on_progress=None) -> list[SampleRecord]:
+    """Make and write the edits of ``request`` (module docstring); returns every variant's record. ``pipeline``:
+    the model's pipeline already loaded (the web server keeps one); ``on_progress(done, total, step, steps)``
+    after every sampler step and every written variant (``done`` / ``total`` count this call's variants)."""
     if request.n < 1:
         raise AldmError(f"--n must be at least 1, got {request.n}")
     run = Run(request.model).require_generator()
@@ -68,7 +70,7 @@ def edit_scan(request: EditRequest, log=None) -> list[SampleRecord]:
     subject = load_subject(request.subject, run.modalities, _prep_config(run))
     _refuse_writing_inputs(request.out, subject)
     new = new_label_map(subject, request.operation, run, request.settings.seed)
-    pipe = load_pipeline(request.model, device=request.device, precision=request.settings.precision)
+    pipe = pipeline or load_pipeline(request.model, device=request.device, precision=request.settings.precision)
     settings = pipe.validate(request.settings)
     if subject.image.shape[-1] != pipe.profile.image_size:
         raise AldmError(f"{subject.source}: a {subject.image.shape[-1]}^3 subject, but the model works at "
@@ -82,17 +84,20 @@ def edit_scan(request: EditRequest, log=None) -> list[SampleRecord]:
         samples.check_request(plan, REQUEST_FIELDS)
         inputs = {**subject.checksums, **{p: sha256_file(p) for p in subject.native_files.values()
                                           if request.native and p and os.path.isfile(p)}}
-        for record in plan:
-            if samples.is_finished(record.sample):
-                continue
+        todo = [record for record in plan if not samples.is_finished(record.sample)]
+        for done, record in enumerate(todo):
             start = time.perf_counter()
-            edited = edit_volume(pipe, subject, new, settings, request.edit, record.seed)
+            step_callback = None if on_progress is None else (
+                lambda step, steps, done=done: on_progress(done, len(todo), step, steps))
+            edited = edit_volume(pipe, subject, new, settings, request.edit, record.seed, step_callback=step_callback)
             seconds = time.perf_counter() - start
             volumes = edit_volumes(subject, edited, pipe.modalities, request.native)
             document = _edit_record(subject, request, edited, inputs, seconds)
             samples.write_sample(record, volumes, {EDIT_RECORD: document})
             if log is not None:
                 log(f"aldm edit: {samples.sample_dir(record.sample)} ({seconds:.1f} s)")
+            if on_progress is not None:
+                on_progress(done + 1, len(todo), 0, 0)
         records = [samples.read_record(p.sample) for p in plan]
         samples.write_index(records)
     return records
@@ -146,7 +151,8 @@ def new_label_map(subject: EditSubject, operation: LabelEdit, run: Run, seed: in
 def _planned(i: int, subject: EditSubject, request: EditRequest, pipe, settings: GenerationSettings) -> SampleRecord:
     """The record variant ``i`` will have."""
     op = request.operation.describe()
-    source = f"edit:{op}:margin={request.edit.margin_mm:g}mm:jumps={request.edit.jumps}"
+    e = request.edit
+    source = f"edit:{op}:margin={e.margin_mm:g}mm:jumps={e.jumps}" + ("" if e.harmonise else ":raw")
     return SampleRecord(
         sample=f"sample-{i:04d}_{subject.name}_{op}", index=i, mask_subject=subject.name, mask_source=source,
         context_subject=subject.name, mask_cache=subject.cache or subject.source, seed=settings.seed + i,
@@ -206,6 +212,7 @@ def _edit_record(subject: EditSubject, request: EditRequest, edited: EditedVolum
         "argument": {"shift_mm": request.operation.shift_mm, "factor": request.operation.factor,
                      "path": request.operation.path},
         "inputs_sha256": inputs, "margin_mm": request.edit.margin_mm, "jumps": request.edit.jumps,
+        "harmonise": request.edit.harmonise,
         "region_voxels": int(edited.region.sum()),
         "region_box": [[int(a), int(b) + 1] for a, b in zip(region.min(0), region.max(0))],
         "tumour_voxels_before": int((subject.labels > 0).sum()), "tumour_voxels_after": int((edited.labels > 0).sum()),

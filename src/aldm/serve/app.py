@@ -6,7 +6,9 @@
 Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 
 * ``GET  /api/models``                         the served models (domain, sampler choices, T)
-* ``POST /api/jobs``                           queue a generation job (202; 429 when busy)
+* ``GET  /api/models/{id}/subjects``           the held-out patients an ALDM model edits
+* ``POST /api/jobs``                           queue a generation job, or with ``edit`` a scan edit (202; 429
+  when busy)
 * ``GET  /api/jobs``, ``GET /api/jobs/{id}``   status, progress and finished samples
 * ``POST /api/jobs/{id}/cancel``               cancel a queued or running job (409 once finished)
 * ``GET  /api/jobs/{id}/samples/{sample}/volume/{channel}?source=synthetic|reference``
@@ -46,6 +48,7 @@ from ..diffusion.settings import DEFAULT_GUIDANCE, GUIDANCE_RANGE, GenerationSet
 from ..errors import AldmError
 from ..modalities import KNOWN_MODALITIES, volume_files
 from ..models.families import is_diffusion
+from .editing import EditSpec, check_edit, edit_subjects
 from .guard import LOCAL_HOSTS, RequestGuard, page_policy
 from .jobs import JobQueue, NotCancellable, QueueFull
 from .models import model_entries
@@ -70,6 +73,8 @@ class JobRequest(BaseModel):
     sampler: Literal[SAMPLERS] = DEFAULT_SAMPLER
     steps: int = Field(DEFAULT_STEPS, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    edit: EditSpec | None = Field(None, description="edit a held-out patient's scan instead (n variants; ALDM "
+                                                    "models only)")
 
     @field_validator("n", "guidance", "steps", "seed", mode="before")
     @classmethod
@@ -106,6 +111,7 @@ class SampleInfo(BaseModel):
     seed: int | None
     native: bool
     labels: bool = False  # the sample has its tumour's BraTS label map (model/seg.nii.gz)
+    edit: bool = False  # an edit of a real scan (the reference is its input)
     modalities: list[str]
 
 
@@ -128,6 +134,7 @@ class Job(BaseModel):
     queue_position: int | None
     progress: Progress
     samples: list[SampleInfo]
+    edit: EditSpec | None = None
 
 
 class ModelInfo(BaseModel):
@@ -230,6 +237,14 @@ def _job_routes(app: FastAPI, queue: JobQueue, entries: dict) -> None:
     def models():
         return [e.public() for e in entries.values()]
 
+    @app.get("/api/models/{model_id}/subjects", response_model=list[str],
+             responses={404: {"description": "unknown model"}})
+    def subjects(model_id: str = Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")):
+        entry = entries.get(model_id)
+        if entry is None:
+            raise HTTPException(404, "unknown model; GET /api/models lists them")
+        return edit_subjects(entry) if entry.kind == "aldm" else []
+
     @app.post("/api/jobs", response_model=Job, status_code=202,
               responses={400: {"description": "the body is not JSON"}, 404: {"description": "unknown model"},
                          413: {"description": "the body is over 64 KiB"}, 422: {"description": "invalid parameters"},
@@ -238,7 +253,12 @@ def _job_routes(app: FastAPI, queue: JobQueue, entries: dict) -> None:
         entry = entries.get(request.model)
         if entry is None:
             raise HTTPException(404, "unknown model; GET /api/models lists them")
-        params = request.model_dump()
+        params = request.model_dump(exclude_none=True)
+        if request.edit is not None:
+            try:
+                check_edit(entry, request.edit, request.seed)
+            except AldmError as exc:
+                raise HTTPException(422, f"{exc} (model {entry.id})") from exc
         if not is_diffusion(entry.kind):
             params.update(GenerationSettings().recorded(entry.kind))  # one generator pass: none of them applies
         else:

@@ -39,6 +39,7 @@ from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import is_diffusion
+from .editing import run_edit_job
 from .models import ModelEntry, PipelineSlot
 
 JOB_FILE = "job.json"
@@ -195,6 +196,7 @@ class JobQueue:
             out.append({"sample": name, "index": record.index, "mask_subject": record.mask_subject,
                         "mask_source": record.mask_source, "context_subject": record.context_subject,
                         "ground_truth_mask": record.mask_source.startswith("cache:"), "seed": record.seed,
+                        "edit": record.mask_source.startswith("edit:"),
                         "native": os.path.isdir(os.path.join(folder, name, "native")),
                         "labels": os.path.isfile(os.path.join(folder, name, "model", f"{SEG_FILE}.nii.gz")),
                         "modalities": [m.lower() for m in record.channels]})
@@ -288,6 +290,10 @@ class JobQueue:
                 with self._cond:
                     self._save(job)
 
+        if job.get("edit"):
+            run_edit_job(entry, pipe, job, self.samples_dir(job["id"]), on_progress)
+            progress.update(done=job["n"], step=0, steps=0)
+            return
         settings = GenerationSettings(seed=job["seed"])  # a GAN: only the seed applies
         if is_diffusion(entry.kind):
             settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
