@@ -58,6 +58,27 @@ def test_report_files_hold_the_csv_numbers(quick_demo):
     assert not trained_on & set(json.load(open(t1 / "splits.json"))["3"]["test"])  # never a test patient
 
 
+def test_the_demo_edits_held_out_scans_and_reports_it(quick_demo):
+    """aldm experiment edit as the demo runs it (2 held-out patients, the phantoms' healthy twins, Table 1's
+    segmenter): every fill and edit scored, the removal against the twins, the figure and tables in the report."""
+    from aldm.experiments.editing import FILLS
+
+    t1 = quick_demo / "table1"
+    results = json.loads((t1 / "edit" / "edit.json").read_text())
+    for part in ("healthy_fill", "removal"):  # removal: scored against each subject's healthy twin
+        assert results[part]["n"] == 2 and set(results[part]["fills"]) == set(FILLS), part
+        for scores in results[part]["fills"].values():
+            assert 0 < scores["ssim"]["mean"] <= 1 and scores["mse"]["mean"] > 0
+    assert set(results["edits"]) >= {"transplant", "grow", "shrink", "remove", "insert into twin"}
+    for part in results["edits"].values():
+        assert part["n"] == 2 and part["seam"]["mean"] > 0 and part["sharpness_over_input"]["mean"] > 0
+        assert 0 <= part["dice"]["WT"]["edited"] <= 1
+    assert (t1 / "edit" / "edit-figure.png").stat().st_size > 10_000
+    report = (t1 / "report.html").read_text()
+    assert "Editing real scans" in report and "edit/edit-figure.png" in report
+    assert f"{results['healthy_fill']['fills']['edit']['ssim']['mean']:.3f}" in report
+
+
 def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path):
     """Issue 24 end to end on the quick demo's caches: every model gets the same seconds (each stage fits its
     steps, recorded in run.json), the ablation rows train what they say, and Table 1 shows each row's cost."""

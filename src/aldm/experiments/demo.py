@@ -1,7 +1,8 @@
 """``aldm demo``: the whole pipeline on a fresh machine with no data.
 
-Phantom cohorts -> prepared caches -> the Table 1 experiment (ALDM stages + baselines, generation,
-evaluation, report). The default settings use the ``small`` profile sized for ~15 minutes on 2 CPU
+Phantom cohorts (with their healthy twins) -> prepared caches -> the Table 1 experiment (ALDM stages +
+baselines, generation, evaluation, report) -> the scan-editing experiment on a few held-out patients (its
+figure and tables join the report). The default settings use the ``small`` profile sized for ~15 minutes on 2 CPU
 cores; ``--quick`` uses the ``tiny`` profile (32^3, a few steps) and runs in a few minutes — a
 smoke test of every stage, not a result. ``--regions``: the same demo with the four BraTS modalities
 (T1, T1c, T2, FLAIR) and every generator conditioned on the BraTS regions of the label map
@@ -17,11 +18,13 @@ from dataclasses import replace
 
 from ..data.cache import prepare_dataset
 from ..data.preprocess import PrepConfig
-from ..data.synth import synth_cohorts
+from ..data.synth import TWINS_ROOT, synth_cohorts
+from ..diffusion.settings import GenerationSettings
 from ..modalities import DEFAULT_MODALITIES, KNOWN_MODALITIES
-from .common import ExperimentConfig
+from .common import ExperimentConfig, make_splits
+from .editing import EditExperiment, run_edit_experiment
 from .segmentation import run_segmentation
-from .table1 import run_table1
+from .table1 import run_table1, write_table1_report
 
 SETTINGS = {
     # K = 16 only and two guidance scales: the cells that inform within 15 minutes on 2 CPU cores in fp32
@@ -31,14 +34,16 @@ SETTINGS = {
                                                  "baseline_fewshot": 12},
              "guidance": [0.3, 3.0], "sampler_steps": 15, "classifier_epochs": 3, "frd": ["flair"],
              "diversity_pairs": 20, "segmenter_steps": 100,
-             "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 100, "width": 8, "crop": 32}},
+             "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 100, "width": 8, "crop": 32},
+             "edit_subjects": 4},
     "quick": {"profile": "tiny", "size": 32, "n_source": 3, "n_target": 10, "k": [2, 3], "n_test": 4,
               "folds": 2, "repeats": 1, "steps": {"vae": 3, "ldm": 3, "fewshot": 3, "baseline": 2,
                                                   "baseline_fewshot": 2},
               # no FRD: radiomics features are a quarter of a smoke run's time (aldm evaluate's tests cover them)
               "guidance": [1.0, 3.0], "sampler_steps": 3, "classifier_epochs": 1, "frd": [],
               "diversity_pairs": 6, "segmenter_steps": 20,
-              "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 4, "width": 8, "crop": 16}},
+              "segmentation": {"multipliers": [1, 2], "seeds": 1, "steps": 4, "width": 8, "crop": 16},
+              "edit_subjects": 2},
 }
 
 
@@ -81,6 +86,15 @@ def estimated_demo_seconds(step_seconds: float, regions: bool = False) -> float:
     return DEMO_SECONDS_PER_VAE_STEP_SECOND * step_seconds * (1105 / 878 if regions else 1.0)
 
 
+def _edit_experiment(cfg: ExperimentConfig, s: dict, data: str, seed: int, progress: bool) -> None:
+    """``aldm experiment edit`` on a few held-out patients of the largest-K ALDM run, into ``table1/edit``."""
+    run_edit_experiment(EditExperiment(
+        model=os.path.join(cfg.out, "runs", f"aldm_k{max(s['k'])}"), out=os.path.join(cfg.out, "edit"),
+        subjects=s["edit_subjects"], settings=GenerationSettings(steps=s["sampler_steps"], seed=seed),
+        twins=os.path.join(data, TWINS_ROOT), segmenter=os.path.join(cfg.out, "segmenter")),
+        log=(lambda line: print(line, file=sys.stderr)) if progress else (lambda line: None))
+
+
 def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True,
              segmentation: bool = False, regions: bool = False) -> str:
     """Phantom cohorts -> caches -> Table 1 experiment in ``out``; returns the report's path.
@@ -96,7 +110,8 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
     start = time.perf_counter()
     data, caches = os.path.join(out, "phantom"), os.path.join(out, "cache")
     if not os.path.exists(os.path.join(data, "UCSF-PDGM", "UCSF-PDGM-metadata_v5.csv")):
-        synth_cohorts(data, s["n_source"], s["n_target"], seed=seed, workers=workers, progress=progress)
+        synth_cohorts(data, s["n_source"], s["n_target"], seed=seed, workers=workers, progress=progress,
+                      healthy_twins=True)
     config = PrepConfig(size=s["size"], modalities=KNOWN_MODALITIES if regions else DEFAULT_MODALITIES)
     prepare_dataset("upenn-gbm", os.path.join(data, "UPENN-GBM"), os.path.join(caches, "source"), config,
                     workers=workers, progress=progress)
@@ -113,6 +128,9 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
     report = run_table1(cfg, progress=progress)
     if segmentation:
         run_segmentation(cfg, progress=progress)
+    if not os.path.exists(os.path.join(cfg.out, "edit", "edit.json")):
+        _edit_experiment(cfg, s, data, seed, progress)
+    report = write_table1_report(cfg, make_splits(cfg)) or report
     with open(os.path.join(out, "demo_time.txt"), "w", encoding="utf-8") as fh:
         fh.write(f"{time.perf_counter() - start:.1f} s\n")
     return report

@@ -39,6 +39,7 @@ from ..metrics.inpainting import model_space_scores
 from ..metrics.region_contrast import contrast_check
 from ..metrics.sharpness import gradient_magnitude, gradient_sharpness, head_mask
 from ..pipeline import load_pipeline
+from .report import plt, slice_panel  # pyplot as report set it up (the Agg backend)
 
 FIGURE = "edit-figure.png"
 FILLS = ("tissue mean", "VAE of the voided scan", "whole-volume regeneration", "edit")
@@ -276,11 +277,6 @@ def edit_tables(results: dict) -> str:
 def edit_figure(subject: EditSubject, edits: list[dict], modalities, path: str) -> None:
     """One patient edited several ways: a row per modality, the input then each edit (an axial plane through the
     tumours), the label map in red and the region of change in yellow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     union = (subject.labels > 0) | np.any([e["labels"] > 0 for e in edits], axis=0)
     z = int(np.argwhere(union).mean(0)[2]) if union.any() else subject.labels.shape[2] // 2
     columns = [("input", subject.image, subject.labels, None)] + [
@@ -288,19 +284,11 @@ def edit_figure(subject: EditSubject, edits: list[dict], modalities, path: str) 
     fig, axes = plt.subplots(len(modalities), len(columns), figsize=(1.9 * len(columns), 1.9 * len(modalities)),
                              squeeze=False)
     for j, (name, image, labels, region) in enumerate(columns):
+        outlines = [(None if m is None else m[:, :, z] > 0, colour)
+                    for m, colour in ((labels, "red"), (region, "gold"))]
         for i, modality in enumerate(modalities):
-            ax = axes[i, j]
-            ax.imshow(image[i][:, :, z].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-            for mask, colour in ((labels, "red"), (region, "gold")):
-                if mask is not None and (mask[:, :, z] > 0).any():
-                    ax.contour((mask[:, :, z] > 0).T.astype(np.float32), levels=[0.5], colors=colour,
-                               linewidths=0.6, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
-            if j == 0:
-                ax.set_ylabel(modality, fontsize=8)
+            slice_panel(axes[i, j], image[i][:, :, z], outlines, name if i == 0 else None,
+                        modality if j == 0 else None)
     fig.suptitle(f"{subject.name}: real anatomy outside the yellow region, the edit inside it", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -230,21 +230,27 @@ def figure5(results: list[dict], target_cache: str, path: str) -> None:
     fig, axes = plt.subplots(len(rows), len(shown), figsize=(2.17 * len(shown), 2.1 * len(rows)), squeeze=False)
     for i, (name, vol, _mask) in enumerate(rows):
         for j, mod in enumerate(shown):
-            c = channels.index(mod)
-            ax = axes[i, j]
-            ax.imshow(vol[c, :, :, z].T, cmap="gray", origin="lower", vmin=-1, vmax=1)
-            for region, colour in outlines:
-                ax.contour(region.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.6, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(mod, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=7)
+            slice_panel(axes[i, j], vol[channels.index(mod), :, :, z], outlines, mod if i == 0 else None,
+                        name if j == 0 else None)
     fig.suptitle(f"Figure 5: {subject}, axial slice {z} (WT yellow, TC red, ET cyan)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def slice_panel(ax, plane: np.ndarray, outlines: list, title: str | None = None, ylabel: str | None = None) -> None:
+    """One axial plane (X, Y) in [-1, 1] on ``ax``, grey, with the (mask (X, Y), colour) ``outlines`` drawn over
+    it (empty ones skipped), no ticks; ``title`` above, ``ylabel`` beside."""
+    ax.imshow(plane.T, cmap="gray", origin="lower", vmin=-1, vmax=1)
+    for mask, colour in outlines:
+        if mask is not None and mask.any():
+            ax.contour(mask.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.6, origin="lower")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=7)
 
 
 def mask_swap_figure(npz_path: str, title: str, path: str) -> bool:
@@ -342,6 +348,21 @@ def _segmentation_section(out: str) -> list[str]:
     return parts
 
 
+def _edit_section(out: str) -> list[str]:
+    """HTML of ``aldm experiment edit``'s tables and figure, when that experiment has run into ``out/edit``."""
+    folder = os.path.join(out, "edit")
+    if not os.path.exists(os.path.join(folder, "edit.json")):
+        return []
+    with open(os.path.join(folder, "edit.md"), encoding="utf-8") as fh:
+        tables = fh.read()
+    return ["<h2>Editing real scans by their label maps</h2>",
+            "<p>One held-out patient edited several ways: its own voxels outside the yellow region, the edit "
+            "inside it (aldm edit). The tables: healthy fill and removal against simple fills (BraTS inpainting "
+            "metrics inside the region), and each edit's seam, sharpness, contrasts and Dice.</p>",
+            "<a href='edit/edit-figure.png'><img src='edit/edit-figure.png' style='max-width:100%'></a>",
+            f"<pre>{html.escape(tables)}</pre>"]
+
+
 def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str:
     """Table 1, Figures 2-5 and ``report.html`` in the experiment folder; returns the HTML's path."""
     out = cfg.out
@@ -401,6 +422,7 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
     for name, title in figures:
         parts.append(f"<h2>{title}</h2><a href='figures/{name}'><img src='figures/{name}' style='max-width:100%'></a>")
     parts += _segmentation_section(out)
+    parts += _edit_section(out)
     parts.append("</body></html>")
     report = os.path.join(out, "report.html")
     atomic_write_text(report, "\n".join(parts) + "\n")
