@@ -153,6 +153,11 @@ def test_segmentation_experiment_holds_out_the_tested_patients(quick_demo):
         assert len(rows) == 2 * len(shots)  # the demo's largest multiplier
         for row in rows:
             assert set(row["mask_source"].split(":", 1)[1].split("->")) | {row["context_subject"]} <= shots
+    # edited scans: a few-shot patient's own scan with another few-shot patient's tumour
+    rows = list(csv.DictReader(open(t1 / "segmentation" / "samples" / "aldm-edit" / "samples.csv")))
+    assert len(rows) == 2 * len(shots)
+    assert all({r["mask_subject"], r["context_subject"]} <= shots and r["mask_subject"] != r["context_subject"]
+               for r in rows)
     results = [json.load(open(t1 / "segmentation" / "results" / name))
                for name in os.listdir(t1 / "segmentation" / "results")]
     assert {r["protocol"] for r in results} == {"k-real", "k-real+synthetic", "synthetic-only", "all-real"}
@@ -168,7 +173,10 @@ def test_segmentation_experiment_holds_out_the_tested_patients(quick_demo):
         for value in r["per_patient"].values():
             assert 0.0 <= value["dice"] <= 1.0
     table = list(csv.DictReader(open(t1 / "segmentation" / "segmentation.csv")))
-    assert len(table) == 1 + 1 + 4 * 3  # K real, ceiling, per generator two N values and TSTR
+    # K real, ceiling, per generator (ALDM, ALDM edits, three GANs) two N values and TSTR
+    assert len(table) == 1 + 1 + 5 * 3
+    edits = [r for r in table if r["Generator"].startswith("ALDM edits")]
+    assert len(edits) == 3 and all(0.0 <= float(r["Dice"]) <= 1.0 for r in edits)
     assert (t1 / "figures" / "segmentation_augmentation.png").stat().st_size > 10_000
     report = (t1 / "report.html").read_text()
     assert "Downstream segmentation" in report and f"{float(table[0]['Dice']):.3f}" in report

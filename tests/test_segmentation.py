@@ -57,6 +57,8 @@ def test_training_sets_per_protocol():
 def test_sample_sources_name_every_subject_a_sample_carries():
     assert sample_sources(_sample(0, "cache:s1", "s1")) == {"s1"}
     assert sample_sources(_sample(0, "relocated:s1->s2", "s2")) == {"s1", "s2"}
+    edited = {**_sample(0, "edit:transplant-s1", "s2"), "mask_subject": "s1"}  # s1's tumour in s2's scan
+    assert sample_sources(edited) == {"s1", "s2"}
     with pytest.raises(AldmError, match="cannot tell"):
         sample_sources(_sample(0, "folder:/x/m.nii.gz", ""))
 

@@ -8,7 +8,9 @@ and pool patients; the K few-shot patients are never in a fold):
 
 =====================  ==========================================================================
 ``k-real``             the K few-shot patients (what a user has today)
-``k-real+synthetic``   the K patients + N synthetic volumes of one generator (the augmentation curve)
+``k-real+synthetic``   the K patients + N synthetic volumes of one generator (the augmentation curve); the
+                       generator ``aldm-edit`` gives edited scans: the K patients' own scans with each
+                       other's tumours transplanted (:mod:`aldm.editing.cohort`)
 ``synthetic-only``     N synthetic volumes alone (TSTR: how much of the real signal the generator carries)
 ``all-real``           every real target patient outside the fold's test patients (the ceiling)
 =====================  ==========================================================================
@@ -113,9 +115,12 @@ def plan_jobs(settings: SegmentationSettings, generators: list[str], k: int, n_f
 
 def sample_sources(row: dict) -> set[str]:
     """The real subjects a synthetic sample was made from: its mask's subject(s) and the subject whose
-    brain it was placed in (``mask_source`` ``cache:A`` or ``relocated:A->B``; ``context_subject``)."""
+    brain it was placed in (``mask_source`` ``cache:A`` or ``relocated:A->B``; ``context_subject``), or for an
+    edited scan (``edit:...``) the donor of its tumour (``mask_subject``) and the scan (``context_subject``)."""
     source = row.get("mask_source") or ""
     kind, _, names = source.partition(":")
+    if kind == "edit" and row.get("mask_subject") and row.get("context_subject"):
+        return {row["mask_subject"], row["context_subject"]}  # a tumour transplanted into a real scan
     if kind not in ("cache", "relocated") or not names:
         raise AldmError(f"{row.get('sample', '?')}: cannot tell which subjects its mask came from "
                         f"(mask_source {source!r}); generate from cache or appendix masks")

@@ -6,7 +6,9 @@ on the K few-shot patients only, patient-grouped CV folds over the non-few-shot 
 each resumable (a finished segmenter's scores are never recomputed):
 
 1. per generator (ALDM at K = max(K) and guidance s, each baseline at K = max(K)): N_max synthetic
-   volumes from the few-shot patients' masks (paper Appendix A: own masks, then relocated ones);
+   volumes from the few-shot patients' masks (paper Appendix A: own masks, then relocated ones); and for
+   ``aldm-edit`` N_max edited scans: the few-shot patients' real scans, each with another few-shot patient's
+   tumour transplanted by the same ALDM run (:mod:`aldm.editing.cohort`);
 2. per protocol, seed (and fold, for the ceiling) — :mod:`aldm.evaluators.segmentation_protocols` — a segmenter
    (:mod:`aldm.evaluators.segmenter`) trained on its set after the leak check, scored per test patient
    (Dice, HD95) into ``OUT/segmentation/results/<job>.json``;
@@ -25,6 +27,7 @@ import time
 import numpy as np
 
 from ..data.masks import MaskSource
+from ..editing.cohort import edited_cohort
 from ..errors import AldmError
 from ..evaluate import load_synthetic
 from ..evaluators.segmentation_protocols import (
@@ -42,10 +45,12 @@ from ..generate import generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import is_diffusion, title
+from ..pipeline import load_pipeline
 from .common import ExperimentConfig, generation_settings, log, make_splits, real_items, train_all
 from .table1 import write_table1_report
 
 FOLDER = "segmentation"
+EDITS = "aldm-edit"  # the few-shot patients' scans with each other's tumours transplanted (aldm.editing.cohort)
 # "Dice" / "HD95": the whole tumour's; the TC and ET columns when the experiment is in a regions condition
 TABLE_COLUMNS = ["Training set", "Generator", "N synthetic", "Dice", "Dice std", "HD95", "HD95 std",
                  "Dice TC", "Dice TC std", "Dice ET", "Dice ET std", "Empty predictions", "Segmenters"]
@@ -55,6 +60,8 @@ def generator_label(generator: str | None, guidance: float) -> str:
     """How a generator is named in the table and figure."""
     if generator is None:
         return "-"
+    if generator == EDITS:
+        return f"ALDM edits of the K scans (s={guidance:g})"
     return f"ALDM (s={guidance:g})" if generator == "aldm" else title(generator)
 
 
@@ -64,8 +71,15 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
     out = {}
     k_max = max(cfg.k)
     for g in settings.generators:
-        run = runs[f"aldm_k{k_max}"] if g == "aldm" else runs[g]
+        run = runs[f"aldm_k{k_max}"] if g in ("aldm", EDITS) else runs[g]
         folder = os.path.join(cfg.out, FOLDER, "samples", g)
+        if g == EDITS:
+            log(f"{generator_label(g, guidance)}: {n_max} edited scans of the {len(shots)} few-shot patients",
+                "segmentation")
+            edited_cohort(load_pipeline(run), cfg.target_cache, shots, folder, n_max,
+                          generation_settings(cfg, guidance, cfg.seed + 2000))
+            out[g] = sorted(load_synthetic(folder), key=lambda r: int(r["index"]))[:n_max]
+            continue
         log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks",
             "segmentation")
         generate(run, folder, n=n_max, masks=MaskSource("appendix", cfg.target_cache), subjects=shots,
@@ -180,8 +194,8 @@ def run_segmentation(cfg: ExperimentConfig, progress: bool = True) -> str:
 
 def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     settings = SegmentationSettings.from_dict(cfg.segmentation, f"{cfg.out}: segmentation")
-    settings.generators = settings.generators or ["aldm"] + list(cfg.baselines)
-    unknown = [g for g in settings.generators if g != "aldm" and g not in cfg.baselines]
+    settings.generators = settings.generators or ["aldm", EDITS] + list(cfg.baselines)
+    unknown = [g for g in settings.generators if g not in ("aldm", EDITS) and g not in cfg.baselines]
     if unknown:
         raise AldmError(f"{cfg.out}: segmentation generator(s) {', '.join(unknown)} are not in the experiment's "
                         f"baselines {cfg.baselines}")
