@@ -145,6 +145,10 @@ def test_a_healthy_case_folder_gets_another_patients_tumour(subject, tiny_runs, 
     assert brain[seg_native > 0].mean() > 0.97  # the transplanted tumour lies inside this brain
     t1 = _nifti(folder / "native" / "t1.nii.gz")
     assert np.array_equal(t1[~region], nib.load(str(case / "t1.nii.gz")).get_fdata(dtype=np.float32)[~region])
+    # an edit folder is a sample folder: the BraTS export takes it, the edit's label map as the case's seg
+    assert main(["export", "brats", "--synthetic", str(tmp_path / "out"), "--out", str(tmp_path / "brats")]) == 0
+    (exported,) = [p for p in (tmp_path / "brats").iterdir() if p.is_dir()]
+    assert np.array_equal(_nifti(next(exported.glob("*_seg.nii.gz"))), seg_native)
 
 
 def _target_subjects(cache) -> set:
