@@ -217,12 +217,14 @@ def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, se
                           "contrast_signs": f"{contrasts['right_signs']}/{contrasts['scored']}",
                           "contrasts": contrasts["checks"]}
         if segmenter:
-            out[operation]["dice"] = _dice(segmenter, chosen, subjects)
+            out[operation].update(_segmented(segmenter, chosen, subjects))
     return out
 
 
-def _dice(segmenter: str, chosen: list[dict], subjects: list[EditSubject]) -> dict:
-    """Per-region Dice of the segmenter on the edited volumes against their label maps, and on the real ones."""
+def _segmented(segmenter: str, chosen: list[dict], subjects: list[EditSubject]) -> dict:
+    """What the segmenter finds in the edited volumes: per-region Dice against their label maps beside its Dice on
+    the real scans (``dice``), and the whole-tumour voxels it marks, edited and real (``predicted_voxels``: what a
+    removal is judged by, its target being empty)."""
     from ..evaluators.segmenter import load_segmenter, mask_adherence
 
     model, config, _ = load_segmenter(segmenter)
@@ -230,8 +232,10 @@ def _dice(segmenter: str, chosen: list[dict], subjects: list[EditSubject]) -> di
                             np.stack([e["labels"][None] for e in chosen]))
     real = mask_adherence(model, config, np.stack([s.image for s in subjects]),
                           np.stack([s.labels[None] for s in subjects]))
-    return {region: {"edited": v["dice_mean"], "real": real["regions"][region]["dice_mean"]}
-            for region, v in edited["regions"].items()}
+    return {"dice": {region: {"edited": v["dice_mean"], "real": real["regions"][region]["dice_mean"]}
+                     for region, v in edited["regions"].items()},
+            "predicted_voxels": {"edited": float(np.mean(edited["predicted_voxels"])),
+                                 "real": float(np.mean(real["predicted_voxels"]))}}
 
 
 def _mean_std(values) -> dict:
@@ -267,8 +271,10 @@ def edit_tables(results: dict) -> str:
     lines += ["## Label-map edits", "", "| edit | n | seam | sharpness / input | contrast signs | Dice WT / TC / ET "
               "(edited; real) |", "|---|---|---|---|---|---|"]
     for name, part in results["edits"].items():
-        dice = part.get("dice")
+        dice, marked = part.get("dice"), part.get("predicted_voxels")
         dice_text = " / ".join(f"{v['edited']:.2f}; {v['real']:.2f}" for v in dice.values()) if dice else "–"
+        if name == "remove" and marked:  # an empty target: Dice says only whether anything was marked
+            dice_text = f"no tumour left to score: {marked['edited']:.0f} voxels marked (real: {marked['real']:.0f})"
         lines.append(f"| {name} | {part['n']} | {part['seam']['mean']:.2f} ± {part['seam']['std']:.2f} | "
                      f"{part['sharpness_over_input']['mean']:.2f} | {part['contrast_signs']} | {dice_text} |")
     return "\n".join(lines) + "\n"
