@@ -195,6 +195,31 @@ def test_bad_edits_are_one_line_naming_the_file(subject, tiny_runs, prepared_cac
     assert _digest(_inputs(prepared_cache) + [str(p) for p in files.values()] + _inputs(case)) == before
 
 
+def test_a_drawn_label_map_and_a_removal(subject, tiny_runs, prepared_cache, tmp_path):
+    """--labels with a mask drawn on the model grid puts a tumour there; --remove leaves no tumour label."""
+    from aldm.artifacts.cache import PreparedCache
+
+    spec, row = subject
+    data = PreparedCache(str(prepared_cache)).load(row)
+    brain, old = data["brain"][0], data["labels"][0]
+    drawn = np.zeros_like(old)
+    centre = np.argwhere((brain > 0) & (old == 0)).mean(0).astype(int)
+    drawn[tuple(slice(c - 2, c + 2) for c in centre)] = 1
+    drawn[brain == 0] = 0
+    path = tmp_path / "drawn.nii.gz"
+    nib.save(nib.Nifti1Image(drawn.astype(np.float32), np.asarray(json.loads(row["model_affine"]))), str(path))
+    common = ["--model", tiny_runs["fewshot"], "--subject", spec, "--steps", "2", "--model-space-only", "--quiet"]
+    assert main(["edit", *common, "--labels", str(path), "--out", str(tmp_path / "drawn")]) == 0
+    assert main(["edit", *common, "--remove", "--out", str(tmp_path / "removed")]) == 0
+    (drawn_out,) = (tmp_path / "drawn").glob("sample-*")
+    (removed_out,) = (tmp_path / "removed").glob("sample-*")
+    assert np.array_equal(_nifti(drawn_out / "model" / "seg.nii.gz") > 0, drawn > 0)
+    assert not _nifti(removed_out / "model" / "seg.nii.gz").any()
+    assert not (removed_out / "native").exists()
+    region = _nifti(removed_out / "model" / "region.nii.gz") > 0
+    assert region[old > 0].all()  # the whole old tumour was redrawn
+
+
 def test_the_known_region_follows_its_forward_trajectory_under_every_sampler():
     """With the noise constrained, any network leaves the known latent on sqrt(abar) z0 + sqrt(1 - abar) n: the
     sampler lands on z0 there (before the exact copy of finish) whatever it generates elsewhere."""
