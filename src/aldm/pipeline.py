@@ -159,6 +159,17 @@ class ALDMPipeline(GenerationPipeline):
         return (mu.float() - self.latent_mean) / self.latent_std
 
     @torch.inference_mode()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(volumes (B, C, S, S, S) float32 in [-1, 1] on the CPU, the un-normalised latent) of normalised latents
+        ``z`` (B, zC, s, s, s), the inverse of :meth:`encode`: un-normalised with the source latent statistics
+        and decoded by the frozen VAE, which reads ``labels`` (B, 1, S, S, S) where it draws sub-regions."""
+        latent = z.to(self.device) * self.latent_std + self.latent_mean
+        with autocast(self.device, self.precision):
+            decoded = self.vae.decode(latent.contiguous(memory_format=torch.channels_last_3d), slab=self.decode_slab,
+                                      labels=labels.view(labels.shape[0], 1, *labels.shape[-3:]).to(self.device))
+        return decoded.float().clamp(-1, 1).contiguous().cpu(), latent
+
+    @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
                  step_callback=None, brain=None, known: KnownLatent | None = None) -> dict:
         """Generate one volume per mask with ``settings`` (guidance s, sampler, steps; default
@@ -181,13 +192,8 @@ class ALDMPipeline(GenerationPipeline):
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
         z0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
                                self.device, self.precision, progress, step_callback, known)
-        latent = z0 * self.latent_std + self.latent_mean
-        latent_cl = latent.contiguous(memory_format=torch.channels_last_3d)
-        with autocast(self.device, self.precision):
-            # a decoder_regions VAE draws the sub-regions of the label map (the condition's own)
-            decoded = self.vae.decode(latent_cl, slab=self.decode_slab, labels=m.view(m.shape[0], 1, *m.shape[-3:]))
-        image = decoded.float().clamp(-1, 1)
-        return {"image": image.contiguous().cpu(), "latent": latent.cpu()}
+        image, latent = self.decode(z0, m)  # a decoder_regions VAE draws the label map's sub-regions
+        return {"image": image, "latent": latent.cpu()}
 
 
 def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, control: torch.Tensor,

@@ -25,7 +25,7 @@ from ..conditions import needs_brain
 from ..diffusion.inpainting import KnownLatent
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
-from .region import blend_weight, change_region, changed_voxels, latent_keep, voxel_spacing
+from .region import blend_weight, change_region, changed_voxels, distance_to, latent_keep, voxel_spacing
 
 DEFAULT_MARGIN_MM = 6.0
 MAX_JUMPS = 20
@@ -72,10 +72,11 @@ def edit_volume(pipe, subject, new: np.ndarray, settings: GenerationSettings, ed
     region); ``step_callback(step, steps)`` after each network evaluation round."""
     image, brain, spacing = subject.image, subject.brain, voxel_spacing(subject.model_affine)
     changed = changed_voxels(subject.labels, new) if changed is None else changed
-    region = change_region(changed, brain, edit.margin_mm, spacing)
+    distance = distance_to(changed, spacing)
+    region = change_region(distance, brain, edit.margin_mm)
     if not region.any():
         raise AldmError("the edit changes no voxel (no tumour before or after it)")
-    weight = blend_weight(region, changed, spacing, edit.margin_mm)
+    weight = blend_weight(region, distance, spacing, edit.margin_mm)
     keep = latent_keep(region, pipe.profile.latent_size).to(pipe.device)
     known = KnownLatent(pipe.encode(image[None]), keep, edit.jumps)
     condition = torch.from_numpy(new[None, None].astype(np.float32))

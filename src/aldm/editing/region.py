@@ -25,20 +25,25 @@ def changed_voxels(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return (old > 0) | (new > 0)
 
 
-def change_region(changed: np.ndarray, brain: np.ndarray, margin_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """R (S, S, S) bool: voxels within ``margin_mm`` of the ``changed`` ones (S, S, S) bool, inside ``brain``."""
+def distance_to(changed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """(S, S, S) float: each voxel's distance in mm to the nearest ``changed`` voxel (0 on them; inf everywhere
+    when none changed)."""
     if not changed.any():
-        return np.zeros(changed.shape, dtype=bool)
-    distance = ndimage.distance_transform_edt(~changed, sampling=spacing)
+        return np.full(changed.shape, np.inf)
+    return ndimage.distance_transform_edt(~changed, sampling=spacing)
+
+
+def change_region(distance: np.ndarray, brain: np.ndarray, margin_mm: float) -> np.ndarray:
+    """R (S, S, S) bool: voxels within ``margin_mm`` of the changed ones (``distance``: :func:`distance_to`),
+    inside ``brain``."""
     return (distance <= margin_mm) & (brain > 0)
 
 
-def blend_weight(region: np.ndarray, changed: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
-    """w (S, S, S) float32 in [0, 1]: 0 outside ``region``, 1 on the ``changed`` voxels, between them linear in
-    the distance to them over ``margin_mm`` (a step when the margin is 0)."""
-    if not changed.any() or margin_mm <= 0:
+def blend_weight(region: np.ndarray, distance: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
+    """w (S, S, S) float32 in [0, 1]: 0 outside ``region``, 1 on the changed voxels (``distance`` 0), between
+    them linear in the distance to them over ``margin_mm`` (a step when the margin is 0)."""
+    if margin_mm <= 0:
         return region.astype(np.float32)
-    distance = ndimage.distance_transform_edt(~changed, sampling=spacing)
     ramp = np.clip(1.0 - distance / (margin_mm + float(spacing.min())), 0.0, 1.0)
     return np.where(region, ramp, 0.0).astype(np.float32)
 

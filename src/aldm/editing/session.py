@@ -17,22 +17,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..artifacts.samples import SampleRecord, SampleSet
-from ..conditions import SEG_FILE, brats_label_map
+from ..conditions import SEG_FILE
 from ..data.geometry import to_native, unscale_intensities
-from ..data.preprocess import PrepConfig
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
 from ..io.atomic import sha256_file
 from ..io.lock import exclusive_writer
-from ..io.nifti import load_nifti
 from ..modalities import MASK_FILE, file_stems
 from ..pipeline import load_pipeline
 from .editor import EditedVolume, EditSettings, edit_volume
 from .operations import LabelEdit, checked_new_labels, label_file_in_model_space, moved, placed_inside, scaled
-from .subjects import EditSubject, load_subject
+from .subjects import EditSubject, load_subject, model_prep_config
 
 REGION_FILE = "region"
 EDIT_RECORD = "edit.json"
@@ -67,7 +64,7 @@ def edit_scan(request: EditRequest, log=None, pipeline=None, on_progress=None) -
     run = Run(request.model).require_generator()
     if run.kind != "aldm":
         raise AldmError(f"{request.model}: a {run.kind} run; editing a scan needs an ALDM run (a latent model)")
-    subject = load_subject(request.subject, run.modalities, _prep_config(run))
+    subject = load_subject(request.subject, run.modalities, model_prep_config(run))
     _refuse_writing_inputs(request.out, subject)
     new = new_label_map(subject, request.operation, run, request.settings.seed)
     pipe = pipeline or load_pipeline(request.model, device=request.device, precision=request.settings.precision)
@@ -103,15 +100,6 @@ def edit_scan(request: EditRequest, log=None, pipeline=None, on_progress=None) -
     return records
 
 
-def _prep_config(run: Run) -> PrepConfig:
-    """How the model's cache was prepared (a case on disk is brought to model space the same way)."""
-    settings = PreparedCache(run.data).settings
-    if not settings:
-        return PrepConfig(size=run.profile.image_size, modalities=tuple(run.modalities))
-    return PrepConfig(size=int(settings["size"]), mode=settings["mode"], spacing=float(settings["spacing"]),
-                      percentiles=tuple(settings["percentiles"]), modalities=tuple(run.modalities))
-
-
 def _refuse_writing_inputs(out: str, subject: EditSubject) -> None:
     """An AldmError when ``out`` is a folder an input lies in (the input is never written to)."""
     folders = {os.path.realpath(os.path.dirname(p)) for p in [*subject.checksums, *subject.native_files.values()] if p}
@@ -139,7 +127,7 @@ def new_label_map(subject: EditSubject, operation: LabelEdit, run: Run, seed: in
         new = np.where(subject.brain > 0, scaled(old, operation.factor), 0)  # a tumour grows up to the brain's edge
     elif operation.kind == "transplant":
         where = operation.path
-        other = load_subject(operation.path, run.modalities, _prep_config(run)).labels
+        other = load_subject(operation.path, run.modalities, model_prep_config(run)).labels
         if not (other > 0).any():
             raise AldmError(f"{operation.path}: has no tumour to transplant")
         new = placed_inside(other, subject.brain, seed)
@@ -186,20 +174,11 @@ def _native_volumes(subject: EditSubject, edited: EditedVolume, modalities, stem
                                   subject.intensity_ranges)
     images = np.where(region[None], weight * decoded + (1.0 - weight) * source, source).astype(np.float32)
     new = np.rint(to_native(edited.labels.astype(np.float32), grid, shape, affine, order=0)).astype(np.uint8)
-    old = _native_labels(subject)
+    old = subject.native_labels()
     labels = np.where(region, new, old).astype(np.uint8)
     return {**{m: (images[c], affine, np.float32) for c, m in enumerate(stems)},
             MASK_FILE: ((labels > 0).astype(np.uint8), affine, np.uint8), SEG_FILE: (labels, affine, np.uint8),
             REGION_FILE: (region.astype(np.uint8), affine, np.uint8)}
-
-
-def _native_labels(subject: EditSubject) -> np.ndarray:
-    """The subject's own native label map (zeros for a healthy scan)."""
-    path = subject.native_files.get(SEG_FILE)
-    if not path:
-        return np.zeros(subject.native_shape, dtype=np.uint8)
-    values, _ = load_nifti(path, scaled=False)
-    return brats_label_map(values, path)
 
 
 def _edit_record(subject: EditSubject, request: EditRequest, edited: EditedVolume, inputs: dict,

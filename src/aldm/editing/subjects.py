@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..artifacts.cache import PreparedCache
+from ..artifacts.run import Run
 from ..conditions import SEG_FILE, brats_label_map
 from ..data.preprocess import NativeVolume, PrepConfig, brain_mask, preprocess
 from ..errors import AldmError
@@ -50,9 +51,27 @@ class EditSubject:
     native_files: dict = field(default_factory=dict)
     checksums: dict = field(default_factory=dict)
     cache: str = ""  # the prepared cache it comes from ("" for a case on disk)
+    _native: dict = field(default_factory=dict, repr=False, compare=False)  # native volumes already read
 
     def native_images(self, modalities) -> np.ndarray:
-        """(C, X, Y, Z) float32: the native images of ``modalities``, as stored (scaling applied)."""
+        """(C, X, Y, Z) float32: the native images of ``modalities``, as stored (scaling applied); read once."""
+        key = tuple(modalities)
+        if key not in self._native:
+            self._native[key] = self._read_native_images(modalities)
+        return self._native[key]
+
+    def native_labels(self) -> np.ndarray:
+        """(X, Y, Z) uint8: the subject's own native label map (zeros for a healthy scan); read once."""
+        if SEG_FILE not in self._native:
+            path = self.native_files.get(SEG_FILE)
+            labels = np.zeros(self.native_shape, dtype=np.uint8)
+            if path:
+                values, _ = load_nifti(path, scaled=False)
+                labels = brats_label_map(values, path)
+            self._native[SEG_FILE] = labels
+        return self._native[SEG_FILE]
+
+    def _read_native_images(self, modalities) -> np.ndarray:
         images = []
         for modality in modalities:
             path = self.native_files.get(modality)
@@ -62,6 +81,15 @@ class EditSubject:
             data, _ = load_nifti(path)
             images.append(data[..., 0] if data.ndim == 4 else data)
         return np.stack(images).astype(np.float32)
+
+
+def model_prep_config(run: Run) -> PrepConfig:
+    """How the model's cache was prepared (a case on disk is brought to model space the same way)."""
+    settings = PreparedCache(run.data).settings
+    if not settings:
+        return PrepConfig(size=run.profile.image_size, modalities=tuple(run.modalities))
+    return PrepConfig(size=int(settings["size"]), mode=settings["mode"], spacing=float(settings["spacing"]),
+                      percentiles=tuple(settings["percentiles"]), modalities=tuple(run.modalities))
 
 
 def load_subject(spec: str, modalities, prep: PrepConfig) -> EditSubject:

@@ -30,9 +30,8 @@ from ..data.masks import relocate_mask
 from ..diffusion.settings import GenerationSettings
 from ..editing.editor import EditSettings, edit_volume
 from ..editing.operations import moved, placed_inside, scaled
-from ..editing.region import boundary_shell, change_region, voxel_spacing
-from ..editing.session import _prep_config
-from ..editing.subjects import EditSubject, from_cache, healthy_twin
+from ..editing.region import boundary_shell, change_region, distance_to, voxel_spacing
+from ..editing.subjects import EditSubject, from_cache, healthy_twin, model_prep_config
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text
 from ..metrics.inpainting import model_space_scores
@@ -102,7 +101,7 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
 def _twin(twins: str | None, subject: EditSubject, run: Run) -> np.ndarray | None:
     """The subject's healthy twin in its model space, when a twins folder holds it."""
     folder = os.path.join(twins, subject.name) if twins else None
-    return healthy_twin(folder, subject, _prep_config(run)) if folder and os.path.isdir(folder) else None
+    return healthy_twin(folder, subject, model_prep_config(run)) if folder and os.path.isdir(folder) else None
 
 
 def _fills(pipe, subject: EditSubject, changed: np.ndarray, new: np.ndarray, settings, edit, seed) -> dict:
@@ -111,12 +110,10 @@ def _fills(pipe, subject: EditSubject, changed: np.ndarray, new: np.ndarray, set
     mean_fill = subject.image.copy()
     for c in range(mean_fill.shape[0]):
         mean_fill[c][changed] = subject.image[c][normal].mean()
-    with torch.inference_mode():
-        latent = pipe.encode(mean_fill[None]) * pipe.latent_std + pipe.latent_mean
-        labels = torch.from_numpy(new[None, None].astype(np.float32)).to(pipe.device)
-        vae = pipe.vae.decode(latent, labels=labels).float().clamp(-1, 1)[0].cpu().numpy()
+    labels = torch.from_numpy(new[None, None].astype(np.float32))
+    vae = pipe.decode(pipe.encode(mean_fill[None]), labels)[0][0].numpy()
     brain = torch.from_numpy(subject.brain[None, None].astype(np.float32))
-    whole = pipe(torch.from_numpy(new[None, None].astype(np.float32)), settings, generator=[seed], brain=brain)
+    whole = pipe(labels, settings, generator=[seed], brain=brain)
     edited = edit_volume(pipe, replace(subject, labels=new), new, settings, edit, seed, changed=changed)
     return dict(zip(FILLS, (mean_fill, vae, whole["image"][0].numpy(), edited.image)))
 
@@ -134,7 +131,8 @@ def _healthy_fill(pipe, subject: EditSubject, donor: EditSubject, settings, edit
     """(a): ``donor``'s tumour shape voided in ``subject``'s healthy tissue (away from its tumour, scaled down
     when it does not fit) and filled; None when no healthy tissue holds it."""
     spacing = voxel_spacing(subject.model_affine)
-    tumour_zone = change_region(subject.labels > 0, np.ones_like(subject.brain), 2 * edit.margin_mm, spacing)
+    tumour_zone = change_region(distance_to(subject.labels > 0, spacing), np.ones_like(subject.brain),
+                                2 * edit.margin_mm)
     healthy = (subject.brain > 0) & ~tumour_zone
     void = _void(donor.labels > 0, healthy, seed)
     if void is None:
@@ -205,10 +203,12 @@ def _seam(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float
 def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, segmenter: str | None) -> dict:
     """Per operation: seam, sharpness over the input's, region-contrast signs and (with a segmenter) Dice."""
     out = {}
+    segmented = _Segmented(segmenter, subjects) if segmenter else None
     for operation in dict.fromkeys(e["operation"] for e in edits):
         chosen = [e for e in edits if e["operation"] == operation]
-        sharp = [gradient_sharpness(e["image"], head_mask(e["input"], e["brain"])).mean()
-                 / gradient_sharpness(e["input"], head_mask(e["input"], e["brain"])).mean() for e in chosen]
+        heads = [head_mask(e["input"], e["brain"]) for e in chosen]
+        sharp = [gradient_sharpness(e["image"], h).mean() / gradient_sharpness(e["input"], h).mean()
+                 for e, h in zip(chosen, heads)]
         contrasts = contrast_check([(e["image"], e["labels"], e["brain"]) for e in chosen],
                                    [(s.image, s.labels, s.brain) for s in subjects], modalities)
         out[operation] = {"n": len(chosen), "seam": _mean_std([_seam(e["image"], e["input"], e["region"])
@@ -216,26 +216,33 @@ def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, se
                           "sharpness_over_input": _mean_std(sharp),
                           "contrast_signs": f"{contrasts['right_signs']}/{contrasts['scored']}",
                           "contrasts": contrasts["checks"]}
-        if segmenter:
-            out[operation].update(_segmented(segmenter, chosen, subjects))
+        if segmented is not None:
+            out[operation].update(segmented(chosen))
     return out
 
 
-def _segmented(segmenter: str, chosen: list[dict], subjects: list[EditSubject]) -> dict:
-    """What the segmenter finds in the edited volumes: per-region Dice against their label maps beside its Dice on
-    the real scans (``dice``), and the whole-tumour voxels it marks, edited and real (``predicted_voxels``: what a
-    removal is judged by, its target being empty)."""
-    from ..evaluators.segmenter import load_segmenter, mask_adherence
+class _Segmented:
+    """What a segmenter finds in edited volumes, beside what it finds in the real ``subjects`` (loaded and
+    segmented once)."""
 
-    model, config, _ = load_segmenter(segmenter)
-    edited = mask_adherence(model, config, np.stack([e["image"] for e in chosen]),
-                            np.stack([e["labels"][None] for e in chosen]))
-    real = mask_adherence(model, config, np.stack([s.image for s in subjects]),
-                          np.stack([s.labels[None] for s in subjects]))
-    return {"dice": {region: {"edited": v["dice_mean"], "real": real["regions"][region]["dice_mean"]}
-                     for region, v in edited["regions"].items()},
-            "predicted_voxels": {"edited": float(np.mean(edited["predicted_voxels"])),
-                                 "real": float(np.mean(real["predicted_voxels"]))}}
+    def __init__(self, segmenter: str, subjects: list[EditSubject]):
+        from ..evaluators.segmenter import load_segmenter, mask_adherence
+
+        self.model, self.config, _ = load_segmenter(segmenter)
+        self.adherence = mask_adherence
+        self.real = mask_adherence(self.model, self.config, np.stack([s.image for s in subjects]),
+                                   np.stack([s.labels[None] for s in subjects]))
+
+    def __call__(self, chosen: list[dict]) -> dict:
+        """Per-region Dice against the edits' label maps beside the Dice on the real scans (``dice``), and the
+        whole-tumour voxels marked, edited and real (``predicted_voxels``: what a removal is judged by, its
+        target being empty)."""
+        edited = self.adherence(self.model, self.config, np.stack([e["image"] for e in chosen]),
+                                np.stack([e["labels"][None] for e in chosen]))
+        return {"dice": {region: {"edited": v["dice_mean"], "real": self.real["regions"][region]["dice_mean"]}
+                         for region, v in edited["regions"].items()},
+                "predicted_voxels": {"edited": float(np.mean(edited["predicted_voxels"])),
+                                     "real": float(np.mean(self.real["predicted_voxels"]))}}
 
 
 def _mean_std(values) -> dict:

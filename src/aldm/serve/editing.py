@@ -12,8 +12,8 @@ from ..artifacts.cache import PreparedCache
 from ..artifacts.run import Run
 from ..diffusion.settings import GenerationSettings
 from ..editing.operations import LabelEdit
-from ..editing.session import EditRequest, _prep_config, edit_scan, new_label_map
-from ..editing.subjects import load_subject
+from ..editing.session import EditRequest, edit_scan, new_label_map
+from ..editing.subjects import load_subject, model_prep_config
 from ..errors import AldmError
 from .models import ModelEntry
 
@@ -75,7 +75,7 @@ def check_edit(entry: ModelEntry, spec: EditSpec, seed: int) -> None:
         raise AldmError(f"model {entry.id} is a {entry.kind}; editing a scan needs an ALDM model")
     operation = label_edit(entry, spec)
     run = Run(entry.path)
-    subject = load_subject(f"cache:{entry.data}:{spec.subject}", run.modalities, _prep_config(run))
+    subject = load_subject(f"cache:{entry.data}:{spec.subject}", run.modalities, model_prep_config(run))
     new_label_map(subject, operation, run, seed)
 
 
