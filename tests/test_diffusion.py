@@ -119,7 +119,7 @@ def test_v_prediction_targets_conversion_and_loss_by_hand():
     assert torch.equal(NoiseSchedule(tiny().diffusion).as_noise(v, z_t, t), v)  # epsilon: unchanged
 
     class Zero(torch.nn.Module):
-        def forward(self, z_t, t, control, stats):
+        def forward(self, z_t, t, control, stats, context=None):
             return torch.zeros_like(z_t)
 
     mask = torch.zeros(3, 1, 2, 2, 2)

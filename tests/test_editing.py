@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -218,6 +219,66 @@ def test_a_drawn_label_map_and_a_removal(subject, tiny_runs, prepared_cache, tmp
     assert not (removed_out / "native").exists()
     region = _nifti(removed_out / "model" / "region.nii.gz") > 0
     assert region[old > 0].all()  # the whole old tumour was redrawn
+
+
+def test_an_inpainting_controlnet_starts_as_its_parent_and_edits(subject, tiny_runs, tmp_path):
+    """--inpaint adapts a finished run into one whose ControlNet reads the known latent: at its first step it is
+    the parent (zero-initialised context input, whatever the context), it trains on the parent's subjects, and
+    aldm generate and aldm edit load it; an edit with it keeps the input outside R."""
+    from aldm.artifacts.run import Run
+    from aldm.models.unet import ConditionalDenoiser
+    from aldm.train.stages import load_parent_denoiser
+
+    parent = Run(tiny_runs["fewshot"])
+    profile = parent.profile
+    inpainting = ConditionalDenoiser(replace(profile.unet, inpaint_context=True), profile.vae.latent_channels)
+    load_parent_denoiser(inpainting, parent.weights()["denoiser"], parent)
+    plain = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
+    plain.load_state_dict(parent.weights()["denoiser"])
+    g = torch.Generator().manual_seed(0)
+    s, zc = profile.latent_size, profile.vae.latent_channels
+    z, t = torch.randn(2, zc, s, s, s, generator=g), torch.tensor([10, 400])
+    control, stats = torch.rand(2, profile.unet.control_in, s, s, s, generator=g), torch.rand(2, profile.unet.stats_dim)
+    context = torch.randn(2, zc + 1, s, s, s, generator=g)
+    with torch.no_grad():
+        assert torch.equal(inpainting(z, t, control, stats, context=context), plain(z, t, control, stats))
+        torch.nn.init.normal_(inpainting.controlnet.context_stem.weight, std=0.1)  # once trained, it reads the context
+        assert not torch.allclose(inpainting(z, t, control, stats, context=context), plain(z, t, control, stats))
+    with pytest.raises(ValueError, match="inpaint_context"):
+        plain(z, t, control, stats, context=context)
+
+    run = tmp_path / "inpaint"
+    assert main(["train", "fewshot", "--data", parent.info["data"], "--init", str(parent.path), "--split",
+                 parent.split_path, "--inpaint", "--steps", "2", "--out", str(run), "--quiet"]) == 0
+    assert Run(str(run)).profile.unet.inpaint_context and Run(str(run)).info["k"] == parent.info["k"]
+    spec, _ = subject
+    assert main(["generate", "--model", str(run), "--masks", f"cache:{parent.info['data']}", "--n", "1",
+                 "--steps", "2", "--out", str(tmp_path / "generated"), "--quiet"]) == 0
+    assert main(["edit", "--model", str(run), "--subject", spec, "--remove", "--steps", "2", "--model-space-only",
+                 "--out", str(tmp_path / "removed"), "--quiet"]) == 0
+    (removed,) = (tmp_path / "removed").glob("sample-*")
+    assert not _nifti(removed / "model" / "seg.nii.gz").any()
+
+
+def test_inpainting_regions_are_plain_generation_half_the_time_and_tumour_shaped_otherwise():
+    from aldm.train.inpaint_regions import dilate, draw_unknown
+
+    s = 12
+    tumours = torch.zeros(3, 1, s, s, s)
+    tumours[0, 0, 3:6, 3:6, 3:6] = 1
+    tumours[1, 0, 7:9, 6:9, 5:7] = 1  # subject 2 has no tumour: its drawn tumour regions become ellipsoids
+    brains = torch.zeros(3, 1, s, s, s)
+    brains[:, 0, 1:11, 1:11, 1:11] = 1
+    regions = draw_unknown(tumours, brains, torch.arange(3).repeat(100), torch.Generator().manual_seed(0))
+    assert regions.shape == (300, 1, s, s, s) and set(regions.unique().tolist()) == {0.0, 1.0}
+    plain = (regions.flatten(1).mean(1) == 1)
+    assert 0.4 < plain.float().mean() < 0.6
+    partial = regions[~plain]
+    assert (partial.flatten(1).sum(1) > 0).all()
+    own = dilate(tumours[0], 1)
+    assert any(torch.equal(r, own) for r in regions[0::3])  # subject 0's own tumour, dilated by a cell
+    again = draw_unknown(tumours, brains, torch.arange(3).repeat(100), torch.Generator().manual_seed(0))
+    assert torch.equal(regions, again)
 
 
 def test_the_known_region_follows_its_forward_trajectory_under_every_sampler():

@@ -48,7 +48,7 @@ def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr():
     assert float(weighted) == pytest.approx(float((per_sample * expected).mean()), rel=1e-5)
 
     class Zero(torch.nn.Module):
-        def forward(self, z_t, t, control, stats):
+        def forward(self, z_t, t, control, stats, context=None):
             return torch.zeros_like(z_t)
 
     task = LDMTask(Zero(), schedule, 0.0, torch.zeros(4), torch.ones(4), min_snr_gamma=5.0)
@@ -58,6 +58,12 @@ def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr():
              "keep": torch.ones(3)}
     loss, _ = task(batch, 0, 1)
     assert float(loss) == pytest.approx(float((eps.square().mean(dim=(1, 2, 3, 4)) * expected).mean()), rel=1e-5)
+    # an inpainting example: only its generated region counts, the mean taken over that region
+    unknown = torch.zeros(3, 1, 2, 2, 2)
+    unknown[:, :, 0] = 1
+    loss, _ = task({**batch, "unknown": unknown}, 0, 1)
+    inside = (eps[:, :, 0].square().mean(dim=(1, 2, 3)) * expected).mean()
+    assert float(loss) == pytest.approx(float(inside), rel=1e-5)
 
 
 def _targets(cache, n=2):

@@ -126,6 +126,10 @@ class UNetConfig:
     # False: no ControlNet, the condition reaches the U-Net through the FiLM statistics alone (and input_control
     # when set) — the no-ControlNet ablation; True = the paper
     controlnet: bool = True
+    # the ControlNet also reads the known part of the latent, [z0 * keep, keep] (zC + 1 channels), through a
+    # zero-initialised stem: a model trained to fill a region from its surroundings (scan editing,
+    # aldm.editing), not in the paper; False = the paper
+    inpaint_context: bool = False
 
     def __post_init__(self):
         """Refuse widths that cannot build the U-Net or its ControlNet (GroupNorm needs multiples of ``groups``)."""
@@ -137,6 +141,8 @@ class UNetConfig:
             raise AldmError(f"UNetConfig.control_channels must have one width per U-Net level ({len(self.channels)}), "
                             f"got {self.control_channels!r}")
         _number(self, "lambda_ctrl")
+        if self.inpaint_context and not self.controlnet:
+            raise AldmError("UNetConfig.inpaint_context needs the ControlNet (controlnet true): it reads the known latent")
 
 
 @dataclass
@@ -477,6 +483,13 @@ def with_decoder_regions(profile: Profile, on: bool = True) -> Profile:
     if profile.vae.decoder_regions == on:
         return profile
     return dataclasses.replace(profile, vae=dataclasses.replace(profile.vae, decoder_regions=on))
+
+
+def with_inpaint_context(profile: Profile) -> Profile:
+    """``profile`` with a ControlNet that reads the known latent (``UNetConfig.inpaint_context``)."""
+    if profile.unet.inpaint_context:
+        return profile
+    return dataclasses.replace(profile, unet=dataclasses.replace(profile.unet, inpaint_context=True))
 
 
 def with_condition(profile: Profile, condition: str | None) -> Profile:

@@ -210,8 +210,10 @@ def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, co
         x_T = known.start(x_T, schedule)
     calls = [0]
     total = settings.steps if known is None else known.evaluations(settings.steps)
+    # an inpainting-trained ControlNet reads the known latent; any other model sees it only through the constraint
+    context = known.context() if known is not None and denoiser.reads_context else None
     with autocast(device, precision):
-        guided = GuidedNoise(denoiser, control, stats, settings.guidance)
+        guided = GuidedNoise(denoiser, control, stats, settings.guidance, context)
 
     def eps_fn(x, t):
         with autocast(device, precision):

@@ -119,6 +119,7 @@ def _train_vae(args, info, resumed):
 
 def _train_latent(args, info, resumed):
     """Stage 3 (``args.vae``) or stage 4 (``args.init``) of the latent model."""
+    from ..config import with_inpaint_context
     from ..train.stages import check_latent_parent, fewshot_stage, source_stage, with_probe_every
 
     init, vae = getattr(args, "init", None), getattr(args, "vae", None)
@@ -126,6 +127,11 @@ def _train_latent(args, info, resumed):
     stage = "train_fewshot" if init else "train_ldm"
     profile = _parent_or_named_profile(args, resumed, init or vae, None)
     profile = with_probe_every(_with_budget(profile, stage, args.budget_s), args.probe_every)
+    if args.inpaint and not profile.unet.inpaint_context:
+        if resumed:
+            raise AldmError(f"{args.out}: the run was started without --inpaint; resume without it or choose "
+                            "another --out")
+        profile = with_inpaint_context(profile)
     if args.select_by_probe:
         if not args.probe_every:
             raise AldmError("--select-by-probe needs --probe-every N (the held-out probe it selects by)")
@@ -233,6 +239,14 @@ def _add_selection(sub, fewshot: bool) -> None:
                               "the no-pre-training ablation")
 
 
+def _add_inpaint(sub) -> None:
+    sub.add_argument("--inpaint", action="store_true",
+                     help="the ControlNet also reads the known part of the latent and is trained to fill random "
+                          "regions (a tumour, another patient's tumour, an ellipsoid; half the examples plain "
+                          "generation): a model for 'aldm edit' that still generates (not in the paper). With "
+                          "--init of a run without it, the new input starts at zero: the run starts as its parent")
+
+
 def _register_vae(stages) -> None:
     sub = stages.add_parser("vae", help="stage 1: the 3D VAE on the source cache")
     _add_common(sub)
@@ -251,6 +265,7 @@ def _register_latent(stages) -> None:
     source.add_argument("--vae", required=True, help="finished VAE run")
     _add_condition(source)
     _add_selection(source, fewshot=False)
+    _add_inpaint(source)
 
     fewshot = stages.add_parser("fewshot", help="stage 4: few-shot adaptation of a source run (--init) on K "
                                                 "target subjects (--k or --split)")
@@ -259,6 +274,7 @@ def _register_latent(stages) -> None:
     _add_fewshot(fewshot, required=True)
     _add_condition(fewshot)
     _add_selection(fewshot, fewshot=True)
+    _add_inpaint(fewshot)
 
     ldm = stages.add_parser("ldm", help="stage 3 with --vae (as 'source'), stage 4 with --init --k (as 'fewshot')")
     _add_common(ldm)
@@ -267,6 +283,7 @@ def _register_latent(stages) -> None:
     _add_fewshot(ldm, required=False)
     _add_condition(ldm)
     _add_selection(ldm, fewshot=True)
+    _add_inpaint(ldm)
 
 
 def _register_baseline(stages) -> None:

@@ -40,9 +40,12 @@ class GuidedNoise:
     (or null) half is evaluated, as in :func:`guided_noise`.
 
     control (B, 3, s, s, s), stats (B, stats_dim); ``__call__(z_t (B, zC, s, s, s), t (B,))`` -> (B, zC, s, s, s).
+    ``context`` (B, zC + 1, s, s, s): the known latent of an inpainting-trained ControlNet; it is no condition,
+    so both halves see it (training drops the condition, never the context).
     """
 
-    def __init__(self, denoiser, control: torch.Tensor, stats: torch.Tensor, guidance: float):
+    def __init__(self, denoiser, control: torch.Tensor, stats: torch.Tensor, guidance: float,
+                 context: torch.Tensor | None = None):
         self.denoiser, self.guidance = denoiser, guidance
         if guidance == 1.0:
             parts = [(control, stats)]
@@ -53,7 +56,8 @@ class GuidedNoise:
         self.copies = len(parts)
         self.stats = torch.cat([p[1] for p in parts])
         control_stack = torch.cat([p[0] for p in parts])
-        self.hint = denoiser.hint(control_stack)
+        contexts = None if context is None else torch.cat([context] * self.copies)
+        self.hint = denoiser.hint(control_stack, contexts)
         # the U-Net's own input needs the maps too when it takes them (UNetConfig.input_control)
         self.control = control_stack if denoiser.unet.control_stem is not None else None
 

@@ -53,6 +53,11 @@ class KnownLatent:
         known = (z_t.to(self.z0.dtype) - alpha * self.z0) / sigma
         return torch.lerp(eps, known.to(eps.dtype), self.keep.to(eps.dtype))
 
+    def context(self) -> torch.Tensor:
+        """[z0 * keep, keep] (B, zC + 1, s, s, s): what an inpainting-trained ControlNet reads of the known latent
+        (``UNetConfig.inpaint_context``; all zeros = nothing known, plain generation)."""
+        return torch.cat([self.z0 * self.keep, self.keep], dim=1)
+
     def start(self, z_T: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         """z_T with the known region set to sqrt(abar_T) z0 + sqrt(1 - abar_T) z_T (its own noise kept)."""
         t = torch.full((z_T.shape[0],), schedule.timesteps - 1, dtype=torch.long)

@@ -64,13 +64,18 @@ class NoiseSchedule:
 
 
 def tumour_weighted_mse(eps: torch.Tensor, eps_hat: torch.Tensor, weight_mask: torch.Tensor,
-                        tumour_weight: float, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                        tumour_weight: float, sample_weight: torch.Tensor | None = None,
+                        region: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 3.9: E[w(m) ||eps - eps_theta||^2] with w = 1 + tumour_weight * (dilated latent tumour mask).
 
     ``weight_mask`` (B, 1, s, s, s) from :func:`aldm.data.control.latent_tumour_weight_mask`;
-    ``sample_weight`` (B,) an optional per-sample factor (Min-SNR-gamma), 1 when None.
+    ``sample_weight`` (B,) an optional per-sample factor (Min-SNR-gamma), 1 when None; ``region`` (B, 1, s, s, s)
+    in {0, 1}: only these cells count (the generated region of an inpainting example, where the known latent
+    fixes the rest), the mean taken over them.
     """
     w = 1.0 + tumour_weight * weight_mask
     if sample_weight is not None:
         w = w * sample_weight.view(-1, *([1] * (w.ndim - 1)))
+    if region is not None:
+        return torch.mean(w * region * (eps - eps_hat).square()) / region.mean().clamp(min=1e-8)
     return torch.mean(w * (eps - eps_hat).square())

@@ -105,18 +105,25 @@ class ConditionalDenoiser(nn.Module):
         # config.controlnet False (an ablation): no ControlNet, the U-Net sees the condition's FiLM statistics
         self.controlnet = ControlNet3D(config, latent_channels) if config.controlnet else None
 
-    def hint(self, control: torch.Tensor) -> torch.Tensor | None:
-        """The ControlNet's hint of ``control`` (None without a ControlNet)."""
-        return None if self.controlnet is None else self.controlnet.hint(control)
+    @property
+    def reads_context(self) -> bool:
+        """Whether the ControlNet reads the known latent (``UNetConfig.inpaint_context``)."""
+        return self.controlnet is not None and self.controlnet.context_stem is not None
+
+    def hint(self, control: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The ControlNet's hint of ``control`` and the known latent ``context`` (None without a ControlNet)."""
+        return None if self.controlnet is None else self.controlnet.hint(control, context)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None, stats: torch.Tensor,
-                hint: torch.Tensor | None = None, copies: int = 1) -> torch.Tensor:
+                hint: torch.Tensor | None = None, copies: int = 1, context: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta: z_t (B, zC, s, s, s), t (B,), control (copies * B, 3, s, s, s), stats (copies * B, stats_dim)
         -> (copies * B, zC, s, s, s).
 
         ``hint``: ``controlnet.hint(control)``, computed once per sampling run (it depends on the control
         maps only), used by the ControlNet in place of ``control`` (which a U-Net with ``input_control``
-        still needs). ``copies``: see :meth:`UNet3D.forward`.
+        still needs). ``copies``: see :meth:`UNet3D.forward`. ``context`` (copies * B, zC + 1, s, s, s): the known
+        latent [z0 * keep, keep] of an inpainting-trained ControlNet (``inpaint_context``; None: nothing known).
         """
-        residuals = None if self.controlnet is None else self.controlnet(z_t, t, control, hint=hint, copies=copies)
+        residuals = None if self.controlnet is None else \
+            self.controlnet(z_t, t, control, hint=hint, copies=copies, context=context)
         return self.unet(z_t, t, stats, residuals, copies=copies, control=control)

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..artifacts.cache import PreparedCache
 from ..artifacts.run import SPLIT, Run
@@ -41,6 +42,7 @@ from ..models.vae_adversary import (
     patch_discriminator,
 )
 from .budget import fit_to_budget
+from .inpaint_regions import draw_unknown
 from .probes import ldm_probe, vae_probe
 from .requests import FewShot, ProbeSubjects, Runtime, StageRequest
 from .trainer import Trainer, step_generator
@@ -284,11 +286,12 @@ def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, 
     """Posterior (mu, logvar), control maps, FiLM statistics and latent weight masks of each subject.
 
     Returns tensors stacked over subjects: mu/logvar (N, zC, s, s, s), control (N, 3 M, s, s, s),
-    stats (N, 8 M), weight (N, 1, s, s, s), M the masks of ``condition`` (1 for the paper's ``mask``).
+    stats (N, 8 M), weight (N, 1, s, s, s), M the masks of ``condition`` (1 for the paper's ``mask``); the latent
+    cells touching the whole tumour and the brain, tumour and brain (N, 1, s, s, s) (inpainting regions).
     Control signals come from :mod:`aldm.data.control` of the cached label map (and brain mask), the
     same functions sampling uses; the tumour weight of Eq. 3.9 is the whole tumour's.
     """
-    out = {"mu": [], "logvar": [], "control": [], "stats": [], "weight": []}
+    out = {"mu": [], "logvar": [], "control": [], "stats": [], "weight": [], "tumour": [], "brain": []}
     prepared = PreparedCache(cache)
     for row in rows:
         data = prepared.load(row)
@@ -301,6 +304,8 @@ def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, 
         out["control"].append(condition_control(labels, condition, latent_size, brain))
         out["stats"].append(condition_statistics(labels, condition, brain))
         out["weight"].append(latent_tumour_weight_mask(labels, latent_size))
+        out["tumour"].append(F.adaptive_max_pool3d((labels > 0).float(), latent_size))
+        out["brain"].append(F.adaptive_max_pool3d(brain, latent_size))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -337,7 +342,12 @@ class LDMTask(nn.Module):
         z0 = (z - self.latent_mean) / self.latent_std
         z_t = self.schedule.q_sample(z0, b["t"], b["eps"])
         keep = b["keep"].view(-1, 1)
-        out = self.denoiser(z_t, b["t"], b["control"] * keep.view(-1, 1, 1, 1, 1), b["stats"] * keep)
+        context = None
+        if "unknown" in b:  # an inpainting example: the ControlNet reads the latent outside the region
+            known = 1.0 - b["unknown"]
+            context = torch.cat([z0 * known, known], dim=1)
+        out = self.denoiser(z_t, b["t"], b["control"] * keep.view(-1, 1, 1, 1, 1), b["stats"] * keep,
+                            context=context)
         return z0, z_t, out.float(), b
 
     def noise_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -348,11 +358,13 @@ class LDMTask(nn.Module):
 
     def forward(self, batch: dict, step: int, total_steps: int):
         """Eq. 3.9 on a batch of cached posteriors {'mu', 'logvar', 'eps_posterior', 'eps', 't', 'control',
-        'stats', 'weight', 'keep'}; returns (loss, logs)."""
+        'stats', 'weight', 'keep'[, 'unknown']}; returns (loss, logs). With 'unknown' (B, 1, s, s, s), the region
+        each example generates (:mod:`aldm.train.inpaint_regions`), the ControlNet reads the rest of z_0 and the
+        loss counts that region only (the known latent decides the rest when sampling)."""
         z0, _, out, b = self._denoise(batch)
         target = self.schedule.training_target(z0, b["t"], b["eps"])
         sample_weight = self.schedule.min_snr_weight(b["t"], self.min_snr_gamma) if self.min_snr_gamma > 0 else None
-        loss = tumour_weighted_mse(target, out, b["weight"], self.tumour_weight, sample_weight)
+        loss = tumour_weighted_mse(target, out, b["weight"], self.tumour_weight, sample_weight, b.get("unknown"))
         return loss, {"dropped": 1.0 - b["keep"].mean()}
 
 
@@ -435,7 +447,7 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     denoiser = ConditionalDenoiser(profile.unet, profile.vae.latent_channels)
     if fewshot and not scratch:
-        denoiser.load_state_dict(parent["denoiser"])
+        load_parent_denoiser(denoiser, parent["denoiser"], vae_source)
     task = LDMTask(denoiser, NoiseSchedule(profile.diffusion), profile.diffusion.tumour_weight, mean, std,
                    profile.diffusion.min_snr_gamma)
     n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
@@ -448,6 +460,8 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
         batch["eps"] = torch.randn(batch["mu"].shape, generator=g)
         batch["t"] = torch.randint(T, (cfg.batch_size,), generator=g)
         batch["keep"] = (torch.rand(cfg.batch_size, generator=g) >= p_drop).float()
+        if profile.unet.inpaint_context:
+            batch["unknown"] = draw_unknown(encoded["tumour"], encoded["brain"], idx, g)
         return batch
 
     torch.manual_seed(cfg.seed)
@@ -466,6 +480,17 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
         run.save_weights({"denoiser": ema.denoiser.state_dict(), "latent_mean": mean.cpu(), "latent_std": std.cpu()})
     barrier(dist_info)
     return last
+
+
+def load_parent_denoiser(denoiser: ConditionalDenoiser, state: dict, parent: Run) -> None:
+    """The parent run's denoiser weights into ``denoiser``; a ControlNet that reads the known latent
+    (``inpaint_context``) adapted from a parent without one keeps its zero-initialised context stem, so it
+    starts as the parent."""
+    missing, unexpected = denoiser.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.startswith("controlnet.context_stem.")]
+    if unexpected or len(new) != len(missing):
+        raise AldmError(f"{parent.path}: its denoiser does not fit this profile's U-Net (missing "
+                        f"{[k for k in missing if k not in new][:3]}, unexpected {unexpected[:3]})")
 
 
 def _latent_profile(request: StageRequest, vae_source: Run) -> Profile:
