@@ -180,6 +180,10 @@ def test_segmentation_experiment_holds_out_the_tested_patients(quick_demo):
     assert (t1 / "figures" / "segmentation_augmentation.png").stat().st_size > 10_000
     report = (t1 / "report.html").read_text()
     assert "Downstream segmentation" in report and f"{float(table[0]['Dice']):.3f}" in report
+    paired = json.loads((t1 / "segmentation" / "summary.json").read_text())["paired"]
+    assert len(paired) == 5 * 2 and all(set(p["regions"]) >= {"WT"} and p["seeds"] >= 1 for p in paired)
+    assert "Paired by seed against K real" in report and "Paired by seed" in (t1 / "segmentation" /
+                                                                            "segmentation.md").read_text()
 
 
 def test_rerun_recomputes_nothing(quick_demo):

@@ -13,6 +13,7 @@ from aldm.evaluators.segmentation_protocols import (
     Job,
     SegmentationSettings,
     check_no_leak,
+    paired_differences,
     plan_jobs,
     sample_sources,
     score_volumes,
@@ -170,3 +171,38 @@ def test_summary_per_brats_region():
     assert row["regions"]["TC"]["dice_mean"] == pytest.approx(0.55)  # folds 0.5, 0.6
     assert row["regions"]["TC"]["dice_std"] == pytest.approx(0.05) and row["regions"]["TC"]["hd95_mean"] is None
     assert row["regions"]["ET"]["dice_mean"] == pytest.approx(0.5) and row["regions"]["ET"]["dice_std"] == 0.0
+
+
+def test_paired_differences_pair_each_seed_with_k_real():
+    """Per seed, Dice(K real + N) - Dice(K real) on the same patients: a constant per-seed offset (what a seed does to
+    both segmenters) cancels, so the spread is that of the differences, not of the seeds."""
+    patients = [s for f in FOLDS for s in f["test"]]
+
+    def result(protocol, generator, n, seed, wt, tc):
+        per = {s: {"dice": wt, "hd95": 1.0, "empty": False,
+                   "regions": {"WT": {"dice": wt, "hd95": 1.0}, "TC": {"dice": tc, "hd95": None}}} for s in patients}
+        return {"protocol": protocol, "generator": generator, "n": n, "seed": seed, "fold": None, "per_patient": per}
+
+    offsets = [0.0, 0.3, -0.2]  # a seed moves both segmenters alike
+    results = [result("k-real", None, 0, seed, 0.5 + o, 0.4 + o) for seed, o in enumerate(offsets)]
+    results += [result("k-real+synthetic", "aldm", 4, seed, 0.55 + o + 0.01 * seed, 0.4 + o)
+                for seed, o in enumerate(offsets)]
+    results += [result("k-real+synthetic", "aldm", 8, 7, 0.9, 0.9)]  # no K-real segmenter with seed 7: not paired
+    (row,) = paired_differences(results, FOLDS)
+    assert (row["generator"], row["n"], row["seeds"]) == ("aldm", 4, 3)
+    assert row["regions"]["WT"]["mean"] == pytest.approx(0.06) and row["regions"]["WT"]["std"] == pytest.approx(0.01)
+    assert row["regions"]["WT"]["higher"] == 3
+    assert row["regions"]["TC"]["mean"] == pytest.approx(0.0, abs=1e-12) and row["regions"]["TC"]["higher"] == 0
+
+
+def test_a_rerun_with_other_segmenter_training_is_refused(tmp_path):
+    import json
+
+    from aldm.experiments.segmentation import check_same_training
+
+    path = tmp_path / "settings.json"
+    check_same_training(str(path), {"steps": 100})  # nothing there yet
+    path.write_text(json.dumps({"steps": 100, "width": 8, "seeds": 3, "guidance": 3.0}))
+    check_same_training(str(path), {"steps": 100, "width": 8, "seeds": 5, "guidance": 3.0})  # more seeds: fine
+    with pytest.raises(AldmError, match=r"settings.json: .*steps 100 -> 300"):
+        check_same_training(str(path), {"steps": 300, "width": 8, "seeds": 3, "guidance": 3.0})

@@ -220,3 +220,37 @@ def summarise(results: list[dict], folds: list[dict]) -> list[dict]:
                                  for name, (d, h) in regions.items()}})
     order = {p: i for i, p in enumerate(PROTOCOLS)}
     return sorted(rows, key=lambda r: (order[r["protocol"]], r["generator"] or "", r["n"]))
+
+
+def _patient_dice(result: dict, patients: list[str]) -> dict:
+    """{region: mean Dice over ``patients``} of one segmenter's scores (WT alone for a whole-tumour segmenter)."""
+    per = [result["per_patient"][s] for s in patients]
+    dice = {"WT": float(np.mean([p["dice"] for p in per]))}
+    for name in per[0].get("regions", {}):
+        dice[name] = float(np.mean([p["regions"][name]["dice"] for p in per]))
+    return dice
+
+
+def paired_differences(results: list[dict], folds: list[dict]) -> list[dict]:
+    """The augmented protocols against K real, paired by seed: for every (generator, N) of ``k-real+synthetic``
+    and every seed that K real also ran, Dice(K real + N) − Dice(K real) per region on the same test patients
+    (every fold's), which removes what the seed and the test patients do to both. One row per (generator, N):
+    per region the mean, the standard deviation over seeds (ddof 1; 0 with one seed), the seeds and how many of
+    them the augmented segmenter was higher."""
+    patients = [s for f in folds for s in f["test"]]
+    base = {r["seed"]: _patient_dice(r, patients) for r in results if r["protocol"] == "k-real"}
+    groups: dict = {}
+    for r in results:
+        if r["protocol"] == "k-real+synthetic" and r["seed"] in base:
+            groups.setdefault((r["generator"], r["n"]), []).append(r)
+    rows = []
+    for (generator, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        diffs: dict = {}
+        for r in rs:
+            for name, value in _patient_dice(r, patients).items():
+                diffs.setdefault(name, []).append(value - base[r["seed"]][name])
+        rows.append({"generator": generator, "n": n, "seeds": len(rs),
+                     "regions": {name: {"mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)) if len(d) > 1
+                                        else 0.0, "higher": int(sum(x > 0 for x in d))}
+                                 for name, d in diffs.items()}})
+    return rows

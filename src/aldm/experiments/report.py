@@ -324,6 +324,21 @@ def learning_figure(runs_dir: str, path: str) -> bool:
     return plot_probe_curves([(n, os.path.join(runs_dir, n)) for n in names], path)
 
 
+def _paired_section(paired: list[dict]) -> list[str]:
+    """HTML of the segmentation's paired differences against K real (summary.json's ``paired``)."""
+    if not paired:
+        return []
+    names = list(paired[0]["regions"])
+    parts = ["<p>Paired by seed against K real (the same seed and test patients): Dice(K real + N) &minus; "
+             "Dice(K real), mean &plusmn; std over seeds (seeds higher / seeds).</p><table><tr><th>Generator</th>"
+             "<th>N synthetic</th>" + "".join(f"<th>&Delta; Dice {html.escape(n)}</th>" for n in names) + "</tr>"]
+    for row in paired:
+        cells = "".join(f"<td>{row['regions'][n]['mean']:+.3f} &plusmn; {row['regions'][n]['std']:.3f} "
+                        f"({row['regions'][n]['higher']}/{row['seeds']})</td>" for n in names)
+        parts.append(f"<tr><td>{html.escape(row['label'])}</td><td>{row['n']}</td>{cells}</tr>")
+    return parts + ["</table>"]
+
+
 def _segmentation_section(out: str) -> list[str]:
     """HTML of ``aldm experiment segmentation``'s table and figure, when that experiment has run."""
     summary_path = os.path.join(out, "segmentation", "summary.json")
@@ -343,6 +358,7 @@ def _segmentation_section(out: str) -> list[str]:
         tag = "th" if i == 0 else "td"
         parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in cells_) + "</tr>")
     parts.append("</table><p><a href='segmentation/segmentation.csv'>segmentation.csv</a></p>")
+    parts += _paired_section(summary.get("paired") or [])
     parts.append("<a href='figures/segmentation_augmentation.png'><img src='figures/segmentation_augmentation.png' "
                  "style='max-width:100%'></a>")
     return parts

@@ -34,6 +34,7 @@ from ..evaluators.segmentation_protocols import (
     Job,
     SegmentationSettings,
     check_no_leak,
+    paired_differences,
     plan_jobs,
     score_volumes,
     scored_subjects,
@@ -124,8 +125,9 @@ def _run_job(job: Job, settings: SegmentationSettings, real: dict, shots: list[s
             "train_s": round(time.perf_counter() - start, 1)}
 
 
-def write_table(rows: list[dict], guidance: float, out_dir: str) -> tuple[str, str]:
-    """``segmentation.csv`` and ``segmentation.md`` in ``out_dir``; returns their paths."""
+def write_table(rows: list[dict], guidance: float, out_dir: str, paired: list[dict] = ()) -> tuple[str, str]:
+    """``segmentation.csv`` and ``segmentation.md`` in ``out_dir`` (the md also with the ``paired`` differences
+    against K real, :func:`~aldm.evaluators.segmentation_protocols.paired_differences`); returns their paths."""
     def fmt(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -143,8 +145,27 @@ def write_table(rows: list[dict], guidance: float, out_dir: str) -> tuple[str, s
     atomic_write_text(csv_path, buf.getvalue())
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
+    lines += paired_table(paired)
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def paired_table(paired: list[dict]) -> list[str]:
+    """Markdown lines of the paired differences against K real (rows of
+    :func:`~aldm.evaluators.segmentation_protocols.paired_differences` with the generator's ``label``): per region
+    mean ± std over seeds (and the seeds where the augmented segmenter was higher); none without a K-real row."""
+    if not paired:
+        return []
+    names = list(paired[0]["regions"])
+    lines = ["", "Paired by seed against K real (the same seed and test patients): Dice(K real + N) − Dice(K real), "
+             "mean ± std over seeds (seeds higher / seeds)", "",
+             "| Generator | N synthetic | " + " | ".join(f"Δ Dice {name}" for name in names) + " |",
+             "|" + "---|" * (2 + len(names))]
+    for row in paired:
+        cells = [f"{row['regions'][name]['mean']:+.3f} ± {row['regions'][name]['std']:.3f} "
+                 f"({row['regions'][name]['higher']}/{row['seeds']})" for name in names]
+        lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def augmentation_figure(rows: list[dict], k: int, guidance: float, path: str) -> None:
@@ -192,6 +213,24 @@ def run_segmentation(cfg: ExperimentConfig, progress: bool = True) -> str:
         return _run_segmentation(cfg, progress)
 
 
+# what every finished segmenter's result depends on: a rerun that asks otherwise may not reuse them (seeds,
+# multipliers, generators and folds only add or leave out segmenters)
+RESULT_SETTINGS = ("steps", "width", "crop", "batch_size", "guidance", "k")
+
+
+def check_same_training(path: str, recorded: dict) -> None:
+    """An AldmError naming ``path`` when the results beside it were trained with other :data:`RESULT_SETTINGS`."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        before = json.load(fh)
+    differs = [f"{key} {before.get(key)!r} -> {recorded[key]!r}" for key in RESULT_SETTINGS
+               if key in before and before[key] != recorded[key]]
+    if differs:
+        raise AldmError(f"{path}: the segmenters there were trained otherwise ({'; '.join(differs)}); move "
+                        f"{os.path.dirname(path)} aside or choose another out to train them anew")
+
+
 def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     settings = SegmentationSettings.from_dict(cfg.segmentation, f"{cfg.out}: segmentation")
     settings.generators = settings.generators or ["aldm", EDITS] + list(cfg.baselines)
@@ -208,9 +247,10 @@ def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
     folds = [f for f in split["cv"] if f["repeat"] == 0]
     folds = folds[:settings.folds] if settings.folds else folds
     out_dir = os.path.join(cfg.out, FOLDER)
+    recorded = {**settings.as_dict(), "guidance": guidance, "k": k}
+    check_same_training(os.path.join(out_dir, "settings.json"), recorded)
     os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, "settings.json"),
-                      json.dumps({**settings.as_dict(), "guidance": guidance, "k": k}, indent=2) + "\n")
+    atomic_write_text(os.path.join(out_dir, "settings.json"), json.dumps(recorded, indent=2) + "\n")
     n_max = max(settings.multipliers) * k
     synthetic = _synthetic_sets(cfg, settings, runs, shots, n_max, guidance, progress)
     subjects = sorted(set(shots) | {s for f in folds for s in f["train"] + f["test"]})
@@ -227,9 +267,11 @@ def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
         with open(path, encoding="utf-8") as fh:
             results.append(json.load(fh))
     rows = summarise(results, folds)
+    paired = [{**row, "label": generator_label(row["generator"], guidance)} for row in paired_differences(results, folds)]
     atomic_write_text(os.path.join(out_dir, "summary.json"),
-                      json.dumps({"k": k, "guidance": guidance, "folds": len(folds), "rows": rows}, indent=2) + "\n")
-    _, md_path = write_table(rows, guidance, out_dir)
+                      json.dumps({"k": k, "guidance": guidance, "folds": len(folds), "rows": rows,
+                                  "paired": paired}, indent=2) + "\n")
+    _, md_path = write_table(rows, guidance, out_dir, paired)
     os.makedirs(os.path.join(cfg.out, "figures"), exist_ok=True)
     augmentation_figure(rows, k, guidance, os.path.join(cfg.out, "figures", "segmentation_augmentation.png"))
     write_table1_report(cfg, splits)
