@@ -142,7 +142,8 @@ class UNetConfig:
                             f"got {self.control_channels!r}")
         _number(self, "lambda_ctrl")
         if self.inpaint_context and not self.controlnet:
-            raise AldmError("UNetConfig.inpaint_context needs the ControlNet (controlnet true): it reads the known latent")
+            raise AldmError("UNetConfig.inpaint_context needs the ControlNet (controlnet true): it reads the known "
+                            "latent")
 
 
 @dataclass

@@ -267,7 +267,8 @@ def _run_segmentation(cfg: ExperimentConfig, progress: bool) -> str:
         with open(path, encoding="utf-8") as fh:
             results.append(json.load(fh))
     rows = summarise(results, folds)
-    paired = [{**row, "label": generator_label(row["generator"], guidance)} for row in paired_differences(results, folds)]
+    paired = [{**row, "label": generator_label(row["generator"], guidance)}
+              for row in paired_differences(results, folds)]
     atomic_write_text(os.path.join(out_dir, "summary.json"),
                       json.dumps({"k": k, "guidance": guidance, "folds": len(folds), "rows": rows,
                                   "paired": paired}, indent=2) + "\n")
