@@ -43,14 +43,16 @@ def test_a_release_0_2_cache_reads_with_the_default_modalities():
 
 
 def test_a_release_0_2_run_generates_and_its_samples_record_the_new_schema(tmp_path):
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
     from aldm.pipeline import load_pipeline
 
     run = Run(RUN)
     assert run.kind == "aldm" and run.fewshot and run.modalities == DEFAULT_MODALITIES and run.finished
     assert load_pipeline(RUN, device="cpu").modalities == DEFAULT_MODALITIES
-    records = generate(RUN, str(tmp_path / "gen"), n=1, masks=f"cache:{CACHE}", subjects=["UCSF-PDGM-0005"],
-                       settings=GenerationSettings(steps=2, precision="fp32"), progress=False, native=False)
+    records = generate(GenerationRequest(RUN, str(tmp_path / "gen"), 1, masks=f"cache:{CACHE}",
+                                         subjects=["UCSF-PDGM-0005"],
+                                         settings=GenerationSettings(steps=2, precision="fp32"), native=False,
+                                         runtime=GenerationRuntime(progress=False)))
     assert records[0].modalities == list(DEFAULT_MODALITIES) and records[0].guidance == 3.0
     assert records[0].steps == 2 and records[0].sampler == "dpmpp2m"
     written = json.load(open(tmp_path / "gen" / records[0].sample / "sample.json"))
@@ -131,10 +133,11 @@ def test_the_cli_refuses_a_guidance_outside_the_range_before_loading_anything(tm
 
 @pytest.mark.slow  # the baseline runs take ~30 s to train
 def test_baseline_samples_record_guidance_as_not_applicable(baseline_runs, tmp_path):
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
-    records = generate(baseline_runs["cgan"], str(tmp_path / "g"), n=1, settings=GenerationSettings(guidance=7.0),
-                       progress=False, native=False)
+    records = generate(GenerationRequest(baseline_runs["cgan"], str(tmp_path / "g"), 1,
+                                         settings=GenerationSettings(guidance=7.0), native=False,
+                                         runtime=GenerationRuntime(progress=False)))
     assert (records[0].guidance, records[0].sampler, records[0].steps) == (None, NOT_APPLICABLE, None)
 
 

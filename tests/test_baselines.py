@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from aldm.config import tiny
 from aldm.errors import AldmError
-from aldm.generate import generate
+from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.models.families import GANS
 from aldm.pipeline import BaselinePipeline, load_pipeline
 from aldm.train.baselines import GANTask, train_baseline
@@ -68,7 +68,8 @@ def test_samples_come_from_noise_not_copies(baseline_runs, kind):
 
 
 def test_generate_through_the_shared_path(baseline_runs, tmp_path):
-    rows = generate(baseline_runs["vaegan"], str(tmp_path / "g"), n=2, progress=False)
+    rows = generate(GenerationRequest(baseline_runs["vaegan"], str(tmp_path / "g"), 2,
+                                      runtime=GenerationRuntime(progress=False)))
     split = json.load(open(os.path.join(baseline_runs["vaegan"], "split.json")))
     assert {r.mask_subject for r in rows} <= set(split["test"])
     sample = tmp_path / "g" / rows[0].sample

@@ -129,10 +129,11 @@ SAMPLE_CASES = [("sample.json", "truncated"), ("sample.json", "empty"), ("sample
 @pytest.fixture(scope="module")
 def samples(tiny_runs, tmp_path_factory):
     from aldm.diffusion.settings import GenerationSettings
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     out = tmp_path_factory.mktemp("samples") / "gen"
-    generate(tiny_runs["fewshot"], str(out), n=2, settings=GenerationSettings(steps=2), progress=False, native=False)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(out), 2, settings=GenerationSettings(steps=2), native=False,
+                               runtime=GenerationRuntime(progress=False)))
     return out
 
 

@@ -14,7 +14,7 @@ from aldm.cli import main
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
 from aldm.evaluate import EvaluationSettings, evaluate
-from aldm.generate import generate
+from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.metrics.fid import fid_scores
 from aldm.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_features
 from aldm.metrics.inception import FIDInceptionV3, load_fid_inception
@@ -125,12 +125,13 @@ def test_fid_inception_architecture_and_weight_loading(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_cache, tmp_path, capsys):
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, settings=GenerationSettings(steps=2), progress=False)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "gen"), 2, settings=GenerationSettings(steps=2),
+                               runtime=GenerationRuntime(progress=False)))
     # one more sample whose mask is a few-shot training subject: must not be scored
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen_train"), n=1,
-             settings=GenerationSettings(steps=2), subjects=split["k_shot"][:1],
-             masks=f"cache:{prepared_cache}", progress=False)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "gen_train"), 1,
+                               settings=GenerationSettings(steps=2), subjects=split["k_shot"][:1],
+                               masks=f"cache:{prepared_cache}", runtime=GenerationRuntime(progress=False)))
     sample = next(n for n in os.listdir(tmp_path / "gen_train") if n.startswith("sample-"))
     os.replace(tmp_path / "gen_train" / sample, tmp_path / "gen" / "extra")
     from aldm.artifacts.samples import SampleRecord, SampleSet

@@ -17,10 +17,11 @@ from aldm.errors import AldmError
 @pytest.fixture(scope="module")
 def samples(tiny_runs, tmp_path_factory):
     """Two samples of the tiny few-shot model from its held-out cache masks, with native files."""
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     out = tmp_path_factory.mktemp("export_samples") / "s"
-    generate(tiny_runs["fewshot"], str(out), n=2, settings=GenerationSettings(steps=2), progress=False)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(out), 2, settings=GenerationSettings(steps=2),
+                               runtime=GenerationRuntime(progress=False)))
     return str(out)
 
 

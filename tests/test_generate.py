@@ -15,7 +15,7 @@ from aldm.cli import main
 from aldm.data.masks import relocate_mask
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
-from aldm.generate import generate
+from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.pipeline import ALDMPipeline
 
 from .conftest import write_volume
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see
 
 def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
     split = json.load(open(os.path.join(tiny_runs["fewshot"], "split.json")))
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=3,
-                    settings=GenerationSettings(steps=4), progress=False)
+    rows = generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "gen"), 3,
+                                      settings=GenerationSettings(steps=4), runtime=GenerationRuntime(progress=False)))
     used = {r.mask_subject for r in rows}
     assert used == set(split["test"]) and not used & set(split["k_shot"])
     sample = tmp_path / "gen" / rows[0].sample
@@ -45,9 +45,12 @@ def test_default_masks_are_the_held_out_subjects(tiny_runs, tmp_path):
 def test_same_seed_same_volume_and_resumption(tiny_runs, tmp_path):
     # fp32: the batch-1 regeneration below agrees to fp32 rounding (under bf16, to bf16 rounding)
     five, six = (GenerationSettings(steps=3, seed=seed, precision="fp32") for seed in (5, 6))
-    a = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, settings=five, progress=False)
-    generate(tiny_runs["fewshot"], str(tmp_path / "b"), n=2, settings=five, progress=False)
-    generate(tiny_runs["fewshot"], str(tmp_path / "c"), n=1, settings=six, progress=False)
+    a = generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "a"), 2, settings=five,
+                                   runtime=GenerationRuntime(progress=False)))
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "b"), 2, settings=five,
+                               runtime=GenerationRuntime(progress=False)))
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "c"), 1, settings=six,
+                               runtime=GenerationRuntime(progress=False)))
     vol = lambda d, name: np.asarray(nib.load(tmp_path / d / name / "model" / "flair.nii.gz").dataobj)  # noqa: E731
     assert np.array_equal(vol("a", a[1].sample), vol("b", a[1].sample))
     first_c = os.listdir(tmp_path / "c")
@@ -60,7 +63,8 @@ def test_same_seed_same_volume_and_resumption(tiny_runs, tmp_path):
     stamp = os.path.getmtime(keep)
     shutil.rmtree(tmp_path / "a" / a[1].sample)
     os.makedirs(tmp_path / "a" / f".tmp-{a[1].sample}" / "model")
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=2, settings=five, progress=False)
+    rows = generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "a"), 2, settings=five,
+                                      runtime=GenerationRuntime(progress=False)))
     assert len(rows) == 2 and os.path.getmtime(keep) == stamp and rows[1].precision == "fp32"
     # regenerated alone (batch 1) instead of beside sample 0: equal up to float rounding of batched convs
     assert np.allclose(vol("a", a[1].sample), vol("b", a[1].sample), atol=1e-4)
@@ -80,16 +84,16 @@ def test_relocate_mask_stays_inside_the_host_brain():
 
 
 def test_relocated_and_folder_masks(tiny_runs, prepared_cache, tmp_path):
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "r"), n=2,
-                    settings=GenerationSettings(steps=2), masks=f"relocated:{prepared_cache}",
-                    progress=False)
+    rows = generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "r"), 2,
+                                      settings=GenerationSettings(steps=2), masks=f"relocated:{prepared_cache}",
+                                      runtime=GenerationRuntime(progress=False)))
     assert all("-in-" in r.mask_subject and r.mask_source.startswith("relocated:") for r in rows)
     mask = np.zeros((40, 44, 30), np.uint8)
     mask[10:20, 12:22, 8:16] = 1
     write_volume(tmp_path / "masks" / "lesion.nii.gz", mask, dtype=np.uint8)
-    rows = generate(tiny_runs["fewshot"], str(tmp_path / "f"), n=1,
-                    settings=GenerationSettings(steps=2), masks=f"folder:{tmp_path / 'masks'}",
-                    progress=False)
+    rows = generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "f"), 1,
+                                      settings=GenerationSettings(steps=2), masks=f"folder:{tmp_path / 'masks'}",
+                                      runtime=GenerationRuntime(progress=False)))
     native = nib.load(tmp_path / "f" / rows[0].sample / "native" / "mask.nii.gz")
     assert native.shape == (40, 44, 30)
     overlap = (np.asarray(native.dataobj) > 0) & (mask > 0)
@@ -196,11 +200,12 @@ def test_generate_says_what_it_will_take_and_refuses_a_disk_too_small(tiny_runs,
     from aldm.errors import AldmError
 
     lines = []
-    generate(tiny_runs["fewshot"], str(tmp_path / "a"), n=3, batch_size=1, settings=GenerationSettings(steps=2),
-             native=False, progress=False, log=lines.append)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "a"), 3, settings=GenerationSettings(steps=2),
+                               native=False, runtime=GenerationRuntime(batch_size=1, progress=False, log=lines.append)))
     assert len(lines) == 1 and "2 more sample(s): about" in lines[0] and "measured on the first batch" in lines[0]
     monkeypatch.setattr("aldm.generate.free_bytes", lambda path: 1000)  # room for the first batch's check only
     with pytest.raises(AldmError, match=r"the 2 remaining samples need about .* but only 1.0 kB is free"):
-        generate(tiny_runs["fewshot"], str(tmp_path / "b"), n=3, batch_size=1, settings=GenerationSettings(steps=2),
-                 native=False, progress=False, log=lines.append)
+        generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "b"), 3, settings=GenerationSettings(steps=2),
+                                   native=False,
+                                   runtime=GenerationRuntime(batch_size=1, progress=False, log=lines.append)))
     assert len(SampleSet(str(tmp_path / "b")).finished_names()) == 1  # what was written stays; a re-run continues

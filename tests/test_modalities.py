@@ -48,7 +48,7 @@ def test_a_four_modality_cache(cache4):
 def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
     from aldm.config import tiny
     from aldm.diffusion.settings import GenerationSettings
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
     from aldm.train.baselines import train_baseline
     from aldm.train.stages import train_ldm, train_vae
 
@@ -60,8 +60,9 @@ def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
     assert Run(ldm).profile.vae.in_channels == 4 and Run(ldm).modalities == FOUR
     train_baseline("cgan3m", str(cache4), cgan, tiny(), steps=1, progress=False)
     for run in (ldm, cgan):
-        records = generate(run, str(tmp_path / f"gen-{os.path.basename(run)}"), n=1,
-                           settings=GenerationSettings(steps=2), progress=False, native=True)
+        records = generate(GenerationRequest(run, str(tmp_path / f"gen-{os.path.basename(run)}"), 1,
+                                             settings=GenerationSettings(steps=2), native=True,
+                                             runtime=GenerationRuntime(progress=False)))
         assert records[0].modalities == list(FOUR)
         folder = tmp_path / f"gen-{os.path.basename(run)}" / records[0].sample
         for space in ("model", "native"):

@@ -121,10 +121,10 @@ def test_generation_writes_the_label_map_in_model_space_and_on_the_native_grid(r
 
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     out = tmp_path / "samples"
-    records = generate(region_runs[model], str(out), n=2, progress=False)
+    records = generate(GenerationRequest(region_runs[model], str(out), 2, runtime=GenerationRuntime(progress=False)))
     cache = PreparedCache(str(prepared_cache))
     samples = SampleSet(str(out))
     for record in records:
@@ -148,7 +148,7 @@ def Run_condition(run_dir: str) -> str:
 def test_folder_label_maps_for_a_regions_model(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     data = PreparedCache(str(prepared_cache)).load(PreparedCache(str(prepared_cache)).rows()[0])
     folder = tmp_path / "maps"
@@ -156,26 +156,30 @@ def test_folder_label_maps_for_a_regions_model(region_runs, prepared_cache, tmp_
     labels[labels == 4] = 3  # a BraTS 2023 label map
     write_volume(folder / "case.nii.gz", labels, data["affine"], np.uint8)
     with pytest.raises(AldmError, match=r"case\.nii\.gz: this model is conditioned on the brain too"):
-        generate(region_runs["fewshot"], str(tmp_path / "a"), n=1, masks=f"folder:{folder}", progress=False)
+        generate(GenerationRequest(region_runs["fewshot"], str(tmp_path / "a"), 1, masks=f"folder:{folder}",
+                                   runtime=GenerationRuntime(progress=False)))
     write_volume(folder / "case_brain.nii.gz", data["brain"][0], data["affine"], np.uint8)
-    records = generate(region_runs["fewshot"], str(tmp_path / "b"), n=1, masks=f"folder:{folder}", progress=False)
+    records = generate(GenerationRequest(region_runs["fewshot"], str(tmp_path / "b"), 1, masks=f"folder:{folder}",
+                                         runtime=GenerationRuntime(progress=False)))
     assert [r.mask_subject for r in records] == ["case"]
     assert np.array_equal(SampleSet(str(tmp_path / "b")).load_labels(records[0]), data["labels"])
     bad = labels.copy()
     bad[0, 0, 0] = 7
     write_volume(tmp_path / "bad" / "x.nii.gz", bad, data["affine"], np.uint8)
     with pytest.raises(AldmError, match=r"x\.nii\.gz: labels \[7\] are not BraTS labels"):
-        generate(region_runs["cgan"], str(tmp_path / "c"), n=1, masks=f"folder:{tmp_path / 'bad'}", progress=False)
+        generate(GenerationRequest(region_runs["cgan"], str(tmp_path / "c"), 1, masks=f"folder:{tmp_path / 'bad'}",
+                                   runtime=GenerationRuntime(progress=False)))
 
 
 @pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 def test_relocation_moves_the_whole_label_map(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
-    records = generate(region_runs["cgan"], str(tmp_path / "s"), n=2, masks=f"relocated:{prepared_cache}",
-                       progress=False)
+    records = generate(GenerationRequest(region_runs["cgan"], str(tmp_path / "s"), 2,
+                                         masks=f"relocated:{prepared_cache}",
+                                         runtime=GenerationRuntime(progress=False)))
     cache = PreparedCache(str(prepared_cache))
     for record in records:
         source = record.mask_source.split(":")[1].split("->")[0]

@@ -71,11 +71,11 @@ def test_older_generate_folders_are_still_read(tiny_runs, tmp_path):
     from aldm.artifacts.samples import SampleSet
     from aldm.diffusion.settings import GenerationSettings
     from aldm.evaluate import load_synthetic
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     out = tmp_path / "gen"
-    rows = generate(tiny_runs["fewshot"], str(out), n=2, settings=GenerationSettings(steps=2), progress=False,
-                    native=False)
+    rows = generate(GenerationRequest(tiny_runs["fewshot"], str(out), 2, settings=GenerationSettings(steps=2),
+                                      native=False, runtime=GenerationRuntime(progress=False)))
     assert SampleSet.is_sample_set(str(out)) and len(SampleSet(str(out)).records()) == 2
     os.replace(out / "samples.csv", out / "manifest.csv")  # what versions before 0.2 wrote
     assert SampleSet.is_sample_set(str(out))

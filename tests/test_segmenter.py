@@ -84,10 +84,10 @@ def test_real_volumes_score_high_and_a_constant_volume_near_zero(prepared_cache,
 @pytest.mark.slow
 def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prepared_cache, tmp_path):
     from aldm.evaluate import EvaluationSettings, evaluate
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
-    generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2,
-             settings=GenerationSettings(steps=2), progress=False, native=False)
+    generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "gen"), 2, settings=GenerationSettings(steps=2),
+                               native=False, runtime=GenerationRuntime(progress=False)))
     leaky = tmp_path / "leaky"
     fit_on_caches([str(prepared_cache)], str(leaky), SegmenterConfig(init_filters=4, steps=2), held_out=set(),
                   progress=False)

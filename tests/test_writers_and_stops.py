@@ -209,11 +209,11 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_anything_moves(tmp_path,
 def test_samples_that_cannot_fit_are_refused_before_writing(tiny_runs, tmp_path, monkeypatch):
     import shutil as real_shutil
 
-    from aldm.generate import generate
+    from aldm.generate import GenerationRequest, GenerationRuntime, generate
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr("aldm.io.atomic.shutil.disk_usage", lambda p: usage._replace(free=2**20))
     with pytest.raises(WriteFailed, match=r"1 more sample\(s\) needs about .* but only 1 MB is free"):
-        generate(tiny_runs["fewshot"], str(tmp_path / "gen"), n=2, batch_size=1,
-                 settings=GenerationSettings(steps=2), progress=False)
+        generate(GenerationRequest(tiny_runs["fewshot"], str(tmp_path / "gen"), 2, settings=GenerationSettings(steps=2),
+                                   runtime=GenerationRuntime(batch_size=1, progress=False)))
     assert not (tmp_path / "gen").exists()  # nothing was written: not even the folder stays

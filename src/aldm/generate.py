@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -36,57 +38,106 @@ from .pipeline import load_pipeline
 REQUEST_FIELDS = ("model_hash", "guidance", "sampler", "steps", "seed", "mask_subject", "mask_source", "modalities")
 
 
-@writes_folder("out_dir", "sample folder")
-def generate(model_dir: str, out_dir: str, n: int, masks: MaskSource | str | None = None, subjects: list | None = None,
-             settings: GenerationSettings | None = None, batch_size: int = 4, dist_info: DistInfo | None = None,
-             device=None, progress: bool = True, native: bool = True, pipeline=None, on_progress=None,
-             decode_slab: int = 0, overwrite: bool = False, log=None) -> list[SampleRecord]:
-    """Generate ``n`` samples with ``settings`` (default :class:`GenerationSettings`); returns the records
-    of all samples (finished earlier ones included).
+@dataclass(frozen=True)
+class GenerationRuntime:
+    """How a generation runs rather than what it makes: samples per forward pass (``batch_size``), the process
+    group (``dist_info``; None: one process), the ``device`` (None: the group's), a progress bar, an already
+    loaded ``pipeline`` of the run (the web server keeps one in memory), ``on_progress(done, total, step, steps)``
+    after every denoising step and every written batch (``done``/``total`` counting this rank's samples),
+    VAE decoding in depth slabs of ``decode_slab`` planes (:class:`aldm.pipeline.ALDMPipeline`; ignored with
+    ``pipeline``) and ``log(line)``, where the estimate of size and time goes (default: stderr with ``progress``)."""
 
-    A folder that already holds samples is continued only when they are what this call asks for (same
+    batch_size: int = 4
+    dist_info: DistInfo | None = None
+    device: object = None
+    progress: bool = True
+    pipeline: object = None
+    on_progress: Callable | None = None
+    decode_slab: int = 0
+    log: Callable | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What ``aldm generate`` makes: ``n`` samples of the finished run ``model_dir`` in the sample folder
+    ``out_dir``, from ``masks`` (a :class:`~aldm.data.masks.MaskSource` or its ``KIND:PATH`` text, parsed here;
+    None: the run's own held-out subjects) limited to ``subjects``, with ``settings`` (default
+    :class:`GenerationSettings`); ``native``: also on the mask subjects' native grids (False: model space only,
+    what evaluation needs, much faster); ``overwrite``: remove samples of another request instead of refusing.
+    Checked when built."""
+
+    model_dir: str
+    out_dir: str
+    n: int
+    masks: MaskSource | None = None
+    subjects: list | None = None
+    settings: GenerationSettings = GenerationSettings()
+    native: bool = True
+    overwrite: bool = False
+    runtime: GenerationRuntime = GenerationRuntime()
+
+    def __post_init__(self):
+        """Refuse n < 1; parse mask text into a MaskSource; None settings are the defaults."""
+        if self.settings is None:
+            object.__setattr__(self, "settings", GenerationSettings())
+        if self.n < 1:
+            raise AldmError(f"--n must be at least 1, got {self.n}")
+        if isinstance(self.masks, str):
+            object.__setattr__(self, "masks", MaskSource.parse(self.masks))
+
+
+@writes_folder("request", "sample folder")
+def generate(request: GenerationRequest) -> list[SampleRecord]:
+    """Generate the samples of ``request``; returns the records of all its samples (finished earlier ones
+    included).
+
+    A folder that already holds samples is continued only when they are what this request asks for (same
     model weights, guidance, sampler, steps, seeds and masks: :data:`REQUEST_FIELDS`); otherwise an
-    AldmError names what differs, and ``overwrite`` removes them and starts afresh.
-    ``native=False`` writes model-space files only (what evaluation needs; much faster).
-    ``pipeline``: an already loaded pipeline of ``model_dir`` (the web server keeps one in memory).
-    ``decode_slab``: VAE decoding in depth slabs of that many planes (:class:`aldm.pipeline.ALDMPipeline`;
-    ignored when ``pipeline`` is given). ``on_progress(done, total, step, steps)``: called after every
-    denoising step and every written batch, ``done``/``total`` counting this rank's samples of this call.
-    ``log(line)``: where the estimate of size and time (after the first batch) goes (default: stderr when
-    ``progress``)."""
-    dist_info = dist_info or DistInfo()
-    settings = settings or GenerationSettings()
-    if n < 1:
-        raise AldmError(f"--n must be at least 1, got {n}")
-    pipe = pipeline or load_pipeline(model_dir, device=device or dist_info.device, decode_slab=decode_slab,
-                                     precision=settings.precision)
-    settings = pipe.validate(settings)
-    items = resolve_masks(masks, Run(model_dir), pipe.profile.image_size, subjects, settings.seed, n,
-                          pipe.profile.condition)
-    samples = SampleSet(out_dir)
-    plan = [_planned(i, items[i % len(items)], pipe, settings, model_dir) for i in range(n)]
-    os.makedirs(out_dir, exist_ok=True)
+    AldmError names what differs, and ``request.overwrite`` removes them and starts afresh."""
+    runtime = request.runtime
+    dist_info = runtime.dist_info or DistInfo()
+    pipe = runtime.pipeline or load_pipeline(request.model_dir, device=runtime.device or dist_info.device,
+                                             decode_slab=runtime.decode_slab, precision=request.settings.precision)
+    request = replace(request, settings=pipe.validate(request.settings))  # steps resolved for this model
+    settings = request.settings
+    items = resolve_masks(request.masks, Run(request.model_dir), pipe.profile.image_size, request.subjects,
+                          settings.seed, request.n, pipe.profile.condition)
+    samples = SampleSet(request.out_dir)
+    plan = [_planned(i, items[i % len(items)], pipe, settings, request.model_dir) for i in range(request.n)]
+    os.makedirs(request.out_dir, exist_ok=True)
     if dist_info.is_main:
-        if overwrite:
+        if request.overwrite:
             samples.remove_samples()
         samples.prepare()  # half-written samples of an interrupted run are removed; redone below
         samples.check_request(plan, REQUEST_FIELDS)
     barrier(dist_info)
-    todo = [i for i in range(n)
+    todo = [i for i in range(request.n)
             if i % dist_info.world_size == dist_info.rank and not samples.is_finished(plan[i].sample)]
-    bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not (progress and dist_info.is_main))
-    if log is None:
-        shown = progress and dist_info.is_main
-        log = (lambda line: tqdm.write(line, file=sys.stderr)) if shown else (lambda line: None)
+    shown = runtime.progress and dist_info.is_main
+    bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not shown)
+    log = runtime.log or ((lambda line: tqdm.write(line, file=sys.stderr)) if shown else (lambda line: None))
     with graceful_stop() as stop:
-        _generate_batches(pipe, items, plan, todo, samples, bar, stop, batch_size=batch_size, settings=settings,
-                          native=native, on_progress=on_progress, log=log)
+        _generate_batches(pipe, request, Batches(items, plan, todo), samples, bar, stop, log)
     bar.close()
     barrier(dist_info)
     records = [r for r in (samples.read_record(p.sample) for p in plan) if r is not None]
     if dist_info.is_main:
         samples.write_index(records)
     return records
+
+
+@dataclass(frozen=True)
+class Batches:
+    """What a generation writes: the mask ``items`` (sample i uses item i mod len), the planned record of every
+    sample and the indices ``todo`` this rank still writes."""
+
+    items: list
+    plan: list
+    todo: list
+
+    def item(self, i: int):
+        """The mask item of sample ``i``."""
+        return self.items[i % len(self.items)]
 
 
 def _planned(i: int, item, pipe, settings: GenerationSettings, model_dir: str) -> SampleRecord:
@@ -127,20 +178,21 @@ def sample_volumes(image: np.ndarray, item, modalities, native: bool = True) -> 
     return volumes
 
 
-def _generate_batches(pipe, items: list, plan: list[SampleRecord], todo: list[int], samples: SampleSet, bar,
-                      stop: graceful_stop, *, batch_size: int, settings: GenerationSettings, native: bool,
-                      on_progress, log) -> None:
-    """Generate and write the samples ``todo`` in batches; after the first, say what all will take (bytes
-    and time, measured) and refuse to go on when the disk cannot hold the rest; on SIGTERM / SIGINT stop
-    after the batch being written (each sample is written atomically) with :class:`~aldm.interrupt.Stopped`."""
-    out_dir = samples.path
+def _generate_batches(pipe, request: GenerationRequest, batches: Batches, samples: SampleSet, bar,
+                      stop: graceful_stop, log) -> None:
+    """Generate and write the samples ``batches.todo`` in batches of ``request.runtime.batch_size``; after the
+    first, say what all will take (bytes and time, measured) and refuse to go on when the disk cannot hold the
+    rest; on SIGTERM / SIGINT stop after the batch being written (each sample is written atomically) with
+    :class:`~aldm.interrupt.Stopped`."""
+    out_dir, settings, on_progress = samples.path, request.settings, request.runtime.on_progress
+    todo, batch_size = batches.todo, request.runtime.batch_size
     start_time = time.perf_counter()
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        require_free_space(out_dir, sum(_sample_bytes(items[i % len(items)], native, len(pipe.modalities))
+        require_free_space(out_dir, sum(_sample_bytes(batches.item(i), request.native, len(pipe.modalities))
                                         for i in chunk), f"{len(chunk)} more sample(s)")
-        mask = np.stack([items[i % len(items)].condition() for i in chunk]).astype(np.float32)
-        brain = _brains([items[i % len(items)] for i in chunk]) if needs_brain(pipe.condition) else None
+        mask = np.stack([batches.item(i).condition() for i in chunk]).astype(np.float32)
+        brain = _brains([batches.item(i) for i in chunk]) if needs_brain(pipe.condition) else None
         step_callback = None
         if on_progress is not None:
             def step_callback(step, total_steps, done=start):
@@ -148,14 +200,14 @@ def _generate_batches(pipe, items: list, plan: list[SampleRecord], todo: list[in
         out = pipe(mask, settings, generator=[settings.seed + i for i in chunk], step_callback=step_callback,
                    brain=brain)
         for j, i in enumerate(chunk):
-            samples.write_sample(plan[i], sample_volumes(out["image"][j].numpy(), items[i % len(items)],
-                                                        pipe.modalities, native))
+            samples.write_sample(batches.plan[i], sample_volumes(out["image"][j].numpy(), batches.item(i),
+                                                                pipe.modalities, request.native))
         bar.update(len(chunk))
         if on_progress is not None:
             on_progress(start + len(chunk), len(todo), 0, 0)
         left = len(todo) - start - len(chunk)
         if start == 0 and left:
-            _estimate(samples, [plan[i].sample for i in chunk], left, time.perf_counter() - start_time, log)
+            _estimate(samples, [batches.plan[i].sample for i in chunk], left, time.perf_counter() - start_time, log)
         if stop.requested and left:
             raise Stopped(f"{out_dir}: stopped by {stop.requested} with {start + len(chunk)} of {len(todo)} samples "
                           "written; re-run the same command to finish the rest")

@@ -11,16 +11,17 @@ from .arguments import add_sampling_arguments, non_negative_int, positive_int, s
 def _cmd_generate(args) -> int:
     from ..data.masks import MaskSource
     from ..distributed import init_distributed, shutdown
-    from ..generate import generate
+    from ..generate import GenerationRequest, GenerationRuntime, generate
 
     settings = sampling_settings(args)
     info = init_distributed()
     try:
         start = time.perf_counter()
         masks = MaskSource.parse(args.masks) if args.masks else None
-        rows = generate(args.model, args.out, args.n, masks=masks, subjects=args.subjects, settings=settings,
-                        batch_size=args.batch_size, dist_info=info, device=args.device, progress=not args.quiet,
-                        decode_slab=args.decode_slab, overwrite=args.overwrite)
+        runtime = GenerationRuntime(batch_size=args.batch_size, dist_info=info, device=args.device,
+                                    progress=not args.quiet, decode_slab=args.decode_slab)
+        rows = generate(GenerationRequest(args.model, args.out, args.n, masks, args.subjects, settings,
+                                          overwrite=args.overwrite, runtime=runtime))
         elapsed = time.perf_counter() - start
     finally:
         shutdown(info)

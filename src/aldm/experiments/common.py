@@ -26,7 +26,7 @@ from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
 from ..evaluators.classifier import TASKS
 from ..evaluators.segmentation_protocols import SegmentationSettings
-from ..generate import generate
+from ..generate import GenerationRequest, GenerationRuntime, generate
 from ..models.families import comparison_models, training_stage
 from ..train.baselines import train_comparison
 from ..train.requests import FewShot, ProbeSubjects, Runtime, StageRequest
@@ -463,10 +463,10 @@ def _fewshot_run(st: _RunSetting, k: int) -> PlannedRun:
                                      FewShot(st.path("ldm"), st.split(k)), st.fewshot_probe))
             snap = snapshot(target if target is not None else Run(run).profile.train_fewshot.steps)
             if largest:
-                generate(run, snap, n=1, masks=MaskSource("cache", cfg.target_cache),
-                         subjects=st.splits[k]["test"][:1], settings=generation_settings(cfg, max(cfg.guidance),
-                                                                                        cfg.seed),
-                         progress=False, native=False)
+                first_test = st.splits[k]["test"][:1]
+                generate(GenerationRequest(run, snap, 1, MaskSource("cache", cfg.target_cache), first_test,
+                                           generation_settings(cfg, max(cfg.guidance), cfg.seed), native=False,
+                                           runtime=GenerationRuntime(progress=False)))
             if Run(run).finished and i < chunks:
                 os.remove(Run(run).file(WEIGHTS))  # not finished yet: the next chunk continues
 

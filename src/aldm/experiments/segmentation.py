@@ -42,7 +42,7 @@ from ..evaluators.segmentation_protocols import (
     training_items,
 )
 from ..evaluators.segmenter import BRATS, WHOLE_TUMOUR, SegmenterConfig, region_targets, segment, train_segmenter
-from ..generate import generate
+from ..generate import GenerationRequest, GenerationRuntime, generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import is_diffusion, title
@@ -83,9 +83,9 @@ def _synthetic_sets(cfg: ExperimentConfig, settings: SegmentationSettings, runs:
             continue
         log(f"{generator_label(g, guidance)}: {n_max} synthetic volumes from the {len(shots)} few-shot masks",
             "segmentation")
-        generate(run, folder, n=n_max, masks=MaskSource("appendix", cfg.target_cache), subjects=shots,
-                 settings=generation_settings(cfg, guidance if is_diffusion(g) else None, cfg.seed + 2000),
-                 progress=progress, native=False)
+        generate(GenerationRequest(run, folder, n_max, MaskSource("appendix", cfg.target_cache), shots,
+                                   generation_settings(cfg, guidance if is_diffusion(g) else None, cfg.seed + 2000),
+                                   native=False, runtime=GenerationRuntime(progress=progress)))
         samples = sorted(load_synthetic(folder), key=lambda r: int(r["index"]))
         out[g] = [s for s in samples if int(s["index"]) < n_max]
     return out

@@ -31,7 +31,7 @@ from ..artifacts.segmenter import SegmenterRun
 from ..data.masks import MaskSource
 from ..evaluate import EvaluationSettings, evaluate, load_synthetic
 from ..evaluators.classifier import ClassifierConfig, cross_validate
-from ..generate import generate
+from ..generate import GenerationRequest, GenerationRuntime, generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import is_diffusion, title
@@ -210,9 +210,9 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             log(f"cell {cell['name']}: generate + evaluate")
             samples_dir = os.path.join(cfg.out, "samples", cell["id"])
             start = time.perf_counter()
-            generate(run, samples_dir, n=len(test), masks=MaskSource("cache", cfg.target_cache), subjects=test,
-                     settings=generation_settings(cfg, cell["s"], cfg.seed + 1000), progress=progress, native=False,
-                     pipeline=pipe)
+            generate(GenerationRequest(run, samples_dir, len(test), MaskSource("cache", cfg.target_cache), test,
+                                       generation_settings(cfg, cell["s"], cfg.seed + 1000), native=False,
+                                       runtime=GenerationRuntime(progress=progress, pipeline=pipe)))
             sample_s = (time.perf_counter() - start) / len(test)
             scoring = EvaluationSettings(inception=cfg.inception, frd_modalities=cfg.frd_modalities,
                                          diversity_pairs=cfg.diversity_pairs, segmenter=segmenter)

@@ -79,8 +79,9 @@ def exclusive_writer(folder: str, what: str = "folder", enabled: bool = True) ->
 def writes_folder(argument: str, what: str) -> Callable:
     """Decorator: the function holds the writer lock of the folder passed as ``argument`` while it runs
     (rank 0 only: a ``dist_info`` argument whose ``is_main`` is false skips the lock; none means one process).
-    ``argument`` may name a training request instead (an object with ``run_dir`` and ``runtime.dist_info``,
-    :class:`aldm.train.requests.StageRequest`): its folder and process group are taken."""
+    ``argument`` may name a request instead (an object with ``runtime.dist_info`` and ``run_dir`` or ``out_dir``:
+    :class:`aldm.train.requests.StageRequest`, :class:`aldm.generate.GenerationRequest`): its folder and process
+    group are taken."""
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
@@ -88,8 +89,8 @@ def writes_folder(argument: str, what: str) -> Callable:
         def wrapper(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             folder, dist_info = bound.arguments[argument], bound.arguments.get("dist_info")
-            if hasattr(folder, "run_dir"):
-                folder, dist_info = folder.run_dir, folder.runtime.dist_info
+            if hasattr(folder, "runtime"):  # a request: its folder and its process group
+                folder, dist_info = getattr(folder, "run_dir", None) or folder.out_dir, folder.runtime.dist_info
             with exclusive_writer(folder, what, enabled=dist_info is None or dist_info.is_main):
                 return fn(*args, **kwargs)
         return wrapper

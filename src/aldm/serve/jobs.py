@@ -35,7 +35,7 @@ from ..conditions import SEG_FILE
 from ..data.masks import MaskSource
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
-from ..generate import generate
+from ..generate import GenerationRequest, GenerationRuntime, generate
 from ..io.atomic import atomic_write_text
 from ..io.lock import exclusive_writer
 from ..models.families import is_diffusion
@@ -298,6 +298,7 @@ class JobQueue:
         if is_diffusion(entry.kind):
             settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
                                           seed=job["seed"])
-        generate(entry.path, self.samples_dir(job["id"]), job["n"], masks=MaskSource("appendix", entry.data),
-                 settings=settings, batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
+        runtime = GenerationRuntime(batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
+        generate(GenerationRequest(entry.path, self.samples_dir(job["id"]), job["n"],
+                                   MaskSource("appendix", entry.data), settings=settings, runtime=runtime))
         progress.update(done=job["n"], step=0, steps=0)
