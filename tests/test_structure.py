@@ -15,7 +15,7 @@ MAX_PARAMETERS = 8
 TOO_LONG: set = set()
 TOO_MANY_PARAMETERS = {
     "train/stages.py:train_ldm", "train/baselines.py:train_baseline",
-    "pipeline.py:ALDMPipeline.__init__", "pipeline.py:reverse_diffusion",
+    "pipeline.py:ALDMPipeline.__init__",
     "train/stages.py:open_run", "train/stages.py:train_vae", "data/cache.py:prepare_dataset",
     "train/stages.py:run_stage", "train/trainer.py:Trainer.__init__",
 }

@@ -1,7 +1,7 @@
 """The generation pipelines: one interface (:class:`GenerationPipeline`, as diffusers' ``DiffusionPipeline``)
 and one class per model family — ``ALDMPipeline`` (the paper's), ``PixelDiffusionPipeline``, ``BaselinePipeline``
 (the GANs) — loaded from a finished run by :func:`load_pipeline` through the family registry
-(:mod:`aldm.models.families`).
+(:mod:`aldm.models.families`); the two diffusion families share :class:`DiffusionPipeline`'s sampling loop.
 
     pipe = ALDMPipeline.from_pretrained("runs/fewshot_k16")
     out = pipe(masks, GenerationSettings(guidance=3.0, sampler="dpmpp2m", steps=20), generator=seeds)
@@ -80,7 +80,66 @@ class GenerationPipeline(ABC):
         return self.profile.condition
 
 
-class ALDMPipeline(GenerationPipeline):
+class DiffusionPipeline(GenerationPipeline):
+    """A pipeline that samples by reverse diffusion with classifier-free guidance (ALDM in latent space, the pixel
+    DDPM on the volume): its ``schedule``, ``denoiser``, ``device`` and ``precision``, and the one sampling loop
+    both share (:meth:`reverse_diffusion`)."""
+
+    schedule: NoiseSchedule
+    denoiser: ConditionalDenoiser
+    precision: str
+    _bf16_denoiser: ConditionalDenoiser | None = None
+
+    def validate(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` checked against this model (T of its schedule), steps resolved."""
+        return settings.validate(self.schedule.timesteps)
+
+    def _denoiser(self) -> ConditionalDenoiser:
+        """The denoiser for this pipeline's precision: under bf16, a copy with bf16 weights (made once)."""
+        if self.precision != "bf16":
+            return self.denoiser
+        if self._bf16_denoiser is None:
+            self._bf16_denoiser = with_bf16_weights(self.denoiser)
+        return self._bf16_denoiser
+
+    def reverse_diffusion(self, control: torch.Tensor, stats: torch.Tensor, shape: tuple, settings: GenerationSettings,
+                          generators: list, progress: bool = False, step_callback=None,
+                          known: KnownLatent | None = None) -> torch.Tensor:
+        """x_0 (``shape``) from x_T ~ N(0, I) by ``settings``' sampler with classifier-free guidance (Eq. 3.8) on
+        the condition (``control`` (B, 3 M, ...), ``stats`` (B, stats_dim)). The denoiser runs under the
+        pipeline's precision (autocast), the samplers' arithmetic in fp32; ``step_callback(step, steps)`` after
+        each guided evaluation. ``known``: the part of x_0 that is given (:mod:`aldm.diffusion.inpainting`; its
+        ``jumps`` > 1 resamples on DDIM steps), read by a denoiser trained with it as context too."""
+        denoiser, schedule, device, precision = self._denoiser(), self.schedule, self.device, self.precision
+        x_T = initial_noise(shape, generators, device)
+        if known is not None:
+            x_T = known.start(x_T, schedule)
+        calls = [0]
+        total = settings.steps if known is None else known.evaluations(settings.steps)
+        # an inpainting-trained ControlNet reads the known latent; any other sees it only through the constraint
+        context = known.context() if known is not None and denoiser.reads_context else None
+        with autocast(device, precision):
+            guided = GuidedNoise(denoiser, control, stats, settings.guidance, context)
+
+        def eps_fn(x, t):
+            with autocast(device, precision):
+                out = guided(x, t).float()
+            eps = schedule.as_noise(out, x, t)  # samplers take eps, whatever the denoiser predicts
+            calls[0] += 1
+            if step_callback is not None:
+                step_callback(calls[0], total)
+            return eps
+
+        if known is None:
+            return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
+        eps_fn = constrained(eps_fn, known, schedule)
+        if known.jumps > 1:
+            return known.finish(sample_resampled(eps_fn, schedule, x_T, settings.steps, known.jumps, generators,
+                                                 progress))
+        return known.finish(run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress))
+
+
+class ALDMPipeline(DiffusionPipeline):
     """Masks (B, 1, S, S, S) -> synthetic volumes (B, C, S, S, S) with a trained ALDM (Eq. 3.10; see the
     module docstring). Build it from a run with :meth:`from_pretrained`."""
 
@@ -118,18 +177,6 @@ class ALDMPipeline(GenerationPipeline):
         """The networks a sample passes through: the VAE (its decoder; the encoder is counted too) and the
         denoiser with its ControlNet."""
         return [self.vae, self.denoiser]
-
-    def validate(self, settings: GenerationSettings) -> GenerationSettings:
-        """``settings`` checked against this model (T of its schedule), steps resolved."""
-        return settings.validate(self.schedule.timesteps)
-
-    def _denoiser(self) -> ConditionalDenoiser:
-        """The denoiser for this pipeline's precision: under bf16, a copy with bf16 weights (made once)."""
-        if self.precision != "bf16":
-            return self.denoiser
-        if self._bf16_denoiser is None:
-            self._bf16_denoiser = with_bf16_weights(self.denoiser)
-        return self._bf16_denoiser
 
     @classmethod
     def from_pretrained(cls, run_dir: str, device: str | torch.device | None = None,
@@ -190,49 +237,12 @@ class ALDMPipeline(GenerationPipeline):
         control = condition_control(m, self.condition, s, b).to(self.device)
         stats = condition_statistics(m, self.condition, b).to(self.device)
         shape = (m.shape[0], self.profile.vae.latent_channels, s, s, s)
-        z0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
-                               self.device, self.precision, progress, step_callback, known)
+        z0 = self.reverse_diffusion(control, stats, shape, settings, generators, progress, step_callback, known)
         image, latent = self.decode(z0, m)  # a decoder_regions VAE draws the label map's sub-regions
         return {"image": image, "latent": latent.cpu()}
 
 
-def reverse_diffusion(denoiser: ConditionalDenoiser, schedule: NoiseSchedule, control: torch.Tensor,
-                      stats: torch.Tensor, shape: tuple, settings: GenerationSettings, generators: list,
-                      device: torch.device, precision: str, progress: bool = False, step_callback=None,
-                      known: KnownLatent | None = None) -> torch.Tensor:
-    """x_0 (``shape``) from x_T ~ N(0, I) by ``settings``' sampler with classifier-free guidance (Eq. 3.8) on the
-    condition (``control`` (B, 3 M, ...), ``stats`` (B, stats_dim)): the sampling loop of every diffusion model
-    here (ALDM's latents, the pixel DDPM's volumes). The denoiser runs under ``precision``'s autocast, the
-    samplers' arithmetic in fp32; ``step_callback(step, steps)`` after each guided evaluation. ``known``: the
-    part of x_0 that is given (:mod:`aldm.diffusion.inpainting`; its ``jumps`` > 1 resamples on DDIM steps)."""
-    x_T = initial_noise(shape, generators, device)
-    if known is not None:
-        x_T = known.start(x_T, schedule)
-    calls = [0]
-    total = settings.steps if known is None else known.evaluations(settings.steps)
-    # an inpainting-trained ControlNet reads the known latent; any other model sees it only through the constraint
-    context = known.context() if known is not None and denoiser.reads_context else None
-    with autocast(device, precision):
-        guided = GuidedNoise(denoiser, control, stats, settings.guidance, context)
-
-    def eps_fn(x, t):
-        with autocast(device, precision):
-            out = guided(x, t).float()
-        eps = schedule.as_noise(out, x, t)  # samplers take eps, whatever the denoiser predicts
-        calls[0] += 1
-        if step_callback is not None:
-            step_callback(calls[0], total)
-        return eps
-
-    if known is None:
-        return run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress)
-    eps_fn = constrained(eps_fn, known, schedule)
-    if known.jumps > 1:
-        return known.finish(sample_resampled(eps_fn, schedule, x_T, settings.steps, known.jumps, generators, progress))
-    return known.finish(run_sampler(settings.sampler, eps_fn, schedule, x_T, settings.steps, generators, progress))
-
-
-class PixelDiffusionPipeline(GenerationPipeline):
+class PixelDiffusionPipeline(DiffusionPipeline):
     """The same call as :class:`ALDMPipeline` for a pixel DDPM run (:mod:`aldm.models.pixel_ddpm`): reverse
     diffusion on the volume itself, the control maps at full resolution concatenated to x_t, the same
     samplers and guidance; no VAE."""
@@ -270,9 +280,6 @@ class PixelDiffusionPipeline(GenerationPipeline):
         """The networks a sample passes through: the denoiser."""
         return [self.denoiser]
 
-    validate = ALDMPipeline.validate
-    _denoiser = ALDMPipeline._denoiser
-
     @torch.inference_mode()
     def __call__(self, masks, settings: GenerationSettings | None = None, generator=None, progress: bool = False,
                  step_callback=None, brain=None) -> dict:
@@ -285,8 +292,7 @@ class PixelDiffusionPipeline(GenerationPipeline):
         stats = null_statistics(m.shape[0], control)
         size = self.profile.image_size
         shape = (m.shape[0], self.profile.vae.in_channels, size, size, size)
-        x0 = reverse_diffusion(self._denoiser(), self.schedule, control, stats, shape, settings, generators,
-                               self.device, self.precision, progress, step_callback)
+        x0 = self.reverse_diffusion(control, stats, shape, settings, generators, progress, step_callback)
         return {"image": x0.float().clamp(-1, 1).contiguous().cpu()}
 
 
