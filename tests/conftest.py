@@ -13,13 +13,6 @@ torch.set_num_threads(2)
 # Every ``aldm`` subprocess of the suite runs as on a machine without tcmalloc (aldm.allocator), whether or not
 # this one has it: its note must never turn a one-line error into two (tests/test_allocator.py covers tcmalloc).
 os.environ["ALDM_TCMALLOC"] = "none"
-# ... and without this process's own tcmalloc when it was started with one preloaded (.ci/run does: the in-process
-# tests train faster, as the aldm command does for itself); it is already loaded here, so only children change
-_preload = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
-if _preload:
-    os.environ["LD_PRELOAD"] = ":".join(_preload)
-else:
-    os.environ.pop("LD_PRELOAD", None)
 
 
 @pytest.fixture(scope="session")
