@@ -254,3 +254,20 @@ def paired_differences(results: list[dict], folds: list[dict]) -> list[dict]:
                                         else 0.0, "higher": int(sum(x > 0 for x in d))}
                                  for name, d in diffs.items()}})
     return rows
+
+
+PAIRED_CAPTION = ("Paired by seed against K real (the same seed and test patients): Dice(K real + N) − Dice(K real), "
+                  "mean ± std over seeds (seeds higher / seeds)")
+
+
+def paired_rows(paired: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the paired differences as text cells — rows of :func:`paired_differences` with the
+    generator's display ``label`` — for the markdown table and the report alike."""
+    if not paired:
+        return [], []
+    names = list(paired[0]["regions"])
+    header = ["Generator", "N synthetic"] + [f"Δ Dice {name}" for name in names]
+    rows = [[row["label"], str(row["n"])] + [f"{row['regions'][n]['mean']:+.3f} ± {row['regions'][n]['std']:.3f} "
+                                              f"({row['regions'][n]['higher']}/{row['seeds']})" for n in names]
+            for row in paired]
+    return header, rows

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from ..artifacts.cache import PreparedCache  # noqa: E402
 from ..artifacts.samples import SampleSet  # noqa: E402
 from ..errors import AldmError  # noqa: E402
+from ..evaluators.segmentation_protocols import PAIRED_CAPTION, paired_rows  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 # "Mask Dice" is the whole tumour's (WT); "Dice TC" / "Dice ET" the BraTS sub-regions' (a BraTS segmenter and
@@ -326,17 +327,14 @@ def learning_figure(runs_dir: str, path: str) -> bool:
 
 def _paired_section(paired: list[dict]) -> list[str]:
     """HTML of the segmentation's paired differences against K real (summary.json's ``paired``)."""
-    if not paired:
+    header, rows = paired_rows(paired)
+    if not rows:
         return []
-    names = list(paired[0]["regions"])
-    parts = ["<p>Paired by seed against K real (the same seed and test patients): Dice(K real + N) &minus; "
-             "Dice(K real), mean &plusmn; std over seeds (seeds higher / seeds).</p><table><tr><th>Generator</th>"
-             "<th>N synthetic</th>" + "".join(f"<th>&Delta; Dice {html.escape(n)}</th>" for n in names) + "</tr>"]
-    for row in paired:
-        cells = "".join(f"<td>{row['regions'][n]['mean']:+.3f} &plusmn; {row['regions'][n]['std']:.3f} "
-                        f"({row['regions'][n]['higher']}/{row['seeds']})</td>" for n in names)
-        parts.append(f"<tr><td>{html.escape(row['label'])}</td><td>{row['n']}</td>{cells}</tr>")
-    return parts + ["</table>"]
+    def cells(tag: str, row: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
+
+    return [f"<p>{html.escape(PAIRED_CAPTION)}.</p><table>", cells("th", header), *(cells("td", r) for r in rows),
+            "</table>"]
 
 
 def _segmentation_section(out: str) -> list[str]:

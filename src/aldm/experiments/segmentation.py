@@ -31,10 +31,12 @@ from ..editing.cohort import edited_cohort
 from ..errors import AldmError
 from ..evaluate import load_synthetic
 from ..evaluators.segmentation_protocols import (
+    PAIRED_CAPTION,
     Job,
     SegmentationSettings,
     check_no_leak,
     paired_differences,
+    paired_rows,
     plan_jobs,
     score_volumes,
     scored_subjects,
@@ -151,21 +153,12 @@ def write_table(rows: list[dict], guidance: float, out_dir: str, paired: list[di
 
 
 def paired_table(paired: list[dict]) -> list[str]:
-    """Markdown lines of the paired differences against K real (rows of
-    :func:`~aldm.evaluators.segmentation_protocols.paired_differences` with the generator's ``label``): per region
-    mean ± std over seeds (and the seeds where the augmented segmenter was higher); none without a K-real row."""
-    if not paired:
+    """Markdown lines of the paired differences against K real (:func:`paired_rows`); none without them."""
+    header, rows = paired_rows(paired)
+    if not rows:
         return []
-    names = list(paired[0]["regions"])
-    lines = ["", "Paired by seed against K real (the same seed and test patients): Dice(K real + N) − Dice(K real), "
-             "mean ± std over seeds (seeds higher / seeds)", "",
-             "| Generator | N synthetic | " + " | ".join(f"Δ Dice {name}" for name in names) + " |",
-             "|" + "---|" * (2 + len(names))]
-    for row in paired:
-        cells = [f"{row['regions'][name]['mean']:+.3f} ± {row['regions'][name]['std']:.3f} "
-                 f"({row['regions'][name]['higher']}/{row['seeds']})" for name in names]
-        lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
-    return lines
+    return ["", PAIRED_CAPTION, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def augmentation_figure(rows: list[dict], k: int, guidance: float, path: str) -> None:
