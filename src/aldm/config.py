@@ -130,6 +130,10 @@ class UNetConfig:
     # zero-initialised stem: a model trained to fill a region from its surroundings (scan editing,
     # aldm.editing), not in the paper; False = the paper
     inpaint_context: bool = False
+    # the denoiser also takes the guidance scale s of Eq. 3.8 as an input, embedded as t is (Eq. 3.6) through a
+    # zero-initialised MLP: a distilled student that gives the guided prediction in one forward (aldm.train.
+    # distillation, Meng et al. 2023); False = the paper (guidance combines two forwards)
+    guidance_input: bool = False
 
     def __post_init__(self):
         """Refuse widths that cannot build the U-Net or its ControlNet (GroupNorm needs multiples of ``groups``)."""
@@ -239,6 +243,37 @@ class PixelDiffusionConfig:
 LR_SCHEDULES = ("constant", "cosine")
 
 
+DISTILL_METHODS = ("progressive",)  # how a student learns fewer steps (aldm.train.distillation)
+
+
+@dataclass
+class DistillConfig:
+    """Distillation of a finished ALDM run into a few-step student (aldm.train.distillation): the guidance scales
+    s the student learns (uniform in ``guidance_range``), the DDIM steps of the first halving round's teacher
+    (``teacher_steps``, a power of two times ``steps_to``) and the steps the student ends with."""
+    guidance_range: tuple = (1.0, 5.0)
+    teacher_steps: int = 16
+    steps_to: int = 4
+    method: str = "progressive"
+
+    def __post_init__(self):
+        """Refuse a guidance range outside [0, 20] or reversed, step counts that do not halve from
+        ``teacher_steps`` down to ``steps_to``, an unknown method."""
+        lo_hi = self.guidance_range
+        if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in lo_hi)
+                or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 20.0):
+            raise AldmError(f"DistillConfig.guidance_range must be [low, high] with 0 <= low <= high <= 20, got {lo_hi!r}")
+        _whole(self, "teacher_steps")
+        _whole(self, "steps_to")
+        ratio = self.teacher_steps // self.steps_to
+        if self.teacher_steps % self.steps_to or ratio & (ratio - 1):
+            raise AldmError(f"DistillConfig: teacher_steps ({self.teacher_steps}) must be steps_to ({self.steps_to}) "
+                            "times a power of two (each round halves the steps)")
+        if self.method not in DISTILL_METHODS:
+            raise AldmError(f"DistillConfig.method must be one of {', '.join(DISTILL_METHODS)}, got {self.method!r}")
+
+
 @dataclass
 class TrainConfig:
     """One training stage: length, batch, AdamW, warm-up, clipping, accumulation, EMA, precision,
@@ -314,6 +349,9 @@ class Profile:
     pixel: PixelDiffusionConfig = field(default_factory=PixelDiffusionConfig)
     train_pixel: TrainConfig = field(default_factory=TrainConfig)
     train_pixel_fewshot: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # one phase of distillation (the guidance phase, then each halving round) trains this long
+    train_distill: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, lr=5e-5, warmup_steps=100))
 
     def __post_init__(self):
         """Refuse an image size the networks cannot take: the VAE downsamples by 4 and the U-Net's latent by
@@ -367,6 +405,9 @@ class Profile:
             pixel=build(PixelDiffusionConfig, data.get("pixel", {})),
             train_pixel=build(TrainConfig, data.get("train_pixel", {})),
             train_pixel_fewshot=build(TrainConfig, data.get("train_pixel_fewshot", {})),
+            distill=build(DistillConfig, data.get("distill", {})),
+            train_distill=build(TrainConfig, data["train_distill"]) if "train_distill" in data
+            else cls.__dataclass_fields__["train_distill"].default_factory(),
         )
 
     def save(self, path: str) -> None:
@@ -450,6 +491,7 @@ def small() -> Profile:
         pixel=PixelDiffusionConfig(channels=(16, 32, 64, 64)),
         train_pixel=train(steps=800, batch_size=1, lr=1e-3, warmup_steps=20, checkpoint_every=100),
         train_pixel_fewshot=train(steps=150, batch_size=1, lr=3e-4, warmup_steps=10, checkpoint_every=50),
+        train_distill=train(steps=150, batch_size=4, lr=1e-4, warmup_steps=10, checkpoint_every=50),
     )
 
 
@@ -476,6 +518,8 @@ def tiny() -> Profile:
         pixel=PixelDiffusionConfig(channels=(8, 16, 16), groups=4, time_dim=32),
         train_pixel=train(steps=4, lr=1e-3, warmup_steps=1),
         train_pixel_fewshot=train(steps=4, lr=1e-3, warmup_steps=1),
+        distill=DistillConfig(teacher_steps=4, steps_to=2),
+        train_distill=train(steps=3, lr=1e-3, warmup_steps=1),
     )
 
 

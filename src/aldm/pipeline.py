@@ -91,8 +91,11 @@ class DiffusionPipeline(GenerationPipeline):
     _bf16_denoiser: ConditionalDenoiser | None = None
 
     def validate(self, settings: GenerationSettings) -> GenerationSettings:
-        """``settings`` checked against this model (T of its schedule), steps resolved."""
-        return settings.validate(self.schedule.timesteps)
+        """``settings`` checked against this model (T of its schedule), sampler and steps resolved: a distilled
+        student's own (its grid and step count, :mod:`aldm.train.distillation`), else DPM-Solver++(2M) at 20; a
+        student refuses a guidance scale outside the range it learnt."""
+        return settings.for_model(self.schedule.timesteps,
+                                  self.info.get("distill") if self.denoiser.takes_guidance else None)
 
     def _denoiser(self) -> ConditionalDenoiser:
         """The denoiser for this pipeline's precision: under bf16, a copy with bf16 weights (made once)."""

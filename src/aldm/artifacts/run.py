@@ -2,10 +2,11 @@
 
 A run folder holds
 
-* ``run.json`` — what the run is: ``stage`` (``vae``, ``ldm``, ``fewshot`` or ``baseline``), profile
-  name, seed, world size, the data cache and its manifest checksum, code version, creation time,
-  parent runs (``vae_run``, ``init_run``), for baselines ``model`` and ``fewshot``, for few-shot
-  runs ``k``;
+* ``run.json`` — what the run is: ``stage`` (``vae``, ``ldm``, ``fewshot``, ``baseline`` or ``distill``),
+  profile name, seed, world size, the data cache and its manifest checksum, code version, creation time,
+  parent runs (``vae_run``, ``init_run``, a distilled student's ``teacher_run`` and its weights' checksum
+  ``teacher_hash``), for baselines ``model`` and ``fewshot``, for few-shot runs ``k``, for a student ``distill``
+  (its steps, the guidance range it learnt, its phases);
 * ``config.json`` — the resolved :class:`aldm.config.Profile`;
 * ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) — the trainer's resumable state;
 * ``metrics.csv`` — the training log; ``probe.csv`` — held-out figures every ``probe_every`` steps;
@@ -54,8 +55,8 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
 SELECTED = "selected.pt"  # the EMA weights of the best probed step (TrainConfig.select_by_probe)
 
-STAGES = ("vae", "ldm", "fewshot", "baseline", "segmenter")
-GENERATING_STAGES = ("ldm", "fewshot", "baseline")
+STAGES = ("vae", "ldm", "fewshot", "baseline", "segmenter", "distill")
+GENERATING_STAGES = ("ldm", "fewshot", "baseline", "distill")
 
 
 def code_version() -> str:
@@ -102,7 +103,7 @@ class Run(ArtifactFolder):
 
     @property
     def kind(self) -> str:
-        """The model family: ``vae``, ``aldm`` (LDM and few-shot runs) or a baseline (``cgan``, ``cgan3m``,
+        """The model family: ``vae``, ``aldm`` (LDM, few-shot and distilled runs) or a baseline (``cgan``, ``cgan3m``,
         ``vaegan``)."""
         if self.stage == "baseline":
             return self.info.get("model", "baseline")
@@ -151,9 +152,10 @@ class Run(ArtifactFolder):
         return self.stage in GENERATING_STAGES
 
     def require_generator(self) -> Run:
-        """This run if it is one that generates (LDM, few-shot or baseline), else an AldmError."""
+        """This run if it is one that generates (LDM, few-shot, distilled or baseline), else an AldmError."""
         if not self.can_generate:
-            raise AldmError(f"{self.path}: a {self.stage} run cannot generate; give an LDM, few-shot or baseline run")
+            raise AldmError(f"{self.path}: a {self.stage} run cannot generate; give an LDM, few-shot, distilled or "
+                            "baseline run")
         return self
 
     def record(self, key: str, value) -> None:
@@ -183,7 +185,7 @@ class Run(ArtifactFolder):
             chain.append(run)
             seen.add(os.path.abspath(run.path))
             # a few-shot run trained from scratch (the no-pre-training ablation) took only the VAE of its init run
-            keys = ("vae_run",) if run.info.get("from_scratch") else ("init_run", "vae_run")
+            keys = ("vae_run",) if run.info.get("from_scratch") else ("teacher_run", "init_run", "vae_run")
             parents = [run.info.get(key) for key in keys]
             run = next((Run(p) for p in parents if p and os.path.abspath(p) not in seen), None)
         return chain

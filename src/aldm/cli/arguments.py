@@ -64,10 +64,11 @@ def add_sampling_arguments(parser) -> None:
                         help=f"classifier-free guidance scale s (Eq. 3.8), {GUIDANCE_RANGE[0]:g} to "
                              f"{GUIDANCE_RANGE[1]:g}")
     parser.add_argument("--steps", type=positive_int, default=None,
-                        help=f"sampler steps (default {DEFAULT_STEPS}; DDPM: all T)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
-                        help="dpmpp2m (DPM-Solver++ 2M, best per step; default), ddim, or ddpm (ancestral, all T "
-                             "steps)")
+                        help=f"sampler steps (default {DEFAULT_STEPS}; a distilled run: its own; DDPM: all T)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help=f"{DEFAULT_SAMPLER} (DPM-Solver++ 2M, best per step; the default), ddim, ddpm (ancestral, "
+                             "all T steps), or distilled (DDIM on a distilled student's grid; a distilled run's "
+                             "default)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="ALDM and the pixel DDPM: auto = bf16 autocast where the GPU or CPU computes bf16 "

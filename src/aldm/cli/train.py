@@ -158,8 +158,20 @@ def _train_baseline(args, info, resumed):
     return train_comparison(args.model, _request(args, info, profile, _fewshot_of(args)))
 
 
+def _train_distill(args, info, resumed):
+    """A few-step student of --teacher (:mod:`aldm.train.distillation`)."""
+    from ..config import get_profile
+    from ..train.distillation import DistillRequest, distill_stage
+    from ..train.requests import Runtime
+
+    profile = resumed or (get_profile(args.profile) if args.profile else None)
+    return distill_stage(DistillRequest(
+        args.teacher, args.out, args.steps_to, args.teacher_steps, args.guidance_range, args.steps, args.budget_s,
+        args.seed, args.precision, profile, args.data, Runtime(args.resume, info, not args.quiet)))
+
+
 TRAINERS = {"vae": _train_vae, "source": _train_latent, "fewshot": _train_latent, "ldm": _train_ldm_alias,
-            "baseline": _train_baseline}
+            "baseline": _train_baseline, "distill": _train_distill}
 
 
 def _cmd_train(args) -> int:
@@ -174,7 +186,9 @@ def _cmd_train(args) -> int:
     finally:
         shutdown(info)
     if info.is_main:
-        if last["loss"] != last["loss"]:  # NaN: resumed at its last step, nothing left to train
+        if "phases" in last:
+            print(f"{args.stage}: phases {', '.join(last['phases'])} trained")
+        elif last["loss"] != last["loss"]:  # NaN: resumed at its last step, nothing left to train
             print(f"{args.stage}: all {last['step']} steps were done; weights written")
         else:
             print(f"{args.stage}: {last['step']} steps, final loss {last['loss']:.4f}, "
@@ -297,6 +311,46 @@ def _register_baseline(stages) -> None:
     _add_condition(sub)
 
 
+def _guidance_range(text: str) -> tuple:
+    """``LOW,HIGH`` -> (low, high) (an argparse error otherwise)."""
+    import argparse
+
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    return (low, high)
+
+
+def _register_distill(stages) -> None:
+    sub = stages.add_parser("distill", help="a few-step student of a finished ALDM run (--teacher): guidance folded "
+                                            "into the network, then progressive distillation to --steps-to steps")
+    sub.add_argument("--teacher", required=True, help="finished ALDM run (source, few-shot, or a student to halve "
+                                                      "further)")
+    sub.add_argument("--out", required=True, help="run directory of the student")
+    sub.add_argument("--steps-to", type=positive_int, default=None,
+                     help="steps the student samples in (default: the profile's, 4 for small; a student teacher: "
+                          "half its own)")
+    sub.add_argument("--teacher-steps", type=positive_int, default=None,
+                     help="DDIM steps of the first halving round's teacher, steps-to times a power of two "
+                          "(default: the profile's, 16)")
+    sub.add_argument("--guidance-range", type=_guidance_range, default=None, metavar="LOW,HIGH",
+                     help="guidance scales s the student learns (default 1,5)")
+    sub.add_argument("--data", default=None, help="the cache holding the teacher's subjects (default: the "
+                                                  "teacher's own)")
+    sub.add_argument("--profile", default=None,
+                     help="whose distillation settings to take (default: the teacher's named profile)")
+    sub.add_argument("--steps", type=positive_int, default=None, help="steps of each phase")
+    sub.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
+                     help="the whole distillation's seconds of optimisation on this machine, shared equally by "
+                          "its phases (fitted from timed steps, recorded, so --resume trains the same steps)")
+    sub.add_argument("--seed", type=int, default=None)
+    sub.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    sub.add_argument("--precision", choices=PRECISIONS, default=None,
+                     help="training precision (default: the profile's, auto)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def register(commands) -> None:
     """Add ``aldm train`` and its stages to ``commands`` (an argparse sub-parsers object)."""
     train = commands.add_parser("train", help="train the VAE (stage 1), the latent diffusion model (stages 3, 4) "
@@ -306,5 +360,6 @@ def register(commands) -> None:
     _register_vae(stages)
     _register_latent(stages)
     _register_baseline(stages)
+    _register_distill(stages)
     for sub in stages.choices.values():
         sub.set_defaults(func=_cmd_train)

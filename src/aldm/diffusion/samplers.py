@@ -1,4 +1,5 @@
-"""Reverse-process samplers: ancestral DDPM (the paper, Eq. 3.10), DDIM and DPM-Solver++(2M).
+"""Reverse-process samplers: ancestral DDPM (the paper, Eq. 3.10), DDIM, DPM-Solver++(2M), and DDIM on the
+uniform grid a distilled student learnt its steps on (``distilled``, :mod:`aldm.train.distillation`).
 
 Written as the equations (Ho et al. 2020; Song et al. 2021; Lu et al. 2022), with one ``torch.Generator`` per
 sample so that a sample's noise depends only on its own seed, not on the batch it is in.
@@ -17,6 +18,7 @@ from .schedule import NoiseSchedule
 # DPM-Solver++(2M) at 20 steps matches 1000-step DDPM's FRD at ~40x less time (docs/performance.md)
 DEFAULT_SAMPLER = "dpmpp2m"
 DEFAULT_STEPS = 20
+DISTILLED_SAMPLER = "distilled"  # a distilled student's own (aldm.train.distillation)
 
 
 def _randn_like(z: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -36,6 +38,15 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
         raise ValueError(f"steps must be in [1, {total}], got {steps}")
     grid = torch.linspace(total - 1, 0, steps).round().long().tolist()
     return sorted(set(grid), reverse=True)
+
+
+def distilled_timesteps(total: int, steps: int) -> list[int]:
+    """The ``steps`` evaluation timesteps of a distilled student: t_k = round(T (n - k) / n) - 1 for k = 0..n-1 (the
+    last step lands on the clean sample). Halving nests: the grid of n steps is every other point of 2n's, so a
+    student of n steps learns two of its teacher's steps in one (progressive distillation)."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"steps must be in [1, {total}], got {steps}")
+    return [round(total * (steps - k) / steps) - 1 for k in range(steps)]
 
 
 def logsnr_timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
@@ -72,12 +83,14 @@ def sample_ddpm(eps_fn: Callable, schedule: NoiseSchedule, z_T: torch.Tensor, ge
 
 @torch.inference_mode()
 def sample_ddim(eps_fn: Callable, schedule: NoiseSchedule, z_T: torch.Tensor, steps: int, eta: float = 0.0,
-                generators: list[torch.Generator] | None = None, progress: bool = False) -> torch.Tensor:
+                generators: list[torch.Generator] | None = None, progress: bool = False,
+                timesteps: list[int] | None = None) -> torch.Tensor:
     """DDIM: z0_hat = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);
-    z_prev = sqrt(abar_prev) z0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma n (eta = 0: deterministic)."""
+    z_prev = sqrt(abar_prev) z0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma n (eta = 0: deterministic).
+    ``timesteps``: where to evaluate, from T-1 down (default :func:`ddim_timesteps`); the last lands on z0_hat."""
     z = z_T
     abar = schedule.alphas_cumprod
-    ts = ddim_timesteps(schedule.timesteps, steps)
+    ts = ddim_timesteps(schedule.timesteps, steps) if timesteps is None else timesteps
     for i, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress, leave=False)):
         tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
         eps = eps_fn(z, tt).to(torch.float64)
@@ -139,6 +152,8 @@ SAMPLER_FUNCTIONS: dict[str, Callable] = {
         eps_fn, schedule, z_T, steps, generators=generators, progress=progress),
     "ddpm": lambda eps_fn, schedule, z_T, steps, generators, progress: sample_ddpm(
         eps_fn, schedule, z_T, generators, progress),
+    DISTILLED_SAMPLER: lambda eps_fn, schedule, z_T, steps, generators, progress: sample_ddim(
+        eps_fn, schedule, z_T, steps, progress=progress, timesteps=distilled_timesteps(schedule.timesteps, steps)),
 }
 SAMPLERS = tuple(SAMPLER_FUNCTIONS)  # the names, the default first
 

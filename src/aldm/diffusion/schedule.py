@@ -57,6 +57,15 @@ class NoiseSchedule:
         snr = abar / (1.0 - abar)
         return (snr.clamp(max=gamma) / (snr + 1.0 if self.config.prediction == "v" else snr)).float()
 
+    def predicted_x0(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean sample a denoiser's output implies at z_t: sqrt(abar_t) z_t - sqrt(1 - abar_t) v under ``v``
+        prediction, (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) under ``epsilon`` (ill-conditioned where abar_t is
+        tiny: why a few-step student wants v)."""
+        a = self.alpha_bar(t, z_t)
+        if self.config.prediction == "v":
+            return a.sqrt() * z_t - (1.0 - a).sqrt() * output
+        return (z_t - (1.0 - a).sqrt() * output) / a.sqrt()
+
     def as_noise(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A denoiser's output as the noise eps that samplers and probes use: itself under ``epsilon``
         prediction, :meth:`eps_from_v` under ``v`` (DiffusionConfig.prediction)."""

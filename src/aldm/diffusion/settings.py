@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from ..config import PRECISIONS
 from ..errors import AldmError
-from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, DISTILLED_SAMPLER, SAMPLERS
 
 DEFAULT_GUIDANCE = 3.0
 GUIDANCE_RANGE = (0.0, 20.0)  # s below 0 pushes away from the mask; far above ~10 saturates (docs/model.md)
@@ -28,7 +28,7 @@ class GenerationSettings:
     sampler's default, all T for DDPM), seed (sample i uses seed + i) and inference precision."""
 
     guidance: float = DEFAULT_GUIDANCE
-    sampler: str = DEFAULT_SAMPLER
+    sampler: str | None = None
     steps: int | None = None
     seed: int = 0
     precision: str = "auto"
@@ -42,7 +42,7 @@ class GenerationSettings:
         lo, hi = GUIDANCE_RANGE
         if not lo <= g <= hi:
             raise AldmError(f"guidance must be between {lo:g} and {hi:g}, got {g:g}")
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise AldmError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
@@ -52,18 +52,35 @@ class GenerationSettings:
         if self.precision not in PRECISIONS:
             raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
-    def validate(self, timesteps: int) -> GenerationSettings:
-        """These settings for a model of ``timesteps`` T, with ``steps`` resolved (DDPM: T; others: the
-        default when None); an AldmError when DDPM is asked for other than T steps or steps exceed T."""
+    def validate(self, timesteps: int, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS
+                 ) -> GenerationSettings:
+        """These settings for a model of ``timesteps`` T whose own sampler and steps are ``sampler`` and ``steps``,
+        with both resolved (DDPM: T steps; None: the model's); an AldmError when DDPM is asked for other than T steps
+        or steps exceed T."""
+        if self.sampler is None:
+            return replace(self, sampler=sampler, steps=steps if self.steps is None else self.steps
+                           ).validate(timesteps, sampler, steps)
         if self.sampler == "ddpm":
             if self.steps not in (None, timesteps):
                 raise AldmError(f"ancestral DDPM runs all T = {timesteps} steps; set steps to {timesteps} "
                                 "or choose ddim / dpmpp2m for fewer")
             return replace(self, steps=timesteps)
-        steps = DEFAULT_STEPS if self.steps is None else self.steps
+        steps = (steps if self.sampler == sampler else DEFAULT_STEPS) if self.steps is None else self.steps
         if steps > timesteps:
             raise AldmError(f"steps must be at most T = {timesteps}, got {steps}")
         return replace(self, steps=steps)
+
+    def for_model(self, timesteps: int, distilled: dict | None = None) -> GenerationSettings:
+        """:meth:`validate` for a model of T = ``timesteps``; ``distilled``: a distilled student's record
+        (run.json ``distill``: its ``steps`` and the ``guidance_range`` it learnt), whose grid and steps are then the
+        defaults and whose range bounds the guidance."""
+        if distilled is None:
+            return self.validate(timesteps)
+        lo, hi = distilled["guidance_range"]
+        if not lo <= self.guidance <= hi:
+            raise AldmError(f"this distilled model learnt guidance {lo:g} to {hi:g}, got {self.guidance:g}; "
+                            "generate with its teacher for other scales")
+        return self.validate(timesteps, DISTILLED_SAMPLER, int(distilled["steps"]))
 
     def recorded(self, kind: str) -> dict:
         """What a sample of a model of ``kind`` records of these settings: a diffusion model (ALDM, the pixel

@@ -36,6 +36,33 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim))
 
 
+class GuidanceEmbedding(nn.Module):
+    """The guidance scale s of Eq. 3.8 as an input (a distilled student, Meng et al. 2023): gamma(GUIDANCE_SCALE * s)
+    of Eq. 3.6 -> MLP -> (B, out_dim), added to the time embedding. The last layer starts at zero, so a student
+    built from its teacher starts as the teacher's conditional prediction."""
+
+    SCALE = 100.0  # s in [0, 20] spread over the sinusoids' range as t in [0, T) is
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.embedding = TimeEmbedding(dim, out_dim)
+        nn.init.zeros_(self.embedding.mlp[-1].weight)
+        nn.init.zeros_(self.embedding.mlp[-1].bias)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """s (B,) guidance scales -> (B, out_dim)."""
+        return self.embedding(s.float() * self.SCALE)
+
+
+def guidance_term(embedding: GuidanceEmbedding | None, guidance: torch.Tensor | None) -> torch.Tensor | float:
+    """What the guidance scale adds to the time embedding: the embedding of ``guidance`` (B,) for a student,
+    0 for a teacher; a ValueError when one is given without the other."""
+    if (embedding is None) != (guidance is None):
+        raise ValueError("a guidance-conditioned student (guidance_input) needs the guidance scale; any other "
+                         "denoiser takes none")
+    return 0.0 if embedding is None else embedding(guidance)
+
+
 class FiLM(nn.Module):
     """Eq. 3.7: h' = h * (1 + 0.1 gamma) + 0.1 beta, (gamma, beta) predicted from global mask statistics.
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from .blocks import Downsample, ResBlock, TimeEmbedding, repeat_batch, zero_module
+from .blocks import Downsample, GuidanceEmbedding, ResBlock, TimeEmbedding, guidance_term, repeat_batch, zero_module
 
 
 class ControlNet3D(nn.Module):
@@ -31,6 +31,7 @@ class ControlNet3D(nn.Module):
         super().__init__()
         c = config.control_channels
         self.time = TimeEmbedding(config.time_dim, config.time_dim)
+        self.guidance = GuidanceEmbedding(config.time_dim, config.time_dim) if config.guidance_input else None
         self.latent_stem = nn.Conv3d(latent_channels, c[0], 3, padding=1)
         self.hint_stem = nn.Sequential(
             nn.Conv3d(config.control_in, c[0], 3, padding=1), nn.SiLU(),
@@ -59,14 +60,14 @@ class ControlNet3D(nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None,
                 hint: torch.Tensor | None = None, copies: int = 1,
-                context: torch.Tensor | None = None) -> list[torch.Tensor]:
+                context: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Residuals [(copies * B, C_l, s_l, s_l, s_l) for each U-Net level l].
 
         z_t (B, zC, s, s, s) and t (B,) are shared by the ``copies`` conditions stacked in ``control``
         (copies * B, 3, s, s, s) and ``context`` (copies * B, zC + 1, s, s, s), or in ``hint`` = :meth:`hint` of
-        them when given.
+        them when given; ``guidance`` (B,): a student's guidance scale s (``guidance_input``).
         """
-        temb = repeat_batch(F.silu(self.time(t)), copies)
+        temb = repeat_batch(F.silu(self.time(t) + guidance_term(self.guidance, guidance)), copies)
         h = repeat_batch(self.latent_stem(z_t), copies) + (self.hint(control, context) if hint is None else hint)
         residuals = []
         for down, block, out in zip(self.downs, self.blocks, self.outputs):

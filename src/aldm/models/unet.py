@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from .blocks import Downsample, ResBlock, TimeEmbedding, Upsample, group_norm, repeat_batch
+from .blocks import (Downsample, GuidanceEmbedding, ResBlock, TimeEmbedding, Upsample, group_norm, guidance_term,
+                     repeat_batch)
 from .controlnet import ControlNet3D
 
 
@@ -27,6 +28,7 @@ class UNet3D(nn.Module):
         self.config = config
         c, g, td, sd = config.channels, config.groups, config.time_dim, config.stats_dim
         self.time = TimeEmbedding(td, td)
+        self.guidance = GuidanceEmbedding(td, td) if config.guidance_input else None
         self.stem = nn.Conv3d(latent_channels, c[0], 3, padding=1)
         # conv([z_t; c]) = conv_z(z_t) + conv_c(c): the control maps' half of the concatenated input's stem
         self.control_stem = nn.Conv3d(config.control_in, c[0], 3, padding=1, bias=False) \
@@ -57,15 +59,16 @@ class UNet3D(nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, stats: torch.Tensor,
                 control_residuals: list[torch.Tensor] | None = None, copies: int = 1,
-                control: torch.Tensor | None = None) -> torch.Tensor:
+                control: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """z_t (B, zC, s, s, s), t (B,), stats (copies * B, stats_dim) -> predicted noise (copies * B, zC, s, s, s).
 
         ``copies`` > 1 (classifier-free guidance): z_t and t are shared by ``copies`` conditions stacked
         in ``stats``, ``control_residuals`` and ``control``; the stem and the first block up to its FiLM run
         once on B (equal to the forward of ``z_t`` and ``t`` repeated ``copies`` times). ``control``
         (copies * B, 3, s, s, s): the control maps, required with ``input_control`` and ignored without.
+        ``guidance`` (B,): the guidance scale s of a student (``guidance_input``), required by one and refused without.
         """
-        temb = F.silu(self.time(t))
+        temb = F.silu(self.time(t) + guidance_term(self.guidance, guidance))
         h = self.stem(z_t)
         if self.control_stem is not None:
             if control is None:
@@ -110,12 +113,18 @@ class ConditionalDenoiser(nn.Module):
         """Whether the ControlNet reads the known latent (``UNetConfig.inpaint_context``)."""
         return self.controlnet is not None and self.controlnet.context_stem is not None
 
+    @property
+    def takes_guidance(self) -> bool:
+        """Whether the guidance scale s is an input (a distilled student, ``UNetConfig.guidance_input``)."""
+        return self.unet.guidance is not None
+
     def hint(self, control: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor | None:
         """The ControlNet's hint of ``control`` and the known latent ``context`` (None without a ControlNet)."""
         return None if self.controlnet is None else self.controlnet.hint(control, context)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None, stats: torch.Tensor,
-                hint: torch.Tensor | None = None, copies: int = 1, context: torch.Tensor | None = None) -> torch.Tensor:
+                hint: torch.Tensor | None = None, copies: int = 1, context: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta: z_t (B, zC, s, s, s), t (B,), control (copies * B, 3, s, s, s), stats (copies * B, stats_dim)
         -> (copies * B, zC, s, s, s).
 
@@ -123,7 +132,9 @@ class ConditionalDenoiser(nn.Module):
         maps only), used by the ControlNet in place of ``control`` (which a U-Net with ``input_control``
         still needs). ``copies``: see :meth:`UNet3D.forward`. ``context`` (copies * B, zC + 1, s, s, s): the known
         latent [z0 * keep, keep] of an inpainting-trained ControlNet (``inpaint_context``; None: nothing known).
+        ``guidance`` (B,): the guidance scale s of a student (``guidance_input``; its output is then the guided
+        prediction of Eq. 3.8 in one forward).
         """
         residuals = None if self.controlnet is None else \
-            self.controlnet(z_t, t, control, hint=hint, copies=copies, context=context)
-        return self.unet(z_t, t, stats, residuals, copies=copies, control=control)
+            self.controlnet(z_t, t, control, hint=hint, copies=copies, context=context, guidance=guidance)
+        return self.unet(z_t, t, stats, residuals, copies=copies, control=control, guidance=guidance)

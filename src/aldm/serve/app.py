@@ -70,8 +70,10 @@ class JobRequest(BaseModel):
     n: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of samples (the first 16 reuse ground-truth masks)")
     guidance: float = Field(DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
                             description="classifier-free guidance scale s (Eq. 3.8)")
-    sampler: Literal[SAMPLERS] = DEFAULT_SAMPLER
-    steps: int = Field(DEFAULT_STEPS, ge=1, le=10000, description="sampler steps; ancestral DDPM takes exactly T")
+    sampler: Literal[SAMPLERS] | None = Field(None, description=f"default: the model's ({DEFAULT_SAMPLER}; a "
+                                                                "distilled model: its own grid)")
+    steps: int | None = Field(None, ge=1, le=10000, description=f"sampler steps (default {DEFAULT_STEPS}; a distilled "
+                                                               "model: its own); ancestral DDPM takes exactly T")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     edit: EditSpec | None = Field(None, description="edit a held-out patient's scan instead (n variants; ALDM "
                                                     "models only)")
@@ -263,8 +265,9 @@ def _job_routes(app: FastAPI, queue: JobQueue, entries: dict) -> None:
             params.update(GenerationSettings().recorded(entry.kind))  # one generator pass: none of them applies
         else:
             try:
-                GenerationSettings(guidance=request.guidance, sampler=request.sampler, steps=request.steps,
-                                   seed=request.seed).validate(entry.timesteps)
+                resolved = GenerationSettings(guidance=request.guidance, sampler=request.sampler, steps=request.steps,
+                                              seed=request.seed).for_model(entry.timesteps, entry.distilled)
+                params.update(sampler=resolved.sampler, steps=resolved.steps)  # the model's defaults, written down
             except AldmError as exc:
                 raise HTTPException(422, f"{exc} (model {entry.id})") from exc
         try:

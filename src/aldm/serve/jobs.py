@@ -296,7 +296,7 @@ class JobQueue:
             return
         settings = GenerationSettings(seed=job["seed"])  # a GAN: only the seed applies
         if is_diffusion(entry.kind):
-            settings = GenerationSettings(guidance=job["guidance"], sampler=job["sampler"], steps=job["steps"],
+            settings = GenerationSettings(guidance=job["guidance"], sampler=job.get("sampler"), steps=job.get("steps"),
                                           seed=job["seed"])
         runtime = GenerationRuntime(batch_size=self.batch_size, progress=False, pipeline=pipe, on_progress=on_progress)
         generate(GenerationRequest(entry.path, self.samples_dir(job["id"]), job["n"],

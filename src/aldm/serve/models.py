@@ -40,6 +40,7 @@ class ModelEntry:
     modalities: tuple   # file stems of its channels (t1, t2, flair, ...)
     data: str           # the prepared cache the run was trained on ('' when it is gone)
     k: int | None
+    distilled: dict | None = None  # a distilled student's record (run.json "distill"): its steps and guidance range
 
     def public(self) -> dict:
         """The entry as the API shows it (no server paths)."""
@@ -68,7 +69,7 @@ def describe_model(run_dir: str, model_id: str, data_override: str | None = None
         domain="target" if run.fewshot else "source",
         label=f"{where} - {name}", image_size=profile.image_size, timesteps=profile.diffusion.timesteps,
         samplers=SAMPLERS if is_diffusion(kind) else ("none",), modalities=file_stems(run.modalities),
-        data=os.path.abspath(data) if data else "", k=k,
+        data=os.path.abspath(data) if data else "", k=k, distilled=run.info.get("distill"),
     )
 
 
