@@ -103,13 +103,16 @@ def test_one_default_sampler_and_version_everywhere():
     assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpmpp2m", 20) and SAMPLERS[0] == DEFAULT_SAMPLER
     from aldm.diffusion.settings import DEFAULT_GUIDANCE, GenerationSettings
 
+    # unset sampler and steps are the model's own: DPM-Solver++ at 20, a distilled student's grid and steps
     args = build_parser().parse_args(["generate", "--model", "m", "--out", "o"])
-    assert (args.sampler, args.steps, args.guidance) == (DEFAULT_SAMPLER, None, DEFAULT_GUIDANCE)
-    settings = GenerationSettings()
-    assert (settings.sampler, settings.validate(1000).steps, settings.guidance) == (DEFAULT_SAMPLER, DEFAULT_STEPS,
-                                                                                    DEFAULT_GUIDANCE)
+    assert (args.sampler, args.steps, args.guidance) == (None, None, DEFAULT_GUIDANCE)
+    settings = GenerationSettings().validate(1000)
+    assert (settings.sampler, settings.steps, settings.guidance) == (DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    student = GenerationSettings().for_model(1000, {"steps": 4, "guidance_range": [1, 5]})
+    assert (student.sampler, student.steps) == ("distilled", 4)
+    assert GenerationSettings(sampler="ddim").for_model(1000, {"steps": 4, "guidance_range": [1, 5]}).steps == 20
     request = JobRequest(model="m")
-    assert (request.sampler, request.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert (request.sampler, request.steps) == (None, None)
     cfg = ExperimentConfig(source_cache="s", target_cache="t", out="o")
     assert (cfg.sampler, cfg.sampler_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
     params = inspect.signature(ALDMPipeline.__call__).parameters

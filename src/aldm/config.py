@@ -263,7 +263,8 @@ class DistillConfig:
         if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in lo_hi)
                 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 20.0):
-            raise AldmError(f"DistillConfig.guidance_range must be [low, high] with 0 <= low <= high <= 20, got {lo_hi!r}")
+            raise AldmError(f"DistillConfig.guidance_range must be [low, high] with 0 <= low <= high <= 20, "
+                            f"got {lo_hi!r}")
         _whole(self, "teacher_steps")
         _whole(self, "steps_to")
         ratio = self.teacher_steps // self.steps_to

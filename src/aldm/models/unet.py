@@ -14,8 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from .blocks import (Downsample, GuidanceEmbedding, ResBlock, TimeEmbedding, Upsample, group_norm, guidance_term,
-                     repeat_batch)
+from .blocks import (
+    Downsample,
+    GuidanceEmbedding,
+    ResBlock,
+    TimeEmbedding,
+    Upsample,
+    group_norm,
+    guidance_term,
+    repeat_batch,
+)
 from .controlnet import ControlNet3D
 
 

@@ -1,0 +1,184 @@
+"""Quality per network evaluation: a teacher's samplers against its distilled students, on held-out patients.
+
+Run: ``python benchmarks/few_step.py --teacher RUN --student RUN [--student RUN ...] --real CACHE
+--segmenter DIR --out DIR [--n 10] [--guidance 3] [--ddpm-n 2]`` where the students come from
+``aldm train distill --teacher RUN`` (one per step count). For each configuration — the teacher with
+DPM-Solver++(2M) at 5 / 10 / 20 steps, DDIM at 25, ancestral DDPM over all T (on ``--ddpm-n`` patients: it is
+slow), each student on its own grid — it generates one volume per held-out label map of the teacher's split
+(fp32, model space), scores them as Table 1 does (``aldm evaluate``: FRD, SSIM 3D, per-region mask Dice with
+the segmenter, region contrasts, sharpness, near-copies), counts the network evaluations of one volume (a
+wrapper around the denoiser: a guided step with both halves counts 2) and times one volume's denoising and
+decoding apart, all in this one process. Writes ``DIR/few_step.md`` (the table), ``few_step.json`` and
+``few_step.png`` (the first patient's middle axial FLAIR slice across configurations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from aldm.artifacts.run import Run
+from aldm.diffusion.settings import GenerationSettings
+from aldm.evaluate import EvaluationSettings, evaluate, load_synthetic
+from aldm.generate import GenerationRequest, GenerationRuntime, generate
+from aldm.pipeline import load_pipeline
+
+
+class Counter:
+    """Counts a denoiser's network evaluations: each forward adds its batch of z_t times the conditions stacked on
+    it (``copies``)."""
+
+    def __init__(self, denoiser):
+        self.nfe = 0
+        forward = denoiser.forward
+
+        def counted(z_t, *args, copies=1, **kwargs):
+            self.nfe += z_t.shape[0] * copies
+            return forward(z_t, *args, copies=copies, **kwargs)
+
+        denoiser.forward = counted
+
+
+def configurations(teacher: str, students: list[str]) -> list[dict]:
+    """(label, run, sampler, steps) of every column of the table: the teacher's samplers, then each student."""
+    rows = [{"label": "DDPM-1000", "run": teacher, "sampler": "ddpm", "steps": None},
+            {"label": "DDIM-25", "run": teacher, "sampler": "ddim", "steps": 25}]
+    rows += [{"label": f"DPM-Solver++ {n}", "run": teacher, "sampler": "dpmpp2m", "steps": n} for n in (20, 10, 5)]
+    for path in students:
+        steps = Run(path).info["distill"]["steps"]
+        rows.append({"label": f"student {steps}", "run": path, "sampler": "distilled", "steps": steps})
+    return rows
+
+
+def timed_volume(pipe, masks: np.ndarray, brain, settings: GenerationSettings, repeats: int) -> dict:
+    """Network evaluations of one volume and the median seconds of its denoising and of its decoding."""
+    counter = Counter(pipe.denoiser)
+    denoise, decode = [], []
+    for i in range(repeats + 1):  # the first warms up
+        counter.nfe = 0
+        start = time.perf_counter()
+        out = pipe(masks, settings, generator=[i], brain=brain)
+        total = time.perf_counter() - start
+        z = (out["latent"] - pipe.latent_mean.cpu()) / pipe.latent_std.cpu()
+        start = time.perf_counter()
+        pipe.decode(z, torch.from_numpy(masks))
+        decode_s = time.perf_counter() - start
+        if i:
+            denoise.append(total - decode_s)
+            decode.append(decode_s)
+    return {"nfe": counter.nfe, "denoise_s": statistics.median(denoise), "decode_s": statistics.median(decode)}
+
+
+def scored(metrics: dict) -> dict:
+    """The table's columns of an ``aldm evaluate`` result."""
+    adherence = metrics.get("mask_adherence", {})
+    contrast = metrics.get("region_contrast", {})
+    sharp = metrics.get("sharpness", {})
+    copies = metrics.get("memorisation", {})
+    return {
+        "frd_mean": metrics.get("frd_mean"), "ssim_3d": metrics["ssim_3d_patient_mean"],
+        "dice": {name: r["dice_mean"] for name, r in adherence.get("regions", {}).items()},
+        "real_dice": {name: r["real_dice_mean"] for name, r in adherence.get("regions", {}).items()},
+        "contrast_signs": f"{contrast.get('right_signs', '-')}/{contrast.get('scored', '-')}",
+        "sharpness": float(np.mean(list(sharp.values()))) if sharp else None,
+        "copies": copies.get("held_out_copy_fraction"),
+    }
+
+
+def figure(folders: list[tuple[str, str]], path: str) -> None:
+    """The first sample of each folder: its middle axial FLAIR slice, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(folders), figsize=(2.2 * len(folders), 2.6))
+    for ax, (label, folder) in zip(np.atleast_1d(axes), folders):
+        sample = sorted(load_synthetic(folder), key=lambda s: s["sample"])[0]
+        channel = [m.lower() for m in sample["modalities"]].index("flair")
+        volume = sample["image"][channel]
+        ax.imshow(np.rot90(volume[:, :, volume.shape[2] // 2]), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The quality-per-evaluation table."""
+    regions = list(rows[0]["dice"])
+    head = ["configuration", "NFE", "FRD (mean)", "SSIM 3D", *[f"Dice {r}" for r in regions], "contrast signs",
+            "sharpness", "near-copies", "denoise s", "decode s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(r["nfe"]), _f(r["frd_mean"], 2), _f(r["ssim_3d"]),
+                 *[_f(r["dice"][x]) for x in regions],
+                 r["contrast_signs"], _f(r["sharpness"]), _f(r["copies"], 2), _f(r["denoise_s"], 2),
+                 _f(r["decode_s"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    ceiling = ", ".join(f"{x} {_f(rows[0]['real_dice'][x])}" for x in regions)
+    lines.append(f"\nSegmenter on the real volumes of the same patients (the ceiling): {ceiling}.")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", action="append", default=[])
+    parser.add_argument("--real", required=True, help="the prepared cache of the held-out patients")
+    parser.add_argument("--segmenter", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--ddpm-n", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frd", default="flair")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    reference, rows = {}, []
+    held_out = Run(args.teacher).split()["test"]
+    for config in configurations(args.teacher, args.student):
+        folder = os.path.join(args.out, config["label"].replace(" ", "_").replace("+", "p"))
+        settings = GenerationSettings(guidance=args.guidance, sampler=config["sampler"], steps=config["steps"],
+                                      precision="fp32")
+        n = args.ddpm_n if config["sampler"] == "ddpm" else args.n
+        pipe = load_pipeline(config["run"], device="cpu", precision="fp32")
+        settings = pipe.validate(settings)
+        generate(GenerationRequest(config["run"], folder, n, subjects=held_out[:n], settings=settings, native=False,
+                                   runtime=GenerationRuntime(batch_size=1, progress=False, pipeline=pipe)))
+        metrics = evaluate(args.real, folder, os.path.join(folder, "eval"),
+                           EvaluationSettings(frd_modalities=(args.frd,) if n >= 3 else (), segmenter=args.segmenter),
+                           reference=reference)
+        first = load_synthetic(folder)[0]
+        labels = (first["labels"] if first["labels"] is not None else first["mask"])[None].astype(np.float32)
+        brain = None
+        if pipe.condition == "regions+brain":
+            raise SystemExit("regions+brain runs: give the brain masks (not supported by this benchmark)")
+        timing = timed_volume(pipe, labels, brain, settings, 1 if config["sampler"] == "ddpm" else args.repeats)
+        row = {**config, "n": n, **timing, **scored(metrics)}
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("label", "nfe", "frd_mean", "ssim_3d", "dice", "denoise_s",
+                                              "decode_s")}), flush=True)
+    with open(os.path.join(args.out, "few_step.json"), "w", encoding="utf-8") as fh:
+        json.dump(rows, fh, indent=2)
+    table = markdown(rows)
+    with open(os.path.join(args.out, "few_step.md"), "w", encoding="utf-8") as fh:
+        fh.write(table)
+    figure([(r["label"], os.path.join(args.out, r["label"].replace(" ", "_").replace("+", "p"))) for r in rows],
+           os.path.join(args.out, "few_step.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
