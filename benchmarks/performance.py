@@ -56,6 +56,7 @@ from aldm.models.vae import VAE3D, vae_loss
 from aldm.precision import autocast, native_bf16, with_bf16_weights
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 25), ("dpmpp2m", 20), ("dpmpp2m", 10))
+STUDENT_STEPS = (4, 2, 1)  # a distilled student's steps (one network evaluation each)
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}
 SECTIONS = ("sampling", "training", "batches", "peers", "scaling", "quality")
 DOC_START, DOC_END = "<!-- performance.py:start -->", "<!-- performance.py:end -->"
@@ -162,6 +163,11 @@ def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
         out["guided_step_gflop"], out["guided_step_stacked_gflop"] = gflop(step), gflop(stacked)
         out["guided_step_gflop_per_s"] = out["guided_step_gflop"] / out["guided_step_s"]
         out["guided_prepare_s"] = timed(lambda: GuidedNoise(den, control, stats, 3.0), device, reps)  # once a run
+        # a distilled student (aldm.train.distillation): the guidance scale an input, one forward of batch 1 a step
+        student = ConditionalDenoiser(dataclasses.replace(prof.unet, guidance_input=True),
+                                      prof.vae.latent_channels).to(device).eval()
+        student_step = GuidedNoise(student, control, stats, 3.0)
+        out["student_step_s"] = timed(lambda: student_step(z, t), device, max(2, reps))
         times_decode = timed_interleaved({p: (lambda p=p: decode(p)) for p in precisions}, device,
                                          max(1, reps // 2))
         out["vae_decode_s"] = times_decode["fp32"]
@@ -193,6 +199,9 @@ def section_sampling(device: torch.device, reps: int, full: bool) -> dict:
                         return vae.decode(z0.contiguous(memory_format=torch.channels_last_3d))
 
                 out[key] = timed(run, device, 1)
+    for steps in STUDENT_STEPS:  # derived: steps x student step + hint + decode
+        out[f"student{steps}_per_volume_s_derived"] = (steps * out["student_step_s"] + out["guided_prepare_s"]
+                                                       + out["vae_decode_s"])
     ref = out.get("ddpm1000_per_volume_s", out.get("ddpm1000_per_volume_s_derived"))
     for precision in precisions:
         tag = "" if precision == "fp32" else "_bf16"
@@ -525,6 +534,8 @@ def markdown(result: dict) -> str:
                   f"| the same step as one stacked batch of 2 through every layer | "
                   f"{_f(s['guided_step_stacked_s'])} s, {_f(s['guided_step_stacked_gflop'], 0)} GFLOP |",
                   f"| once per sampling run: ControlNet hint of [cond, null] | {_f(s['guided_prepare_s'])} s |",
+                  *([f"| a distilled student's step (guidance an input: one forward of batch 1) | "
+                     f"{_f(s['student_step_s'])} s |"] if "student_step_s" in s else []),
                   f"| VAE decode 8 x 28^3 -> 3 x 112^3 | {_f(s['vae_decode_s'])} s, "
                   f"{_f(s['vae_decode_gflop'], 0)} GFLOP |"]
         for key, label in (("guided_step_bf16_s", "guided step, bf16 autocast"),
@@ -542,6 +553,11 @@ def markdown(result: dict) -> str:
                 faster = f", {_f(speed, 1)}x faster than fp32 DDPM-1000" if speed else ""
                 lines.append(f"| {SAMPLER_NAMES[sampler]}-{steps} per volume{f' ({how})' if how else ''} | "
                              f"{_f(value, 2)} s{faster} |")
+        for steps in STUDENT_STEPS:
+            key = f"student{steps}_per_volume_s_derived"
+            if key in s:
+                lines.append(f"| distilled student, {steps} steps per volume (derived: steps x student step + hint + "
+                             f"decode) | {_f(s[key], 2)} s |")
         lines.append("")
     tr = result.get("training")
     if tr:

@@ -33,6 +33,18 @@ def test_distilled_grids_nest_and_end_clean():
             assert all(a > b for a, b in zip(fine, fine[1:]))
 
 
+def test_phase_plans():
+    """Progressive distillation halves round by round; direct takes the whole factor in one round; a student
+    teacher has no guidance phase."""
+    from aldm.train.distillation import plan_phases
+
+    names = lambda phases: [(p.name, p.factor) for p in phases]  # noqa: E731
+    assert names(plan_phases(False, 16, 4)) == [("guidance", 2), ("steps-8", 2), ("steps-4", 2)]
+    assert names(plan_phases(False, 16, 4, "direct")) == [("guidance", 2), ("steps-4", 4)]
+    assert names(plan_phases(True, 4, 1)) == [("steps-2", 2), ("steps-1", 2)]
+    assert names(plan_phases(False, 4, 4)) == [("guidance", 2)]  # guidance folded in, the steps kept
+
+
 def _teacher_with_a_condition(seed=0):
     """A tiny denoiser whose conditional and null predictions differ (its zero-initialised outputs randomised)."""
     profile = tiny()

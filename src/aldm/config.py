@@ -243,7 +243,8 @@ class PixelDiffusionConfig:
 LR_SCHEDULES = ("constant", "cosine")
 
 
-DISTILL_METHODS = ("progressive",)  # how a student learns fewer steps (aldm.train.distillation)
+# how a student learns fewer steps (aldm.train.distillation): halving rounds, or one round of the whole factor
+DISTILL_METHODS = ("progressive", "direct")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 
 from ..conditions import CONDITIONS
-from ..config import PRECISIONS
+from ..config import DISTILL_METHODS, PRECISIONS
 from ..errors import AldmError
 from ..models.families import comparison_models, training_stage
 from .arguments import non_negative_int, positive_float, positive_int
@@ -166,8 +166,10 @@ def _train_distill(args, info, resumed):
 
     profile = resumed or (get_profile(args.profile) if args.profile else None)
     return distill_stage(DistillRequest(
-        args.teacher, args.out, args.steps_to, args.teacher_steps, args.guidance_range, args.steps, args.budget_s,
-        args.seed, args.precision, profile, args.data, Runtime(args.resume, info, not args.quiet)))
+        args.teacher, args.out, steps_to=args.steps_to, teacher_steps=args.teacher_steps,
+        guidance_range=args.guidance_range, method=args.method, steps=args.steps, budget_s=args.budget_s,
+        seed=args.seed, precision=args.precision, profile=profile, cache=args.data,
+        runtime=Runtime(args.resume, info, not args.quiet)))
 
 
 TRAINERS = {"vae": _train_vae, "source": _train_latent, "fewshot": _train_latent, "ldm": _train_ldm_alias,
@@ -336,6 +338,9 @@ def _register_distill(stages) -> None:
                           "(default: the profile's, 16)")
     sub.add_argument("--guidance-range", type=_guidance_range, default=None, metavar="LOW,HIGH",
                      help="guidance scales s the student learns (default 1,5)")
+    sub.add_argument("--method", choices=DISTILL_METHODS, default=None,
+                     help="progressive: halve the steps round by round (default); direct: one round in which "
+                          "each student step learns teacher-steps / steps-to of its teacher's")
     sub.add_argument("--data", default=None, help="the cache holding the teacher's subjects (default: the "
                                                   "teacher's own)")
     sub.add_argument("--profile", default=None,

@@ -59,7 +59,7 @@ BUDGET_FILE = "budget.json"  # a phase's fitted steps under --budget-s
 class DistillRequest:
     """One distillation run: the finished ALDM run ``teacher`` (a student continues halving), the ``run_dir`` it
     writes, the :class:`~aldm.config.DistillConfig` fields it overrides (``steps_to``, ``teacher_steps``,
-    ``guidance_range``; None: the profile's), each phase's length (``steps``) or the whole run's ``budget_s``, the
+    ``guidance_range``, ``method``; None: the profile's), each phase's length (``steps``) or the whole run's ``budget_s``, the
     ``seed``, ``precision``, the ``profile`` whose distillation settings it takes (None: the teacher's named profile),
     the ``cache`` holding the teacher's subjects (None: the teacher's own) and its :class:`Runtime`."""
 
@@ -68,6 +68,7 @@ class DistillRequest:
     steps_to: int | None = None
     teacher_steps: int | None = None
     guidance_range: tuple | None = None
+    method: str | None = None
     steps: int | None = None
     budget_s: float | None = None
     seed: int | None = None
@@ -88,22 +89,29 @@ class DistillRequest:
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a distillation run: ``name`` (``guidance`` or ``steps-<n>``) and the student's steps ``n``
-    (None for the guidance phase, whose student is not yet few-step)."""
+    """One phase of a distillation run: ``name`` (``guidance`` or ``steps-<n>``), the student's steps ``n`` (None
+    for the guidance phase, whose student is not yet few-step) and ``factor``, the teacher's steps per student step
+    (2 in a halving round)."""
 
     name: str
     steps: int | None
+    factor: int = 2
 
     @property
     def halving(self) -> bool:
-        """Whether the phase halves the steps (else it folds the guidance in)."""
+        """Whether the phase cuts the steps (else it folds the guidance in)."""
         return self.steps is not None
 
 
-def plan_phases(teacher_is_student: bool, teacher_steps: int, steps_to: int) -> list[Phase]:
+def plan_phases(teacher_is_student: bool, teacher_steps: int, steps_to: int, method: str = "progressive"
+                ) -> list[Phase]:
     """The phases from a teacher (a student of ``teacher_steps`` steps when ``teacher_is_student``) to a student
-    of ``steps_to``: the guidance phase unless the teacher has it, then one halving round per factor of two."""
+    of ``steps_to``: the guidance phase unless the teacher has it, then one halving round per factor of two
+    (``progressive``) or one round of the whole factor (``direct``: the student learns teacher_steps / steps_to
+    of its teacher's steps in each of its own)."""
     phases = [] if teacher_is_student else [Phase("guidance", None)]
+    if method == "direct" and teacher_steps > steps_to:
+        return phases + [Phase(f"steps-{steps_to}", steps_to, teacher_steps // steps_to)]
     n = teacher_steps
     while n > steps_to:
         n //= 2
@@ -160,15 +168,16 @@ class GuidanceTask(_Distillation):
 
 
 class HalvingTask(_Distillation):
-    """A halving round: the student of ``steps`` steps learns two DDIM steps of its teacher (a student of
-    2 ``steps``) in one (see the module docstring for the target and the weight)."""
+    """A round that cuts the steps: the student of ``steps`` steps learns ``factor`` DDIM steps of its teacher (a
+    student of ``factor`` x ``steps``; 2 in a halving round) in one (see the module docstring for the target and
+    the weight)."""
 
-    def __init__(self, *args, steps: int):
+    def __init__(self, *args, steps: int, factor: int = 2):
         super().__init__(*args)
-        self.steps = steps
+        self.steps, self.factor = steps, factor
         T = self.schedule.timesteps
         self.grid = distilled_timesteps(T, steps)  # the student's evaluation times
-        self.fine = distilled_timesteps(T, 2 * steps)  # its teacher's
+        self.fine = distilled_timesteps(T, factor * steps)  # its teacher's
 
     def _abar(self, times: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar at ``times`` (B,), 1 where a time is -1 (the clean end), shaped (B, 1, 1, 1, 1) in float64."""
@@ -189,15 +198,16 @@ class HalvingTask(_Distillation):
         k = b["k"].long()
         grid = torch.tensor(self.grid + [-1], device=k.device)
         fine = torch.tensor(self.fine + [-1], device=k.device)
-        t, t_mid, t_end = grid[k], fine[2 * k + 1], grid[k + 1]
+        t, t_end = grid[k], grid[k + 1]
         z_t = self.schedule.q_sample(b["z0"], t, b["eps"])
         with torch.no_grad():
             zd = z_t.double()
-            x0 = self.schedule.predicted_x0(self._teacher_out(z_t, t, b), z_t, t).double()
-            z_mid = self._ddim(zd, x0, t, t_mid)
-            x0_mid = self.schedule.predicted_x0(self._teacher_out(z_mid.float(), t_mid, b), z_mid.float(),
-                                                t_mid).double()
-            z_end = self._ddim(z_mid, x0_mid, t_mid, t_end)
+            z, now = zd, t
+            for j in range(1, self.factor + 1):  # the teacher's steps from t to t_end
+                after = fine[self.factor * k + j]
+                x0 = self.schedule.predicted_x0(self._teacher_out(z.float(), now, b), z.float(), now).double()
+                z, now = self._ddim(z, x0, now, after), after
+            z_end = z
             a, a_end = self._abar(t, zd), self._abar(t_end, zd)
             ratio = ((1 - a_end) / (1 - a)).sqrt()
             target = ((z_end - ratio * zd) / (a_end.sqrt() - ratio * a.sqrt())).float()
@@ -229,7 +239,7 @@ def distill_stage(request: DistillRequest) -> dict:
     if is_student and config.steps_to >= config.teacher_steps:
         raise AldmError(f"{teacher_run.path}: a student of {config.teacher_steps} steps; --steps-to must be fewer, "
                         f"got {config.steps_to}")
-    phases = plan_phases(is_student, config.teacher_steps, config.steps_to)
+    phases = plan_phases(is_student, config.teacher_steps, config.steps_to, config.method)
     cache = request.cache or teacher_run.data
     rows = _teacher_rows(teacher_run, cache)
     run = _open_run(request, teacher_run, profile, config, cache, rows, phases)
@@ -268,7 +278,8 @@ def _student_profile(request: DistillRequest, teacher: Run) -> tuple[Profile, Di
             base = own
     config = base.distill
     changes = {k: v for k, v in (("steps_to", request.steps_to), ("teacher_steps", request.teacher_steps),
-                                 ("guidance_range", request.guidance_range)) if v is not None}
+                                 ("guidance_range", request.guidance_range), ("method", request.method))
+               if v is not None}
     if own.unet.guidance_input:  # a student continues: its range and method are the ones it learnt
         changes.update(guidance_range=tuple(teacher.info["distill"]["guidance_range"]),
                        teacher_steps=int(teacher.info["distill"]["steps"]))
@@ -309,7 +320,7 @@ def _open_run(request: DistillRequest, teacher: Run, profile: Profile, config: D
              "vae_run": teacher.info.get("vae_run"), "domain": teacher.info.get("domain"), "subjects": len(rows),
              "distill": {"steps": config.steps_to, "guidance_range": list(config.guidance_range),
                          "method": config.method, "phases": [p.name for p in phases],
-                         "teacher_steps": phases[0].steps * 2 if phases[0].halving else config.teacher_steps}}
+                         "teacher_steps": config.teacher_steps}}
     if teacher.fewshot:
         extra.update(fewshot=True, k=teacher.k)
     info = Run.describe("distill", profile, cache, profile.train_distill.seed, 1, **extra)
@@ -363,7 +374,7 @@ def _train_phase(shared: _Shared, phase: Phase, index: int, student: Conditional
     os.makedirs(folder, exist_ok=True)
     schedule = NoiseSchedule(profile.diffusion)
     common = (student, teacher, schedule, profile.diffusion.tumour_weight, shared.mean, shared.std)
-    task = HalvingTask(*common, steps=phase.steps) if phase.halving else GuidanceTask(*common)
+    task = HalvingTask(*common, steps=phase.steps, factor=phase.factor) if phase.halving else GuidanceTask(*common)
     cfg = replace(profile.train_distill, seed=profile.train_distill.seed + index)
     sampler = _phase_sampler(shared.encoded, cfg, profile.diffusion.timesteps, profile.distill.guidance_range, phase)
     resume = os.path.exists(os.path.join(folder, CHECKPOINT))
