@@ -8,7 +8,8 @@ slow), each student on its own grid — it generates one volume per held-out lab
 (fp32, model space), scores them as Table 1 does (``aldm evaluate``: FRD, SSIM 3D, per-region mask Dice with
 the segmenter, region contrasts, sharpness, near-copies), counts the network evaluations of one volume (a
 wrapper around the denoiser: a guided step with both halves counts 2) and times one volume's denoising and
-decoding apart, all in this one process. Writes ``DIR/few_step.md`` (the table), ``few_step.json`` and
+decoding apart, all in this one process, the configurations taking turns (DDPM-1000 timed once, alone). A re-run
+reuses the sets already generated and scored. Writes ``DIR/few_step.md`` (the table), ``few_step.json`` and
 ``few_step.png`` (the first patient's middle axial FLAIR slice across configurations).
 """
 
@@ -51,28 +52,34 @@ def configurations(teacher: str, students: list[str]) -> list[dict]:
             {"label": "DDIM-25", "run": teacher, "sampler": "ddim", "steps": 25}]
     rows += [{"label": f"DPM-Solver++ {n}", "run": teacher, "sampler": "dpmpp2m", "steps": n} for n in (20, 10, 5)]
     for path in students:
-        steps = Run(path).info["distill"]["steps"]
-        rows.append({"label": f"student {steps}", "run": path, "sampler": "distilled", "steps": steps})
+        record = Run(path).info["distill"]
+        method = "" if record["method"] == "progressive" else f" ({record['method']})"
+        rows.append({"label": f"student {record['steps']}{method}", "run": path, "sampler": "distilled",
+                     "steps": record["steps"]})
     return rows
 
 
-def timed_volume(pipe, masks: np.ndarray, brain, settings: GenerationSettings, repeats: int) -> dict:
-    """Network evaluations of one volume and the median seconds of its denoising and of its decoding."""
-    counter = Counter(pipe.denoiser)
-    denoise, decode = [], []
-    for i in range(repeats + 1):  # the first warms up
-        counter.nfe = 0
-        start = time.perf_counter()
-        out = pipe(masks, settings, generator=[i], brain=brain)
-        total = time.perf_counter() - start
-        z = (out["latent"] - pipe.latent_mean.cpu()) / pipe.latent_std.cpu()
-        start = time.perf_counter()
-        pipe.decode(z, torch.from_numpy(masks))
-        decode_s = time.perf_counter() - start
-        if i:
-            denoise.append(total - decode_s)
-            decode.append(decode_s)
-    return {"nfe": counter.nfe, "denoise_s": statistics.median(denoise), "decode_s": statistics.median(decode)}
+def interleaved_timing(pipes: dict, masks: np.ndarray, rounds: int) -> dict:
+    """{label: {nfe, denoise_s, decode_s}} of one volume per configuration ``pipes`` {label: (pipeline, settings)},
+    the configurations taking turns for ``rounds`` rounds after one warm-up round (the median of each), so that
+    the machine's drift falls on all of them alike; decoding timed apart on the volume's latent."""
+    counters = {label: Counter(pipe.denoiser) for label, (pipe, _) in pipes.items()}
+    times = {label: {"denoise": [], "decode": []} for label in pipes}
+    for i in range(rounds + 1):
+        for label, (pipe, settings) in pipes.items():
+            counters[label].nfe = 0
+            start = time.perf_counter()
+            out = pipe(masks, settings, generator=[i])
+            total = time.perf_counter() - start
+            z = (out["latent"] - pipe.latent_mean.cpu()) / pipe.latent_std.cpu()
+            start = time.perf_counter()
+            pipe.decode(z, torch.from_numpy(masks))
+            decode_s = time.perf_counter() - start
+            if i:
+                times[label]["denoise"].append(total - decode_s)
+                times[label]["decode"].append(decode_s)
+    return {label: {"nfe": counters[label].nfe, "denoise_s": statistics.median(t["denoise"]),
+                    "decode_s": statistics.median(t["decode"])} for label, t in times.items()}
 
 
 def scored(metrics: dict) -> dict:
@@ -111,16 +118,33 @@ def figure(folders: list[tuple[str, str]], path: str) -> None:
     plt.close(fig)
 
 
+def combined(sets: list[dict]) -> dict:
+    """The figures of one configuration over its seeds: each number's mean, and its spread (max - min) in
+    ``spread`` when there are several."""
+    out, spread = {}, {}
+    for key in ("frd_mean", "ssim_3d", "sharpness", "copies"):
+        values = [s[key] for s in sets if s[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+        spread[key] = float(np.ptp(values)) if len(values) > 1 else None
+    out["dice"] = {r: float(np.mean([s["dice"][r] for s in sets])) for r in sets[0]["dice"]}
+    spread["dice"] = {r: float(np.ptp([s["dice"][r] for s in sets])) if len(sets) > 1 else None
+                      for r in sets[0]["dice"]}
+    out["real_dice"] = sets[0]["real_dice"]
+    out["contrast_signs"] = " / ".join(s["contrast_signs"] for s in sets)
+    return {**out, "spread": spread, "per_seed": sets}
+
+
 def markdown(rows: list[dict]) -> str:
-    """The quality-per-evaluation table."""
+    """The quality-per-evaluation table (mean over the seeds, the spread over them in brackets)."""
     regions = list(rows[0]["dice"])
-    head = ["configuration", "NFE", "FRD (mean)", "SSIM 3D", *[f"Dice {r}" for r in regions], "contrast signs",
+    head = ["configuration", "NFE", "FRD (FLAIR)", "SSIM 3D", *[f"Dice {r}" for r in regions], "contrast signs",
             "sharpness", "near-copies", "denoise s", "decode s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], str(r["nfe"]), _f(r["frd_mean"], 2), _f(r["ssim_3d"]),
-                 *[_f(r["dice"][x]) for x in regions],
-                 r["contrast_signs"], _f(r["sharpness"]), _f(r["copies"], 2), _f(r["denoise_s"], 2),
+        sp = r["spread"]
+        cells = [r["label"], str(r["nfe"]), _f(r["frd_mean"], 2, sp["frd_mean"]), _f(r["ssim_3d"], 3, sp["ssim_3d"]),
+                 *[_f(r["dice"][x], 3, sp["dice"][x]) for x in regions], r["contrast_signs"],
+                 _f(r["sharpness"], 3, sp["sharpness"]), _f(r["copies"], 2), _f(r["denoise_s"], 2),
                  _f(r["decode_s"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     ceiling = ", ".join(f"{x} {_f(rows[0]['real_dice'][x])}" for x in regions)
@@ -128,8 +152,21 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _f(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _f(value, digits: int = 3, spread=None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + ("" if spread is None else f" ({spread:.{digits}f})")
+
+
+def _first_labels(out: str, config: dict) -> np.ndarray:
+    """The label map (or mask) of the first sample of ``config``'s set, (1, 1, S, S, S): what one volume is timed on."""
+    first = sorted(load_synthetic(_folder(out, config["label"])), key=lambda s: s["sample"])[0]
+    return (first["labels"] if first["labels"] is not None else first["mask"])[None].astype(np.float32)
+
+
+def _folder(out: str, label: str, seed_index: int = 0) -> str:
+    name = label.replace(" ", "_").replace("+", "p").replace("(", "").replace(")", "")
+    return os.path.join(out, name, f"seed{seed_index}")
 
 
 def main() -> None:
@@ -142,41 +179,54 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--ddpm-n", type=int, default=2)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds (the configurations take turns)")
     parser.add_argument("--frd", default="flair")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="generate each configuration's set this many times (seeds 0, 1000, ...): the table "
+                             "gives the mean and, with 2 or more, the spread (max - min) of every figure")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    reference, rows = {}, []
+    reference, rows, pipes = {}, [], {}
     held_out = Run(args.teacher).split()["test"]
     for config in configurations(args.teacher, args.student):
-        folder = os.path.join(args.out, config["label"].replace(" ", "_").replace("+", "p"))
-        settings = GenerationSettings(guidance=args.guidance, sampler=config["sampler"], steps=config["steps"],
-                                      precision="fp32")
         n = args.ddpm_n if config["sampler"] == "ddpm" else args.n
         pipe = load_pipeline(config["run"], device="cpu", precision="fp32")
-        settings = pipe.validate(settings)
-        generate(GenerationRequest(config["run"], folder, n, subjects=held_out[:n], settings=settings, native=False,
-                                   runtime=GenerationRuntime(batch_size=1, progress=False, pipeline=pipe)))
-        metrics = evaluate(args.real, folder, os.path.join(folder, "eval"),
-                           EvaluationSettings(frd_modalities=(args.frd,) if n >= 3 else (), segmenter=args.segmenter),
-                           reference=reference)
-        first = load_synthetic(folder)[0]
-        labels = (first["labels"] if first["labels"] is not None else first["mask"])[None].astype(np.float32)
-        brain = None
         if pipe.condition == "regions+brain":
-            raise SystemExit("regions+brain runs: give the brain masks (not supported by this benchmark)")
-        timing = timed_volume(pipe, labels, brain, settings, 1 if config["sampler"] == "ddpm" else args.repeats)
-        row = {**config, "n": n, **timing, **scored(metrics)}
-        rows.append(row)
-        print(json.dumps({k: row[k] for k in ("label", "nfe", "frd_mean", "ssim_3d", "dice", "denoise_s",
-                                              "decode_s")}), flush=True)
+            raise SystemExit("regions+brain runs need brain masks: not supported by this benchmark")
+        sets = []
+        for j in range(1 if config["sampler"] == "ddpm" else args.seeds):
+            settings = pipe.validate(GenerationSettings(guidance=args.guidance, sampler=config["sampler"],
+                                                        steps=config["steps"], seed=1000 * j, precision="fp32"))
+            folder = _folder(args.out, config["label"], j)
+            generate(GenerationRequest(config["run"], folder, n, subjects=held_out[:n], settings=settings,
+                                       native=False, runtime=GenerationRuntime(batch_size=1, progress=False,
+                                                                               pipeline=pipe)))
+            saved = os.path.join(folder, "eval", "metrics.json")
+            if os.path.exists(saved):  # a re-run of the benchmark scores each set once
+                with open(saved, encoding="utf-8") as fh:
+                    metrics = json.load(fh)
+            else:
+                metrics = evaluate(args.real, folder, os.path.join(folder, "eval"),
+                                   EvaluationSettings(frd_modalities=(args.frd,) if n >= 3 else (),
+                                                      segmenter=args.segmenter), reference=reference)
+            sets.append(scored(metrics))
+        if config["sampler"] == "ddpm":  # minutes a volume: timed once, alone
+            timing = interleaved_timing({config["label"]: (pipe, settings)}, _first_labels(args.out, config), 1)
+        else:
+            pipes[config["label"]] = (pipe, settings)
+            timing = {}
+        rows.append({**config, "n": n, **timing.get(config["label"], {}), **combined(sets)})
+    timings = interleaved_timing(pipes, _first_labels(args.out, rows[0]), args.repeats)
+    for row in rows:
+        row.update(timings.get(row["label"], {}))
+        print(json.dumps({k: row.get(k) for k in ("label", "nfe", "frd_mean", "ssim_3d", "dice", "denoise_s",
+                                                  "decode_s")}), flush=True)
     with open(os.path.join(args.out, "few_step.json"), "w", encoding="utf-8") as fh:
         json.dump(rows, fh, indent=2)
     table = markdown(rows)
     with open(os.path.join(args.out, "few_step.md"), "w", encoding="utf-8") as fh:
         fh.write(table)
-    figure([(r["label"], os.path.join(args.out, r["label"].replace(" ", "_").replace("+", "p"))) for r in rows],
-           os.path.join(args.out, "few_step.png"))
+    figure([(r["label"], _folder(args.out, r["label"])) for r in rows], os.path.join(args.out, "few_step.png"))
     print(table)
 
 

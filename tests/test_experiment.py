@@ -92,7 +92,7 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
                            repeats=1,
                            sampler_steps=3, classifier_epochs=1, frd_modalities=[], diversity_pairs=6,
                            segmenter_steps=4, mask_swap_pairs=0, budget_s={"source": 3.0, "fewshot": 1.5},
-                           ablations=["zero-shot", "no-pretraining", "no-controlnet"])
+                           ablations=["zero-shot", "no-pretraining", "no-controlnet", "few-step"])
     assert run_table1(cfg, progress=False)
     runs = out / "runs"
     for name, seconds in (("vae", 1.5), ("ldm", 1.5), ("aldm_k3", 1.5), ("cgan", 3.0), ("cgan_k3", 1.5),
@@ -125,6 +125,14 @@ def test_equal_budget_table_with_ablations_and_cost_columns(quick_demo, tmp_path
     (sample,) = [d for d in os.listdir(pixel["samples"]) if os.path.isdir(os.path.join(pixel["samples"], d))][:1]
     record = json.load(open(os.path.join(pixel["samples"], sample, "sample.json")))
     assert (record["guidance"], record["steps"]) == (3.0, 3)
+    # the few-step row: a student of the few-shot run, sampled on its own grid in its own steps; what it cost
+    # counts its teacher's training
+    student = json.load(open(out / "cells" / "aldmfew-stepstudent_k3_s3.json"))
+    (sample,) = [d for d in os.listdir(student["samples"]) if os.path.isdir(os.path.join(student["samples"], d))][:1]
+    record = json.load(open(os.path.join(student["samples"], sample, "sample.json")))
+    steps = Run(str(runs / "aldm_student_k3")).info["distill"]["steps"]
+    assert (record["sampler"], record["steps"]) == ("distilled", steps)
+    assert float(rows["ALDM few-step student (K=3, s=3)"]["Train s"]) > float(rows["ALDM (K=3, s=3)"]["Train s"])
 
 
 def test_protocol_holds_out_the_few_shot_subjects(quick_demo):

@@ -311,3 +311,26 @@ def test_region_weight_counts_nested_brats_regions_and_weights_the_l1_term():
     _, plain = vae_loss(x, inside, mu, logvar, cfg, 10, 10)
     _, flat = vae_loss(x, inside, mu, logvar, cfg, 10, 10, torch.full_like(weight, 3.0))
     assert float(flat["rec"]) == pytest.approx(float(plain["rec"])) == pytest.approx(1 / 4)
+
+
+def test_onednn_convolutions_agree_with_conv3d_and_leave_training_alone():
+    """The pipelines' convolutions (models/cpu_convolution.py): the same outputs as nn.Conv3d at batch 1 on a small
+    latent (where PyTorch would take its im2col path), the same state dict, gradients as before in training."""
+    import torch.nn as nn
+
+    from aldm.models.cpu_convolution import OneDNNConv3d, onednn_convolutions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(8, 32, 3, padding=1), nn.SiLU(), nn.Conv3d(32, 8, 3, stride=2, padding=1))
+    x = torch.randn(1, 8, 16, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+    keys = list(net.state_dict())
+    onednn_convolutions(net)
+    if torch.backends.mkldnn.is_available():
+        assert isinstance(net[0], OneDNNConv3d)
+    assert list(net.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.allclose(net(x), before, atol=1e-5)
+    net(x.requires_grad_()).sum().backward()  # in training the layers run as nn.Conv3d, gradients and all
+    assert net[0].weight.grad is not None and x.grad is not None

@@ -31,6 +31,7 @@ from .diffusion.settings import GenerationSettings
 from .errors import AldmError
 from .modalities import DEFAULT_MODALITIES
 from .models.baselines.generator import BaselineGenerator
+from .models.cpu_convolution import onednn_convolutions
 from .models.families import PIXEL_DDPM, family
 from .models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_config
 from .models.unet import ConditionalDenoiser
@@ -166,8 +167,9 @@ class ALDMPipeline(DiffusionPipeline):
         self.precision = resolve_precision(precision, self.device)
         # channels-last 3D: the decoder's full-resolution convolutions skip a layout reorder
         # (VAE decode at 112^3 on 2 CPU cores: 4.62 s -> 4.20 s; docs/performance.md)
-        self.vae = vae.to(self.device, memory_format=torch.channels_last_3d).eval()
-        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.vae = onednn_convolutions(vae.to(self.device, memory_format=torch.channels_last_3d).eval())
+        # batch-1 convolutions of small latents on oneDNN, not PyTorch's slower im2col path (models/cpu_convolution.py)
+        self.denoiser = onednn_convolutions(denoiser.to(self.device).eval().requires_grad_(False))
         self._bf16_denoiser = None
         self.latent_mean = latent_mean.view(1, -1, 1, 1, 1).to(self.device)
         self.latent_std = latent_std.view(1, -1, 1, 1, 1).to(self.device)
@@ -259,7 +261,7 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         self.profile = profile
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.denoiser = onednn_convolutions(denoiser.to(self.device).eval().requires_grad_(False))
         self._bf16_denoiser = None
         self.schedule = NoiseSchedule(pixel_diffusion_config(profile))
         self.info = info or {}

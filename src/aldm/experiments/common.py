@@ -29,13 +29,17 @@ from ..evaluators.segmentation_protocols import SegmentationSettings
 from ..generate import GenerationRequest, GenerationRuntime, generate
 from ..models.families import comparison_models, training_stage
 from ..train.baselines import train_comparison
+from ..train.distillation import DistillRequest, distill_stage
 from ..train.requests import FewShot, ProbeSubjects, Runtime, StageRequest
 from ..train.stages import fewshot_stage, source_stage, vae_stage, with_probe_every
 
-STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot")
-ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet")
+STEP_KEYS = ("vae", "ldm", "fewshot", "baseline", "baseline_fewshot", "pixel", "pixel_fewshot", "distill")
+ABLATIONS = ("zero-shot", "no-pretraining", "no-controlnet", "few-step")
 # the ablations trained once per K of "k": their Table 1 model key -> their name in the config's "ablations"
-PER_K_ABLATIONS = {"aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet"}
+# ("few-step": a distilled student of ALDM's few-shot run, sampled on its own grid, aldm.train.distillation)
+PER_K_ABLATIONS = {"aldm-scratch": "no-pretraining", "aldm-nocontrolnet": "no-controlnet",
+                   "aldm-student": "few-step"}
+STUDENT = "aldm-student"  # the few-step row's model key
 
 
 class ConfigProblems(AldmError):
@@ -388,6 +392,8 @@ def plan_runs(cfg: ExperimentConfig, splits: dict, progress: bool = True) -> lis
         plan += _scratch_runs(setting)
     if "no-controlnet" in cfg.ablations:
         plan += _no_controlnet_runs(setting)
+    if "few-step" in cfg.ablations:
+        plan += _student_runs(setting)
     for b in cfg.baselines:
         plan += _comparison_runs(setting, b)
     return plan
@@ -510,6 +516,20 @@ def _no_controlnet_runs(st: _RunSetting) -> list[PlannedRun]:
     return plan
 
 
+def _student_runs(st: _RunSetting) -> list[PlannedRun]:
+    """The few-step row per K: a student of ALDM's few-shot run (``aldm train distill`` with the profile's
+    distillation settings), trained on that run's K patients."""
+    plan = []
+    for k in sorted(st.cfg.k, reverse=True):
+        student = st.path(f"aldm_student_k{k}")
+        plan.append(PlannedRun(
+            f"{STUDENT}_k{k}", student, f"few-step student of the few-shot LDM, K={k}", (f"aldm_k{k}",),
+            lambda resume, student=student, k=k: distill_stage(DistillRequest(
+                st.path(f"aldm_k{k}"), student, steps=st.steps("distill"), seed=st.cfg.seed,
+                runtime=Runtime(resume, None, st.progress)))))
+    return plan
+
+
 def _comparison_runs(st: _RunSetting, model: str) -> list[PlannedRun]:
     """A comparison model's source run and its few-shot run at the largest K (the latter under the model's
     name, as Table 1 rows look it up)."""
@@ -552,11 +572,13 @@ def fewshot_selection(cfg: ExperimentConfig, splits: dict, profile, probe: Probe
     return selecting, ProbeSubjects(cfg.target_cache, pool[:4])
 
 
-def generation_settings(cfg: ExperimentConfig, guidance: float | None, seed: int) -> GenerationSettings:
+def generation_settings(cfg: ExperimentConfig, guidance: float | None, seed: int,
+                        model: str | None = None) -> GenerationSettings:
     """The experiment's sampler and steps at ``guidance`` (None: a baseline's cell, where it does not apply)
-    from ``seed``."""
-    return GenerationSettings(sampler=cfg.sampler, steps=cfg.sampler_steps, seed=seed,
-                              **({} if guidance is None else {"guidance": guidance}))
+    from ``seed``; the few-step row's ``model`` (the student) samples on its own grid in its own steps."""
+    own = model == STUDENT
+    return GenerationSettings(sampler=None if own else cfg.sampler, steps=None if own else cfg.sampler_steps,
+                              seed=seed, **({} if guidance is None else {"guidance": guidance}))
 
 
 def real_items(cache: str, subjects: list) -> list[dict]:

@@ -55,7 +55,7 @@ __all__ = ["ExperimentConfig", "cells", "run_table1", "write_table1_report"]
 def cells(cfg: ExperimentConfig) -> list[dict]:
     """Table 1's rows: the baselines at K = max(K), ALDM at K = max(K) for every s, ALDM at smaller K with
     the largest s (as the paper's ablations), then the ablations of ``cfg.ablations`` at the largest s: no
-    pre-training and no ControlNet at every K (largest first), zero-shot once (K = 0)."""
+    pre-training, no ControlNet and the few-step student at every K (largest first), zero-shot once (K = 0)."""
     k_max, s_max = max(cfg.k), max(cfg.guidance)
     # a diffusion peer (the pixel DDPM) is sampled as ALDM is, at the largest s; a GAN takes no s
     rows = [{"name": f"{title(b)} (s={s_max:g})", "model": b, "k": k_max, "s": s_max} if is_diffusion(b)
@@ -63,7 +63,8 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     rows += [{"name": f"ALDM (K={k}, s={s_max:g})", "model": "aldm", "k": k, "s": s_max}
              for k in sorted(cfg.k) if k != k_max]
     rows += [{"name": f"ALDM (K={k_max}, s={s:g})", "model": "aldm", "k": k_max, "s": s} for s in sorted(cfg.guidance)]
-    for model, label in (("aldm-scratch", "no pre-training"), ("aldm-nocontrolnet", "no ControlNet")):
+    for model, label in (("aldm-scratch", "no pre-training"), ("aldm-nocontrolnet", "no ControlNet"),
+                         ("aldm-student", "few-step student")):
         if PER_K_ABLATIONS[model] in cfg.ablations:  # at every K, as ALDM's own rows
             rows += [{"name": f"ALDM {label} (K={k}, s={s_max:g})", "model": model, "k": k, "s": s_max}
                      for k in sorted(cfg.k, reverse=True)]
@@ -118,8 +119,8 @@ def _mask_swap(cfg: ExperimentConfig, pipe, cell: dict, test_items: list) -> dic
     from ..metrics.mask_swap import mask_swap
 
     log(f"cell {cell['name']}: mask-swap check")
-    out = mask_swap(pipe, [t["labels"] for t in test_items], generation_settings(cfg, cell["s"], cfg.seed + 3000),
-                    pairs=cfg.mask_swap_pairs,
+    out = mask_swap(pipe, [t["labels"] for t in test_items],
+                    generation_settings(cfg, cell["s"], cfg.seed + 3000, cell["model"]), pairs=cfg.mask_swap_pairs,
                     brains=[t["brain"] for t in test_items] if needs_brain(pipe.condition) else None)
     example = out.pop("example", None)
     if example is not None:
@@ -211,7 +212,8 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
             samples_dir = os.path.join(cfg.out, "samples", cell["id"])
             start = time.perf_counter()
             generate(GenerationRequest(run, samples_dir, len(test), MaskSource("cache", cfg.target_cache), test,
-                                       generation_settings(cfg, cell["s"], cfg.seed + 1000), native=False,
+                                       generation_settings(cfg, cell["s"], cfg.seed + 1000, cell["model"]),
+                                       native=False,
                                        runtime=GenerationRuntime(progress=progress, pipeline=pipe)))
             sample_s = (time.perf_counter() - start) / len(test)
             scoring = EvaluationSettings(inception=cfg.inception, frd_modalities=cfg.frd_modalities,

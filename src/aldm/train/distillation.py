@@ -59,9 +59,10 @@ BUDGET_FILE = "budget.json"  # a phase's fitted steps under --budget-s
 class DistillRequest:
     """One distillation run: the finished ALDM run ``teacher`` (a student continues halving), the ``run_dir`` it
     writes, the :class:`~aldm.config.DistillConfig` fields it overrides (``steps_to``, ``teacher_steps``,
-    ``guidance_range``, ``method``; None: the profile's), each phase's length (``steps``) or the whole run's ``budget_s``, the
-    ``seed``, ``precision``, the ``profile`` whose distillation settings it takes (None: the teacher's named profile),
-    the ``cache`` holding the teacher's subjects (None: the teacher's own) and its :class:`Runtime`."""
+    ``guidance_range``, ``method``; None: the profile's), each phase's length (``steps``) or the whole run's
+    ``budget_s``, the ``seed``, ``precision``, the ``profile`` whose distillation settings it takes (None: the
+    teacher's named profile), the ``cache`` holding the teacher's subjects (None: the teacher's own) and its
+    :class:`Runtime`."""
 
     teacher: str
     run_dir: str
