@@ -177,7 +177,8 @@ def test_a_failed_write_is_one_line_and_the_same_command_resumes(tiny_runs, prep
     assert SampleSet(str(out)).verify() == (3, [])
     # training: the checkpoint cannot be written; one line; the same command with --resume continues
     run = tmp_path / "run"
-    train = ("train", "vae", "--data", prepared_cache, "--profile", long_profile, "--out", run, "--quiet")
+    short = _profile(tmp_path, 4)  # the checkpoint is written (and fails) at the end of a 4-step run
+    train = ("train", "vae", "--data", prepared_cache, "--profile", short, "--out", run, "--quiet")
     failed = subprocess.run(_aldm(*train), capture_output=True, text=True, timeout=300,
                             preexec_fn=_file_size_limit(200_000))
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr

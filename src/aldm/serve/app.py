@@ -36,7 +36,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -80,9 +80,10 @@ class JobRequest(BaseModel):
 
     @field_validator("n", "guidance", "steps", "seed", mode="before")
     @classmethod
-    def _a_json_number(cls, value):
-        """Numbers only: "1" or true is refused, not coerced (1948.0 is the integer JSON Schema says it is)."""
-        if isinstance(value, (str, bool)) or value is None:
+    def _a_json_number(cls, value, info: ValidationInfo):
+        """Numbers only: "1" or true is refused, not coerced (1948.0 is the integer JSON Schema says it is); steps
+        may be null (the model's own)."""
+        if isinstance(value, (str, bool)) or (value is None and info.field_name != "steps"):
             raise ValueError("must be a JSON number")
         return value
 
