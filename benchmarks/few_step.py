@@ -25,25 +25,11 @@ import numpy as np
 import torch
 
 from aldm.artifacts.run import Run
+from aldm.diffusion.guidance import EvaluationCounter
 from aldm.diffusion.settings import GenerationSettings
 from aldm.evaluate import EvaluationSettings, evaluate, load_synthetic
 from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.pipeline import load_pipeline
-
-
-class Counter:
-    """Counts a denoiser's network evaluations: each forward adds its batch of z_t times the conditions stacked on
-    it (``copies``)."""
-
-    def __init__(self, denoiser):
-        self.nfe = 0
-        forward = denoiser.forward
-
-        def counted(z_t, *args, copies=1, **kwargs):
-            self.nfe += z_t.shape[0] * copies
-            return forward(z_t, *args, copies=copies, **kwargs)
-
-        denoiser.forward = counted
 
 
 def configurations(teacher: str, students: list[str]) -> list[dict]:
@@ -63,7 +49,7 @@ def interleaved_timing(pipes: dict, masks: np.ndarray, rounds: int) -> dict:
     """{label: {nfe, denoise_s, decode_s}} of one volume per configuration ``pipes`` {label: (pipeline, settings)},
     the configurations taking turns for ``rounds`` rounds after one warm-up round (the median of each), so that
     the machine's drift falls on all of them alike; decoding timed apart on the volume's latent."""
-    counters = {label: Counter(pipe.denoiser) for label, (pipe, _) in pipes.items()}
+    counters = {label: EvaluationCounter(pipe.denoiser) for label, (pipe, _) in pipes.items()}
     times = {label: {"denoise": [], "decode": []} for label in pipes}
     for i in range(rounds + 1):
         for label, (pipe, settings) in pipes.items():

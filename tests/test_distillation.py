@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aldm.config import tiny
-from aldm.diffusion.guidance import combine_guidance
+from aldm.diffusion.guidance import EvaluationCounter, combine_guidance
 from aldm.diffusion.samplers import distilled_timesteps, logsnr_timesteps
 from aldm.diffusion.schedule import NoiseSchedule
 from aldm.models.unet import ConditionalDenoiser
@@ -101,20 +101,6 @@ def test_the_guidance_student_learns_the_guided_prediction():
     assert trained < 0.75 * start and trained < 0.5 * error(random), (start, trained)
 
 
-class _Counter:
-    """Counts network evaluations: each forward adds its batch of z_t times the conditions stacked on it."""
-
-    def __init__(self, denoiser):
-        self.nfe = 0
-        forward = denoiser.forward
-
-        def counted(z_t, *args, copies=1, **kwargs):
-            self.nfe += z_t.shape[0] * copies
-            return forward(z_t, *args, copies=copies, **kwargs)
-
-        denoiser.forward = counted
-
-
 @pytest.fixture(scope="module")
 def student_run(tiny_runs, tmp_path_factory):
     """A tiny student of the few-shot run: the guidance phase and one halving round (4 -> 2 steps)."""
@@ -140,7 +126,7 @@ def test_a_student_run_generates_edits_and_serves_in_its_own_steps(student_run, 
     counts = {}
     for name, path in (("student", student_run), ("teacher", tiny_runs["fewshot"])):
         pipe = load_pipeline(path, device="cpu", precision="fp32")
-        counter = _Counter(pipe.denoiser)
+        counter = EvaluationCounter(pipe.denoiser)
         settings = pipe.validate(GenerationSettings(guidance=3.0))
         out = pipe(masks, settings, generator=[0])
         assert np.isfinite(out["image"].numpy()).all()

@@ -74,3 +74,19 @@ class GuidedNoise:
             return out
         eps_cond, eps_uncond = out.chunk(2)
         return combine_guidance(eps_cond, eps_uncond, self.guidance)
+
+
+class EvaluationCounter:
+    """Counts a denoiser's network evaluations (NFE) from now on: each forward adds its batch of z_t times the
+    conditions stacked on it (``copies``: a guided step's conditional and null halves count 2). Wraps the
+    instance's ``forward``; ``nfe`` the count so far (set it to 0 to start again)."""
+
+    def __init__(self, denoiser):
+        self.nfe = 0
+        forward = denoiser.forward
+
+        def counted(z_t, *args, copies=1, **kwargs):
+            self.nfe += z_t.shape[0] * copies
+            return forward(z_t, *args, copies=copies, **kwargs)
+
+        denoiser.forward = counted

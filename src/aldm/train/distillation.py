@@ -48,7 +48,7 @@ from ..models.unet import ConditionalDenoiser
 from ..models.vae import frozen_vae
 from .budget import seconds_per_step
 from .requests import Runtime
-from .stages import encode_subjects
+from .stages import encode_subjects, latent_batch
 from .trainer import Trainer, step_generator
 
 PHASES = "phases"  # the run folder's sub-folder of phase trainers
@@ -396,15 +396,11 @@ def _train_phase(shared: _Shared, phase: Phase, index: int, student: Conditional
 def _phase_sampler(encoded: dict, cfg, timesteps: int, guidance_range: tuple, phase: Phase):
     """The batches of a phase: subjects, posterior and forward noise, s uniform in ``guidance_range``, and t
     uniform in [0, T) (guidance phase) or the student's step index uniform on its grid (halving)."""
-    n = encoded["mu"].shape[0]
     lo, hi = guidance_range
 
     def sampler(step: int, rank: int) -> dict:
         g = step_generator(cfg.seed, step, rank)
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        batch = {key: encoded[key][idx] for key in ("mu", "logvar", "control", "stats", "weight")}
-        batch["eps_posterior"] = torch.randn(batch["mu"].shape, generator=g)
-        batch["eps"] = torch.randn(batch["mu"].shape, generator=g)
+        batch, _ = latent_batch(encoded, cfg.batch_size, g)
         batch["s"] = lo + (hi - lo) * torch.rand(cfg.batch_size, generator=g)
         if phase.halving:
             batch["k"] = torch.randint(phase.steps, (cfg.batch_size,), generator=g)

@@ -309,6 +309,17 @@ def encode_subjects(vae: VAE3D, cache: str, rows: list[dict], latent_size: int, 
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def latent_batch(encoded: dict, batch_size: int, g: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """A training batch of :func:`encode_subjects`' tensors: ``batch_size`` subjects drawn with replacement from
+    ``g`` (their indices returned too), their mu, logvar, control, stats and weight, and fresh posterior and forward
+    noise ('eps_posterior', 'eps', each (B, zC, s, s, s)), drawn in that order."""
+    idx = torch.randint(encoded["mu"].shape[0], (batch_size,), generator=g)
+    batch = {key: encoded[key][idx] for key in ("mu", "logvar", "control", "stats", "weight")}
+    batch["eps_posterior"] = torch.randn(batch["mu"].shape, generator=g)
+    batch["eps"] = torch.randn(batch["mu"].shape, generator=g)
+    return batch, idx
+
+
 def latent_statistics(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2: per-channel mean and std of source latents mu (N, zC, s, s, s) -> (zC,), (zC,)."""
     mean = mu.mean(dim=(0, 2, 3, 4))
@@ -450,14 +461,11 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
         load_parent_denoiser(denoiser, parent["denoiser"], vae_source)
     task = LDMTask(denoiser, NoiseSchedule(profile.diffusion), profile.diffusion.tumour_weight, mean, std,
                    profile.diffusion.min_snr_gamma)
-    n, p_drop, T = len(rows), profile.diffusion.cond_dropout, profile.diffusion.timesteps
+    p_drop, T = profile.diffusion.cond_dropout, profile.diffusion.timesteps
 
     def sampler(step: int, rank: int) -> dict:
         g = step_generator(cfg.seed, step, rank)
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        batch = {key: encoded[key][idx] for key in ("mu", "logvar", "control", "stats", "weight")}
-        batch["eps_posterior"] = torch.randn(batch["mu"].shape, generator=g)
-        batch["eps"] = torch.randn(batch["mu"].shape, generator=g)
+        batch, idx = latent_batch(encoded, cfg.batch_size, g)
         batch["t"] = torch.randint(T, (cfg.batch_size,), generator=g)
         batch["keep"] = (torch.rand(cfg.batch_size, generator=g) >= p_drop).float()
         if profile.unet.inpaint_context:
