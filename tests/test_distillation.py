@@ -45,6 +45,39 @@ def test_phase_plans():
     assert names(plan_phases(False, 4, 4)) == [("guidance", 2)]  # guidance folded in, the steps kept
 
 
+class _ConstantData(torch.nn.Module):
+    """A v-predicting 'denoiser' whose clean-sample prediction is the constant ``c`` at every z_t and t: the exact
+    model of data that is one point, along whose DDIM path x0 never changes."""
+
+    def __init__(self, schedule, c):
+        super().__init__()
+        self.schedule, self.c = schedule, c
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z_t, t, control, stats, guidance=None, **_):
+        a = self.schedule.alpha_bar(t, z_t)
+        return (a.sqrt() * z_t - self.c) / (1 - a).sqrt() + 0 * self.w  # x0 = sqrt(a) z - sqrt(1 - a) v = c
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_a_rounds_target_is_exact_for_a_model_that_knows_the_data(factor):
+    """Halving (factor 2) and direct (factor 4) rounds: when the teacher's x0 is exactly the data, the target of
+    every student step is that data, so a student giving it has zero loss at every step of its grid."""
+    from aldm.config import DiffusionConfig
+    from aldm.train.distillation import HalvingTask
+
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=1000, prediction="v"))
+    c = torch.randn(1, 4, 4, 4, 4)
+    model = _ConstantData(schedule, c)
+    task = HalvingTask(model, model, schedule, 0.0, torch.zeros(4), torch.ones(4), steps=4, factor=factor)
+    batch = {"mu": c.expand(4, -1, -1, -1, -1), "logvar": torch.full((4, 4, 4, 4, 4), -60.0),
+             "eps_posterior": torch.zeros(4, 4, 4, 4, 4), "eps": torch.randn(4, 4, 4, 4, 4), "k": torch.arange(4),
+             "s": torch.full((4,), 3.0), "control": torch.zeros(4, 3, 4, 4, 4), "stats": torch.zeros(4, 8),
+             "weight": torch.zeros(4, 1, 4, 4, 4)}
+    loss, _ = task(batch, 0, 1)
+    assert float(loss) < 1e-8
+
+
 def _teacher_with_a_condition(seed=0):
     """A tiny denoiser whose conditional and null predictions differ (its zero-initialised outputs randomised)."""
     profile = tiny()
