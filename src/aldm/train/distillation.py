@@ -24,7 +24,9 @@ experiments load it as one.
 
 from __future__ import annotations
 
+import copy
 import csv
+import io
 import json
 import os
 import shutil
@@ -140,6 +142,16 @@ class _Distillation(nn.Module):
         """Device and dtype moves reach the teacher too (it is no sub-module)."""
         self.teacher._apply(fn)
         return super()._apply(fn, recurse)
+
+    def __deepcopy__(self, memo):
+        """A copy (the trainer's EMA, a budget's timing trial) with its own student and the same frozen teacher:
+        the teacher's weights are not copied."""
+        memo[id(self.teacher)] = self.teacher
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        return new
 
     def _inputs(self, batch: dict) -> dict:
         """The batch on the device with z_0 (normalised with the source latent statistics) added."""
@@ -443,9 +455,8 @@ def _merge_logs(run: Run, phases: list[Phase]) -> None:
     if not rows:
         return
     names = list(dict.fromkeys(k for row in rows for k in row))
-    temp = run.file(METRICS + ".tmp")
-    with open(temp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temp, run.file(METRICS))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=names, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run.file(METRICS), text.getvalue())
