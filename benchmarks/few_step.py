@@ -194,7 +194,7 @@ def main() -> None:
             else:
                 metrics = evaluate(args.real, folder, os.path.join(folder, "eval"),
                                    EvaluationSettings(frd_modalities=(args.frd,) if n >= 3 else (),
-                                                      segmenter=args.segmenter), reference=reference)
+                                                      segmenter=args.segmenter), reference=reference).to_dict()
             sets.append(scored(metrics))
         if config["sampler"] == "ddpm":  # minutes a volume: timed once, alone
             timing = interleaved_timing({config["label"]: (pipe, settings)}, _first_labels(args.out, config), 1)

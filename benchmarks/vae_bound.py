@@ -27,7 +27,8 @@ from aldm.artifacts.run import Run  # noqa: E402
 from aldm.config import get_profile, with_budget, with_condition  # noqa: E402
 from aldm.experiments.common import ExperimentConfig, real_items  # noqa: E402
 from aldm.experiments.table1 import vae_bound  # noqa: E402
-from aldm.train.stages import train_vae  # noqa: E402
+from aldm.train.requests import Runtime, StageRequest  # noqa: E402
+from aldm.train.stages import vae_stage  # noqa: E402
 
 
 def parse_recipe(text: str) -> dict:
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
             profile = with_budget(profile, "train_vae", args.budget_s)
         run = os.path.join(runs_dir, text.replace(",", "_").replace("=", "-"))
         if not os.path.exists(os.path.join(run, "weights.pt")):
-            train_vae(cfg.source_cache, run, profile, steps=None if args.budget_s else steps, seed=cfg.seed,
-                      resume=os.path.exists(run), progress=False)
+            vae_stage(StageRequest(cfg.source_cache, run, profile, steps=None if args.budget_s else steps,
+                                   seed=cfg.seed, runtime=Runtime(resume=os.path.exists(run), progress=False)))
         seconds = Run(run).total_train_seconds()
         bound = vae_bound(run, segmenter, items, PreparedCache(cfg.target_cache).modalities)
         results.append({"recipe": text, "bound": bound, "train_s": seconds})

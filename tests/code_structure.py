@@ -20,12 +20,12 @@ LAYERS = (
     ("train/",),
     ("pipeline.py", "metrics/"),
     ("generate.py", "evaluators/", "editing/"),
-    ("evaluate.py", "serve/", "export.py"),
+    ("fidelity.py", "evaluate.py", "serve/", "export.py"),
     ("experiments/",),
     ("cli/",),
 )
 # modules on the inference side, which must not import training code (aldm.train)
-INFERENCE = ("pipeline.py", "generate.py", "editing/", "artifacts/", "metrics/", "evaluate.py", "serve/",
+INFERENCE = ("pipeline.py", "generate.py", "editing/", "artifacts/", "metrics/", "evaluate.py", "fidelity.py", "serve/",
              "data/masks.py")
 
 

@@ -51,7 +51,7 @@ def write_volume(path, array, affine=None, dtype=np.float32):
 def tiny_runs(prepared_cache, tmp_path_factory):
     """The four stages in the tiny profile on the 32^3 phantom cache: {'vae', 'ldm', 'fewshot'} run dirs."""
     from aldm.config import tiny
-    from aldm.train.stages import train_ldm, train_vae
+    from tests.training import train_ldm, train_vae
 
     runs = tmp_path_factory.mktemp("runs")
     cache = str(prepared_cache)
@@ -66,7 +66,7 @@ def baseline_runs(prepared_cache, tmp_path_factory):
     """Each baseline trained (source, then few-shot K = 2) in the tiny profile: {kind: few-shot run dir}."""
     from aldm.config import tiny
     from aldm.models.families import GANS
-    from aldm.train.baselines import train_baseline
+    from tests.training import train_baseline
 
     runs = tmp_path_factory.mktemp("baselines")
     out = {}

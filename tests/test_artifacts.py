@@ -72,7 +72,7 @@ def test_release_0_2_samples_read_and_evaluate(tmp_path):
     assert loaded[0]["image"].shape == (3, 32, 32, 32) and loaded[0]["mask"].shape == (1, 32, 32, 32)
     result = evaluate(CACHE, SAMPLES, str(tmp_path / "ev"),
                       EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none")))
-    assert result["n_samples"] == 2 and 0 < result["ssim_3d_patient_mean"] <= 1
+    assert result.n_samples == 2 and 0 < result.ssim_3d_patient_mean <= 1
 
 
 def test_a_release_0_2_segmenter_loads():
@@ -191,7 +191,8 @@ def test_a_bad_experiment_config_is_one_line_before_any_training(tmp_path, capsy
 
 
 def test_no_stage_changes_the_profile_it_was_given(prepared_cache, tmp_path):
-    from aldm.train.stages import train_vae, with_probe_every
+    from aldm.train.stages import with_probe_every
+    from tests.training import train_vae
 
     profile = tiny()
     before = profile.to_dict()

@@ -17,7 +17,8 @@ from aldm.errors import AldmError
 from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.models.families import GANS
 from aldm.pipeline import BaselinePipeline, load_pipeline
-from aldm.train.baselines import GANTask, train_baseline
+from aldm.train.baselines import GANTask
+from tests.training import train_baseline
 
 pytestmark = pytest.mark.slow  # trains several stages or runs subprocesses; see pyproject.toml
 

@@ -115,7 +115,8 @@ def test_a_regions_decoder_trains_and_its_ldm_samples_with_the_label_map(prepare
     from aldm.cli import main
     from aldm.diffusion.settings import GenerationSettings
     from aldm.pipeline import ALDMPipeline
-    from aldm.train.stages import ProbeSubjects, train_ldm, train_vae, with_probe_every
+    from aldm.train.stages import ProbeSubjects, with_probe_every
+    from tests.training import train_ldm, train_vae
 
     cache = str(prepared_cache)
     vae_run = str(tmp_path / "vae")

@@ -14,6 +14,7 @@ from aldm.cli import main
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
 from aldm.evaluate import EvaluationSettings, evaluate
+from aldm.fidelity import Fidelity
 from aldm.generate import GenerationRequest, GenerationRuntime, generate
 from aldm.metrics.fid import fid_scores
 from aldm.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_features
@@ -142,11 +143,15 @@ def test_evaluate_scores_held_out_pairs_without_inception(tiny_runs, prepared_ca
     samples.write_index(samples.records() + [extra])
     result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
                       EvaluationSettings(inception=str(tmp_path / "none.pth")))
-    assert result["excluded_few_shot_samples"] == 1 and result["n_samples"] == 2
-    assert -1 <= result["ssim_2d_patient_mean"] <= 1 and result["fid"] is None
-    assert "FID Inception weights not found" in result["fid_unavailable"]
-    assert "memorisation" in result and 0 <= result["memorisation"]["near_copy_fraction"] <= 1
-    assert (tmp_path / "ev" / "per_patient.csv").read_text().count("\n") == 1 + result["n_patients"]
+    assert result.excluded_few_shot_samples == 1 and result.n_samples == 2
+    assert -1 <= result.ssim_2d_patient_mean <= 1 and result.fid_patient_mean is None
+    assert "FID Inception weights not found" in result.fid_unavailable
+    assert 0 <= result.memorisation["near_copy_fraction"] <= 1
+    assert (tmp_path / "ev" / "per_patient.csv").read_text().count("\n") == 1 + result.n_patients
+    # metrics.json is the result as every release wrote it, and reads back as the same result
+    written = json.load(open(tmp_path / "ev" / "metrics.json"))
+    assert written["fid"] is None and "memorisation" in written and "frd" not in written
+    assert Fidelity.from_dict(written) == result
     assert main(["evaluate", "--real", str(prepared_cache), "--synthetic", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "no samples.csv" in capsys.readouterr().err

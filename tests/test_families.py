@@ -55,8 +55,7 @@ def train_painter(kind, request):
         idx = torch.randint(len(rows), (cfg.batch_size,), generator=step_generator(cfg.seed, step, rank))
         return {"image": data["image"][idx].float(), "mask": data["mask"][idx, :1].float()}
 
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, request.runtime.dist,
-                              resume=request.runtime.resume, progress=request.runtime.progress, name=kind)
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, request.runtime, name=kind)
     run.save_weights({"task": trainer.ema.shadow.state_dict()})
     return last
 

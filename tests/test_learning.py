@@ -15,8 +15,9 @@ from aldm.config import tiny
 from aldm.diffusion.schedule import NoiseSchedule, tumour_weighted_mse
 from aldm.diffusion.settings import GenerationSettings
 from aldm.errors import AldmError
-from aldm.train.stages import LDMTask, ProbeSubjects, train_ldm, train_vae
+from aldm.train.stages import LDMTask, ProbeSubjects
 from aldm.train.trainer import EMA
+from tests.training import train_ldm, train_vae
 
 
 def test_ema_warmup_follows_the_diffusers_schedule():

@@ -49,8 +49,7 @@ def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
     from aldm.config import tiny
     from aldm.diffusion.settings import GenerationSettings
     from aldm.generate import GenerationRequest, GenerationRuntime, generate
-    from aldm.train.baselines import train_baseline
-    from aldm.train.stages import train_ldm, train_vae
+    from tests.training import train_baseline, train_ldm, train_vae
 
     vae, ldm, cgan = (str(tmp_path / n) for n in ("vae", "ldm", "cgan"))
     train_vae(str(cache4), vae, tiny(), steps=2, progress=False)
@@ -73,7 +72,7 @@ def test_every_model_takes_and_writes_the_four_channels(cache4, tmp_path):
 
     result = evaluate(str(cache4), str(tmp_path / "gen-ldm"), str(tmp_path / "ev"),
                       EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none")))
-    assert result["n_samples"] == 1
+    assert result.n_samples == 1
 
 
 def test_the_folder_reader_reports_a_missing_t1c(tmp_path):

@@ -18,7 +18,7 @@ from aldm.config import tiny
 from aldm.errors import AldmError
 from aldm.models.pixel_ddpm import pixel_denoiser
 from aldm.pipeline import PixelDiffusionPipeline, load_pipeline
-from aldm.train.baselines import train_baseline
+from tests.training import train_baseline
 
 
 @pytest.fixture(scope="module")

@@ -81,8 +81,11 @@ def test_profile_condition_sizes_the_unet_and_old_configs_read_as_mask():
     old = tiny().to_dict()
     del old["condition"]
     assert Profile.from_dict(old).condition == "mask"
-    with pytest.raises(AldmError, match="control_in 9"):
-        Profile(name="x", image_size=32, condition="regions", unet=UNetConfig())
+    # the condition's sizes are derived, not stored: a config.json leaves them out, a profile built with other
+    # sizes gets the condition's
+    assert "control_in" not in profile.to_dict()["unet"] and "stats_dim" not in profile.to_dict()["unet"]
+    built = Profile(name="x", image_size=32, condition="regions", unet=UNetConfig())
+    assert (built.unet.control_in, built.unet.stats_dim) == (9, 24)
     with pytest.raises(AldmError, match="unknown condition"):
         with_condition(tiny(), "subregions")
 
@@ -90,8 +93,7 @@ def test_profile_condition_sizes_the_unet_and_old_configs_read_as_mask():
 @pytest.fixture(scope="module")
 def region_runs(prepared_cache, tiny_runs, tmp_path_factory):
     """A regions+brain LDM (source, then few-shot K = 2) on the tiny VAE, and a regions CGAN."""
-    from aldm.train.baselines import train_baseline
-    from aldm.train.stages import train_ldm
+    from tests.training import train_baseline, train_ldm
 
     runs = tmp_path_factory.mktemp("region_runs")
     cache = str(prepared_cache)
@@ -104,7 +106,7 @@ def region_runs(prepared_cache, tiny_runs, tmp_path_factory):
 @pytest.mark.slow  # trains a regions LDM and CGAN (module fixture, ~1 minute)
 def test_regions_runs_train_and_few_shot_keeps_the_condition(region_runs, prepared_cache, tmp_path):
     from aldm.artifacts.run import Run
-    from aldm.train.stages import train_ldm
+    from tests.training import train_ldm
 
     assert Run(region_runs["fewshot"]).profile.condition == "regions+brain"
     assert Run(region_runs["cgan"]).profile.condition == "regions"

@@ -99,9 +99,9 @@ def test_evaluate_refuses_a_segmenter_that_saw_the_test_patients(tiny_runs, prep
                   held_out=set(tiny_runs_test_subjects(tiny_runs)), progress=False)
     result = evaluate(str(prepared_cache), str(tmp_path / "gen"), str(tmp_path / "ev"),
                       EvaluationSettings(frd_modalities=(), inception=str(tmp_path / "none.pth"), segmenter=str(clean)))
-    adherence = result["mask_adherence"]
-    assert adherence["n_samples"] == 2 and 0 <= adherence["mask_dice_mean"] <= 1
-    assert 0 <= adherence["real_dice_mean"] <= 1 and adherence["shuffled_dice_mean"] is not None
+    adherence = result.mask_adherence
+    assert adherence.n_samples == 2 and 0 <= adherence.mask_dice_mean <= 1
+    assert 0 <= adherence.real_dice_mean <= 1 and adherence.shuffled_dice_mean is not None
 
 
 def tiny_runs_test_subjects(tiny_runs):

@@ -17,8 +17,8 @@ from aldm.config import TrainConfig, tiny
 from aldm.data.cache import prepare_dataset
 from aldm.data.preprocess import PrepConfig
 from aldm.errors import AldmError
-from aldm.train.stages import train_ldm, train_vae
 from aldm.train.trainer import Trainer
+from tests.training import train_ldm, train_vae
 
 
 def _weights(run):
@@ -235,7 +235,7 @@ def test_gpu_profile_trains_one_step_of_each_stage_at_32(prepared_cache, tmp_pat
     VAE, source LDM, few-shot and a baseline, each leaving finished weights."""
     from aldm.artifacts.run import Run
     from aldm.config import get_profile
-    from aldm.train.baselines import train_baseline
+    from tests.training import train_baseline
 
     gpu = get_profile("gpu")
     assert gpu.diffusion.prediction == "v" and gpu.train_ldm.ema_warmup and gpu.vae.channels == (64, 128, 256)
@@ -351,7 +351,7 @@ def test_a_budget_fits_the_steps_once_and_resume_trains_the_same_ones(prepared_c
 
 def test_a_baseline_stage_trains_to_its_budget(prepared_cache, tmp_path):
     from aldm.artifacts.run import Run
-    from aldm.train.baselines import train_baseline
+    from tests.training import train_baseline
 
     profile = _budgeted(tiny(), "train_baseline", 2.0)
     train_baseline("cgan", str(prepared_cache), str(tmp_path / "cgan"), profile, progress=False)

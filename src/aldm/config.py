@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from .conditions import DEFAULT_CONDITION, control_channel_count, parse_condition, statistic_count
 from .errors import AldmError
 
+# the UNetConfig fields that follow from a profile's condition (derived, never stored in a config.json)
+CONDITION_SIZED = ("control_in", "stats_dim")
+
 PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precision)
 PREDICTIONS = ("epsilon", "v")  # what the latent denoiser outputs (DiffusionConfig.prediction)
 
@@ -333,12 +336,14 @@ class TrainConfig:
 @dataclass
 class Profile:
     """Everything a run is built from: image size S and the configs of every network and stage;
-    saved as ``config.json`` in each run."""
+    saved as ``config.json`` in each run. The U-Net's control channels and FiLM statistics
+    (``unet.control_in`` / ``stats_dim``) follow from ``condition``: they are set from it when the profile
+    is built, whatever ``unet`` said."""
     name: str
     image_size: int
     vae: VAEConfig = field(default_factory=VAEConfig)
     # what the generators (ALDM and the baselines) are conditioned on (aldm.conditions): "mask" (the paper),
-    # "regions" (the BraTS regions WT / TC / ET) or "regions+brain"; unet.control_in / stats_dim follow it
+    # "regions" (the BraTS regions WT / TC / ET) or "regions+brain"; unet.control_in / stats_dim are derived from it
     condition: str = DEFAULT_CONDITION
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -362,11 +367,9 @@ class Profile:
                 or self.image_size % 16:
             raise AldmError(f"Profile.image_size must be a positive multiple of 16, got {self.image_size!r}")
         parse_condition(self.condition, "Profile.condition")
-        want = (control_channel_count(self.condition), statistic_count(self.condition))
-        if (self.unet.control_in, self.unet.stats_dim) != want:
-            raise AldmError(f"Profile: condition {self.condition!r} takes unet.control_in {want[0]} and "
-                            f"unet.stats_dim {want[1]}, got {self.unet.control_in} and {self.unet.stats_dim} "
-                            "(aldm.config.with_condition sets them)")
+        sizes = dict(zip(CONDITION_SIZED, (control_channel_count(self.condition), statistic_count(self.condition))))
+        if any(getattr(self.unet, name) != value for name, value in sizes.items()):
+            self.unet = dataclasses.replace(self.unet, **sizes)
 
     @property
     def latent_size(self) -> int:
@@ -374,8 +377,12 @@ class Profile:
         return self.image_size // 4
 
     def to_dict(self) -> dict:
-        """The profile as plain JSON-able data."""
-        return dataclasses.asdict(self)
+        """The profile as plain JSON-able data; the U-Net's sizes that follow from the condition are left out
+        (they are derived again when read)."""
+        data = dataclasses.asdict(self)
+        for name in CONDITION_SIZED:
+            del data["unet"][name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
@@ -541,13 +548,10 @@ def with_inpaint_context(profile: Profile) -> Profile:
 
 def with_condition(profile: Profile, condition: str | None) -> Profile:
     """``profile`` conditioned on ``condition`` (None: as it is): the U-Net's control channels and FiLM
-    statistics sized for it (a copy when that changes anything)."""
+    statistics follow (a copy when that changes anything)."""
     if condition is None or condition == profile.condition:
         return profile
-    condition = parse_condition(condition, "--condition")
-    unet = dataclasses.replace(profile.unet, control_in=control_channel_count(condition),
-                               stats_dim=statistic_count(condition))
-    return dataclasses.replace(profile, condition=condition, unet=unet)
+    return dataclasses.replace(profile, condition=parse_condition(condition, "--condition"))
 
 
 def with_budget(profile: Profile, stage: str, seconds: float | None) -> Profile:

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from .artifacts.cache import PreparedCache
 from .artifacts.run import Run
 from .artifacts.samples import SampleSet
 from .errors import AldmError
+from .fidelity import Fidelity, MaskAdherence, RegionAdherence
 from .io.atomic import atomic_write_text
 from .metrics.similarity import memorisation, ms_ssim_diversity, ssim_2d_slices, ssim_3d
 from .modalities import file_stems
@@ -44,7 +45,7 @@ def load_synthetic(folder: str) -> list[dict]:
     return out
 
 
-def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, reference: dict) -> dict:
+def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, reference: dict) -> MaskAdherence:
     """Mask Dice of the samples against their own generation masks, the shuffled-mask floor, and the
     ceiling: the same segmenter on the real volumes of the mask subjects (which it must never have
     been trained on; computed once per segmenter and subject set in ``reference``). With a BraTS segmenter
@@ -66,16 +67,17 @@ def _mask_adherence(folder: str, paired: list[dict], cached: dict, device: str, 
         reference[key] = mask_adherence(model, config, np.stack([cached[p]["image"] for p in subjects]),
                                         np.stack([cached[p]["labels"] for p in subjects]), regions=regions)
     real = reference[key]
-    return {"mask_dice_mean": synthetic["mask_dice_mean"], "mask_dice_std": synthetic["mask_dice_std"],
-            "shuffled_dice_mean": synthetic.get("shuffled_dice_mean"),
-            "real_dice_mean": real["mask_dice_mean"], "real_dice_std": real["mask_dice_std"],
-            "n_samples": synthetic["n"], "n_real": real["n"], "segmenter": os.path.abspath(folder),
-            "per_sample": dict(zip([s["sample"] for s in paired], synthetic["mask_dice"])),
-            "regions": {name: {"dice_mean": r["dice_mean"], "dice_std": r["dice_std"],
-                               "shuffled_dice_mean": r.get("shuffled_dice_mean"),
-                               "real_dice_mean": real["regions"][name]["dice_mean"],
-                               "real_dice_std": real["regions"][name]["dice_std"]}
-                        for name, r in synthetic["regions"].items()}}
+    return MaskAdherence(
+        mask_dice_mean=synthetic["mask_dice_mean"], mask_dice_std=synthetic["mask_dice_std"],
+        shuffled_dice_mean=synthetic.get("shuffled_dice_mean"),
+        real_dice_mean=real["mask_dice_mean"], real_dice_std=real["mask_dice_std"],
+        n_samples=synthetic["n"], n_real=real["n"], segmenter=os.path.abspath(folder),
+        per_sample=dict(zip([s["sample"] for s in paired], synthetic["mask_dice"])),
+        regions={name: RegionAdherence(dice_mean=r["dice_mean"], dice_std=r["dice_std"],
+                                       shuffled_dice_mean=r.get("shuffled_dice_mean"),
+                                       real_dice_mean=real["regions"][name]["dice_mean"],
+                                       real_dice_std=real["regions"][name]["dice_std"])
+                 for name, r in synthetic["regions"].items()})
 
 
 def _frd_channels(cache: PreparedCache, samples: list[dict], synthetic_dir: str, frd_modalities) -> tuple:
@@ -127,12 +129,13 @@ class EvaluationSettings:
 
 
 def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: EvaluationSettings | None = None,
-             log=None, reference: dict | None = None) -> dict:
+             log=None, reference: dict | None = None) -> Fidelity:
     """Score a generate folder against the real volumes of its mask subjects in ``real_cache``: SSIM
     (2D slices, 3D) per patient, FRD, FID (when the Inception weights are present), MS-SSIM
     diversity and memorisation, sharpness, the region contrasts of labelled samples, and with a
     segmenter the mask adherence (:class:`EvaluationSettings`); samples from few-shot training masks are
-    excluded. Writes ``out_dir/metrics.json`` and ``per_patient.csv``; returns the metrics.
+    excluded. Writes ``out_dir/metrics.json`` (:meth:`Fidelity.to_dict`) and ``per_patient.csv``; returns
+    the :class:`~aldm.fidelity.Fidelity`.
 
     ``reference``: a dict the caller keeps across evaluations (an experiment's cells): what depends on
     the real volumes alone — their MS-SSIM diversity, the segmenter's ceiling on them, their FRD
@@ -154,8 +157,8 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: Evalua
     result.update(_diversity_and_copies(samples, real, cache, rows, split, settings.diversity_pairs, reference))
     result.update(sharpness_figures([(s["image"], real[s["mask_subject"]], cached[s["mask_subject"]]["brain"])
                                      for s in paired], cache.modalities))
-    if settings.segmenter:
-        result["mask_adherence"] = _mask_adherence(settings.segmenter, paired, cached, settings.device, reference)
+    adherence = (_mask_adherence(settings.segmenter, paired, cached, settings.device, reference)
+                 if settings.segmenter else None)
     if all(s["labels"] is not None for s in paired):
         from .metrics.region_contrast import contrast_check
 
@@ -165,8 +168,9 @@ def evaluate(real_cache: str, synthetic_dir: str, out_dir: str, settings: Evalua
     if frd_modalities:
         result.update(_frd(samples, cached, cache, frd_modalities, reference, log))
     result.update(_fid(paired, real, per_patient, settings, log))
-    _write(out_dir, result, per_patient)
-    return result
+    fidelity = replace(Fidelity.from_dict(result), mask_adherence=adherence)
+    _write(out_dir, fidelity.to_dict(), per_patient)
+    return fidelity
 
 
 def _paired_samples(cache: PreparedCache, rows: dict, synthetic_dir: str, log) -> tuple:

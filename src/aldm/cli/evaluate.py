@@ -17,7 +17,7 @@ def _cmd_evaluate(args) -> int:
     result = evaluate(args.real, args.synthetic, args.out,
                       EvaluationSettings(inception=args.inception, device=args.device, frd_modalities=modalities,
                                          segmenter=args.segmenter))
-    shown = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    shown = {k: v for k, v in result.to_dict().items() if not isinstance(v, dict)}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {os.path.abspath(os.path.join(args.out, 'metrics.json'))}")
     return 0

@@ -21,6 +21,7 @@ from ..artifacts.cache import PreparedCache  # noqa: E402
 from ..artifacts.samples import SampleSet  # noqa: E402
 from ..errors import AldmError  # noqa: E402
 from ..evaluators.segmentation_protocols import PAIRED_CAPTION, paired_rows  # noqa: E402
+from ..fidelity import Fidelity  # noqa: E402
 from ..io.atomic import atomic_write_text  # noqa: E402
 
 # "Mask Dice" is the whole tumour's (WT); "Dice TC" / "Dice ET" the BraTS sub-regions' (a BraTS segmenter and
@@ -40,7 +41,7 @@ def _fmt(value, digits=3):
 
 
 def _lowest_sharpness(figures: dict) -> float | None:
-    """The lowest per-modality sharpness ratio of a cell's figures (None when not measured)."""
+    """The lowest per-modality sharpness ratio of the VAE bound's figures (None when not measured)."""
     sharp = {k: v for k, v in (figures.get("sharpness") or {}).items() if k != "mean"}
     return min(sharp.values()) if sharp else None
 
@@ -48,36 +49,30 @@ def _lowest_sharpness(figures: dict) -> float | None:
 def table_rows(results: list[dict], reference: dict) -> list[dict]:
     """Table 1's rows: one per cell, then the real-data reference row."""
     rows = []
-    for r in results:
-        f, c = r["fidelity"], r["classifier"]
-        mem = f.get("memorisation") or {}
-        adherence = f.get("mask_adherence") or {}
-        regions = adherence.get("regions") or {}
-        contrast = f.get("region_contrast") or {}
+    scored = [(r, Fidelity.from_dict(r["fidelity"])) for r in results]
+    for r, f in scored:
+        c, adherence = r["classifier"], f.mask_adherence
         cost = r.get("cost") or {}
         rows.append({
             "model": r["name"], "K": r["k"], "s": "" if r["s"] is None else r["s"],
-            "FRD": f.get("frd_mean"), "FID (patient mean)": f.get("fid_patient_mean"),
-            "FID (pooled)": f.get("fid_pooled"),
-            "SSIM 2D": f["ssim_2d_patient_mean"], "SSIM 3D": f["ssim_3d_patient_mean"],
-            "MS-SSIM synth": f.get("ms_ssim_diversity_synthetic"), "MS-SSIM real": f.get("ms_ssim_diversity_real"),
-            "near-copy %": None if not mem else 100.0 * mem["near_copy_fraction"],
-            "copies % (held-out)": (100.0 * mem["held_out_copy_fraction"]) if "held_out_copy_fraction" in mem else None,
-            "Mask Dice": adherence.get("mask_dice_mean"), "Mask Dice floor": adherence.get("shuffled_dice_mean"),
-            "Dice TC": (regions.get("TC") or {}).get("dice_mean"),
-            "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
-            "Contrast signs": f"{contrast['right_signs']}/{contrast['scored']}" if contrast.get("scored") else None,
-            "Sharpness": _lowest_sharpness(f),
+            "FRD": f.frd_mean, "FID (patient mean)": f.fid_patient_mean, "FID (pooled)": f.fid_pooled,
+            "SSIM 2D": f.ssim_2d_patient_mean, "SSIM 3D": f.ssim_3d_patient_mean,
+            "MS-SSIM synth": f.ms_ssim_diversity_synthetic, "MS-SSIM real": f.ms_ssim_diversity_real,
+            "near-copy %": f.near_copy_percent(), "copies % (held-out)": f.held_out_copy_percent(),
+            "Mask Dice": adherence and adherence.mask_dice_mean,
+            "Mask Dice floor": adherence and adherence.shuffled_dice_mean,
+            "Dice TC": adherence and adherence.region_dice("TC"), "Dice ET": adherence and adherence.region_dice("ET"),
+            "Contrast signs": f.contrast_signs(), "Sharpness": f.lowest_sharpness(),
             "Swap locality": (r.get("mask_swap") or {}).get("locality"),
             "TRTS BAcc": c["trts"]["bacc_mean"], "TRTS F1": c["trts"]["f1_mean"], "TRTS AUC": c["trts"]["auc_mean"],
             "TRTS AUC std": c["trts"]["auc_std"], "Aug AUC": c["augment"]["auc_mean"],
-            "Aug AUC std": c["augment"]["auc_std"], "n test": f["n_patients"],
+            "Aug AUC std": c["augment"]["auc_std"], "n test": f.n_patients,
             "Train s": cost.get("train_s"), "Params M": None if cost.get("params") is None else cost["params"] / 1e6,
             "Sample s/vol": cost.get("sample_s"),
         })
-    adherence = next((r["fidelity"]["mask_adherence"] for r in results if r["fidelity"].get("mask_adherence")), {})
-    ceilings = {name: region["real_dice_mean"] for name, region in (adherence.get("regions") or {}).items()}
-    contrast = next((r["fidelity"]["region_contrast"] for r in results if r["fidelity"].get("region_contrast")), {})
+    adherence = next((f.mask_adherence for _, f in scored if f.mask_adherence), None)
+    ceilings = {name: region.real_dice_mean for name, region in (adherence.regions if adherence else {}).items()}
+    contrast = next((f.region_contrast for _, f in scored if f.region_contrast), {})
     real_signs = [np.sign(c["real"]) == c["expected_sign"] for c in contrast.get("checks", []) if c["real"] is not None]
     chance = next((r["mask_swap"]["chance"] for r in results if (r.get("mask_swap") or {}).get("pairs")), None)
     bound = reference.get("vae_bound")
@@ -89,7 +84,8 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
                      "Dice ET": (regions.get("ET") or {}).get("dice_mean"),
                      "Contrast signs": f"{signs['right_signs']}/{signs['scored']}" if signs.get("scored") else None,
                      "Sharpness": _lowest_sharpness(bound)})
-    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "", "Mask Dice": adherence.get("real_dice_mean"),
+    rows.append({"model": "Real (TRTR reference)", "K": "", "s": "",
+                 "Mask Dice": adherence and adherence.real_dice_mean,
                  "Dice TC": ceilings.get("TC"), "Dice ET": ceilings.get("ET"),
                  "Contrast signs": f"{sum(real_signs)}/{len(real_signs)}" if real_signs else None,
                  "Swap locality": chance,
@@ -292,7 +288,7 @@ def spectrum_figure(results: list[dict], reference: dict, path: str) -> bool:
     real one, noise or over-sharpening above it. False when no cell has a spectrum."""
     aldm = [r for r in results if r["s"] is not None]
     top = (max(r["k"] for r in aldm), max(r["s"] for r in aldm)) if aldm else None
-    curves = {r["name"]: r["fidelity"]["spectrum"] for r in results if r["fidelity"].get("spectrum")
+    curves = {r["name"]: spectrum for r in results if (spectrum := Fidelity.from_dict(r["fidelity"]).spectrum)
               and (r["s"] is None or (r["k"], r["s"]) == top)}
     bound = (reference.get("vae_bound") or {}).get("spectrum")
     if bound:
@@ -396,8 +392,7 @@ def write_report(cfg, results: list[dict], reference: dict, splits: dict) -> str
     has_learning = os.path.isdir(os.path.join(out, "runs")) and learning_figure(
         os.path.join(out, "runs"), os.path.join(fig_dir, "learning_curves.png"))
     k_max = max(cfg.k)
-    fid_note = next((r["fidelity"].get("fid_unavailable") for r in results if r["fidelity"].get("fid_unavailable")),
-                    None)
+    fid_note = next((note for r in results if (note := Fidelity.from_dict(r["fidelity"]).fid_unavailable)), None)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>aldm Table 1</title>",
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"

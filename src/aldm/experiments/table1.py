@@ -227,7 +227,7 @@ def _run_table1(cfg: ExperimentConfig, progress: bool) -> str:
                          for s in load_synthetic(samples_dir)]
             classifier = _classifier_scores(cfg, splits[cell.get("split_k", cell["k"])], real, synthetic,
                                             fold_models)
-            result = {**cell, "fidelity": fidelity, "classifier": classifier, "samples": samples_dir}
+            result = {**cell, "fidelity": fidelity.to_dict(), "classifier": classifier, "samples": samples_dir}
         if "cost" not in result:  # a cell of before 0.4 keeps its samples: its sampling time is not known
             result["cost"] = cell_cost(run, pipe, sample_s)
         if cfg.mask_swap_pairs and "mask_swap" not in result:

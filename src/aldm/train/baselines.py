@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..conditions import condition_masks
 from ..config import Profile
-from ..distributed import DistInfo, barrier
+from ..distributed import barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.baselines.generator import BaselineGenerator
@@ -31,7 +31,7 @@ from ..models.baselines.networks import PatchDiscriminator3D, diff_augment, hing
 from ..models.families import comparison_models, family
 from ..models.vae import kl_divergence
 from .comparison import load_condition_volumes, open_comparison_run
-from .requests import FewShot, Runtime, StageRequest
+from .requests import StageRequest
 from .stages import run_stage
 from .trainer import step_generator
 
@@ -134,19 +134,6 @@ class GANTask(nn.Module):
         return loss, logs
 
 
-def train_baseline(kind: str, cache: str, run_dir: str, profile: Profile | None = None, init_run: str | None = None,
-                   k: int | None = None, n_test: int | None = None, split_path: str | None = None,
-                   steps: int | None = None, seed: int | None = None, resume: bool = False,
-                   dist_info: DistInfo | None = None, progress: bool = True, precision: str | None = None,
-                   condition: str | None = None) -> dict:
-    """Source training (no ``init_run``) or few-shot adaptation (``init_run`` + K) of a comparison model, by
-    keywords: builds the :class:`~aldm.train.requests.StageRequest` and runs :func:`train_comparison`."""
-    fewshot = FewShot(init_run, split_path, k, n_test) if init_run is not None else None
-    request = StageRequest(cache, run_dir, profile, fewshot, steps, seed, precision, condition,
-                           Runtime(resume, dist_info, progress))
-    return train_comparison(kind, request)
-
-
 def train_comparison(kind: str, request: StageRequest) -> dict:
     """One stage of the comparison model ``kind`` (a GAN: :func:`train_gan`; the pixel DDPM:
     :func:`aldm.train.pixel_diffusion.train_pixel_ddpm`; any registered family's trainer); ``request.condition``
@@ -187,8 +174,7 @@ def train_gan(kind: str, request: StageRequest) -> dict:
         return batch
 
     torch.manual_seed(cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
-                              progress=request.runtime.progress,
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, request.runtime,
                               name=f"{kind}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         # raw weights of G and D to start a few-shot stage from; EMA weights of G to sample with

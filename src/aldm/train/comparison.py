@@ -52,8 +52,8 @@ def open_comparison_run(kind: str, request: StageRequest) -> tuple[Profile, str,
     stage_config = family(kind).stage_config(fewshot is not None)
     cfg = _override(getattr(profile, stage_config), request.steps, request.seed, request.precision)
     profile = replace(profile, **{stage_config: cfg})  # the caller's profile is left as it was
-    run, rows = open_run(request.run_dir, "baseline", profile, request.cache, seed=cfg.seed,
-                         domain="target" if fewshot is not None else "source", dist_info=request.runtime.dist,
-                         resume=request.runtime.resume, extra={"model": kind, "fewshot": fewshot is not None},
-                         fewshot=fewshot, parent=Run(fewshot.init_run) if fewshot is not None else None)
+    run, rows = open_run(request, "baseline", profile, seed=cfg.seed,
+                         domain="target" if fewshot is not None else "source",
+                         extra={"model": kind, "fewshot": fewshot is not None},
+                         parent=Run(fewshot.init_run) if fewshot is not None else None)
     return profile, stage_config, run, rows, parent

@@ -74,8 +74,7 @@ def train_pixel_ddpm(kind: str, request: StageRequest) -> dict:
         return batch
 
     torch.manual_seed(cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
-                              progress=request.runtime.progress,
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, request.runtime,
                               name=f"{kind}{'-fewshot' if fewshot else ''}")
     if dist_info.is_main:
         run.save_weights({"denoiser": trainer.ema.shadow.denoiser.state_dict()})

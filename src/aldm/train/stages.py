@@ -1,13 +1,14 @@
 """The four training stages of ALDM (§3.1-3.2), each writing a self-describing run directory.
 
-1. ``train_vae``: the 3D VAE on the source cache (Eq. 3.1-3.4);
+1. :func:`vae_stage`: the 3D VAE on the source cache (Eq. 3.1-3.4);
 2. latent statistics: per-channel mean/std of source latents, computed when stage 3 starts and
    stored with the model;
-3. ``train_ldm``: the conditional latent denoiser (U-Net + FiLM + ControlNet, CFG dropout,
+3. :func:`source_stage`: the conditional latent denoiser (U-Net + FiLM + ControlNet, CFG dropout,
    tumour-weighted loss) on source latents, VAE frozen;
-4. ``train_ldm(init=...)``: few-shot adaptation of the whole denoiser on K target subjects of a
+4. :func:`fewshot_stage`: few-shot adaptation of the whole denoiser on K target subjects of a
    saved patient-level split (zero-shot = use stage 3 directly).
 
+Each takes a :class:`~aldm.train.requests.StageRequest` (what to train, where, how), built once by its caller.
 Each stage writes a run folder (:mod:`aldm.artifacts.run`: what it holds and how it is read back). LDM runs
 also hold ``vae.pt`` and the latent statistics, so a finished LDM run is all that generation needs.
 """
@@ -29,7 +30,7 @@ from ..config import Profile, TrainConfig, with_condition
 from ..data.control import condition_control, condition_statistics, latent_tumour_weight_mask
 from ..data.splits import few_shot_split
 from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
-from ..distributed import DistInfo, barrier
+from ..distributed import barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
 from ..models.unet import ConditionalDenoiser
@@ -126,12 +127,13 @@ def select_fewshot(cache: str, rows: list[dict], run: Run, resume: bool, fewshot
     return split, shots
 
 
-def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: int, domain: str,
-             dist_info: DistInfo, resume: bool, extra: dict, fewshot: FewShot | None = None,
+def open_run(request: StageRequest, stage: str, profile: Profile, *, seed: int, domain: str, extra: dict,
              parent: Run | None = None) -> tuple[Run, list]:
     """Check the data (against ``parent``'s modalities when the run builds on another), create (or
-    re-open) a run folder and return it with the rows to train on: the ``domain`` subjects of
-    ``cache``, or, with ``fewshot``, the K few-shot subjects of the run's split."""
+    re-open) the run folder of ``request`` and return it with the rows to train on: the ``domain`` subjects
+    of its cache, or, with ``request.fewshot``, the K few-shot subjects of the run's split."""
+    run_dir, cache, fewshot = request.run_dir, request.cache, request.fewshot
+    dist_info, resume = request.runtime.dist, request.runtime.resume
     rows = _rows(cache, domain)
     _check_data(cache, rows, profile, parent.modalities if parent is not None else None)
     info = Run.describe(stage, profile, cache, seed, dist_info.world_size, domain=domain, **extra)
@@ -147,14 +149,16 @@ def open_run(run_dir: str, stage: str, profile: Profile, cache: str, *, seed: in
     return run, rows
 
 
-def run_stage(task: nn.Module, sampler, profile: Profile, stage_config: str, run: Run, dist_info: DistInfo, *,
-              resume: bool, progress: bool, name: str, probe=None) -> tuple[Trainer, dict]:
+def run_stage(task: nn.Module, sampler, profile: Profile, stage_config: str, run: Run, runtime: Runtime, *,
+              name: str, probe=None) -> tuple[Trainer, dict]:
     """Train ``task`` as the ``stage_config`` stage of ``profile`` (``train_vae``, ``train_ldm``, ...) in
     ``run``: its steps fitted to its ``budget_s`` when it has one (:func:`aldm.train.budget.fit_to_budget`),
-    resumed from the run's checkpoint when ``resume``; returns (the trainer, its last step's figures)."""
+    resumed from the run's checkpoint when ``runtime.resume``; returns (the trainer, its last step's
+    figures)."""
+    dist_info = runtime.dist
     cfg = getattr(fit_to_budget(profile, stage_config, task, sampler, run, dist_info), stage_config)
-    trainer = Trainer(task, sampler, cfg, run.path, dist_info, progress=progress, name=name, probe=probe)
-    if resume:
+    trainer = Trainer(task, sampler, cfg, run.path, dist_info, progress=runtime.progress, name=name, probe=probe)
+    if runtime.resume:
         trainer.resume()
     return trainer, trainer.run()
 
@@ -214,14 +218,6 @@ class VAETask(nn.Module):
         return loss, parts
 
 
-def train_vae(cache: str, run_dir: str, profile: Profile, steps: int | None = None, seed: int | None = None,
-              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              domain: str = "source", precision: str | None = None, probe: ProbeSubjects | None = None) -> dict:
-    """Stage 1 by keywords: builds the :class:`StageRequest` and runs :func:`vae_stage`."""
-    return vae_stage(StageRequest(cache, run_dir, profile, None, steps, seed, precision, None,
-                                  Runtime(resume, dist_info, progress), probe), domain)
-
-
 @writes_folder("request", "run")
 def vae_stage(request: StageRequest, domain: str = "source") -> dict:
     """Stage 1: the VAE on the ``domain`` subjects of ``request.cache`` (``request.profile`` required);
@@ -235,8 +231,7 @@ def vae_stage(request: StageRequest, domain: str = "source") -> dict:
     if crop and (crop % 4 or not 4 <= crop <= profile.image_size):
         raise AldmError(f"vae.train_crop must be a multiple of 4 up to {profile.image_size}, got {crop}")
     check_discriminator_fits(profile.vae, crop or profile.image_size)
-    run, rows = open_run(request.run_dir, "vae", profile, cache, seed=cfg.seed, domain=domain, dist_info=dist_info,
-                         resume=request.runtime.resume, extra={})
+    run, rows = open_run(request, "vae", profile, seed=cfg.seed, domain=domain, extra={})
     data = PreparedCache(cache)
     subjects = [data.load(r) for r in rows]  # each subject's arrays read once
     images = torch.stack([torch.from_numpy(d["image"]).half() for d in subjects])
@@ -260,8 +255,7 @@ def vae_stage(request: StageRequest, domain: str = "source") -> dict:
     torch.manual_seed(cfg.seed)
     probe_fn = _vae_probe(request.probe, rows)
     task = VAETask(VAE3D(profile.vae))
-    trainer, last = run_stage(task, sampler, profile, "train_vae", run, dist_info, resume=request.runtime.resume,
-                              progress=request.runtime.progress, name="vae", probe=probe_fn)
+    trainer, last = run_stage(task, sampler, profile, "train_vae", run, request.runtime, name="vae", probe=probe_fn)
     if dist_info.is_main:
         run.save_weights({"vae": trainer.ema.shadow.vae.state_dict()})
     barrier(dist_info)
@@ -387,22 +381,6 @@ def _override(cfg: TrainConfig, steps: int | None, seed: int | None, precision: 
     return replace(cfg, **changes)
 
 
-def train_ldm(cache: str, run_dir: str, profile: Profile | None = None, vae_run: str | None = None,
-              init_run: str | None = None, k: int | None = None, n_test: int | None = None,
-              split_path: str | None = None, steps: int | None = None, seed: int | None = None,
-              resume: bool = False, dist_info: DistInfo | None = None, progress: bool = True,
-              precision: str | None = None, probe: ProbeSubjects | None = None, condition: str | None = None,
-              from_scratch: bool = False) -> dict:
-    """Stage 3 (``vae_run`` given: :func:`source_stage`) or stage 4 (``init_run`` given: :func:`fewshot_stage`)
-    by keywords: builds the :class:`StageRequest` and runs the stage."""
-    check_latent_parent(vae_run, init_run, from_scratch)
-    fewshot = init_run is not None
-    request = StageRequest(cache, run_dir, profile,
-                           FewShot(init_run, split_path, k, n_test, from_scratch) if fewshot else None, steps,
-                           seed, precision, condition, Runtime(resume, dist_info, progress), probe)
-    return fewshot_stage(request) if fewshot else source_stage(request, vae_run)
-
-
 def check_latent_parent(vae_run: str | None, init_run: str | None, from_scratch: bool = False) -> None:
     """A latent stage builds on exactly one run: a VAE run (stage 3) or a source run to adapt (stage 4, which
     alone may start from scratch); an AldmError saying so otherwise."""
@@ -445,13 +423,12 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
     device = dist_info.device
     vae = frozen_vae(vae_source.profile.vae, vae_source.vae_state(), device, vae_source.path)
     scratch = bool(fewshot and fewshot.from_scratch)
-    run, rows = open_run(request.run_dir, "fewshot" if fewshot else "ldm", profile, cache, seed=cfg.seed,
-                         domain="target" if fewshot else "source", dist_info=dist_info,
-                         resume=request.runtime.resume,
+    run, rows = open_run(request, "fewshot" if fewshot else "ldm", profile, seed=cfg.seed,
+                         domain="target" if fewshot else "source",
                          extra={"vae_run": os.path.abspath(vae_source.info.get("vae_run", vae_source.path)
                                                            if scratch else vae_source.path),
                                 **({"from_scratch": True} if scratch else {})},
-                         fewshot=fewshot, parent=vae_source)
+                         parent=vae_source)
 
     encoded = encode_subjects(vae, cache, rows, profile.latent_size, device, profile.condition)
     mean, std = (parent["latent_mean"], parent["latent_std"]) if fewshot else latent_statistics(encoded["mu"])
@@ -478,8 +455,8 @@ def _latent_stage(request: StageRequest, vae_source: Run) -> dict:
         held = encode_subjects(vae, request.probe.cache, request.probe.check_held_out(rows).rows(),
                                profile.latent_size, device, profile.condition)
         probe_fn = ldm_probe(held, profile.diffusion.timesteps, seed=cfg.seed)
-    trainer, last = run_stage(task, sampler, profile, stage_config, run, dist_info, resume=request.runtime.resume,
-                              progress=request.runtime.progress, name="fewshot" if fewshot else "ldm", probe=probe_fn)
+    trainer, last = run_stage(task, sampler, profile, stage_config, run, request.runtime,
+                              name="fewshot" if fewshot else "ldm", probe=probe_fn)
     if dist_info.is_main:
         run.save_vae(vae.state_dict())
         ema = trainer.selected_task()  # the last step's EMA, or the best probed one's (select_by_probe)
