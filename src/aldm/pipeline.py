@@ -15,6 +15,7 @@ latent statistics -> frozen VAE decoder.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +38,21 @@ from .models.pixel_ddpm import null_statistics, pixel_denoiser, pixel_diffusion_
 from .models.unet import ConditionalDenoiser
 from .models.vae import frozen_vae
 from .precision import PRECISIONS, autocast, resolve_precision, with_bf16_weights
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """Where a pipeline's weights come from: the run's record (``run.json``), its weights' checksum and the
+    channels its volumes hold (what a sample records of its model)."""
+
+    info: dict = field(default_factory=dict)
+    model_hash: str = ""
+    modalities: tuple = DEFAULT_MODALITIES
+
+    @classmethod
+    def of(cls, run: Run) -> RunOrigin:
+        """The origin of a finished run's pipeline."""
+        return cls(run.info, run.weights_hash(), tuple(run.modalities))
 
 
 class GenerationPipeline(ABC):
@@ -74,6 +90,11 @@ class GenerationPipeline(ABC):
     def validate(self, settings: GenerationSettings) -> GenerationSettings:
         """``settings`` checked against this model (default: as they are)."""
         return settings
+
+    def _set_origin(self, origin: RunOrigin | None) -> None:
+        """``info``, ``model_hash`` and ``modalities`` from ``origin`` (None: a pipeline of no run)."""
+        origin = origin or RunOrigin()
+        self.info, self.model_hash, self.modalities = dict(origin.info), origin.model_hash, tuple(origin.modalities)
 
     @property
     def condition(self) -> str:
@@ -149,13 +170,13 @@ class ALDMPipeline(DiffusionPipeline):
 
     kind = "aldm"
 
-    def __init__(self, profile: Profile, vae, denoiser: ConditionalDenoiser, latent_mean: torch.Tensor,
-                 latent_std: torch.Tensor, device="cpu", info: dict | None = None, model_hash: str = "",
-                 decode_slab: int = 0, precision: str = "auto", modalities=DEFAULT_MODALITIES):
-        """``decode_slab`` > 0: decode the VAE's full-resolution stage in depth slabs of that many planes
-        (:func:`aldm.models.split_decode.decode_in_slabs`: the same volumes, about half the decoder's peak
-        memory); 0 decodes the whole volume at once. ``precision``: "auto" (bf16 autocast for the
-        denoiser and the decoder where the device computes bf16 natively, else fp32), "fp32" or "bf16"
+    def __init__(self, profile: Profile, vae, denoiser: ConditionalDenoiser, latent_statistics: tuple,
+                 device="cpu", origin: RunOrigin | None = None, decode_slab: int = 0, precision: str = "auto"):
+        """``latent_statistics``: the per-channel (mean, std) of the source latents (zC each) by which the
+        denoiser's latents are normalised. ``decode_slab`` > 0: decode the VAE's full-resolution stage in depth
+        slabs of that many planes (:func:`aldm.models.split_decode.decode_in_slabs`: the same volumes, about half
+        the decoder's peak memory); 0 decodes the whole volume at once. ``precision``: "auto" (bf16 autocast for
+        the denoiser and the decoder where the device computes bf16 natively, else fp32), "fp32" or "bf16"
         (:mod:`aldm.precision`); the samplers' arithmetic stays fp32."""
         if decode_slab < 0:
             raise AldmError(f"decode slab must be 0 (whole volume) or a number of planes, got {decode_slab}")
@@ -171,12 +192,9 @@ class ALDMPipeline(DiffusionPipeline):
         # batch-1 convolutions of small latents on oneDNN, not PyTorch's slower im2col path (models/cpu_convolution.py)
         self.denoiser = onednn_convolutions(denoiser.to(self.device).eval().requires_grad_(False))
         self._bf16_denoiser = None
-        self.latent_mean = latent_mean.view(1, -1, 1, 1, 1).to(self.device)
-        self.latent_std = latent_std.view(1, -1, 1, 1, 1).to(self.device)
+        self.latent_mean, self.latent_std = (v.view(1, -1, 1, 1, 1).to(self.device) for v in latent_statistics)
         self.schedule = NoiseSchedule(profile.diffusion)
-        self.info = info or {}
-        self.model_hash = model_hash
-        self.modalities = tuple(modalities)
+        self._set_origin(origin)
 
     def networks(self) -> list[torch.nn.Module]:
         """The networks a sample passes through: the VAE (its decoder; the encoder is counted too) and the
@@ -198,8 +216,8 @@ class ALDMPipeline(DiffusionPipeline):
             if key not in weights:
                 raise AldmError(f"{run.file(WEIGHTS)}: not the weights of an ALDM run (no {key})")
         vae = frozen_vae(profile.vae, run.vae_state(), device, run.path)
-        return cls(profile, vae, denoiser, weights["latent_mean"], weights["latent_std"], device, run.info,
-                   run.weights_hash(), decode_slab, precision, run.modalities)
+        return cls(profile, vae, denoiser, (weights["latent_mean"], weights["latent_std"]), device,
+                   RunOrigin.of(run), decode_slab, precision)
 
     @torch.inference_mode()
     def encode(self, image) -> torch.Tensor:
@@ -254,8 +272,8 @@ class PixelDiffusionPipeline(DiffusionPipeline):
 
     kind = PIXEL_DDPM
 
-    def __init__(self, profile: Profile, denoiser: ConditionalDenoiser, device="cpu", info: dict | None = None,
-                 model_hash: str = "", precision: str = "auto", modalities=DEFAULT_MODALITIES):
+    def __init__(self, profile: Profile, denoiser: ConditionalDenoiser, device="cpu", origin: RunOrigin | None = None,
+                 precision: str = "auto"):
         if precision not in PRECISIONS:
             raise AldmError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.profile = profile
@@ -264,9 +282,7 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         self.denoiser = onednn_convolutions(denoiser.to(self.device).eval().requires_grad_(False))
         self._bf16_denoiser = None
         self.schedule = NoiseSchedule(pixel_diffusion_config(profile))
-        self.info = info or {}
-        self.model_hash = model_hash
-        self.modalities = tuple(modalities)
+        self._set_origin(origin)
 
     @classmethod
     def from_pretrained(cls, run_dir: str, device=None, decode_slab: int = 0,
@@ -279,7 +295,7 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         denoiser = pixel_denoiser(run.profile)
         _load_state(denoiser, run.weights(), "denoiser", run)
-        return cls(run.profile, denoiser, device, run.info, run.weights_hash(), precision, run.modalities)
+        return cls(run.profile, denoiser, device, RunOrigin.of(run), precision)
 
     def networks(self) -> list[torch.nn.Module]:
         """The networks a sample passes through: the denoiser."""
@@ -307,16 +323,14 @@ class BaselinePipeline(GenerationPipeline):
     steps and sampler do not apply to these models; their samples record them as not applicable
     (:meth:`GenerationSettings.recorded`)."""
 
-    def __init__(self, profile: Profile, generator, domain: float, device="cpu", info: dict | None = None,
-                 model_hash: str = "", kind: str = "baseline", modalities=DEFAULT_MODALITIES):
+    def __init__(self, profile: Profile, generator, domain: float, device="cpu", origin: RunOrigin | None = None,
+                 kind: str = "baseline"):
         self.kind = kind
-        self.modalities = tuple(modalities)
         self.profile = profile
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.domain = domain
-        self.info = info or {}
-        self.model_hash = model_hash
+        self._set_origin(origin)
 
     @classmethod
     def from_pretrained(cls, run_dir: str, device=None, decode_slab: int = 0,
@@ -327,8 +341,7 @@ class BaselinePipeline(GenerationPipeline):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         generator = BaselineGenerator(run.kind, run.profile)
         _load_state(generator, run.weights(), "generator", run)
-        return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, run.info, run.weights_hash(),
-                   run.kind, run.modalities)
+        return cls(run.profile, generator, 1.0 if run.fewshot else 0.0, device, RunOrigin.of(run), run.kind)
 
     def networks(self) -> list[torch.nn.Module]:
         """The networks a sample passes through: the generator."""
