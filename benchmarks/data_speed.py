@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from aldm.data.cache import prepare_dataset
+from aldm.data.cache import DatasetSource, prepare_dataset
 from aldm.data.phantom import synthesize_subject
 from aldm.data.phenotype import sample_phenotype
 from aldm.data.preprocess import PrepConfig
@@ -41,8 +41,8 @@ def main() -> None:
         results["synth_s_per_subject_in_memory"] = (time.perf_counter() - start) / args.n
         for mode in ("resize", "crop-pad"):
             start = time.perf_counter()
-            prepare_dataset("ucsf-pdgm", f"{tmp}/UCSF-PDGM", f"{tmp}/cache-{mode}", PrepConfig(size=112, mode=mode),
-                            progress=False)
+            prepare_dataset(DatasetSource("ucsf-pdgm", f"{tmp}/UCSF-PDGM"), f"{tmp}/cache-{mode}",
+                            PrepConfig(size=112, mode=mode), progress=False)
             results[f"prepare_{mode}_112_s_per_subject"] = (time.perf_counter() - start) / args.n
     print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
 

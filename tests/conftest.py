@@ -28,13 +28,15 @@ def phantom_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_cache(phantom_root, tmp_path_factory):
     """Both phantom cohorts prepared into one cache at 32^3 (resize mode)."""
-    from aldm.data.cache import prepare_dataset
+    from aldm.data.cache import DatasetSource, prepare_dataset
     from aldm.data.preprocess import PrepConfig
 
     cache = tmp_path_factory.mktemp("cache")
     config = PrepConfig(size=32)
-    prepare_dataset("upenn-gbm", str(phantom_root / "UPENN-GBM"), str(cache), config, workers=2, progress=False)
-    prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), config, workers=2, progress=False)
+    prepare_dataset(DatasetSource("upenn-gbm", str(phantom_root / "UPENN-GBM")),
+                    str(cache), config, workers=2, progress=False)
+    prepare_dataset(DatasetSource("ucsf-pdgm", str(phantom_root / "UCSF-PDGM")),
+                    str(cache), config, workers=2, progress=False)
     return cache
 
 

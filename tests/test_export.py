@@ -74,7 +74,7 @@ def test_export_refuses_bad_requests(samples, tmp_path):
 def test_brats_export_round_trip_through_prepare(samples, prepared_cache, tmp_path):
     from aldm.artifacts.cache import PreparedCache
     from aldm.artifacts.samples import SampleSet
-    from aldm.data.cache import prepare_dataset
+    from aldm.data.cache import DatasetSource, prepare_dataset
     from aldm.data.preprocess import PrepConfig
     from aldm.export import BRATS_GRID, SYNTHETIC_BRATS_START, export
 
@@ -88,7 +88,7 @@ def test_brats_export_round_trip_through_prepare(samples, prepared_cache, tmp_pa
 
     assert nib.load(str(out / names[0] / f"{names[0]}_seg.nii.gz")).shape == BRATS_GRID
     back = tmp_path / "back"
-    prepare_dataset("brats2021", str(out), str(back), PrepConfig(size=32), workers=1, progress=False)
+    prepare_dataset(DatasetSource("brats2021", str(out)), str(back), PrepConfig(size=32), workers=1, progress=False)
     original, again = PreparedCache(str(prepared_cache)), PreparedCache(str(back))
     cases = {c["case"]: c for c in _cases(out)}
     sample_set = SampleSet(samples)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aldm.artifacts.cache import PreparedCache
-from aldm.data.cache import prepare_dataset
+from aldm.data.cache import DatasetSource, prepare_dataset
 from aldm.data.cohorts import discover
 from aldm.data.geometry import to_native
 from aldm.data.preprocess import PrepConfig, load_and_verify, preprocess
@@ -64,17 +64,20 @@ def test_geometry_round_trip(phantom_root, mode):
 
 
 def test_rerun_skips_cached_and_config_must_match(phantom_root, prepared_cache):
-    summary = prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(prepared_cache), PrepConfig(size=32),
+    summary = prepare_dataset(DatasetSource("ucsf-pdgm", str(phantom_root / "UCSF-PDGM")),
+                              str(prepared_cache), PrepConfig(size=32),
                               progress=False)
     assert (summary.found, summary.cached, summary.prepared) == (5, 5, 0)
     with pytest.raises(AldmError, match="prepare.json: cache was prepared with"):
-        prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(prepared_cache), PrepConfig(size=48),
+        prepare_dataset(DatasetSource("ucsf-pdgm", str(phantom_root / "UCSF-PDGM")),
+                        str(prepared_cache), PrepConfig(size=48),
                         progress=False)
 
 
 def test_verify_cache_finds_damage(phantom_root, tmp_path):
     cache = tmp_path / "c"
-    prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), PrepConfig(size=16), limit=2,
+    prepare_dataset(DatasetSource("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), limit=2),
+                    str(cache), PrepConfig(size=16),
                     progress=False)
     assert PreparedCache(str(cache)).verify() == []
     victim = cache / PreparedCache(str(cache)).rows()[0]["file"]
@@ -84,7 +87,8 @@ def test_verify_cache_finds_damage(phantom_root, tmp_path):
     problems = PreparedCache(str(cache)).verify()
     assert len(problems) == 1 and "checksum mismatch" in problems[0] and victim.name in problems[0]
     # a damaged file is re-made by the next prepare
-    summary = prepare_dataset("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), str(cache), PrepConfig(size=16), limit=2,
+    summary = prepare_dataset(DatasetSource("ucsf-pdgm", str(phantom_root / "UCSF-PDGM"), limit=2),
+                              str(cache), PrepConfig(size=16),
                               progress=False)
     assert summary.prepared == 1 and PreparedCache(str(cache)).verify() == []
     assert PreparedCache(str(cache)).load(PreparedCache(str(cache)).rows()[0])["image"].dtype == np.float32
@@ -155,7 +159,7 @@ def bad_folder(tmp_path):
 def test_bad_inputs_each_give_one_line_and_good_subjects_survive(bad_folder, tmp_path):
     cache = tmp_path / "cache"
     lines = []
-    summary = prepare_dataset("folder", str(bad_folder), str(cache), PrepConfig(size=16), progress=False,
+    summary = prepare_dataset(DatasetSource("folder", str(bad_folder)), str(cache), PrepConfig(size=16), progress=False,
                               log=lines.append)
     assert summary.prepared == 2
     assert sorted(r["subject"] for r in PreparedCache(str(cache)).rows()) == ["good_a", "good_b"]
@@ -170,7 +174,8 @@ def test_bad_inputs_each_give_one_line_and_good_subjects_survive(bad_folder, tmp
 
 def test_strict_makes_bad_input_fatal(bad_folder, tmp_path):
     with pytest.raises(AldmError, match="missing FLAIR image"):
-        prepare_dataset("folder", str(bad_folder), str(tmp_path / "c"), PrepConfig(size=16), progress=False,
+        prepare_dataset(DatasetSource("folder", str(bad_folder)),
+                        str(tmp_path / "c"), PrepConfig(size=16), progress=False,
                         strict=True)
 
 
@@ -191,7 +196,7 @@ def test_brats_layouts_and_label_remap(tmp_path):
     write_volume(root21 / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz", mask21, dtype=np.uint8)
     for dataset, root in (("brats2023", root23), ("brats2021", root21)):
         cache = tmp_path / f"cache_{dataset}"
-        summary = prepare_dataset(dataset, str(root), str(cache), PrepConfig(size=16), progress=False)
+        summary = prepare_dataset(DatasetSource(dataset, str(root)), str(cache), PrepConfig(size=16), progress=False)
         assert summary.prepared == 1, summary.failed
         row = PreparedCache(str(cache)).rows()[0]
         assert set(np.unique(np.load(cache / row["file"])["labels"])) == {0, 2, 4}
@@ -244,10 +249,10 @@ def test_header_and_gzip_bombs_skip_their_subject_within_a_memory_bound(tmp_path
     # peak memory of this process alone: VmHWM starts afresh at exec (ru_maxrss would carry the forking
     # pytest process's own size over exec on Linux)
     code = ("import json, sys\n"
-            "from aldm.data.cache import prepare_dataset\nfrom aldm.data.preprocess import PrepConfig\n"
+            "from aldm.data.cache import DatasetSource, prepare_dataset\nfrom aldm.data.preprocess import PrepConfig\n"
             "lines = []\n"
-            f"s = prepare_dataset('folder', {str(root)!r}, {str(tmp_path / 'cache')!r}, PrepConfig(size=16), "
-            "progress=False, log=lines.append)\n"
+            f"s = prepare_dataset(DatasetSource('folder', {str(root)!r}), {str(tmp_path / 'cache')!r}, "
+            "PrepConfig(size=16), progress=False, log=lines.append)\n"
             "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
             "print(json.dumps({'prepared': s.prepared, 'failed': s.failed, 'lines': lines, 'peak_mb': hwm / 1024}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

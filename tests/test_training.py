@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aldm.config import TrainConfig, tiny
-from aldm.data.cache import prepare_dataset
+from aldm.data.cache import DatasetSource, prepare_dataset
 from aldm.data.preprocess import PrepConfig
 from aldm.errors import AldmError
 from aldm.train.trainer import Trainer
@@ -160,7 +160,8 @@ def test_resume_refuses_changed_data(prepared_cache, tmp_path):
 
 def test_tiny_vae_overfits_two_volumes(phantom_root, tmp_path):
     cache = tmp_path / "two"
-    prepare_dataset("upenn-gbm", str(phantom_root / "UPENN-GBM"), str(cache), PrepConfig(size=32), limit=2,
+    prepare_dataset(DatasetSource("upenn-gbm", str(phantom_root / "UPENN-GBM"), limit=2),
+                    str(cache), PrepConfig(size=32),
                     progress=False)
     cfg = tiny()
     cfg.train_vae = dataclasses.replace(cfg.train_vae, steps=60, lr=3e-3, warmup_steps=5, log_every=1,

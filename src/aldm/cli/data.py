@@ -28,15 +28,15 @@ def _cmd_data_synth(args) -> int:
 
 
 def _cmd_data_prepare(args) -> int:
-    from ..data.cache import prepare_dataset
+    from ..data.cache import DatasetSource, prepare_dataset
     from ..data.preprocess import PrepConfig
     from ..modalities import parse_modalities
 
     config = PrepConfig(size=args.size, mode=args.mode, spacing=args.spacing,
                         modalities=parse_modalities(args.modalities, "--modalities"))
     start = time.perf_counter()
-    summary = prepare_dataset(args.dataset, args.root, args.out, config, domain=args.domain,
-                              sessions=args.sessions, workers=args.workers, strict=args.strict, limit=args.limit,
+    source = DatasetSource(args.dataset, args.root, args.domain, args.sessions, args.limit)
+    summary = prepare_dataset(source, args.out, config, workers=args.workers, strict=args.strict,
                               progress=not args.quiet)
     elapsed = time.perf_counter() - start
     print(summary.table())

@@ -72,18 +72,29 @@ def _prepare_one(args: tuple) -> tuple[str, dict | None, list[str]]:
     return record.subject, row, []
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """What to prepare: the subjects of ``dataset`` (a layout of :mod:`aldm.data.layouts`) under ``root``, as
+    downloaded; ``domain`` overrides the dataset's (source / target), ``sessions`` picks a longitudinal
+    dataset's sessions, ``limit`` takes the first N subjects only."""
+
+    dataset: str
+    root: str
+    domain: str | None = None
+    sessions: str = "baseline"
+    limit: int | None = None
+
+
 @writes_folder("cache", "cache")
-def prepare_dataset(dataset: str, root: str, cache: str, config: PrepConfig | None = None, *,
-                    domain: str | None = None, sessions: str = "baseline", workers: int = 1,
-                    strict: bool = False, limit: int | None = None, progress: bool = True,
-                    log=None) -> PrepareSummary:
-    """Verify, preprocess and cache every subject of ``dataset`` under ``root`` into ``cache``."""
+def prepare_dataset(source: DatasetSource, cache: str, config: PrepConfig | None = None, *, workers: int = 1,
+                    strict: bool = False, progress: bool = True, log=None) -> PrepareSummary:
+    """Verify, preprocess and cache every subject of ``source`` into ``cache``."""
     config = config or PrepConfig()
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    records: list[SubjectRecord] = discover(dataset, root, domain=domain, sessions=sessions,
-                                           modalities=config.modalities)
-    if limit is not None:
-        records = records[:limit]
+    records: list[SubjectRecord] = discover(source.dataset, source.root, domain=source.domain,
+                                           sessions=source.sessions, modalities=config.modalities)
+    if source.limit is not None:
+        records = records[:source.limit]
     if strict:
         bad = [p for r in records for p in r.problems]
         if bad:
@@ -98,7 +109,7 @@ def prepare_dataset(dataset: str, root: str, cache: str, config: PrepConfig | No
             summary.cached += 1
         else:
             todo.append((record, cache, config))
-    bar = tqdm(total=len(todo), desc=f"prepare {dataset}", unit="subj", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"prepare {source.dataset}", unit="subj", disable=not progress)
 
     def finish(result):
         subject, row, problems = result

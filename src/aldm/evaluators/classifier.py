@@ -132,6 +132,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, config: ClassifierConfig) -> 
     """Train on slices x (N, C, H, W) with labels y (N,) through the one trainer, in memory: class-balanced
     BCE, AdamW (weight decay 1e-4, no warm-up, clipping or averaging), light flips (:func:`epoch_plan`)."""
     from ..config import TrainConfig
+    from ..distributed import DistInfo
     from ..train.trainer import Trainer
 
     torch.manual_seed(config.seed)
@@ -152,7 +153,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, config: ClassifierConfig) -> 
         return {"x": xb.flip(-1) if flip else xb, "y": yt[idx]}
 
     task = ClassifierTask(network, pos_weight.to(config.device))
-    Trainer(task, sampler, train, None, device=torch.device(config.device), progress=False,
+    Trainer(task, sampler, train, None, DistInfo(device=torch.device(config.device)), progress=False,
             name="classifier").run()
     return task.network.eval()
 

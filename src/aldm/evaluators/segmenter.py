@@ -150,6 +150,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConf
     :meth:`SegmenterConfig.training`) with random crops (``config.crop``, :func:`random_crops`) and random
     flips along each axis, all drawn from the trainer's stream of each step. ``run_dir``: the folder whose
     checkpoints it writes and, with ``resume``, continues from (None: in memory)."""
+    from ..distributed import DistInfo
     from ..train.trainer import Trainer, step_generator
 
     if len(images) == 0 or len(images) != len(masks):
@@ -170,7 +171,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConf
                 x, y = x.flip(axis), y.flip(axis)
         return {"image": x, "mask": y}
 
-    trainer = Trainer(task, sampler, train, run_dir, device=torch.device(config.device), progress=progress,
+    trainer = Trainer(task, sampler, train, run_dir, DistInfo(device=torch.device(config.device)), progress=progress,
                       name="segmenter")
     if resume:
         trainer.resume()

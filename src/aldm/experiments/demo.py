@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import replace
 
-from ..data.cache import prepare_dataset
+from ..data.cache import DatasetSource, prepare_dataset
 from ..data.preprocess import PrepConfig
 from ..data.synth import TWINS_ROOT, synth_cohorts
 from ..diffusion.settings import GenerationSettings
@@ -113,10 +113,10 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
         synth_cohorts(data, s["n_source"], s["n_target"], seed=seed, workers=workers, progress=progress,
                       healthy_twins=True)
     config = PrepConfig(size=s["size"], modalities=KNOWN_MODALITIES if regions else DEFAULT_MODALITIES)
-    prepare_dataset("upenn-gbm", os.path.join(data, "UPENN-GBM"), os.path.join(caches, "source"), config,
-                    workers=workers, progress=progress)
-    prepare_dataset("ucsf-pdgm", os.path.join(data, "UCSF-PDGM"), os.path.join(caches, "target"), config,
-                    workers=workers, progress=progress)
+    prepare_dataset(DatasetSource("upenn-gbm", os.path.join(data, "UPENN-GBM")), os.path.join(caches, "source"),
+                    config, workers=workers, progress=progress)
+    prepare_dataset(DatasetSource("ucsf-pdgm", os.path.join(data, "UCSF-PDGM")), os.path.join(caches, "target"),
+                    config, workers=workers, progress=progress)
     cfg = ExperimentConfig(
         source_cache=os.path.join(caches, "source"), target_cache=os.path.join(caches, "target"),
         out=os.path.join(out, "table1"), profile=s["profile"], condition="regions" if regions else "mask",

@@ -83,12 +83,12 @@ class Trainer:
     ``config.grad_clip`` <= 0 clips nothing; ``config.ema_decay`` 0 makes the EMA the weights themselves."""
 
     def __init__(self, task: nn.Module, sampler: Callable, config: TrainConfig, run_dir: str | None,
-                 dist_info: DistInfo | None = None, device: torch.device | None = None, progress: bool = True,
-                 name: str = "train", probe: Callable | None = None):
+                 dist_info: DistInfo | None = None, progress: bool = True, name: str = "train",
+                 probe: Callable | None = None):
         self.config = config
         self.run_dir = run_dir
         self.dist = dist_info or DistInfo()
-        self.device = device or self.dist.device
+        self.device = self.dist.device
         self.task = task.to(self.device)
         self.sampler = sampler
         self.progress = progress and self.dist.is_main
