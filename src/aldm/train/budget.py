@@ -37,7 +37,7 @@ def seconds_per_step(task: torch.nn.Module, sampler, config: TrainConfig, device
     left out); the task, its weights and torch's global random state are left as they were."""
     rng = torch.get_rng_state()
     trial = Trainer(copy.deepcopy(task), sampler, replace(config, steps=steps, probe_every=0, budget_s=0.0), None,
-                    device=torch.device(device), progress=False, name="calibration")
+                    DistInfo(device=torch.device(device)), progress=False, name="calibration")
     try:
         trial.run()
     finally:
