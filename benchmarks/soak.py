@@ -101,6 +101,7 @@ def run_soak(model: str, seconds: float, clients: int, seed: int = 0, max_queue:
 
     def worker(index: int):
         rng = random.Random(seed * 1000 + index)
+        submitted = 0
         while time.monotonic() - start < seconds:
             code, payload = client.call("POST", "/api/jobs", {"model": model_id, **JOB, "seed": rng.randrange(10**6)})
             if code == 429:
@@ -111,7 +112,10 @@ def run_soak(model: str, seconds: float, clients: int, seed: int = 0, max_queue:
             job_id = json.loads(payload)["id"]
             with client.lock:
                 accepted.append(job_id)
-            cancel = rng.random() < 1 / 3
+            # about one job in three, and always the first job of the first client (a short soak on a slow
+            # machine accepts few jobs: the cancel path is exercised every time)
+            cancel = rng.random() < 1 / 3 or (index == 0 and submitted == 0)
+            submitted += 1
             while True:
                 job = json.loads(client.call("GET", f"/api/jobs/{job_id}")[1])
                 if cancel and job["status"] in ("queued", "running"):
