@@ -8,6 +8,7 @@ find), its training function over :class:`aldm.train.requests.StageRequest` and 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -102,6 +103,25 @@ def test_the_registry_lists_every_family_once():
         families.register(families.family("cgan"))
     with pytest.raises(AldmError, match="unknown model 'stylegan'"):
         families.family("stylegan")
+
+
+def test_a_runs_config_holds_its_own_familys_parts_only(tiny_runs, baseline_runs):
+    """A GAN run's config.json holds no U-Net or diffusion config, an ALDM run's no GAN or pixel-DDPM one; each
+    reads back as the profile it trained with (its own parts), and a run of 0.2 holding every part still loads."""
+    from aldm.config import PROFILE_COMMON, Profile, tiny
+
+    for run, kind in ((Run(baseline_runs["cgan"]), "cgan"), (Run(tiny_runs["vae"]), "aldm"),
+                      (Run(tiny_runs["fewshot"]), "aldm")):
+        held = json.load(open(run.file("config.json")))
+        assert set(held) == set(PROFILE_COMMON) | set(families.family(kind).parts), run.path
+        assert run.profile_parts() == tuple(k for k in held if k not in PROFILE_COMMON)
+        for part in families.family(kind).parts:
+            if part.startswith("train_"):
+                continue  # the stage's steps and seed are the command's
+            assert getattr(run.profile, part) == getattr(tiny(), part), (run.path, part)
+    assert "unet" not in json.load(open(Run(baseline_runs["cgan"]).file("config.json")))
+    old = Profile.load(os.path.join(os.path.dirname(__file__), "fixtures", "release-0.2", "run", "config.json"))
+    assert old.unet.control_in == 3 and old.baseline.gen_channels
 
 
 @pytest.mark.slow

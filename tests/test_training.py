@@ -252,7 +252,10 @@ def test_gpu_profile_trains_one_step_of_each_stage_at_32(prepared_cache, tmp_pat
     train_baseline("cgan", cache, str(tmp_path / "cgan"), profile, steps=1, progress=False)
     for name in ("vae", "ldm", "fewshot", "cgan"):
         run = Run(str(tmp_path / name)).require_finished()
-        assert run.profile.name == "gpu" and run.profile.diffusion.prediction == "v"
+        assert run.profile.name == "gpu" and run.profile.vae.channels == (64, 128, 256)
+        # an ALDM run holds its diffusion config; a GAN run holds its own networks' and nothing of ALDM's
+        assert run.profile.diffusion.prediction == "v" if name != "cgan" else "diffusion" not in run.profile_parts()
+    assert Run(str(tmp_path / "cgan")).profile.baseline == gpu.baseline
 
 
 def _adversarial(profile, **vae):

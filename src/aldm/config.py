@@ -19,6 +19,8 @@ from .errors import AldmError
 
 # the UNetConfig fields that follow from a profile's condition (derived, never stored in a config.json)
 CONDITION_SIZED = ("control_in", "stats_dim")
+# what every config.json holds beside the parts of its run's family (aldm.models.families.Family.parts)
+PROFILE_COMMON = ("name", "image_size", "condition")
 
 PRECISIONS = ("auto", "fp32", "bf16")  # of training and inference (aldm.precision)
 PREDICTIONS = ("epsilon", "v")  # what the latent denoiser outputs (DiffusionConfig.prediction)
@@ -376,17 +378,25 @@ class Profile:
         """The latent edge s = S / 4."""
         return self.image_size // 4
 
-    def to_dict(self) -> dict:
-        """The profile as plain JSON-able data; the U-Net's sizes that follow from the condition are left out
-        (they are derived again when read)."""
+    def to_dict(self, parts: tuple | None = None) -> dict:
+        """The profile as plain JSON-able data: its name, size and condition and the fields ``parts`` (None:
+        every field); the U-Net's sizes that follow from the condition are left out (derived again when
+        read)."""
         data = dataclasses.asdict(self)
-        for name in CONDITION_SIZED:
-            del data["unet"][name]
+        if "unet" in data:
+            for name in CONDITION_SIZED:
+                del data["unet"][name]
+        if parts is not None:
+            unknown = set(parts) - set(data)
+            if unknown:
+                raise ValueError(f"not profile fields: {sorted(unknown)}")
+            data = {k: v for k, v in data.items() if k in PROFILE_COMMON or k in parts}
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
-        """A profile from :meth:`to_dict` data; unknown fields or bad values are an AldmError."""
+        """A profile from :meth:`to_dict` data, the fields it leaves out at their defaults (a run's config.json
+        holds its family's parts only); unknown fields or bad values are an AldmError."""
         def build(kind, values):
             if kind is TrainConfig and "mixed_precision" in values:  # runs written before "precision"
                 values = dict(values)
@@ -419,11 +429,12 @@ class Profile:
             else cls.__dataclass_fields__["train_distill"].default_factory(),
         )
 
-    def save(self, path: str) -> None:
-        """Write the profile as JSON, atomically."""
+    def save(self, path: str, parts: tuple | None = None) -> None:
+        """Write the profile as JSON (the fields ``parts`` beside its name, size and condition; None: every
+        field), atomically."""
         from .io.atomic import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(parts), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str) -> Profile:

@@ -7,7 +7,8 @@ A run folder holds
   parent runs (``vae_run``, ``init_run``, a distilled student's ``teacher_run`` and its weights' checksum
   ``teacher_hash``), for baselines ``model`` and ``fewshot``, for few-shot runs ``k``, for a student ``distill``
   (its steps, the guidance range it learnt, its phases);
-* ``config.json`` — the resolved :class:`aldm.config.Profile`;
+* ``config.json`` — the resolved :class:`aldm.config.Profile`: name, size, condition and the parts of the run's
+  model family (:attr:`aldm.models.families.Family.parts`; runs written by earlier code hold every part);
 * ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) — the trainer's resumable state;
 * ``metrics.csv`` — the training log; ``probe.csv`` — held-out figures every ``probe_every`` steps;
 * ``split.json`` — few-shot runs: the patient-level split (K shots, held-out test subjects);
@@ -34,7 +35,7 @@ import subprocess
 import time
 
 from .. import __version__
-from ..config import Profile
+from ..config import PROFILE_COMMON, Profile
 from ..distributed import DistInfo, barrier
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text
@@ -131,9 +132,22 @@ class Run(ArtifactFolder):
 
     @functools.cached_property
     def profile(self) -> Profile:
-        """The run's resolved profile (``config.json``)."""
+        """The run's resolved profile (``config.json``; the fields it does not hold, those of other model
+        families, at their defaults)."""
         self.info  # noqa: B018 - a clear "not an aldm run" before a missing config.json
         return Profile.load(self.file(CONFIG))
+
+    def profile_parts(self) -> tuple:
+        """The profile fields the run's ``config.json`` holds beside name, size and condition (every field for
+        runs written before a run held its family's parts only)."""
+        self.profile  # noqa: B018 - a missing or damaged config.json is reported in one line first
+        with open(self.file(CONFIG), encoding="utf-8") as fh:
+            return tuple(k for k in json.load(fh) if k not in PROFILE_COMMON)
+
+    def save_profile(self, profile: Profile) -> None:
+        """Rewrite ``config.json`` with ``profile``, holding the same parts as before."""
+        profile.save(self.file(CONFIG), self.profile_parts())
+        self.__dict__.pop("profile", None)
 
     @property
     def finished(self) -> bool:
@@ -255,12 +269,14 @@ class Run(ArtifactFolder):
 
     @classmethod
     def create(cls, path: str, info: dict, profile: Profile | None, resume: bool,
-               dist_info: DistInfo | None = None) -> Run:
+               dist_info: DistInfo | None = None, parts: tuple | None = None) -> Run:
         """Create the run folder, or re-open it with ``resume``; refuse to overwrite a run, to resume a
         run of another stage, or one whose data changed since it started.
 
         Under ``torchrun`` every rank looks before rank 0 writes (a barrier after the look), so all
-        ranks decide alike. ``profile`` None: a run without a profile (a segmenter)."""
+        ranks decide alike. ``profile`` None: a run without a profile (a segmenter); ``parts``: the profile
+        fields its ``config.json`` holds (its family's :attr:`~aldm.models.families.Family.parts`; None:
+        every field)."""
         dist_info = dist_info or DistInfo()
         run = cls(path)
         exists = run.exists
@@ -277,7 +293,7 @@ class Run(ArtifactFolder):
         if dist_info.is_main:
             os.makedirs(path, exist_ok=True)
             if profile is not None:
-                profile.save(run.file(CONFIG))
+                profile.save(run.file(CONFIG), parts)
             atomic_write_text(run.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
         barrier(dist_info)
         return cls(path)

@@ -45,7 +45,7 @@ def _resumed_profile(args):
     """With ``--resume`` on an existing run: the run's own profile (its ``config.json``; damaged: one line),
     refusing a ``--profile`` that contradicts it; else None."""
     from ..artifacts.run import Run
-    from ..config import get_profile, with_condition
+    from ..config import PROFILE_COMMON, get_profile, with_condition
 
     run = Run(args.out)
     if not (args.resume and run.exists):
@@ -57,7 +57,9 @@ def _resumed_profile(args):
                         "resume without --condition or choose another --out")
     if args.profile:
         given = with_condition(get_profile(args.profile), own.condition)
-        differs = [k for k in PROFILE_IDENTITY if given.to_dict()[k] != own.to_dict()[k]]
+        held = set(run.profile_parts())  # a run's config.json holds its own family's parts only
+        differs = [k for k in PROFILE_IDENTITY
+                   if (k in held or k in PROFILE_COMMON) and given.to_dict()[k] != own.to_dict()[k]]
         if differs:
             raise AldmError(f"{run.file('config.json')}: the run was started with profile {own.name!r}; --profile "
                             f"{args.profile} differs in {', '.join(differs)}; resume without --profile (the run's "

@@ -29,12 +29,13 @@ class Family:
     how tables and the web UI name it; ``diffusion``: it samples by reverse diffusion (so a sampler, steps and
     a guidance scale apply); ``networks``: the :class:`aldm.config.Profile` fields its networks are built from
     (a few-shot stage takes them from its source run); ``stages``: the profile's training configs of its source
-    and its few-shot stage; ``trainer`` / ``pipeline``: ``"package.module:attribute"`` of its training
-    function (``train(kind, request)`` with a :class:`aldm.train.requests.StageRequest`, returning the last
-    step's figures; None for ALDM, whose stages are commands of their own, ``aldm train vae / source /
-    fewshot``) and of its
-    pipeline class (an :class:`aldm.pipeline.GenerationPipeline`); ``comparison``: trained by ``aldm train
-    baseline`` and listed among an experiment's "baselines"."""
+    and its few-shot stage; ``settings``: the profile's other fields the family reads (ALDM: its VAE stage and
+    its few-step students) — a run's ``config.json`` holds the family's :attr:`parts` (networks, stages and
+    settings) and nothing of the other families; ``trainer`` / ``pipeline``: ``"package.module:attribute"`` of
+    its training function (``train(kind, request)`` with a :class:`aldm.train.requests.StageRequest`,
+    returning the last step's figures; None for ALDM, whose stages are commands of their own, ``aldm train
+    vae / source / fewshot``) and of its pipeline class (an :class:`aldm.pipeline.GenerationPipeline`);
+    ``comparison``: trained by ``aldm train baseline`` and listed among an experiment's "baselines"."""
 
     name: str
     title: str
@@ -44,6 +45,12 @@ class Family:
     trainer: str | None
     pipeline: str
     comparison: bool = True
+    settings: tuple = ()
+
+    @property
+    def parts(self) -> tuple:
+        """The profile fields a run of this family holds in its ``config.json``."""
+        return self.networks + self.stages + self.settings
 
     def stage_config(self, fewshot: bool) -> str:
         """The profile field of this family's source (``fewshot`` False) or few-shot training config."""
@@ -120,7 +127,8 @@ _GAN_NETWORKS = ("vae", "baseline")
 _GAN_STAGES = ("train_baseline", "train_baseline_fewshot")
 register(Family("aldm", "ALDM", diffusion=True, networks=("vae", "unet", "diffusion"),
                 stages=("train_ldm", "train_fewshot"), trainer=None,
-                pipeline="aldm.pipeline:ALDMPipeline", comparison=False))
+                pipeline="aldm.pipeline:ALDMPipeline", comparison=False,
+                settings=("train_vae", "distill", "train_distill")))
 register(Family("cgan", "CGAN", diffusion=False, networks=_GAN_NETWORKS, stages=_GAN_STAGES,
                 trainer="aldm.train.baselines:train_gan", pipeline="aldm.pipeline:BaselinePipeline"))
 register(Family("cgan3m", "3M-CGAN", diffusion=False, networks=_GAN_NETWORKS, stages=_GAN_STAGES,

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from ..artifacts.run import CONFIG, Run
+from ..artifacts.run import Run
 from ..config import Profile, TrainConfig
 from ..distributed import DistInfo
 from .trainer import Trainer
@@ -67,5 +67,5 @@ def fit_to_budget(profile: Profile, stage: str, task: torch.nn.Module, sampler, 
     fitted = replace(profile, **{stage: replace(config, steps=steps)})
     if dist_info.is_main:
         run.record(BUDGET, {"budget_s": config.budget_s, "sec_per_step": rate, "steps": steps})
-        fitted.save(run.file(CONFIG))
+        run.save_profile(fitted)
     return fitted

@@ -46,6 +46,7 @@ from ..errors import AldmError
 from ..io.atomic import atomic_write_text
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.lock import writes_folder
+from ..models.families import family
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import frozen_vae
 from .budget import seconds_per_step
@@ -337,7 +338,7 @@ def _open_run(request: DistillRequest, teacher: Run, profile: Profile, config: D
     if teacher.fewshot:
         extra.update(fewshot=True, k=teacher.k)
     info = Run.describe("distill", profile, cache, profile.train_distill.seed, 1, **extra)
-    run = Run.create(request.run_dir, info, profile, request.runtime.resume, request.runtime.dist)
+    run = Run.create(request.run_dir, info, profile, request.runtime.resume, request.runtime.dist, family("aldm").parts)
     recorded = run.info.get("teacher_hash")
     if recorded != teacher_hash:
         raise AldmError(f"{teacher.file(WEIGHTS)}: the teacher's weights changed since this student started "

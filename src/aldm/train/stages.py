@@ -33,6 +33,7 @@ from ..diffusion.schedule import NoiseSchedule, tumour_weighted_mse
 from ..distributed import barrier
 from ..errors import AldmError
 from ..io.lock import writes_folder
+from ..models.families import family
 from ..models.unet import ConditionalDenoiser
 from ..models.vae import VAE3D, frozen_vae, region_weight, vae_loss
 from ..models.vae_adversary import (
@@ -143,7 +144,8 @@ def open_run(request: StageRequest, stage: str, profile: Profile, *, seed: int, 
         split, rows = select_fewshot(cache, rows, Run(run_dir), resume, fewshot, seed)
         info["k"] = len(split["k_shot"])
     info["subjects"] = len(rows)
-    run = Run.create(run_dir, info, profile, resume, dist_info)
+    kind = extra["model"] if stage == "baseline" else "aldm"  # the VAE is ALDM's first stage
+    run = Run.create(run_dir, info, profile, resume, dist_info, family(kind).parts)
     if split is not None and dist_info.is_main and not os.path.exists(run.split_path):
         save_split(run.file(SPLIT), split)
     return run, rows
