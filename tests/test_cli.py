@@ -23,6 +23,7 @@ def test_help_lists_commands():
         assert cmd in out.stdout
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_one_line_error(tmp_path):
     out = _run("data", "prepare", "upenn-gbm", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"))
     assert out.returncode == 2

@@ -90,6 +90,7 @@ def _teacher_with_a_condition(seed=0):
     return profile, teacher.eval()
 
 
+@pytest.mark.slow
 def test_the_guidance_student_learns_the_guided_prediction():
     """Phase 1 on its own: a student trained for 120 steps gives the teacher's two-forward guided output in one
     forward, closer than where it started (the teacher's conditional output: 0.73 relative error) and than a random
@@ -144,6 +145,7 @@ def student_run(tiny_runs, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_student_run_generates_edits_and_serves_in_its_own_steps(student_run, tiny_runs, tmp_path):
     from aldm.artifacts.run import Run
     from aldm.diffusion.settings import GenerationSettings

@@ -99,6 +99,7 @@ def test_samples_follow_seed_sampler_and_guidance(pixel_runs):
         pipe(mask[:1], GenerationSettings(sampler="ddim", steps=10_000))
 
 
+@pytest.mark.slow
 def test_generate_cli_records_the_diffusion_settings(pixel_runs, tmp_path):
     out = tmp_path / "g"
     done = subprocess.run([sys.executable, "-m", "aldm.cli", "generate", "--model", pixel_runs["k2"], "--out", str(out),

@@ -59,6 +59,7 @@ def test_create_refuses_to_overwrite_or_to_resume_another_stage(tiny_runs, tmp_p
     assert fresh.exists and not fresh.finished and fresh.profile.to_dict() == ldm.profile.to_dict()
 
 
+@pytest.mark.slow
 def test_inference_imports_no_training_code():
     code = ("import sys, aldm.pipeline, aldm.generate, aldm.evaluate, aldm.serve.app, aldm.data.masks; "
             "print(sorted(m for m in sys.modules if m.startswith('aldm.train')))")

@@ -158,6 +158,7 @@ def test_resume_refuses_changed_data(prepared_cache, tmp_path):
     assert len(info["data_manifest_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_tiny_vae_overfits_two_volumes(phantom_root, tmp_path):
     cache = tmp_path / "two"
     prepare_dataset(DatasetSource("upenn-gbm", str(phantom_root / "UPENN-GBM"), limit=2),
@@ -231,6 +232,7 @@ def test_resume_takes_the_runs_own_profile(prepared_cache, tmp_path, capsys):
     assert len(err) == 1 and str(config) in err[0] and "not a valid aldm config" in err[0]
 
 
+@pytest.mark.slow
 def test_gpu_profile_trains_one_step_of_each_stage_at_32(prepared_cache, tmp_path):
     """The ``gpu`` profile (paper widths, v-prediction, EMA warm-up, VAE on crops) at 32^3: one step of the
     VAE, source LDM, few-shot and a baseline, each leaving finished weights."""
