@@ -383,9 +383,8 @@ class Profile:
         every field); the U-Net's sizes that follow from the condition are left out (derived again when
         read)."""
         data = dataclasses.asdict(self)
-        if "unet" in data:
-            for name in CONDITION_SIZED:
-                del data["unet"][name]
+        for name in CONDITION_SIZED:
+            del data["unet"][name]
         if parts is not None:
             unknown = set(parts) - set(data)
             if unknown:
