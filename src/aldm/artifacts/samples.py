@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,22 @@ def _comparable(value):
     return list(DEFAULT_MODALITIES) if value == [] else value
 
 
+def _write_volumes(folder: str, volumes: dict) -> None:
+    """Write ``volumes`` ({space: {stem: (array, affine, dtype)}}) as ``folder/<space>/<stem>.nii.gz``, the files
+    compressed in parallel threads (zlib releases the GIL: a sample's native files are most of its writing time);
+    the first failure is raised once every file has stopped."""
+    jobs = []
+    for space, files in volumes.items():
+        if space not in SPACES:
+            raise ValueError(f"unknown sample space {space!r}")
+        os.makedirs(os.path.join(folder, space))
+        jobs += [(os.path.join(folder, space, f"{stem}.nii.gz"), *entry) for stem, entry in files.items()]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        futures = [pool.submit(save_nifti, *job) for job in jobs]
+    for future in futures:
+        future.result()
+
+
 class SampleSet(ArtifactFolder):
     """One ``aldm generate`` output folder. ``SampleSet(path)`` touches no file."""
 
@@ -167,12 +184,7 @@ class SampleSet(ArtifactFolder):
         tmp = os.path.join(self.path, f".tmp-{record.sample}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            for space, files in volumes.items():
-                if space not in SPACES:
-                    raise ValueError(f"unknown sample space {space!r}")
-                os.makedirs(os.path.join(tmp, space))
-                for stem, (array, affine, dtype) in files.items():
-                    save_nifti(os.path.join(tmp, space, f"{stem}.nii.gz"), array, affine, dtype)
+            _write_volumes(tmp, volumes)
             for file_name, data in (documents or {}).items():
                 atomic_write_text(os.path.join(tmp, file_name), json.dumps(data, indent=2) + "\n")
             sums = {os.path.relpath(os.path.join(d, f), tmp): sha256_file(os.path.join(d, f))

@@ -8,7 +8,6 @@ a clinical label (IDH by default); patients without it form their own stratum.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import AldmError
 
@@ -92,6 +91,8 @@ def repeated_kfold(rows: list[dict], n_splits: int = 5, n_repeats: int = 3, seed
     labels = [str(r.get(stratify) or "missing") if stratify else "all" for r in rows]
     if len(set(groups)) < n_splits:
         raise AldmError(f"{n_splits}-fold CV needs at least {n_splits} patients, got {len(set(groups))}")
+    from sklearn.model_selection import StratifiedGroupKFold  # scikit-learn takes ~0.7 s to import: only here
+
     folds = []
     for repeat in range(n_repeats):
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + repeat)
