@@ -18,10 +18,11 @@ os.environ["ALDM_TCMALLOC"] = "none"
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):
     """3 UPENN-GBM-like + 5 UCSF-PDGM-like subjects in the real layouts (seed 0), with their healthy twins."""
-    from aldm.data.synth import synth_cohorts
+    from aldm.data.synth import Extras, synth_cohorts
 
     root = tmp_path_factory.mktemp("phantom")
-    synth_cohorts(str(root), n_source=3, n_target=5, seed=0, workers=2, progress=False, healthy_twins=True)
+    synth_cohorts(str(root), n_source=3, n_target=5, seed=0, workers=2, progress=False,
+                  extras=Extras(healthy_twins=True))
     return root
 
 

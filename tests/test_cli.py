@@ -33,6 +33,7 @@ def test_missing_dataset_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["data", "synth", "x", "--n-source", "-3"],
+    ["data", "synth", "x", "--resized-twins", "1.3"],  # a resized twin shrinks its tumour: 0 < F <= 1
     ["data", "split", "c", "--k", "0"],
     ["data", "prepare", "adni", "x", "--out", "y"],
     ["train", "vae", "--data", "c", "--out", "o", "--budget-s", "0"],

@@ -94,7 +94,8 @@ def test_an_edit_changes_only_its_region_on_both_grids_and_resumes(subject, tiny
 
 def test_each_operation_makes_the_label_map_it_names(subject, prepared_cache):
     from aldm.artifacts.cache import PreparedCache
-    from aldm.editing.operations import checked_new_labels, moved, placed_inside, scaled
+    from aldm.conditions import scaled_labels as scaled
+    from aldm.editing.operations import checked_new_labels, moved, placed_inside
 
     _, row = subject
     data = PreparedCache(str(prepared_cache)).load(row)

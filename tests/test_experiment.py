@@ -73,6 +73,12 @@ def test_the_demo_edits_held_out_scans_and_reports_it(quick_demo):
     for part in results["edits"].values():
         assert part["n"] == 2 and part["seam"]["mean"] > 0 and part["sharpness_over_input"]["mean"] > 0
         assert 0 <= part["dice"]["WT"]["edited"] <= 1
+    # the shrunk tumours against their truth: the demo's phantoms carry twins with each tumour shrunk x0.7
+    truth = results["edits"]["shrink"]["against_truth"]
+    assert truth["n"] == 2 and 0 < truth["ssim"]["mean"] <= 1 and truth["mse"]["mean"] > 0
+    assert set(truth["dice_truth"]) == set(results["edits"]["shrink"]["dice"])
+    assert all(0 <= v <= 1 for v in truth["dice_truth"].values())
+    assert "Against the truth" in (t1 / "edit" / "edit.md").read_text()
     assert (t1 / "edit" / "edit-figure.png").stat().st_size > 10_000
     report = (t1 / "report.html").read_text()
     assert "Editing real scans" in report and "edit/edit-figure.png" in report

@@ -133,12 +133,43 @@ def test_a_healthy_twin_is_the_subject_without_its_tumour():
     from aldm.data.phenotype import TARGET, sample_phenotype
 
     pheno = sample_phenotype(TARGET, np.random.default_rng(3))
-    subject = synthesize_subject(pheno, 11, healthy_twin=True)
+    subject = synthesize_subject(pheno, 11, healthy_twin=True, resized_twin=0.7)
     tumour = subject.segmentation > 0
     near = ndimage.distance_transform_edt(~tumour) <= 6  # the soft compartments and slice blur reach ~5 voxels
+    # the resized twin: its tumour shrunk about the same centre (0.7^3 of the voxels per label), inside the old one
+    shrunk = subject.resized_segmentation
+    for label in np.unique(subject.segmentation[tumour]):
+        assert abs((shrunk == label).sum() / (subject.segmentation == label).sum() - 0.7 ** 3) < 0.03, label
+    assert np.allclose(np.argwhere(shrunk > 0).mean(0), np.argwhere(tumour).mean(0), atol=1.0)
+    lost = tumour & (shrunk == 0)  # tumour in the subject, normal tissue in the twin
     for modality, image in subject.images.items():
-        twin = subject.healthy[modality]
-        assert np.array_equal(image[~near], twin[~near]), modality
-        assert np.abs(image[tumour] - twin[tumour]).mean() > 0.05 * image[tumour].mean(), modality
+        for twin in (subject.healthy[modality], subject.resized[modality]):
+            assert np.array_equal(image[~near], twin[~near]), modality
+        assert np.abs(image[tumour] - subject.healthy[modality][tumour]).mean() > 0.05 * image[tumour].mean()
+        assert np.abs(image[lost] - subject.resized[modality][lost]).mean() > 0.05 * image[lost].mean()
     healthy = synthesize_subject(pheno, 11, tumour=False)
     assert not healthy.segmentation.any() and healthy.healthy is None
+
+
+def test_synth_writes_the_twins_and_healthy_subjects_it_is_asked_for(tmp_path, capsys):
+    """aldm data synth --healthy-twins --resized-twins F --healthy N: each extra in aldm's folder layout, the resized
+    twins with their label map and F on record (what aldm experiment edit --resized-twins reads)."""
+    import json
+
+    import nibabel as nib
+
+    from aldm.cli import main
+
+    out = tmp_path / "phantom"
+    assert main(["data", "synth", str(out), "--n-source", "0", "--n-target", "1", "--healthy-twins",
+                 "--resized-twins", "0.7", "--healthy", "1", "--quiet"]) == 0
+    assert "resized twins (tumour x0.7)" in capsys.readouterr().out
+    (study,) = [d.name for d in (out / "resized-twins").iterdir() if d.is_dir()]
+    assert json.loads((out / "resized-twins" / "resize.json").read_text()) == {"factor": 0.7}
+    assert sorted(f.name for f in (out / "resized-twins" / study).iterdir()) == [
+        "flair.nii.gz", "seg.nii.gz", "t1.nii.gz", "t1c.nii.gz", "t2.nii.gz"]
+    assert "seg.nii.gz" not in {f.name for f in (out / "healthy-twins" / study).iterdir()}
+    assert (out / "healthy" / "HEALTHY-0001" / "flair.nii.gz").is_file()
+    original = nib.load(next(out.glob(f"UCSF-PDGM/*/{study}_nifti/*tumor_segmentation.nii.gz"))).get_fdata() > 0
+    shrunk = nib.load(out / "resized-twins" / study / "seg.nii.gz").get_fdata() > 0
+    assert 0.3 < shrunk.sum() / original.sum() < 0.39 and (shrunk & ~original).sum() <= 0.02 * shrunk.sum()

@@ -88,3 +88,14 @@ def is_brats_label_map(values: np.ndarray) -> bool:
     mask): what a mask source keeps as the sample's label map."""
     found = {int(v) for v in np.unique(values)} - {0}
     return len(found) > 1 and found <= {1, 2, 3, 4} and not {3, 4} <= found
+
+
+def scaled_labels(labels: np.ndarray, factor: float) -> np.ndarray:
+    """``labels`` (X, Y, Z, BraTS labels) scaled by ``factor`` about the tumour's centre of mass in voxel
+    coordinates (nearest neighbour: labels stay whole; F > 1 grows, F < 1 shrinks the tumour)."""
+    from scipy import ndimage
+
+    centre = np.argwhere(labels > 0).mean(0)
+    matrix = np.eye(3) / factor
+    offset = centre - matrix @ centre
+    return ndimage.affine_transform(labels, matrix, offset=offset, order=0, mode="constant", cval=0)

@@ -39,6 +39,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def shrink_factor(text: str) -> float:
+    """A factor in (0, 1]: how much a tumour is shrunk."""
+    value = _parsed(text, float, "a number in (0, 1]")
+    _refuse_unless(0.0 < value <= 1.0, f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """A finite number."""
     value = _parsed(text, float, "a number")

@@ -6,21 +6,25 @@ import os
 import sys
 import time
 
-from .arguments import non_negative_int, positive_int
+from .arguments import non_negative_int, positive_int, shrink_factor
 
 
 def _cmd_data_synth(args) -> int:
-    from ..data.synth import synth_cohorts
+    from ..data.synth import Extras, synth_cohorts
 
     start = time.perf_counter()
     roots = synth_cohorts(args.out, args.n_source, args.n_target, seed=args.seed, workers=args.workers,
-                          progress=not args.quiet, healthy_twins=args.healthy_twins, n_healthy=args.healthy)
+                          progress=not args.quiet, extras=Extras(healthy_twins=args.healthy_twins,
+                                                                  resized_twins=args.resized_twins or 0.0,
+                                                                  n_healthy=args.healthy))
     n = args.n_source + args.n_target + args.healthy
     elapsed = time.perf_counter() - start
     print(f"wrote {args.n_source} source subjects to {roots['source']}")
     print(f"wrote {args.n_target} target subjects to {roots['target']}")
     if "twins" in roots:
         print(f"wrote their healthy twins to {roots['twins']}")
+    if "resized" in roots:
+        print(f"wrote their resized twins (tumour x{args.resized_twins:g}) to {roots['resized']}")
     if "healthy" in roots:
         print(f"wrote {args.healthy} healthy subjects to {roots['healthy']}")
     print(f"{elapsed:.1f} s in all, {elapsed / max(n, 1):.2f} s per subject with {args.workers} worker(s)")
@@ -99,6 +103,10 @@ def register(commands) -> None:
     synth.add_argument("--healthy-twins", action="store_true",
                        help="also each subject without its tumour (OUT/healthy-twins/<subject>/): the truth a tumour's "
                             "removal is scored against")
+    synth.add_argument("--resized-twins", type=shrink_factor, default=None, metavar="F",
+                       help="also each subject with its tumour shrunk by F about its centre, 0 < F <= 1 "
+                            "(OUT/resized-twins/<subject>/ with seg.nii.gz): the truth a shrunk tumour is scored "
+                            "against")
     synth.add_argument("--healthy", type=non_negative_int, default=0, metavar="N",
                        help="also N healthy subjects (OUT/healthy/HEALTHY-NNNN/) to insert tumours into")
     synth.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,8 @@ def _cmd_edit_experiment(args) -> int:
     from ..experiments.editing import EditExperiment, run_edit_experiment
 
     exp = EditExperiment(model=args.model, out=args.out, subjects=args.subjects, settings=sampling_settings(args),
-                         edit=edit_settings(args), twins=args.twins, segmenter=args.segmenter)
+                         edit=edit_settings(args), twins=args.twins, segmenter=args.segmenter,
+                         resized_twins=args.resized_twins)
     run_edit_experiment(exp, log=(lambda line: None) if args.quiet else print)
     print(f"edit tables: {os.path.abspath(os.path.join(args.out, 'edit.md'))}")
     return 0
@@ -61,6 +62,9 @@ def register(commands) -> None:
     edit_exp.add_argument("--subjects", type=positive_int, default=8, help="held-out subjects at most")
     edit_exp.add_argument("--twins", default=None,
                           help="healthy twins (aldm data synth --healthy-twins): removal scored against them")
+    edit_exp.add_argument("--resized-twins", default=None,
+                          help="resized twins (aldm data synth --resized-twins 0.7): the shrunk tumours scored "
+                               "against them")
     edit_exp.add_argument("--segmenter", default=None, help="a segmenter folder (Table 1's): per-region Dice")
     add_edit_arguments(edit_exp)
     add_sampling_arguments(edit_exp)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..conditions import scaled_labels
 from .phenotype import SCANNERS, TISSUE_CONTRAST, TISSUES, Phenotype
 from .template import NATIVE_AFFINE, NATIVE_SHAPE, load_template
 
@@ -41,7 +42,8 @@ class PhantomSubject:
     ``segmentation`` uint8 in {0, 1, 2, 4}; ``tissue`` uint8 (0 background, 1 CSF, 2 GM, 3 WM);
     ``healthy``: the images as they would be without the tumour — the same deformed anatomy (its mass effect
     included), scanner, bias field and noise, so they equal ``images`` wherever the tumour does not reach —
-    when asked for.
+    when asked for; ``resized`` / ``resized_segmentation``: the same with the tumour scaled about its centre
+    (:func:`aldm.conditions.scaled_labels`), the truth of a grown or shrunk tumour, when asked for.
     """
 
     images: dict
@@ -49,6 +51,8 @@ class PhantomSubject:
     tissue: np.ndarray
     phenotype: Phenotype
     healthy: dict | None = None  # the same anatomy, scanner, bias and noise without the tumour (its healthy twin)
+    resized: dict | None = None  # the same with the tumour scaled about its centre (a resized twin)
+    resized_segmentation: np.ndarray | None = None
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple, coarse: tuple, channels: int = 1) -> torch.Tensor:
@@ -237,9 +241,11 @@ def _compose(phenotype: Phenotype, maps: dict, seg: np.ndarray, box: tuple, rng:
 
 
 def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = False,
-                       tumour: bool = True) -> PhantomSubject:
+                       tumour: bool = True, resized_twin: float = 0.0) -> PhantomSubject:
     """Make one phantom subject; deterministic for (phenotype, seed). ``healthy_twin``: also its images without
-    the tumour (the same random draws, so identical away from it); ``tumour=False``: a healthy subject (no
+    the tumour (the same random draws, so identical away from it); ``resized_twin`` F in (0, 1]: also its images
+    with the tumour shrunk by F about its centre (the same draws and anatomy, so identical away from the tumour;
+    the mass effect stays the full tumour's, as in an edit of the scan); ``tumour=False``: a healthy subject (no
     tumour, no mass effect; its segmentation all 0)."""
     rng = np.random.default_rng(seed)
     if not tumour:
@@ -248,10 +254,18 @@ def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = Fal
     seg, box = _grow_tumour(phenotype, maps, centre_vox, rng)
     if not tumour:
         seg = np.zeros_like(seg)
-    twin_rng = copy.deepcopy(rng)
+    twin_rng, resized_rng = copy.deepcopy(rng), copy.deepcopy(rng)
     images = _compose(phenotype, maps, seg, box, rng)
     healthy = _compose(phenotype, maps, np.zeros_like(seg), box, twin_rng) if healthy_twin else None
     brain = maps["brain"] > 0.5
+    resized = resized_segmentation = None
+    if not 0.0 <= resized_twin <= 1.0:
+        raise ValueError(f"a resized twin shrinks the tumour: factor {resized_twin} is not in (0, 1]")
+    if resized_twin > 0 and seg.any():
+        resized_seg = np.where(brain, scaled_labels(seg, resized_twin), 0).astype(np.uint8)
+        resized = _compose(phenotype, maps, resized_seg, box, resized_rng)
+        resized_segmentation = np.zeros(NATIVE_SHAPE, dtype=np.uint8)
+        resized_segmentation[WORK_BOX] = resized_seg
     csf, gm, wm = maps["csf"][brain], maps["gm"][brain], maps["wm"][brain]
     classes = np.where((wm >= gm) & (wm >= csf), 3, np.where(gm >= csf, 2, 1)).astype(np.uint8)
     tissue = np.zeros(NATIVE_SHAPE, dtype=np.uint8)
@@ -259,4 +273,4 @@ def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = Fal
     segmentation = np.zeros(NATIVE_SHAPE, dtype=np.uint8)
     segmentation[WORK_BOX] = np.where(brain, seg, 0)
     return PhantomSubject(images=images, segmentation=segmentation, tissue=tissue, phenotype=phenotype,
-                          healthy=healthy)
+                          healthy=healthy, resized=resized, resized_segmentation=resized_segmentation)

@@ -6,20 +6,24 @@ downloads: same folder and file names, CSV names, columns and value spellings, i
 stream is spawned from the cohort seed, so output is identical for any number of workers.
 
 Beyond the downloads, for scoring scan edits against a truth real data lacks: ``OUT/healthy-twins/<subject>/``
-(each subject's images without its tumour, the same anatomy and noise) and ``OUT/healthy/HEALTHY-NNNN/``
-(healthy subjects), both in aldm's folder layout (``t1.nii.gz`` ...; no label map).
+(each subject's images without its tumour, the same anatomy and noise), ``OUT/resized-twins/<subject>/`` (each
+subject with its tumour shrunk about its centre, with its ``seg.nii.gz``) and ``OUT/healthy/HEALTHY-NNNN/``
+(healthy subjects), in aldm's folder layout (``t1.nii.gz`` ...).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from ..conditions import SEG_FILE
 from ..io.atomic import atomic_write_text
 from ..io.nifti import save_nifti
 from ..io.workers import parallel_map
@@ -30,6 +34,8 @@ from .template import NATIVE_AFFINE
 
 TWINS_ROOT = "healthy-twins"  # each subject without its tumour, in aldm's folder layout
 HEALTHY_ROOT = "healthy"  # healthy subjects, in aldm's folder layout
+RESIZED_ROOT = "resized-twins"  # each subject with its tumour shrunk, in aldm's folder layout with seg.nii.gz
+RESIZE_RECORD = "resize.json"  # in RESIZED_ROOT: {"factor": F}
 
 
 def _subject_streams(seed: int, n_source: int, n_target: int) -> list:
@@ -116,9 +122,12 @@ def _clinical_row(domain: str, subject_id: str, pheno: Phenotype, rng: np.random
     }
 
 
-def _write_folder_case(folder: str, images: dict, domain: str = SOURCE) -> None:
-    """One scan in aldm's folder layout (``t1.nii.gz``, ``t1c.nii.gz``, ``t2.nii.gz``, ``flair.nii.gz``; no label
-    map: a healthy scan), int16 as ``domain``'s downloads store it (whole numbers, or with a ``scl_slope``)."""
+def _write_folder_case(folder: str, images: dict, domain: str = SOURCE, seg: np.ndarray | None = None) -> None:
+    """One scan in aldm's folder layout (``t1.nii.gz``, ``t1c.nii.gz``, ``t2.nii.gz``, ``flair.nii.gz``, and
+    ``seg.nii.gz`` when ``seg`` is given: without it a healthy scan), int16 as ``domain``'s downloads store it
+    (whole numbers, or with a ``scl_slope``)."""
+    if seg is not None:
+        save_nifti(os.path.join(folder, f"{SEG_FILE}.nii.gz"), seg, NATIVE_AFFINE, np.uint8)
     for modality in MODALITIES:
         image = np.round(images[modality]).astype(np.int16) if domain == SOURCE else images[modality]
         save_nifti(os.path.join(folder, layouts.FOLDER_FILES[modality]), image, NATIVE_AFFINE, np.int16)
@@ -132,15 +141,18 @@ def _write_healthy(job: tuple) -> None:
 
 
 def _write_subject(job: tuple) -> dict:
-    """Synthesise and write one subject (and its healthy twin under ``twins``, when given); returns its metadata
-    row (run in worker processes)."""
-    domain, root, subject_id, pheno_seed, anatomy_seed, manual, twins = job
+    """Synthesise and write one subject (its healthy twin under ``twins`` and its resized twin under
+    ``resized[0]``, scaled by ``resized[1]``, when given); returns its metadata row (run in worker processes)."""
+    domain, root, subject_id, pheno_seed, anatomy_seed, manual, twins, resized = job
     rng = np.random.default_rng(pheno_seed)
     pheno = sample_phenotype(domain, rng)
-    subject = synthesize_subject(pheno, anatomy_seed, healthy_twin=twins is not None)
+    subject = synthesize_subject(pheno, anatomy_seed, healthy_twin=twins is not None,
+                                 resized_twin=resized[1] if resized else 0.0)
+    name = subject_id if domain == SOURCE else layouts.ucsf_study(int(subject_id.rsplit("-", 1)[1]))
     if twins is not None:
-        name = subject_id if domain == SOURCE else layouts.ucsf_study(int(subject_id.rsplit("-", 1)[1]))
         _write_folder_case(os.path.join(twins, name), subject.healthy, domain)
+    if resized is not None and subject.resized is not None:
+        _write_folder_case(os.path.join(resized[0], name), subject.resized, domain, subject.resized_segmentation)
     if domain == SOURCE:
         for modality in MODALITIES:
             img = np.round(subject.images[modality]).astype(np.int16)
@@ -167,19 +179,30 @@ def _csv_text(columns: tuple, rows: list) -> str:
     return buf.getvalue()
 
 
-def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers: int = 1,
-                  progress: bool = True, healthy_twins: bool = False, n_healthy: int = 0) -> dict:
-    """Write both phantom cohorts under ``out``; returns {'source': root, 'target': root} (and 'twins',
-    'healthy' when written).
+@dataclass(frozen=True)
+class Extras:
+    """What :func:`synth_cohorts` writes beside the two cohorts, in aldm's folder layout.
 
     ``healthy_twins``: each subject's anatomy without its tumour under ``out/healthy-twins/<subject>/`` (the
-    ground truth of a tumour's removal); ``n_healthy``: healthy subjects under ``out/healthy/HEALTHY-NNNN/``
-    (a healthy cohort to insert tumours into), both in aldm's folder layout. Existing subjects are overwritten
-    (atomically); the CSVs are written last.
-    """
+    ground truth of a tumour's removal); ``resized_twins`` F in (0, 1]: each subject with its tumour shrunk by F
+    under ``out/resized-twins/<subject>/`` with its ``seg.nii.gz`` and F in ``resized-twins/resize.json`` (the
+    ground truth of a shrunk tumour); ``n_healthy``: healthy subjects under ``out/healthy/HEALTHY-NNNN/`` (a
+    healthy cohort to insert tumours into)."""
+
+    healthy_twins: bool = False
+    resized_twins: float = 0.0
+    n_healthy: int = 0
+
+
+def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers: int = 1,
+                  progress: bool = True, extras: Extras = Extras()) -> dict:
+    """Write both phantom cohorts under ``out`` and the ``extras``; returns {'source': root, 'target': root} (and
+    'twins', 'resized', 'healthy' when written). Existing subjects are overwritten (atomically); the CSVs are
+    written last."""
     upenn_root = os.path.join(out, layouts.UPENN_ROOT)
     ucsf_root = os.path.join(out, layouts.UCSF_ROOT)
-    twins = os.path.join(out, TWINS_ROOT) if healthy_twins else None
+    twins = os.path.join(out, TWINS_ROOT) if extras.healthy_twins else None
+    resized = (os.path.join(out, RESIZED_ROOT), float(extras.resized_twins)) if extras.resized_twins else None
     ucsf_numbers = _ucsf_numbers(n_target, seed)
     manual_rng = np.random.default_rng([seed, 11])
     jobs = []
@@ -187,10 +210,11 @@ def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers
         if domain == SOURCE:
             # ~1 in 4 UPENN scans has a manual segmentation; the first always does.
             manual = index == 0 or bool(manual_rng.random() < 0.25)
-            jobs.append((domain, upenn_root, layouts.upenn_id(index + 1), pheno_seed, anatomy_seed, manual, twins))
+            jobs.append((domain, upenn_root, layouts.upenn_id(index + 1), pheno_seed, anatomy_seed, manual, twins,
+                         resized))
         else:
             jobs.append((domain, ucsf_root, layouts.ucsf_csv_id(ucsf_numbers[index]), pheno_seed, anatomy_seed,
-                         False, twins))
+                         False, twins, resized))
     bar = tqdm(total=len(jobs), desc="phantom subjects", unit="subj", disable=not progress)
     rows = []
     for row in parallel_map(_write_subject, jobs, workers):
@@ -206,8 +230,12 @@ def synth_cohorts(out: str, n_source: int, n_target: int, seed: int = 0, workers
         atomic_write_text(os.path.join(ucsf_root, layouts.UCSF_METADATA_CSV),
                           _csv_text(layouts.UCSF_METADATA_COLUMNS, target_rows))
     roots = {"source": upenn_root, "target": ucsf_root, **({"twins": twins} if twins else {})}
-    if n_healthy:
-        roots["healthy"] = _synth_healthy(os.path.join(out, HEALTHY_ROOT), n_healthy, seed, workers, progress)
+    if resized:
+        atomic_write_text(os.path.join(resized[0], RESIZE_RECORD), json.dumps({"factor": resized[1]}) + "\n")
+        roots["resized"] = resized[0]
+    if extras.n_healthy:
+        roots["healthy"] = _synth_healthy(os.path.join(out, HEALTHY_ROOT), extras.n_healthy, seed, workers,
+                                          progress)
     return roots
 
 

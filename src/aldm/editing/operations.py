@@ -83,14 +83,6 @@ def moved(labels: np.ndarray, shift_mm, affine: np.ndarray) -> tuple[np.ndarray,
     return out, shift
 
 
-def scaled(labels: np.ndarray, factor: float) -> np.ndarray:
-    """``labels`` scaled by ``factor`` about the tumour's centre of mass (nearest neighbour: labels stay whole)."""
-    centre = np.argwhere(labels > 0).mean(0)
-    matrix = np.eye(3) / factor
-    offset = centre - matrix @ centre
-    return ndimage.affine_transform(labels, matrix, offset=offset, order=0, mode="constant", cval=0)
-
-
 def placed_inside(labels: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
     """``labels`` where they are when >= 99 % of the tumour is inside ``brain``, else moved whole to a place
     inside it (:func:`aldm.data.masks.relocate_mask`, drawn from ``seed``)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..artifacts.run import Run
 from ..artifacts.samples import SampleRecord, SampleSet
-from ..conditions import SEG_FILE
+from ..conditions import SEG_FILE, scaled_labels
 from ..data.geometry import to_native, unscale_intensities
 from ..diffusion.settings import GenerationSettings
 from ..errors import AldmError
@@ -28,7 +28,7 @@ from ..io.lock import exclusive_writer
 from ..modalities import MASK_FILE, file_stems
 from ..pipeline import load_pipeline
 from .editor import EditedVolume, EditSettings, edit_volume
-from .operations import LabelEdit, checked_new_labels, label_file_in_model_space, moved, placed_inside, scaled
+from .operations import LabelEdit, checked_new_labels, label_file_in_model_space, moved, placed_inside
 from .subjects import EditSubject, load_subject, model_prep_config
 
 REGION_FILE = "region"
@@ -124,7 +124,8 @@ def new_label_map(subject: EditSubject, operation: LabelEdit, run: Run, seed: in
     elif operation.kind == "move":
         new, _ = moved(old, operation.shift_mm, subject.model_affine)
     elif operation.kind in ("grow", "shrink"):
-        new = np.where(subject.brain > 0, scaled(old, operation.factor), 0)  # a tumour grows up to the brain's edge
+        # a tumour grows up to the brain's edge
+        new = np.where(subject.brain > 0, scaled_labels(old, operation.factor), 0)
     elif operation.kind == "transplant":
         where = operation.path
         other = load_subject(operation.path, run.modalities, model_prep_config(run)).labels

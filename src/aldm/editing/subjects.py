@@ -146,15 +146,16 @@ def case_files(folder: str, modalities) -> tuple[dict, str | None]:
     return images, find("seg")
 
 
-def healthy_twin(folder: str, subject: EditSubject, prep: PrepConfig) -> np.ndarray:
-    """(C, S, S, S): the healthy twin in ``folder`` (the subject's scan without its tumour, a case folder) in
-    ``subject``'s model space and intensity units; an AldmError when it lies on another grid."""
+def twin_of(folder: str, subject: EditSubject, prep: PrepConfig) -> EditSubject:
+    """The twin of ``subject`` in ``folder`` (its scan with another tumour, or none: a case folder, its label map
+    when it has one) in ``subject``'s model space and intensity units; an AldmError when it lies on another
+    grid."""
     modalities = [m for m in subject.native_files if m != SEG_FILE]  # the subject's channels, in order
     twin = from_case(folder, modalities, prep, ranges=subject.intensity_ranges)
     if twin.native_shape != tuple(subject.native_shape) or not np.allclose(twin.model_affine, subject.model_affine,
                                                                              atol=1e-3):
-        raise AldmError(f"{folder}: a healthy twin on another grid than {subject.source}")
-    return twin.image
+        raise AldmError(f"{folder}: a twin on another grid than {subject.source}")
+    return twin
 
 
 def from_case(folder: str, modalities, prep: PrepConfig, ranges: list | None = None) -> EditSubject:

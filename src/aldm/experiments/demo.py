@@ -1,7 +1,7 @@
 """``aldm demo``: the whole pipeline on a fresh machine with no data.
 
-Phantom cohorts (with their healthy twins) -> prepared caches -> the Table 1 experiment (ALDM stages +
-baselines, generation, evaluation, report) -> the scan-editing experiment on a few held-out patients (its
+Phantom cohorts (with their healthy and shrunk-tumour twins) -> prepared caches -> the Table 1 experiment
+(ALDM stages + baselines, generation, evaluation, report) -> the scan-editing experiment on a few held-out patients (its
 figure and tables join the report). The default settings use the ``small`` profile sized for ~15 minutes on 2 CPU
 cores; ``--quick`` uses the ``tiny`` profile (32^3, a few steps) and runs in a few minutes — a
 smoke test of every stage, not a result. ``--regions``: the same demo with the four BraTS modalities
@@ -18,11 +18,11 @@ from dataclasses import replace
 
 from ..data.cache import DatasetSource, prepare_dataset
 from ..data.preprocess import PrepConfig
-from ..data.synth import TWINS_ROOT, synth_cohorts
+from ..data.synth import RESIZED_ROOT, TWINS_ROOT, Extras, synth_cohorts
 from ..diffusion.settings import GenerationSettings
 from ..modalities import DEFAULT_MODALITIES, KNOWN_MODALITIES
 from .common import ExperimentConfig, make_splits
-from .editing import EditExperiment, run_edit_experiment
+from .editing import SHRINK, EditExperiment, run_edit_experiment
 from .segmentation import run_segmentation
 from .table1 import run_table1, write_table1_report
 
@@ -91,7 +91,8 @@ def _edit_experiment(cfg: ExperimentConfig, s: dict, data: str, seed: int, progr
     run_edit_experiment(EditExperiment(
         model=os.path.join(cfg.out, "runs", f"aldm_k{max(s['k'])}"), out=os.path.join(cfg.out, "edit"),
         subjects=s["edit_subjects"], settings=GenerationSettings(steps=s["sampler_steps"], seed=seed),
-        twins=os.path.join(data, TWINS_ROOT), segmenter=os.path.join(cfg.out, "segmenter")),
+        twins=os.path.join(data, TWINS_ROOT), segmenter=os.path.join(cfg.out, "segmenter"),
+        resized_twins=resized if os.path.isdir(resized := os.path.join(data, RESIZED_ROOT)) else None),
         log=(lambda line: print(line, file=sys.stderr)) if progress else (lambda line: None))
 
 
@@ -111,7 +112,7 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, workers: int = 2, pro
     data, caches = os.path.join(out, "phantom"), os.path.join(out, "cache")
     if not os.path.exists(os.path.join(data, "UCSF-PDGM", "UCSF-PDGM-metadata_v5.csv")):
         synth_cohorts(data, s["n_source"], s["n_target"], seed=seed, workers=workers, progress=progress,
-                      healthy_twins=True)
+                      extras=Extras(healthy_twins=True, resized_twins=SHRINK))
     config = PrepConfig(size=s["size"], modalities=KNOWN_MODALITIES if regions else DEFAULT_MODALITIES)
     prepare_dataset(DatasetSource("upenn-gbm", os.path.join(data, "UPENN-GBM")), os.path.join(caches, "source"),
                     config, workers=workers, progress=progress)

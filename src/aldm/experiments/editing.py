@@ -9,7 +9,10 @@
     healthy twins); (c) the tumour moved, grown and shrunk. Measured for (b) and (c): per-region Dice of a
     segmenter (when given) against the new label map beside its Dice on the real scans (the ceiling), the
     region contrasts' signs, whole-volume sharpness over the input's, and the seam: gradient magnitude on R's
-    boundary shell over the same shell of the input.
+    boundary shell over the same shell of the input. Where resized twins are given (``aldm data synth
+    --resized-twins 0.7``: each patient with its tumour shrunk, the same anatomy and noise), the shrunk tumour is
+    also scored against its truth: the inpainting metrics inside R, and the segmenter's Dice on the twins — the
+    ceiling at the same tumour size.
 
 Writes ``OUT/edit.json`` (every number) and ``OUT/edit.md`` (the tables); :func:`edit_figure` draws one patient
 edited several ways.
@@ -26,12 +29,14 @@ import numpy as np
 import torch
 
 from ..artifacts.run import Run
+from ..conditions import scaled_labels
 from ..data.masks import relocate_mask
+from ..data.synth import RESIZE_RECORD
 from ..diffusion.settings import GenerationSettings
 from ..editing.editor import EditSettings, edit_volume
-from ..editing.operations import moved, placed_inside, scaled
+from ..editing.operations import moved, placed_inside
 from ..editing.region import boundary_shell, change_region, distance_to, voxel_spacing
-from ..editing.subjects import EditSubject, from_cache, healthy_twin, model_prep_config
+from ..editing.subjects import EditSubject, from_cache, model_prep_config, twin_of
 from ..errors import AldmError
 from ..io.atomic import atomic_write_text
 from ..metrics.inpainting import model_space_scores
@@ -43,13 +48,15 @@ from .report import plt, slice_panel  # pyplot as report set it up (the Agg back
 FIGURE = "edit-figure.png"
 FILLS = ("tissue mean", "VAE of the voided scan", "whole-volume regeneration", "edit")
 OPERATIONS = ("transplant", "move", "grow", "shrink")
+SHRINK, GROW = 0.7, 1.3  # the factors the experiment shrinks and grows each tumour by
 
 
 @dataclass(frozen=True)
 class EditExperiment:
     """What ``aldm experiment edit`` runs: the ALDM ``model`` run (its cache and held-out split), the ``out``
     folder, ``subjects`` held-out patients at most, the sampler's ``settings``, the ``edit`` settings, the
-    ``twins`` folder (``aldm data synth --healthy-twins``) and a ``segmenter`` folder, each optional."""
+    ``twins`` folder (``aldm data synth --healthy-twins``), the ``resized_twins`` folder (``aldm data synth
+    --resized-twins 0.7``) and a ``segmenter`` folder, each optional."""
 
     model: str
     out: str
@@ -58,6 +65,7 @@ class EditExperiment:
     edit: EditSettings = EditSettings()
     twins: str | None = None
     segmenter: str | None = None
+    resized_twins: str | None = None
 
 
 def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
@@ -70,6 +78,7 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
     settings = pipe.validate(exp.settings)
     names = split["test"][:exp.subjects]
     subjects = [from_cache(run.data, name, run.modalities) for name in names]
+    resized = _shrunk_twins_root(exp.resized_twins, log)
     start = time.perf_counter()
     fills, removals, edits = [], [], []
     for i, subject in enumerate(subjects):
@@ -83,12 +92,17 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
             fills.append(fill)
         twin = _twin(exp.twins, subject, run)
         if twin is not None:
-            removals.append(_removal(pipe, subject, twin, settings, exp.edit, seed))
-        edits += _label_edits(pipe, subject, donor, twin, settings, exp.edit, seed)
+            removals.append(_removal(pipe, subject, twin.image, settings, exp.edit, seed))
+        ours = _label_edits(pipe, subject, donor, twin.image if twin else None, settings, exp.edit, seed)
+        shrunk = _twin(resized, subject, run)
+        for e in ours:
+            if e["operation"] == "shrink" and shrunk is not None:
+                e["truth"] = shrunk
+        edits += ours
         log(f"aldm experiment edit: {subject.name} ({i + 1}/{len(subjects)}, {time.perf_counter() - start:.0f} s)")
     results = {"model": os.path.abspath(exp.model), "subjects": names, "settings": asdict(settings),
                "edit": asdict(exp.edit), "healthy_fill": _summary(fills), "removal": _summary(removals),
-               "edits": _edit_summary(edits, subjects, run.modalities, exp.segmenter),
+               "edits": _edit_summary(edits, subjects, run.modalities, exp.segmenter), "resized_twins": resized,
                "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(exp.out, exist_ok=True)
     first = [e for e in edits if e["subject"] == subjects[0].name and e["operation"] != "insert into twin"]
@@ -98,10 +112,28 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
     return results
 
 
-def _twin(twins: str | None, subject: EditSubject, run: Run) -> np.ndarray | None:
-    """The subject's healthy twin in its model space, when a twins folder holds it."""
+def _twin(twins: str | None, subject: EditSubject, run: Run) -> EditSubject | None:
+    """The subject's twin in its model space, when the ``twins`` folder holds one."""
     folder = os.path.join(twins, subject.name) if twins else None
-    return healthy_twin(folder, subject, model_prep_config(run)) if folder and os.path.isdir(folder) else None
+    return twin_of(folder, subject, model_prep_config(run)) if folder and os.path.isdir(folder) else None
+
+
+def _shrunk_twins_root(folder: str | None, log) -> str | None:
+    """``folder`` when its twins are shrunk by the experiment's :data:`SHRINK` (its ``resize.json``), else None
+    (said in the log when a folder was given); an AldmError when the folder has no record."""
+    if not folder:
+        return None
+    record = os.path.join(folder, RESIZE_RECORD)
+    try:
+        factor = float(json.load(open(record, encoding="utf-8"))["factor"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AldmError(f"{record}: not a resized-twins record (aldm data synth --resized-twins F writes it): "
+                        f"{exc}") from None
+    if abs(factor - SHRINK) > 1e-9:
+        log(f"aldm experiment edit: {folder}: twins shrunk x{factor:g}, the experiment shrinks x{SHRINK:g}; not "
+            "used")
+        return None
+    return folder
 
 
 def _fills(pipe, subject: EditSubject, changed: np.ndarray, new: np.ndarray, settings, edit, seed) -> dict:
@@ -145,7 +177,7 @@ def _void(shape: np.ndarray, healthy: np.ndarray, seed: int) -> np.ndarray | Non
     """``shape`` (S, S, S) bool placed inside ``healthy`` tissue — scaled down (0.7, then 0.5) when it does not fit
     whole — or None when even the smallest does not."""
     for factor in (1.0, 0.7, 0.5):
-        mask = shape if factor == 1.0 else scaled(shape.astype(np.uint8), factor) > 0
+        mask = shape if factor == 1.0 else scaled_labels(shape.astype(np.uint8), factor) > 0
         try:
             placed = relocate_mask(mask.astype(np.uint8), healthy.astype(np.uint8), np.random.default_rng(seed)) > 0
         except AldmError:
@@ -167,8 +199,8 @@ def _label_edits(pipe, subject: EditSubject, donor: EditSubject, twin, settings,
     against."""
     affine = subject.model_affine
     asks = {"transplant": placed_inside(donor.labels, subject.brain, seed),
-            "grow": np.where(subject.brain > 0, scaled(subject.labels, 1.3), 0).astype(np.uint8),
-            "shrink": scaled(subject.labels, 0.7), "remove": np.zeros_like(subject.labels)}
+            "grow": np.where(subject.brain > 0, scaled_labels(subject.labels, GROW), 0).astype(np.uint8),
+            "shrink": scaled_labels(subject.labels, SHRINK), "remove": np.zeros_like(subject.labels)}
     for shift in ((10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0)):
         try:
             labels, _ = moved(subject.labels, shift, affine)
@@ -218,6 +250,13 @@ def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, se
                           "contrasts": contrasts["checks"]}
         if segmented is not None:
             out[operation].update(segmented(chosen))
+        truths = [e for e in chosen if "truth" in e]
+        if truths:  # the same patients' twins with the tumour at this size: the truth of the edit
+            scores = [_scores({"edit": e["image"]}, e["truth"].image, e["region"] > 0)["edit"] for e in truths]
+            out[operation]["against_truth"] = {"n": len(truths), **{k: _mean_std([sc[k] for sc in scores])
+                                                                    for k in ("ssim", "psnr", "mse")}}
+            if segmented is not None:
+                out[operation]["against_truth"]["dice_truth"] = segmented.truth([e["truth"] for e in truths])
     return out
 
 
@@ -243,6 +282,12 @@ class _Segmented:
                          for region, v in edited["regions"].items()},
                 "predicted_voxels": {"edited": float(np.mean(edited["predicted_voxels"])),
                                      "real": float(np.mean(self.real["predicted_voxels"]))}}
+
+    def truth(self, twins: list[EditSubject]) -> dict:
+        """{region: Dice} on ``twins`` against their own label maps: the ceiling at their tumours' size."""
+        found = self.adherence(self.model, self.config, np.stack([t.image for t in twins]),
+                               np.stack([t.labels[None] for t in twins]))
+        return {region: v["dice_mean"] for region, v in found["regions"].items()}
 
 
 def _mean_std(values) -> dict:
@@ -284,7 +329,26 @@ def edit_tables(results: dict) -> str:
             dice_text = f"no tumour left to score: {marked['edited']:.0f} voxels marked (real: {marked['real']:.0f})"
         lines.append(f"| {name} | {part['n']} | {part['seam']['mean']:.2f} ± {part['seam']['std']:.2f} | "
                      f"{part['sharpness_over_input']['mean']:.2f} | {part['contrast_signs']} | {dice_text} |")
+    lines += _truth_table(results["edits"])
     return "\n".join(lines) + "\n"
+
+
+def _truth_table(edits: dict) -> list[str]:
+    """Markdown lines: each edit scored against its truth (the resized twins), when it was."""
+    scored = {name: part["against_truth"] for name, part in edits.items() if "against_truth" in part}
+    if not scored:
+        return []
+    lines = ["", "## Against the truth: the same patients with the tumour at the edit's size (resized twins)", "",
+             "| edit | n | SSIM in R | PSNR in R (dB) | MSE in R | Dice WT / TC / ET (edited; same-size real) |",
+             "|---|---|---|---|---|---|"]
+    for name, truth in scored.items():
+        dice = edits[name].get("dice")
+        dice_text = " / ".join(f"{dice[r]['edited']:.2f}; {truth['dice_truth'][r]:.2f}" for r in dice) \
+            if dice and "dice_truth" in truth else "–"
+        lines.append(f"| {name} | {truth['n']} | " + " | ".join(f"{truth[k]['mean']:.3f} ± {truth[k]['std']:.3f}"
+                                                                 for k in ("ssim", "psnr", "mse")) +
+                     f" | {dice_text} |")
+    return lines
 
 
 def edit_figure(subject: EditSubject, edits: list[dict], modalities, path: str) -> None:
