@@ -252,9 +252,12 @@ def _edit_summary(edits: list[dict], subjects: list[EditSubject], modalities, se
             out[operation].update(segmented(chosen))
         truths = [e for e in chosen if "truth" in e]
         if truths:  # the same patients' twins with the tumour at this size: the truth of the edit
-            scores = [_scores({"edit": e["image"]}, e["truth"].image, e["region"] > 0)["edit"] for e in truths]
-            out[operation]["against_truth"] = {"n": len(truths), **{k: _mean_std([sc[k] for sc in scores])
-                                                                    for k in ("ssim", "psnr", "mse")}}
+            scores = [_scores({"edit": e["image"], "input": e["input"]}, e["truth"].image, e["region"] > 0)
+                      for e in truths]
+            out[operation]["against_truth"] = {"n": len(truths), **{k: _mean_std([sc["edit"][k] for sc in scores])
+                                                                    for k in ("ssim", "psnr", "mse")},
+                                               "input": {k: _mean_std([sc["input"][k] for sc in scores])
+                                                         for k in ("ssim", "psnr", "mse")}}
             if segmented is not None:
                 out[operation]["against_truth"]["dice_truth"] = segmented.truth([e["truth"] for e in truths])
     return out
@@ -341,11 +344,13 @@ def _truth_table(edits: dict) -> list[str]:
     lines = ["", "## Against the truth: the same patients with the tumour at the edit's size (resized twins)", "",
              "| edit | n | SSIM in R | PSNR in R (dB) | MSE in R | Dice WT / TC / ET (edited; same-size real) |",
              "|---|---|---|---|---|---|"]
-    for name, truth in scored.items():
-        dice = edits[name].get("dice")
+    rows = [(name, truth, truth) for name, truth in scored.items()] + \
+        [(f"({name}: the unedited input)", truth["input"], truth) for name, truth in scored.items()]
+    for name, scores, truth in rows:
+        dice = edits.get(name, {}).get("dice")
         dice_text = " / ".join(f"{dice[r]['edited']:.2f}; {truth['dice_truth'][r]:.2f}" for r in dice) \
             if dice and "dice_truth" in truth else "–"
-        lines.append(f"| {name} | {truth['n']} | " + " | ".join(f"{truth[k]['mean']:.3f} ± {truth[k]['std']:.3f}"
+        lines.append(f"| {name} | {truth['n']} | " + " | ".join(f"{scores[k]['mean']:.3f} ± {scores[k]['std']:.3f}"
                                                                  for k in ("ssim", "psnr", "mse")) +
                      f" | {dice_text} |")
     return lines
