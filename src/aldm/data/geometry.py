@@ -59,7 +59,7 @@ def _axis_aligned_resample(volume: np.ndarray, scales: np.ndarray, offset: np.nd
     """:func:`to_native` for a diagonal native -> model matrix (resize and crop modes; flips included): the
     trilinear (order 1) or nearest (order 0) interpolation done one axis at a time inside the box of output voxels
     that fall in the model cube, which is ``ndimage.affine_transform``'s interpolation in ``constant`` mode to
-    float32 rounding, in about a third of its time on a 240 x 240 x 155 grid. (S, S, S) float32 -> ``shape``
+    float32 rounding (on a 240 x 240 x 155 grid: trilinear ~13x, nearest ~2x faster). (S, S, S) float32 -> ``shape``
     float32."""
     result = np.full(shape, np.float32(fill), dtype=np.float32)
     box, out = [], volume

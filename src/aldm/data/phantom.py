@@ -43,7 +43,7 @@ class PhantomSubject:
     ``healthy``: the images as they would be without the tumour — the same deformed anatomy (its mass effect
     included), scanner, bias field and noise, so they equal ``images`` wherever the tumour does not reach —
     when asked for; ``resized`` / ``resized_segmentation``: the same with the tumour scaled about its centre
-    (:func:`aldm.conditions.scaled_labels`), the truth of a grown or shrunk tumour, when asked for.
+    (:func:`aldm.conditions.scaled_labels`; shrunk only), the truth of a shrunk tumour, when asked for.
     """
 
     images: dict
@@ -247,6 +247,8 @@ def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = Fal
     with the tumour shrunk by F about its centre (the same draws and anatomy, so identical away from the tumour;
     the mass effect stays the full tumour's, as in an edit of the scan); ``tumour=False``: a healthy subject (no
     tumour, no mass effect; its segmentation all 0)."""
+    if not 0.0 <= resized_twin <= 1.0:
+        raise ValueError(f"a resized twin shrinks the tumour: factor {resized_twin} is not in (0, 1]")
     rng = np.random.default_rng(seed)
     if not tumour:
         phenotype = dataclasses.replace(phenotype, mass_effect=0.0)
@@ -259,8 +261,6 @@ def synthesize_subject(phenotype: Phenotype, seed: int, healthy_twin: bool = Fal
     healthy = _compose(phenotype, maps, np.zeros_like(seg), box, twin_rng) if healthy_twin else None
     brain = maps["brain"] > 0.5
     resized = resized_segmentation = None
-    if not 0.0 <= resized_twin <= 1.0:
-        raise ValueError(f"a resized twin shrinks the tumour: factor {resized_twin} is not in (0, 1]")
     if resized_twin > 0 and seg.any():
         resized_seg = np.where(brain, scaled_labels(seg, resized_twin), 0).astype(np.uint8)
         resized = _compose(phenotype, maps, resized_seg, box, resized_rng)

@@ -95,9 +95,8 @@ def run_edit_experiment(exp: EditExperiment, log=print) -> dict:
             removals.append(_removal(pipe, subject, twin.image, settings, exp.edit, seed))
         ours = _label_edits(pipe, subject, donor, twin.image if twin else None, settings, exp.edit, seed)
         shrunk = _twin(resized, subject, run)
-        for e in ours:
-            if e["operation"] == "shrink" and shrunk is not None:
-                e["truth"] = shrunk
+        if shrunk is not None:
+            next(e for e in ours if e["operation"] == "shrink")["truth"] = shrunk
         edits += ours
         log(f"aldm experiment edit: {subject.name} ({i + 1}/{len(subjects)}, {time.perf_counter() - start:.0f} s)")
     results = {"model": os.path.abspath(exp.model), "subjects": names, "settings": asdict(settings),
@@ -125,7 +124,8 @@ def _shrunk_twins_root(folder: str | None, log) -> str | None:
         return None
     record = os.path.join(folder, RESIZE_RECORD)
     try:
-        factor = float(json.load(open(record, encoding="utf-8"))["factor"])
+        with open(record, encoding="utf-8") as fh:
+            factor = float(json.load(fh)["factor"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AldmError(f"{record}: not a resized-twins record (aldm data synth --resized-twins F writes it): "
                         f"{exc}") from None
